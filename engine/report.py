@@ -1,0 +1,485 @@
+"""Results on disk: run files, the verdict registry, baselines, run diffs and the markdown report.
+
+Layout under the results root (default ``<rootdir>/results``)::
+
+    runs/<timestamp>-<commit>/claims.json   every verdict record of the run, plus its provenance
+    runs/<timestamp>-<commit>/report.md     the table and one paragraph per claim x model
+    latest                                  symlink to the newest run (a text file naming it where symlinks fail)
+    registry.jsonl                          one JSON line per verdict, appended as verdicts arrive
+    baselines/<model>.json                  the pinned figures of each claim x protocol, with the commit
+
+Durability: registry lines are appended under a file lock, each with one write + flush + fsync, so parallel
+writers never interleave and a killed run loses at most the verdict being written (a torn last line is cut off
+by the next writer). claims.json, report.md and baselines are replaced atomically (temp file + os.replace).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from filelock import FileLock
+
+from engine import ENGINE_VERSION
+from engine.claims import Catalogue, Tolerance, Verdict, VerdictRecord, fmt, is_number, is_number_list
+
+RUNS_DIR = "runs"
+RUN_FILE = "claims.json"
+REPORT_FILE = "report.md"
+LATEST = "latest"
+REGISTRY_FILE = "registry.jsonl"
+BASELINES_DIR = "baselines"
+PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "numpy", "scipy", "pytest")
+
+
+# ------------------------------------------------------------------------------------------------ provenance
+
+
+@lru_cache(maxsize=8)
+def git_commit(cwd: str | Path = ".") -> str:
+    """Short commit of the checkout at ``cwd`` (``+dirty`` with uncommitted tracked changes); 'nogit' if none."""
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        if not commit:
+            return "nogit"
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "nogit"
+
+
+def provenance() -> dict[str, Any]:
+    """What makes a run reproducible besides the records: versions, machine, python."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"engine_version": ENGINE_VERSION, "python": sys.version.split()[0], "platform": platform.platform(),
+            "machine": socket.gethostname(), "cpu_count": os.cpu_count(), "packages": versions}
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically: a reader sees the old or the new file, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def append_registry(root: Path, record: VerdictRecord | Mapping[str, Any]) -> None:
+    """Append one verdict as one complete JSON line to ``root/registry.jsonl`` (locked, one write, fsynced)."""
+    data = record.to_dict() if isinstance(record, VerdictRecord) else dict(record)
+    line = (json.dumps(data, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
+    path = Path(root) / REGISTRY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        with open(path, "ab") as handle:
+            _cut_torn_tail(handle, path)
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _cut_torn_tail(handle, path: Path) -> None:
+    """If a writer died mid-line (power loss), drop that partial line so the file stays whole lines."""
+    size = handle.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    with open(path, "rb") as reader:
+        reader.seek(size - 1)
+        if reader.read(1) == b"\n":
+            return
+        reader.seek(0)
+        data = reader.read(size)
+    keep = data.rfind(b"\n") + 1
+    handle.truncate(keep)
+    handle.seek(keep)
+    warnings.warn(f"{path}: dropped a torn last line of {size - keep} bytes left by an interrupted writer",
+                  stacklevel=3)
+
+
+def read_registry(root: Path) -> list[dict]:
+    """Every registry line as a dict; a malformed line is an error naming its line number."""
+    path = Path(root) / REGISTRY_FILE
+    if not path.exists():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not a complete JSON line ({exc})") from exc
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+@dataclass
+class Change:
+    """A verdict flip or a figure that moved beyond its tolerance, relative to a baseline or an earlier run."""
+
+    claim_id: str
+    model: str
+    protocol: str
+    kind: str  # "flip" | "figure"
+    figure: str  # "" for a flip
+    before: Any
+    after: Any
+    tolerance: str = ""
+    pinned_commit: str = ""
+    pinned_run: str = ""
+
+    def describe(self) -> str:
+        where = f"{self.claim_id} {self.model} [{self.protocol}]"
+        since = f" (pinned at {self.pinned_commit}, run {self.pinned_run})" if self.pinned_commit else ""
+        if self.kind == "flip":
+            return f"FLIP  {where}: {self.before} -> {self.after}{since}"
+        if self.after is None:
+            return f"GONE  {where}: {self.figure} was {fmt(self.before)}, not reported now{since}"
+        return (f"MOVED {where}: {self.figure} {fmt(self.before)} -> {fmt(self.after)} "
+                f"(tolerance {self.tolerance}){since}")
+
+
+@dataclass
+class Run:
+    """One pytest session's verdicts and what was compared against."""
+
+    name: str
+    meta: dict = field(default_factory=dict)
+    records: list[VerdictRecord] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        counter = Counter(r.verdict.value for r in self.records)
+        return {v.value: counter.get(v.value, 0) for v in Verdict}
+
+    def to_json(self) -> str:
+        payload = {"run": self.name, "meta": {**self.meta, "counts": self.counts()},
+                   "records": [r.to_dict() for r in self.records], "changes": [asdict(c) for c in self.changes]}
+        return json.dumps(payload, indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "claims.json") -> "Run":
+        try:
+            data = json.loads(text)
+            return cls(name=data["run"], meta=data.get("meta", {}),
+                       records=[VerdictRecord.from_dict(r) for r in data["records"]],
+                       changes=[Change(**c) for c in data.get("changes", [])])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{where}: not a claims run file ({exc})") from exc
+
+
+def reserve_run_dir(root: Path, commit: str, when: datetime | None = None) -> Path:
+    """Create ``runs/<timestamp>-<commit>`` (with a suffix if a parallel session took the name)."""
+    runs = Path(root) / RUNS_DIR
+    runs.mkdir(parents=True, exist_ok=True)
+    base = f"{(when or utc_now()).strftime('%Y%m%dT%H%M%SZ')}-{commit}"
+    for attempt in range(1, 1000):
+        candidate = runs / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"{runs}: cannot find a free run directory name for {base}")
+
+
+def write_run(run_dir: Path, run: Run) -> None:
+    """Write claims.json and report.md atomically and point ``latest`` at this run."""
+    write_atomic(run_dir / RUN_FILE, run.to_json())
+    write_atomic(run_dir / REPORT_FILE, render_markdown(run))
+    point_latest(run_dir.parent.parent, run_dir.name)
+
+
+def point_latest(root: Path, name: str) -> None:
+    """``latest`` -> runs/<name>: an atomically replaced relative symlink, or a text file if symlinks fail."""
+    latest = Path(root) / LATEST
+    tmp = latest.with_name(f".{LATEST}.{os.getpid()}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.symlink(Path(RUNS_DIR) / name, tmp, target_is_directory=True)
+        if latest.is_dir() and not latest.is_symlink():
+            raise OSError(f"{latest} is a real directory")
+        os.replace(tmp, latest)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        write_atomic(latest, name + "\n")
+
+
+def run_dir(root: Path, which: str | None = None) -> Path:
+    """Resolve a run: None/'latest', a run name, a run directory or a claims.json path."""
+    root = Path(root)
+    if which in (None, "", LATEST):
+        latest = root / LATEST
+        if latest.is_dir():
+            return latest.resolve()
+        if latest.is_file():
+            return root / RUNS_DIR / latest.read_text(encoding="utf-8").strip()
+        raise FileNotFoundError(f"{latest}: no run recorded yet under {root}")
+    for candidate in (Path(which), root / RUNS_DIR / which):
+        if candidate.is_file() and candidate.name == RUN_FILE:
+            return candidate.parent
+        if (candidate / RUN_FILE).is_file():
+            return candidate
+    raise FileNotFoundError(f"run {which!r}: no {RUN_FILE} at {which} or {root / RUNS_DIR / which}")
+
+
+def load_run(root: Path, which: str | None = None) -> Run:
+    path = run_dir(root, which) / RUN_FILE
+    return Run.from_json(path.read_text(encoding="utf-8"), str(path))
+
+
+# ------------------------------------------------------------------------------------------------ comparison
+
+
+ToleranceFor = Callable[[str, str], Tolerance]
+
+
+def compare(before: Mapping[tuple[str, str, str], Mapping[str, Any]], records: Iterable[VerdictRecord],
+            tolerance_for: ToleranceFor) -> list[Change]:
+    """Flips and moved figures of ``records`` relative to ``before`` ((claim, model, protocol) -> entry).
+
+    An entry has ``verdict``, ``figures`` and optionally ``commit`` and ``run``. UNTESTED records are not compared
+    (a machine without a GPU says nothing about a figure), and claims without an entry are new, not changes.
+    """
+    changes = []
+    for record in records:
+        entry = before.get((record.claim_id, record.model, record.protocol))
+        if entry is None or record.verdict is Verdict.UNTESTED or entry["verdict"] == Verdict.UNTESTED.value:
+            continue
+        pinned = {"pinned_commit": entry.get("commit", ""), "pinned_run": entry.get("run", "")}
+        base = (record.claim_id, record.model, record.protocol)
+        if entry["verdict"] != record.verdict.value:
+            changes.append(Change(*base, "flip", "", entry["verdict"], record.verdict.value, **pinned))
+        for name, old in entry.get("figures", {}).items():
+            new = record.figures.get(name)
+            tolerance = tolerance_for(record.claim_id, name)
+            if name not in record.figures:
+                changes.append(Change(*base, "figure", name, old, None, **pinned))
+            elif not _same(old, new, tolerance):
+                changes.append(Change(*base, "figure", name, old, new, tolerance.describe(), **pinned))
+    return changes
+
+
+def _same(old: Any, new: Any, tolerance: Tolerance) -> bool:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return old.keys() == new.keys() and all(_same(old[k], new[k], tolerance) for k in old)
+    if (is_number(old) or is_number_list(old)) and (is_number(new) or is_number_list(new)):
+        return tolerance.within(new, old)
+    return old == new
+
+
+def _entries(records: Iterable[VerdictRecord], run: str = "") -> dict[tuple[str, str, str], dict]:
+    return {(r.claim_id, r.model, r.protocol): {"verdict": r.verdict.value, "figures": r.figures,
+                                                "commit": r.git_commit, "run": r.run or run}
+            for r in records}
+
+
+def diff_runs(a: Run, b: Run, catalogue: Catalogue) -> list[Change]:
+    """What changed from run ``a`` to run ``b``: verdict flips and figures moved beyond their tolerance."""
+    return compare(_entries(a.records, a.name), b.records, catalogue.tolerance_for)
+
+
+def baseline_path(root: Path, model: str) -> Path:
+    return Path(root) / BASELINES_DIR / f"{model}.json"
+
+
+def load_baselines(root: Path, models: Iterable[str]) -> dict[tuple[str, str, str], dict]:
+    """Baseline entries of ``models`` keyed (claim, model, protocol)."""
+    entries = {}
+    for model in set(models):
+        path = baseline_path(root, model)
+        if not path.exists():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            for key, entry in data["entries"].items():
+                claim_id, protocol = key.split("/")
+                entries[(claim_id, model, protocol)] = entry
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{path}: not a baseline file ({exc}); delete it or re-pin with "
+                             "--claims-update-baseline") from exc
+    return entries
+
+
+def pin_baselines(root: Path, records: Iterable[VerdictRecord], run: str) -> list[Path]:
+    """Re-pin the measured figures of ``records`` (UNTESTED ones are never pinned); returns the files written."""
+    by_model: dict[str, list[VerdictRecord]] = {}
+    for record in records:
+        if record.verdict is not Verdict.UNTESTED:
+            by_model.setdefault(record.model, []).append(record)
+    written = []
+    for model, model_records in sorted(by_model.items()):
+        path = baseline_path(root, model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"model": model, "entries": {}}
+            for r in model_records:
+                data["entries"][f"{r.claim_id}/{r.protocol}"] = {
+                    "verdict": r.verdict.value, "figures": r.figures, "key": r.key, "commit": r.git_commit,
+                    "run": run, "pinned": r.timestamp, "engine_version": r.engine_version,
+                }
+            write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+@dataclass
+class Row:
+    """One summary row: a claim x model, with one record per protocol (None where not measured)."""
+
+    claim_id: str
+    model: str
+    tier: str
+    by_protocol: dict[str, VerdictRecord]
+
+    def figure_text(self, protocols: Iterable[str]) -> str:
+        """Key figure per protocol vs the expectation, or the reason for UNTESTED."""
+        records = [self.by_protocol[p] for p in protocols if p in self.by_protocol]
+        if records and all(r.verdict is Verdict.UNTESTED for r in records):
+            return records[0].reason
+        shown = []
+        for r in records:
+            if r.verdict is not Verdict.UNTESTED:
+                value = fmt(r.measured, 24) if r.key else "-"
+                shown.append(f"{r.protocol} {value}")
+        first = next(r for r in records if r.verdict is not Verdict.UNTESTED)
+        if first.expected is not None and first.tolerance:
+            tolerance = Tolerance(**first.tolerance).describe()
+            target = f"seed {fmt(first.expected, 24)} {tolerance}"
+        else:
+            target = first.expectation
+        label = f"{first.key}: " if first.key else ""
+        return f"{label}{' | '.join(shown)} vs {target}"
+
+
+def summary_rows(records: Iterable[VerdictRecord]) -> list[Row]:
+    """Rows in arrival order; seed and rigorous verdicts of one claim x model share a row."""
+    rows: list[Row] = []
+    open_rows: dict[tuple[str, str], Row] = {}
+    for record in records:
+        row = open_rows.get(record.row_key)
+        if row is None or record.protocol in row.by_protocol:  # a repeated protocol starts a new row
+            row = Row(record.claim_id, record.model, record.tier, {})
+            rows.append(row)
+            open_rows[record.row_key] = row
+        row.by_protocol[record.protocol] = record
+    return rows
+
+
+def protocols_of(records: Iterable[VerdictRecord]) -> list[str]:
+    seen = {r.protocol for r in records}
+    return [p for p in ("seed", "rigorous") if p in seen] + sorted(seen - {"seed", "rigorous"})
+
+
+def table_cells(records: list[VerdictRecord]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the summary table (shared by the terminal summary and report.md)."""
+    protocols = protocols_of(records)
+    header = ["claim", "model", "tier", *protocols, "key figure vs expectation"]
+    body = []
+    for row in summary_rows(records):
+        verdicts = [row.by_protocol[p].verdict.value if p in row.by_protocol else "-" for p in protocols]
+        body.append([row.claim_id, row.model, row.tier, *verdicts, row.figure_text(protocols)])
+    return header, body
+
+
+# ------------------------------------------------------------------------------------------------ markdown
+
+
+def render_markdown(run: Run) -> str:
+    """report.md: provenance, the summary table, changes since the baseline, one paragraph per claim x model."""
+    meta = run.meta
+    counts = run.counts()
+    lines = [f"# MI-Atlas claims run {run.name}", ""]
+    lines.append(f"Commit `{meta.get('git_commit', '?')}`, engine {meta.get('engine_version', '?')}, "
+                 f"started {meta.get('started', '?')}, {meta.get('duration_s', '?')} s, "
+                 f"machine {meta.get('machine', '?')} ({meta.get('platform', '?')}).")
+    if meta.get("args") is not None:
+        lines.append(f"Pytest arguments: `{' '.join(meta['args']) or '(none)'}`.")
+    lines += ["", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".", ""]
+    header, body = table_cells(run.records)
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for cells in body:
+        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    lines += ["", "## Changes since the baseline", ""]
+    if meta.get("baseline_updated"):
+        lines.append("Baselines were re-pinned by this run (`--claims-update-baseline`).")
+        lines.append("")
+    if run.changes:
+        lines += [f"- {c.describe()}" for c in run.changes]
+    else:
+        lines.append("None: no verdict flipped and no figure moved beyond its tolerance "
+                     "(claims without a baseline are not compared).")
+    lines += ["", "## Claims", ""]
+    for row in summary_rows(run.records):
+        any_record = next(iter(row.by_protocol.values()))
+        lines += [f"### {row.claim_id} · {row.model} ({row.tier})", "", f"*{any_record.statement}*", ""]
+        for protocol, record in row.by_protocol.items():
+            lines += [_paragraph(protocol, record), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _paragraph(protocol: str, r: VerdictRecord) -> str:
+    text = f"**{protocol} protocol: {r.verdict.value}.** {r.reason}."
+    if r.verdict is Verdict.UNTESTED:
+        return text
+    if r.figures:
+        parts = []
+        for name, value in r.figures.items():
+            ci = f" (95% CI [{fmt(r.ci[name][0])}, {fmt(r.ci[name][1])}])" if name in r.ci else ""
+            parts.append(f"{name} = {fmt(value, 200)}{ci}")
+        text += " Figures: " + "; ".join(parts) + "."
+    extra_ci = [n for n in r.ci if n not in r.figures]
+    if extra_ci:
+        text += " Intervals: " + "; ".join(f"{n} [{fmt(r.ci[n][0])}, {fmt(r.ci[n][1])}]" for n in extra_ci) + "."
+    text += f" Expectation: {r.expectation}."
+    if r.seeds:
+        text += f" Seeds {', '.join(map(str, r.seeds))}."
+    if r.suite_hash:
+        text += f" Suite {r.suite_hash}."
+    text += f" {r.duration_s:.1f} s, commit {r.git_commit}, engine {r.engine_version}, test `{r.test}`."
+    if r.notes:
+        text += f" {r.notes}"
+    return text
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
