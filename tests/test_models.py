@@ -221,6 +221,18 @@ def test_a_truncated_gguf_download_is_refused(tmp_path):
         models.fetch_gguf(spec, tmp_path)
 
 
+def test_pull_from_a_local_gguf_checks_its_sha256(monkeypatch, tmp_path):
+    """`mi-atlas models pull KEY --gguf FILE` (offline machines) refuses a file that is not this model's GGUF."""
+    monkeypatch.setenv("MI_ATLAS_CACHE", str(tmp_path / "cache"))
+    wrong = tmp_path / "other.gguf"
+    wrong.write_bytes(b"GGUF" + b"\x01" * 128)
+    with pytest.raises(ModelError, match="other.gguf sha256 is .* expected b179c952"):
+        models.pull("smollm2-135m", gguf_file=wrong)
+    with pytest.raises(ModelError, match="does not exist"):
+        models.pull("smollm2-135m", gguf_file=tmp_path / "missing.gguf")
+    assert not models.is_present("smollm2-135m")
+
+
 @pytest.mark.parametrize("quant,layer_class", [("nf4", "Linear4bit"), ("int8", "Linear8bitLt")])
 def test_quantised_loading_runs_on_cpu(smollm, quant, layer_class):
     lm = models.load("smollm2-135m", quant=quant, device="cpu")
