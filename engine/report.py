@@ -92,6 +92,7 @@ def write_atomic(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -131,13 +132,20 @@ def _cut_torn_tail(handle, path: Path) -> None:
 
 
 def read_registry(root: Path) -> list[dict]:
-    """Every registry line as a dict; a malformed line is an error naming its line number."""
+    """Every registry line as a dict; a malformed line is an error naming its line number.
+
+    A last line without its newline is what a writer killed mid-write (power loss) leaves: it is skipped with a
+    warning, and the next append cuts it off.
+    """
     path = Path(root) / REGISTRY_FILE
     if not path.exists():
         return []
     out = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
+            if not line.endswith("\n"):
+                warnings.warn(f"{path}:{number}: skipping a torn last line ({len(line)} bytes)", stacklevel=2)
+                break
             try:
                 out.append(json.loads(line))
             except json.JSONDecodeError as exc:
@@ -241,7 +249,10 @@ def point_latest(root: Path, name: str) -> None:
 
 
 def run_dir(root: Path, which: str | None = None) -> Path:
-    """Resolve a run: None/'latest', a run name, a run directory or a claims.json path."""
+    """Resolve a run: None/'latest', a run name, a run directory or a claims.json path.
+
+    A run directory without claims.json (a run killed before its end) resolves too: see :func:`load_run`.
+    """
     root = Path(root)
     if which in (None, "", LATEST):
         latest = root / LATEST
@@ -255,12 +266,25 @@ def run_dir(root: Path, which: str | None = None) -> Path:
             return candidate.parent
         if (candidate / RUN_FILE).is_file():
             return candidate
+    interrupted = root / RUNS_DIR / Path(which).name
+    if interrupted.is_dir():
+        return interrupted
     raise FileNotFoundError(f"run {which!r}: no {RUN_FILE} at {which} or {root / RUNS_DIR / which}")
 
 
 def load_run(root: Path, which: str | None = None) -> Run:
-    path = run_dir(root, which) / RUN_FILE
-    return Run.from_json(path.read_text(encoding="utf-8"), str(path))
+    """A run from its claims.json; for a run killed before it wrote one, rebuilt from its registry lines."""
+    directory = run_dir(root, which)
+    path = directory / RUN_FILE
+    if path.is_file():
+        return Run.from_json(path.read_text(encoding="utf-8"), str(path))
+    records = [VerdictRecord.from_dict(line) for line in read_registry(root) if line.get("run") == directory.name]
+    if not records:
+        raise FileNotFoundError(f"run {directory.name}: no {RUN_FILE} and no verdict of it in {REGISTRY_FILE}")
+    commits = sorted({r.git_commit for r in records})
+    meta = {"run": directory.name, "git_commit": ", ".join(commits), "engine_version": records[0].engine_version,
+            "started": records[0].timestamp, "interrupted": True}
+    return Run(directory.name, meta, records, [])
 
 
 # ------------------------------------------------------------------------------------------------ comparison
@@ -363,7 +387,7 @@ def pin_baselines(root: Path, records: Iterable[VerdictRecord], run: str) -> lis
 
 @dataclass
 class Row:
-    """One summary row: a claim x model, with one record per protocol (None where not measured)."""
+    """One summary row: a claim x model, with one record per protocol measured."""
 
     claim_id: str
     model: str
@@ -375,23 +399,23 @@ class Row:
         records = [self.by_protocol[p] for p in protocols if p in self.by_protocol]
         if records and all(r.verdict is Verdict.UNTESTED for r in records):
             return records[0].reason
-        shown = []
-        for r in records:
-            if r.verdict is not Verdict.UNTESTED:
-                value = fmt(r.measured, 24) if r.key else "-"
-                shown.append(f"{r.protocol} {value}")
-        first = next(r for r in records if r.verdict is not Verdict.UNTESTED)
-        if first.expected is not None and first.tolerance:
-            tolerance = Tolerance(**first.tolerance).describe()
-            target = f"seed {fmt(first.expected, 24)} {tolerance}"
+        measured = [r for r in records if r.verdict is not Verdict.UNTESTED]
+        first = measured[0]
+        keys = {r.key if r.key in r.figures else "" for r in measured}  # "": no key figure reported
+        if len(keys) > 1:  # a protocol compared another figure
+            text = " | ".join(f"{r.key} = {fmt(r.measured, 24)} ({r.protocol})" if r.key in r.figures
+                              else f"rule checked ({r.protocol})" for r in measured)
+        elif keys != {""}:
+            text = f"{first.key} = " + " | ".join(f"{fmt(r.measured, 24)} ({r.protocol})" for r in measured)
         else:
-            target = first.expectation
-        label = f"{first.key}: " if first.key else ""
-        return f"{label}{' | '.join(shown)} vs {target}"
+            text = "rule checked"
+        if first.expected is not None and first.tolerance:
+            return f"{text} vs seed figure {fmt(first.expected, 24)} {Tolerance(**first.tolerance).describe()}"
+        return f"{text}; expected: {first.expectation}"
 
 
 def summary_rows(records: Iterable[VerdictRecord]) -> list[Row]:
-    """Rows in arrival order; seed and rigorous verdicts of one claim x model share a row."""
+    """Rows sorted by claim and model; seed and rigorous verdicts of one claim x model share a row."""
     rows: list[Row] = []
     open_rows: dict[tuple[str, str], Row] = {}
     for record in records:
@@ -401,7 +425,7 @@ def summary_rows(records: Iterable[VerdictRecord]) -> list[Row]:
             rows.append(row)
             open_rows[record.row_key] = row
         row.by_protocol[record.protocol] = record
-    return rows
+    return sorted(rows, key=lambda row: (row.claim_id, row.model))  # stable: repeated rows keep arrival order
 
 
 def protocols_of(records: Iterable[VerdictRecord]) -> list[str]:
@@ -433,6 +457,9 @@ def render_markdown(run: Run) -> str:
                  f"machine {meta.get('machine', '?')} ({meta.get('platform', '?')}).")
     if meta.get("args") is not None:
         lines.append(f"Pytest arguments: `{' '.join(meta['args']) or '(none)'}`.")
+    if meta.get("interrupted"):
+        lines += ["", f"**Interrupted run**: it ended before writing {RUN_FILE}; these are the verdicts it had "
+                      f"appended to {REGISTRY_FILE}, without a baseline comparison."]
     lines += ["", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".", ""]
     header, body = table_cells(run.records)
     lines.append("| " + " | ".join(header) + " |")

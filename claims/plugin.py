@@ -1,0 +1,450 @@
+"""The MI-Atlas pytest plugin: claim markers, the ``claim`` fixture, verdict outcomes, summary and result files.
+
+Loaded by the root ``conftest.py`` (``pytest_plugins = ["claims.plugin"]``); elsewhere ``-p claims.plugin``.
+
+Writing a claim test (``claims/test_<block>_claims.py``)
+-------------------------------------------------------
+A claim test names its claim and model once; tier, scale and block markers follow from the catalogue
+(``engine/data/claims.toml``) and the model registry (``engine/data/models.toml``)::
+
+    import pytest
+    from claims.plugin import claim_params
+
+    @pytest.mark.parametrize("model", claim_params("HUB-SEEDS"))   # every model of the claim, both tiers
+    def test_hub_is_stable_across_seeds(claim, model, load_model):
+        lm = load_model(model)                                     # claims/conftest.py
+        ...measure with the engine...
+        claim.record(protocol="seed", figures={"hub_std": std, "hubs": hubs}, holds=std == 0,
+                     seeds=[42, 137, 256], suite_hash=suite.hash)
+        claim.record(protocol="rigorous", figures={...}, holds=..., ci={"gap": (lo, hi)}, seeds=[...])
+
+or one model: ``@pytest.mark.claim("HUB-SEEDS", model="smollm2-135m")`` (a multi-model claim names its models as
+a list or joined with "+": ``model=["qwen2.5-coder-0.5b", "qwen2.5-0.5b"]``).
+
+* ``claim_params(claim_id, models=None, *, protocols=None)``: one ``pytest.param(model)`` per target, each marked
+  ``claim(claim_id, model=...)``, id = the model key. Default targets: the claim's gpu-tier models, then its
+  cpu-tier targets (each cpu model, or all cpu models "+"-joined for a multi-model claim). ``protocols=("seed",)``
+  restricts the test to some protocols (for a claim whose seed and rigorous measurements are separate tests).
+* ``@pytest.mark.claim(claim_id, model=..., protocols=...)``: the same for one target.
+* The ``claim`` fixture (an ``engine.claims.Recorder``):
+    - ``claim.record(protocol, figures, holds, *, key=None, expectation=None, seeds=(), suite_hash=None,
+      ci=None, notes="", revised=False, reason="") -> VerdictRecord``, once per protocol. ``figures``: name ->
+      number / list / dict / str (numpy and torch values are converted; NaN is an error). ``holds``: the claim's
+      rule holds (False = its falsifier fired -> FAILED). ``key``: the figure compared with the seed's figure
+      (default: the catalogue's ``key``; when the seed gives one for this model, the test must report it).
+      ``ci``: figure -> (low, high). ``revised=True, reason=...``: a documented revision -> REVISED.
+    - ``claim.untested(reason, protocols=None)``: UNTESTED for the protocols not yet recorded, and skips the test.
+      A plain ``pytest.skip(reason)`` in the test or a fixture does the same (a leading "UNTESTED: " is dropped).
+    - read-only: ``claim.claim`` (the catalogue row: ``id``, ``statement``, ``rule``, ``key``, ...),
+      ``claim.model`` (registry key or "+"-joined keys), ``claim.models`` (tuple of keys), ``claim.tier``
+      ("cpu" | "gpu"), ``claim.params`` (the row's ``[claim.params]``: thresholds the rule uses; thresholds live
+      there, not in tests), ``claim.seed_figures`` (the seed's figures for this model; empty on the cpu tier),
+      ``claim.unrecorded`` (protocols still without a verdict).
+  Each record carries claim id, model, tier, protocol, figures, CIs, expectation, tolerance, seeds, suite hash,
+  engine version, git commit, duration (seconds since the previous record, the first from test set-up) and test id.
+
+Outcomes
+--------
+CONFIRMED passes; FAILED fails with the figures in the message; REVISED passes with the status word REVISED and a
+``ClaimRevisedWarning`` (fails under ``--claims-strict``); UNTESTED is a skip whose reason starts with "UNTESTED:".
+A gpu-tier claim without CUDA (unless ``--allow-cpu-gpu-tier``) or without its weights is UNTESTED before any
+fixture runs, so it is listed in the table, never silently absent. A claim test that records nothing fails; an
+exception in a claim test is an error, as in any test.
+
+Markers (registered here, in one place): ``gpu``, ``cpu``, ``slow``, ``bench``, ``claim``, one scale marker per
+model size from the catalogue's ``[scales]`` (``scale_135m``, ``scale_270m``, ``scale_05b``, ``scale_15b``,
+``scale_3b``, ``scale_17b``) and one per block (``atlas``, ``lora``, ``steer``, ``quant``). Claim tests get theirs
+derived at collection, before ``-m`` is applied: ``pytest -m "gpu and scale_05b"`` selects the 0.5B gpu claims,
+``pytest claims -m cpu`` the cpu tier. Mark a long claim test ``slow`` yourself.
+
+xdist: verdict records travel on the test reports (attribute ``claim_records``, serialised with the report), so
+the controller alone appends them to ``registry.jsonl``, prints the summary table and writes the run files.
+
+Results (``--claims-results DIR``, default ``<rootdir>/results``): ``runs/<timestamp>-<commit>/claims.json`` and
+``report.md``, ``latest``, ``registry.jsonl`` (one locked, fsynced line per verdict as it arrives) and
+``baselines/<model>.json``. JUnit XML (``--junitxml``) gets ``verdict[ID|model|protocol]`` and ``claim_record``
+properties per test case.
+
+Regressions: every run is compared with ``results/baselines/<model>.json``. A verdict flip or a figure that
+moved beyond its tolerance is reported in the summary and in report.md with the commit it was pinned at, but it
+does not fail the session unless ``--claims-baseline-gate`` (alias ``--claims-fail-on-regression``) is given.
+Why: each verdict already fails or passes its own test, and a figure that moves on another machine or GPU, or
+after a deliberate method change, is information for a researcher, not a broken build. CI that guards a pinned
+machine opts in: ``pytest claims -m cpu --claims-baseline-gate`` exits 1 on any flip or moved figure;
+``--claims-update-baseline`` re-pins deliberately (and never fails on the changes it pins).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import claims as claims_lib
+from engine import report as results
+from engine.claims import GROUP_SEP, Catalogue, ClaimError, Recorder, Target, Verdict, VerdictRecord
+
+BASE_MARKERS = {
+    "gpu": "gpu tier: the seed's own models and figures (UNTESTED without CUDA or the weights)",
+    "cpu": "cpu tier: the claim's rule on the embedded real models",
+    "slow": "takes minutes; deselect with -m 'not slow'",
+    "bench": "a benchmark (pytest-benchmark; run without xdist)",
+    "claim(id, model=..., protocols=...)": "a claim test: catalogue id and registry model key "
+                                            "(or keys joined with '+'); tier/scale/block markers are derived",
+}
+
+CATALOGUE = pytest.StashKey[Catalogue]()
+RECORDER = pytest.StashKey[Recorder]()
+TARGET = pytest.StashKey[Target]()
+REPORTED = pytest.StashKey[int]()
+
+
+# ------------------------------------------------------------------------------------------------ options
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mi-atlas claims")
+    group.addoption("--claims-results", metavar="DIR", default=None,
+                    help="results root for runs, registry and baselines (default: <rootdir>/results)")
+    group.addoption("--claims-catalogue", metavar="FILE", default=None,
+                    help="claims catalogue TOML (default: the packaged engine/data/claims.toml)")
+    group.addoption("--claims-strict", action="store_true",
+                    help="a REVISED verdict fails its test")
+    group.addoption("--claims-update-baseline", action="store_true",
+                    help="re-pin results/baselines/<model>.json with this run's figures")
+    group.addoption("--claims-baseline-gate", "--claims-fail-on-regression", action="store_true",
+                    dest="claims_baseline_gate",
+                    help="fail the session when a verdict flipped or a figure moved beyond its tolerance since "
+                         "results/baselines (for CI on a pinned machine)")
+    group.addoption("--allow-cpu-gpu-tier", action="store_true",
+                    help="run gpu-tier claims on CPU when their weights are present")
+    group.addoption("--model-dir", metavar="DIR", default=None,
+                    help="directory holding local model folders of the seed's models (sets MI_ATLAS_MODEL_DIR)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    model_dir = config.getoption("--model-dir")
+    if model_dir:
+        os.environ["MI_ATLAS_MODEL_DIR"] = str(Path(model_dir).expanduser().resolve())
+    try:
+        catalogue = claims_lib.load_catalogue(config.getoption("--claims-catalogue"))
+    except ClaimError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    config.stash[CATALOGUE] = catalogue
+    for name, text in BASE_MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    for scale, text in catalogue.scales.items():
+        config.addinivalue_line("markers", f"{scale}: {text}")
+    for block in catalogue.blocks:
+        config.addinivalue_line("markers", f"{block}: claims of the {block} block")
+    if not hasattr(config, "workerinput"):  # the xdist controller or a plain session writes the results
+        config.pluginmanager.register(ClaimsSession(config), "mi-atlas-claims-session")
+
+
+# ------------------------------------------------------------------------------------------------ collection
+
+
+def claim_params(claim_id: str, models: list[str] | None = None, *, protocols: tuple[str, ...] | None = None):
+    """``pytest.param`` per model, each marked ``claim(claim_id, model=...)``: parametrize a claim test with it.
+
+    Default models: the claim's gpu-tier models, then its cpu-tier targets (each cpu model, or all cpu models as
+    one "+"-joined group for a multi-model claim), from the packaged catalogue.
+    """
+    catalogue = claims_lib.load_catalogue()
+    claim = catalogue[claim_id]
+    if models is None:
+        models = (list(claim.models) if "gpu" in claim.tiers else []) + (
+            catalogue.cpu_targets(claim) if "cpu" in claim.tiers else [])
+    kwargs = {"protocols": tuple(protocols)} if protocols else {}
+    return [pytest.param(model, marks=pytest.mark.claim(claim_id, model=model, **kwargs), id=model)
+            for model in models]
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m deselection sees the markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    catalogue = config.stash[CATALOGUE]
+    marked = [item for item in items if item.get_closest_marker("claim")]
+    if not marked:
+        return
+    from engine import models as model_registry  # imports torch: only when claim tests are collected
+
+    registered = {line.split(":")[0].split("(")[0].strip() for line in config.getini("markers")}
+    for item in marked:
+        try:
+            target, markers = _target(item.get_closest_marker("claim"), catalogue, model_registry.REGISTRY)
+        except ClaimError as exc:
+            # A malformed claim marker is a collection error of that test (shown by xdist too), never a skip.
+            items.remove(item)
+            config.hook.pytest_collectreport(report=pytest.CollectReport(
+                item.nodeid, "failed", f"{item.nodeid}: {exc}", []))
+            continue
+        item.stash[TARGET] = target
+        for name in markers:
+            if name not in registered:  # e.g. a scale the catalogue's [scales] does not list
+                config.addinivalue_line("markers", f"{name}: derived from the model registry")
+                registered.add(name)
+            item.add_marker(name)
+
+
+def _target(mark: pytest.Mark, catalogue: Catalogue, registry: dict) -> tuple[Target, list[str]]:
+    """The claim x model a marked test measures, and the markers that follow from it."""
+    if len(mark.args) != 1 or not isinstance(mark.args[0], str):
+        raise ClaimError("use @pytest.mark.claim('CLAIM-ID', model='registry-key')")
+    unknown = set(mark.kwargs) - {"model", "protocols"}
+    if unknown:
+        raise ClaimError(f"claim marker: unknown argument(s) {sorted(unknown)} (allowed: model, protocols)")
+    claim = catalogue[mark.args[0]]
+    model = mark.kwargs.get("model")
+    if not model:
+        raise ClaimError(f"claim marker for {claim.id} needs model=... (one of {', '.join(claim.models)} or a cpu "
+                         f"model: {', '.join(catalogue.cpu_models)})")
+    model = model if isinstance(model, str) else GROUP_SEP.join(model)
+    specs = []
+    for key in model.split(GROUP_SEP):
+        if key not in registry:
+            raise ClaimError(f"{claim.id}: model {key!r} is not in the model registry ({', '.join(registry)})")
+        specs.append(registry[key])
+    if any(spec.tier not in ("cpu", "gpu") for spec in specs):
+        raise ClaimError(f"{claim.id}: model {model!r} is not a cpu- or gpu-tier model; test-tier models never "
+                         "give a verdict")
+    tier = "gpu" if any(spec.tier == "gpu" for spec in specs) else "cpu"
+    if tier not in claim.tiers:
+        raise ClaimError(f"{claim.id} has no {tier} tier (tiers: {', '.join(claim.tiers)})")
+    if tier == "gpu" and model not in claim.models:
+        raise ClaimError(f"{claim.id}: {model!r} is not one of the claim's gpu-tier models "
+                         f"({', '.join(claim.models)}) in {catalogue.path}")
+    protocols = tuple(mark.kwargs.get("protocols") or catalogue.protocols)
+    bad = [p for p in protocols if p not in catalogue.protocols]
+    if bad:
+        raise ClaimError(f"{claim.id}: unknown protocol(s) {bad} (catalogue: {', '.join(catalogue.protocols)})")
+    scales = sorted({spec.scale for spec in specs})
+    return Target(claim=claim, model=model, tier=tier, protocols=protocols), [tier, *scales, claim.block]
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+@pytest.hookimpl(tryfirst=True)  # before any fixture (e.g. a model load) is set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    target = item.stash.get(TARGET, None)
+    if target is None:
+        return
+    recorder = PytestRecorder(target, git_commit=results.git_commit(str(item.config.rootpath)), test=item.nodeid)
+    item.stash[RECORDER] = recorder
+    item.stash[REPORTED] = 0
+    reasons = _unavailable(target, item.config)
+    if reasons:
+        recorder.untested("; ".join(reasons))
+
+
+def _unavailable(target: Target, config: pytest.Config) -> list[str]:
+    """Why this claim x model cannot run here (empty when it can)."""
+    from engine import models as model_registry
+
+    reasons = []
+    if target.tier == "gpu" and not config.getoption("--allow-cpu-gpu-tier"):
+        import torch
+
+        if not torch.cuda.is_available():
+            reasons.append("no CUDA device for this gpu-tier claim (--allow-cpu-gpu-tier runs it on CPU)")
+    for key in target.models:
+        present, why = model_registry.availability(key)
+        if not present:
+            reasons.append(why)
+    return reasons
+
+
+class PytestRecorder(Recorder):
+    """The ``claim`` fixture: a :class:`Recorder` whose ``untested`` also skips the test."""
+
+    def untested(self, reason: str, protocols=None):  # type: ignore[override]
+        super().untested(reason, protocols)
+        # reported at the test's own location, not at this line
+        raise pytest.skip.Exception(f"UNTESTED: {reason}", _use_item_location=True)
+
+
+@pytest.fixture
+def claim(request: pytest.FixtureRequest) -> PytestRecorder:
+    """The claim this test measures: ``claim.record(...)`` per protocol, ``claim.untested(reason)`` to skip.
+
+    Also ``claim.model``, ``claim.models``, ``claim.tier``, ``claim.params`` (rule thresholds from the catalogue)
+    and ``claim.seed_figures`` (the seed's figures for this model; empty on the cpu tier).
+    """
+    recorder = request.node.stash.get(RECORDER, None)
+    if recorder is None:
+        raise ClaimError(f"{request.node.nodeid} uses the claim fixture without @pytest.mark.claim(ID, model=...)")
+    return recorder
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Map the test's verdicts to its outcome and attach the new verdict records to the report."""
+    rep = yield
+    recorder = item.stash.get(RECORDER, None)
+    if recorder is None:
+        return rep
+    if rep.skipped and recorder.unrecorded and call.when in ("setup", "call"):
+        # A plain pytest.skip() in a claim test or its fixtures still leaves a verdict: UNTESTED with the reason,
+        # for every protocol the test had not recorded yet.
+        Recorder.untested(recorder, _skip_reason(rep))
+    if call.when == "call" and (rep.passed or rep.skipped):
+        _apply_verdicts(rep, recorder, item.config.getoption("--claims-strict"))
+    start = item.stash[REPORTED]
+    rep.claim_records = [json.dumps(r.to_dict()) for r in recorder.records[start:]]
+    item.stash[REPORTED] = len(recorder.records)
+    if call.when == "teardown":  # junitxml reads properties from the teardown report (junit_family=xunit1)
+        for r in recorder.records:
+            rep.user_properties.append((f"verdict[{r.claim_id}|{r.model}|{r.protocol}]", r.verdict.value))
+            rep.user_properties.append(("claim_record", json.dumps(r.to_dict(), sort_keys=True)))
+    return rep
+
+
+def _skip_reason(rep: pytest.TestReport) -> str:
+    reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+    return reason.removeprefix("Skipped: ").removeprefix("UNTESTED: ") or "skipped without a reason"
+
+
+def _apply_verdicts(rep: pytest.TestReport, recorder: Recorder, strict: bool) -> None:
+    records = recorder.records
+    if not records:
+        rep.outcome = "failed"
+        rep.longrepr = (f"claim test {recorder.claim.id} on {recorder.model} recorded no verdict: call "
+                        "claim.record(...) for each protocol measured, or claim.untested(reason)")
+        return
+    failing = [r for r in records if r.verdict is Verdict.FAILED or (strict and r.verdict is Verdict.REVISED)]
+    if failing:
+        rep.outcome = "failed"
+        rep.longrepr = "\n".join(_failure_text(r) for r in failing)
+
+
+def _failure_text(r: VerdictRecord) -> str:
+    head = f"{r.claim_id} on {r.model} [{r.protocol}]: {r.verdict.value}"
+    if r.verdict is Verdict.REVISED:
+        head += " (fails under --claims-strict)"
+    figures = "; ".join(f"{k} = {claims_lib.fmt(v, 120)}" for k, v in r.figures.items())
+    ci = "; ".join(f"{k} CI [{claims_lib.fmt(lo)}, {claims_lib.fmt(hi)}]" for k, (lo, hi) in r.ci.items())
+    lines = [head, f"  reason: {r.reason}", f"  figures: {figures or '(none)'}", f"  expectation: {r.expectation}"]
+    if ci:
+        lines.append(f"  intervals: {ci}")
+    if r.seeds:
+        lines.append(f"  seeds: {r.seeds}")
+    return "\n".join(lines)
+
+
+def _records_of(rep) -> list[VerdictRecord]:
+    return [VerdictRecord.from_dict(json.loads(text)) for text in getattr(rep, "claim_records", None) or ()]
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
+    """Status words of claim tests: REVISED (yellow) or CONFIRMED for a pass, UNTESTED for a skip."""
+    verdicts = {r.verdict for r in _records_of(report)}
+    if not verdicts:
+        return None
+    if report.when == "call" and report.passed:
+        if Verdict.REVISED in verdicts:
+            return "revised", "R", ("REVISED", {"yellow": True})
+        return "passed", ".", ("CONFIRMED", {"green": True})
+    if report.skipped and verdicts == {Verdict.UNTESTED}:
+        return "skipped", "u", ("UNTESTED", {"purple": True})
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ session
+
+
+class ClaimsSession:
+    """Controller-side state: collects verdicts from reports, appends the registry, writes the run at the end."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        option = config.getoption("--claims-results")
+        self.root = Path(option).expanduser().resolve() if option else config.rootpath / "results"
+        self.records: list[VerdictRecord] = []
+        self.run_dir: Path | None = None
+        self.run: results.Run | None = None
+        self.started = results.utc_now()
+        self.clock = time.perf_counter()
+        self.commit = results.git_commit(str(config.rootpath))
+        self.unpinned: list[tuple[str, str, str]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for record in _records_of(report):
+            if self.run_dir is None:
+                self.run_dir = results.reserve_run_dir(self.root, self.commit, self.started)
+            record.run = self.run_dir.name
+            self.records.append(record)
+            results.append_registry(self.root, record)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if not self.records:
+            return
+        catalogue = self.config.stash[CATALOGUE]
+        baselines = results.load_baselines(self.root, {r.model for r in self.records})
+        changes = results.compare(baselines, self.records, catalogue.tolerance_for)
+        self.unpinned = sorted({(r.claim_id, r.model, r.protocol) for r in self.records
+                                if r.verdict is not Verdict.UNTESTED
+                                and (r.claim_id, r.model, r.protocol) not in baselines})
+        update = self.config.getoption("--claims-update-baseline")
+        if update:
+            results.pin_baselines(self.root, self.records, self.run_dir.name)
+        meta = {
+            "run": self.run_dir.name, "git_commit": self.commit, "started": self.started.isoformat(timespec="seconds"),
+            "duration_s": round(time.perf_counter() - self.clock, 1), "args": list(self.config.invocation_params.args),
+            "catalogue": catalogue.path, "baseline_updated": bool(update), "exit_status": int(exitstatus),
+            **results.provenance(),
+        }
+        self.run = results.Run(self.run_dir.name, meta, self.records, changes)
+        results.write_run(self.run_dir, self.run)
+        # A deliberate re-pin never fails; otherwise changes fail the session only when asked to.
+        if changes and self.fail_on_regression and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    @property
+    def fail_on_regression(self) -> bool:
+        return (self.config.getoption("claims_baseline_gate")
+                and not self.config.getoption("--claims-update-baseline"))
+
+    def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+        if self.run is None:
+            return
+        tr = terminalreporter
+        tr.write_sep("=", "MI-Atlas claims")
+        header, body = results.table_cells(self.run.records)
+        widths = [max(len(cells[i]) for cells in [header, *body]) for i in range(len(header) - 1)]
+        verdict_columns = range(3, len(header) - 1)
+        tr.write_line("  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  " + header[-1], bold=True)
+        for cells in body:
+            for i, (cell, width) in enumerate(zip(cells, widths)):
+                tr.write(cell.ljust(width) + "  ", **(VERDICT_MARKUP.get(cell, {}) if i in verdict_columns else {}))
+            room = max(40, config.get_terminal_writer().fullwidth - sum(widths) - 2 * len(widths) - 1)
+            tr.write_line(cells[-1] if len(cells[-1]) <= room else cells[-1][: room - 3] + "...")
+        counts = self.run.counts()
+        tr.write_line("claims: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+                      + " (per claim x model x protocol)")
+        if self.run.changes:
+            tr.write_line(f"changes since the baseline ({self.root / results.BASELINES_DIR}):", yellow=True,
+                          bold=True)
+            for change in self.run.changes:
+                tr.write_line("  " + change.describe(), yellow=True)
+            if self.fail_on_regression:
+                tr.write_line("  --claims-baseline-gate: the session fails because of these changes", red=True)
+            else:
+                tr.write_line("  (reported only; --claims-baseline-gate makes them fail the session)")
+        if self.unpinned and not self.run.meta.get("baseline_updated"):
+            tr.write_line(f"{len(self.unpinned)} verdict(s) have no baseline to compare with "
+                          "(pin them with --claims-update-baseline)")
+        if self.run.meta.get("baseline_updated"):
+            tr.write_line(f"baselines re-pinned at {self.commit} (--claims-update-baseline)")
+        tr.write_line(f"run: {self.run_dir} (claims.json, report.md)")
+        tr.write_line(f"registry: {self.root / results.REGISTRY_FILE}")
+
+
+VERDICT_MARKUP = {
+    Verdict.CONFIRMED.value: {"green": True, "bold": True},
+    Verdict.REVISED.value: {"yellow": True, "bold": True},
+    Verdict.FAILED.value: {"red": True, "bold": True},
+    Verdict.UNTESTED.value: {"purple": True},
+}

@@ -1,0 +1,522 @@
+"""Claims: the catalogue as typed data, and the one place where a measurement becomes a verdict.
+
+A claim test measures something and hands it to a :class:`Recorder` (in pytest: the ``claim`` fixture)::
+
+    claim.record(protocol="seed", figures={"hub_layer": 2, "hub_std": 0.0}, holds=std == 0, seeds=[42, 137, 256])
+
+:func:`decide` turns that into a verdict, exactly as the catalogue defines them:
+
+* FAILED    - the rule's falsifier fired (``holds`` is False);
+* REVISED   - the rule holds but the key figure is outside the claim's tolerance of the seed's figure for this
+              model (the record states the revised figure), or the test reports a documented revision
+              (``revised=True, reason=...``);
+* CONFIRMED - the rule holds and, where the seed gives a numeric figure for this model, the measurement is within
+              tolerance of it (on the cpu tier the seed gives none, so the rule alone decides);
+* UNTESTED  - the claim cannot run here (no weights, no GPU, budget), with the reason. Never a pass.
+
+Nothing here imports pytest: the plugin (``claims/plugin.py``) maps verdicts to test outcomes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import tomllib
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from enum import Enum
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from engine import ENGINE_VERSION
+
+PROTOCOLS = ("seed", "rigorous")
+TIERS = ("gpu", "cpu")
+GROUP_SEP = "+"  # a claim about several models names them "a+b+c"
+
+
+class ClaimError(ValueError):
+    """A claim is misused or the catalogue is malformed; the message names the claim, field or file."""
+
+
+class ClaimRevisedWarning(UserWarning):
+    """Emitted for every REVISED verdict, so it shows in pytest's warnings summary."""
+
+
+class Verdict(str, Enum):
+    CONFIRMED = "CONFIRMED"
+    REVISED = "REVISED"
+    FAILED = "FAILED"
+    UNTESTED = "UNTESTED"
+
+
+# ------------------------------------------------------------------------------------------------ catalogue
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|measured - expected| <= max(abs, rel * |expected|)``, elementwise for sequences of equal length."""
+
+    abs: float = 0.0
+    rel: float = 0.0
+
+    def within(self, measured: Any, expected: Any) -> bool:
+        if is_number_list(measured) and is_number_list(expected):
+            return len(measured) == len(expected) and all(map(self.within, measured, expected))
+        if not (is_number(measured) and is_number(expected)):
+            return measured == expected
+        return abs(measured - expected) <= max(self.abs, self.rel * abs(expected))
+
+    def describe(self) -> str:
+        parts = [f"±{self.abs:g}"] if self.abs or not self.rel else []
+        if self.rel:
+            parts.append(f"±{self.rel:.0%}")
+        return " or ".join(parts)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"abs": self.abs, "rel": self.rel}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One catalogue row: what the seed claims, the rule that tests it, the seed's figures per model."""
+
+    id: str
+    block: str
+    statement: str
+    rule: str
+    source: str
+    tiers: tuple[str, ...]
+    models: tuple[str, ...]  # gpu-tier targets: registry keys or "+"-joined groups
+    scales: tuple[str, ...]
+    key: str  # the figure compared with the seed's figure; "" = the rule alone decides
+    tolerance: Tolerance
+    tolerances: Mapping[str, Tolerance] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    seed: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # model -> figure -> value
+    notes: str = ""
+
+    def seed_figure(self, model: str, figure: str) -> Any:
+        """The seed's figure for ``model`` (None where the seed gives none, e.g. every cpu-tier model)."""
+        return self.seed.get(model, {}).get(figure) if figure else None
+
+    def tolerance_for(self, figure: str, default: Tolerance | None = None) -> Tolerance:
+        """The figure's own tolerance, else the claim's (for its key figure), else ``default`` (exact)."""
+        if figure in self.tolerances:
+            return self.tolerances[figure]
+        if figure == self.key or default is None:
+            return self.tolerance
+        return default
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """All claims by id, plus the catalogue-wide settings (cpu-tier models, scale markers)."""
+
+    path: str
+    claims: Mapping[str, Claim]
+    blocks: tuple[str, ...]
+    protocols: tuple[str, ...]
+    cpu_models: tuple[str, ...]
+    scales: Mapping[str, str]  # scale marker -> description
+    default_tolerance: Tolerance
+
+    def __getitem__(self, claim_id: str) -> Claim:
+        try:
+            return self.claims[claim_id]
+        except KeyError:
+            raise ClaimError(f"unknown claim id {claim_id!r}: not in {self.path} "
+                             f"(known: {', '.join(self.claims)})") from None
+
+    def __contains__(self, claim_id: object) -> bool:
+        return claim_id in self.claims
+
+    def __iter__(self):
+        return iter(self.claims.values())
+
+    def __len__(self) -> int:
+        return len(self.claims)
+
+    def tolerance_for(self, claim_id: str, figure: str) -> Tolerance:
+        """Tolerance used when a figure is compared with a baseline or another run."""
+        claim = self.claims.get(claim_id)
+        return claim.tolerance_for(figure, self.default_tolerance) if claim else self.default_tolerance
+
+    def cpu_targets(self, claim: Claim) -> list[str]:
+        """Default cpu-tier targets: each cpu model alone, or all of them as one group for a multi-model claim."""
+        if any(GROUP_SEP in model for model in claim.models):
+            return [GROUP_SEP.join(self.cpu_models)]
+        return list(self.cpu_models)
+
+
+DEFAULT_CATALOGUE = "engine/data/claims.toml"
+
+
+def load_catalogue(path: str | Path | None = None) -> Catalogue:
+    """Read and validate a claims catalogue (default: the packaged ``engine/data/claims.toml``)."""
+    if path is None:
+        return _default_catalogue()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ClaimError(f"claims catalogue {path}: cannot read it ({exc})") from exc
+    return parse_catalogue(text, str(path))
+
+
+@lru_cache(maxsize=1)
+def _default_catalogue() -> Catalogue:
+    text = resources.files("engine").joinpath("data/claims.toml").read_text(encoding="utf-8")
+    return parse_catalogue(text, DEFAULT_CATALOGUE)
+
+
+def parse_catalogue(text: str, where: str = "<catalogue>") -> Catalogue:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ClaimError(f"{where}: not valid TOML ({exc})") from exc
+    head = data.get("catalogue", {})
+    blocks = tuple(head.get("blocks", ("atlas", "lora", "steer", "quant")))
+    protocols = tuple(head.get("protocols", PROTOCOLS))
+    default_tolerance = _tolerance(head.get("default_tolerance", {"abs": 0.0}),
+                                   f"{where}: [catalogue] default_tolerance")
+    claims: dict[str, Claim] = {}
+    for index, row in enumerate(data.get("claim", []), start=1):
+        claim = _claim(row, f"{where}: claim #{index} ({row.get('id', 'no id')})", blocks)
+        if claim.id in claims:
+            raise ClaimError(f"{where}: claim id {claim.id!r} appears twice")
+        claims[claim.id] = claim
+    if not claims:
+        raise ClaimError(f"{where}: no [[claim]] entries")
+    return Catalogue(path=where, claims=claims, blocks=blocks, protocols=protocols,
+                     cpu_models=tuple(head.get("cpu_models", ())), scales=dict(data.get("scales", {})),
+                     default_tolerance=default_tolerance)
+
+
+_REQUIRED = ("id", "block", "statement", "rule", "tiers", "models", "tolerance")
+_KNOWN = set(_REQUIRED) | {"source", "scales", "key", "tolerances", "params", "seed", "notes"}
+
+
+def _claim(row: dict, where: str, blocks: tuple[str, ...]) -> Claim:
+    missing = [name for name in _REQUIRED if name not in row]
+    if missing:
+        raise ClaimError(f"{where}: missing field(s) {', '.join(missing)}")
+    unknown = sorted(set(row) - _KNOWN)
+    if unknown:
+        raise ClaimError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    if row["block"] not in blocks:
+        raise ClaimError(f"{where}: field 'block' is {row['block']!r}, expected one of {', '.join(blocks)}")
+    bad_tiers = [tier for tier in row["tiers"] if tier not in TIERS]
+    if bad_tiers or not row["tiers"]:
+        raise ClaimError(f"{where}: field 'tiers' must list some of {', '.join(TIERS)}, got {row['tiers']!r}")
+    seed = {model: dict(figures) for model, figures in row.get("seed", {}).items()}
+    strays = [model for model in seed if model not in row["models"]]
+    if strays:
+        raise ClaimError(f"{where}: seed figures for {strays} but 'models' lists only {row['models']}")
+    key = row.get("key", "")
+    for model, figures in seed.items():
+        if key and key not in figures:
+            raise ClaimError(f"{where}: seed figures of {model!r} lack the key figure {key!r}")
+    return Claim(
+        id=row["id"], block=row["block"], statement=row["statement"], rule=row["rule"],
+        source=row.get("source", ""), tiers=tuple(row["tiers"]), models=tuple(row["models"]),
+        scales=tuple(row.get("scales", ())), key=key,
+        tolerance=_tolerance(row["tolerance"], f"{where}: field 'tolerance'"),
+        tolerances={name: _tolerance(value, f"{where}: tolerances.{name}")
+                    for name, value in row.get("tolerances", {}).items()},
+        params=dict(row.get("params", {})), seed=seed, notes=row.get("notes", ""),
+    )
+
+
+def _tolerance(value: Any, where: str) -> Tolerance:
+    if not isinstance(value, dict) or not value or set(value) - {"abs", "rel"}:
+        raise ClaimError(f"{where}: expected a table like {{ abs = 0.05 }} or {{ rel = 0.1 }}, got {value!r}")
+    if not all(is_number(v) and v >= 0 for v in value.values()):
+        raise ClaimError(f"{where}: abs and rel must be non-negative numbers, got {value!r}")
+    return Tolerance(abs=float(value.get("abs", 0.0)), rel=float(value.get("rel", 0.0)))
+
+
+# ------------------------------------------------------------------------------------------------ measurements
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_number_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and bool(value) and all(is_number(v) for v in value)
+
+
+def plain(value: Any, where: str = "figure") -> Any:
+    """A JSON-ready copy of a measured value: numpy/torch scalars and arrays become Python numbers and lists.
+
+    A NaN or infinite figure is an error: it means the measurement broke, and it is not valid JSON.
+    """
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy/torch scalars and arrays
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ClaimError(f"{where} is {value}: a measurement produced a non-finite number")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ClaimError(f"{where} has type {type(value).__name__}: figures must be numbers, strings, lists or dicts")
+
+
+@dataclass
+class VerdictRecord:
+    """One verdict for claim x model x protocol, with everything needed to reproduce and audit it."""
+
+    claim_id: str
+    model: str
+    tier: str
+    protocol: str
+    verdict: Verdict
+    reason: str
+    statement: str = ""
+    block: str = ""
+    key: str = ""
+    measured: Any = None  # the key figure as measured
+    expected: Any = None  # the seed's figure for this model, if any
+    expectation: str = ""
+    tolerance: dict | None = None
+    figures: dict = field(default_factory=dict)
+    ci: dict = field(default_factory=dict)  # figure -> [low, high]
+    seeds: list = field(default_factory=list)
+    suite_hash: str | None = None
+    notes: str = ""
+    engine_version: str = ENGINE_VERSION
+    git_commit: str = "unknown"
+    duration_s: float = 0.0
+    test: str = ""
+    timestamp: str = ""
+    run: str = ""
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["verdict"] = self.verdict.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "VerdictRecord":
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        try:
+            known["verdict"] = Verdict(known["verdict"])
+            return cls(**known)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ClaimError(f"not a verdict record ({exc}): {dict(data)!r:.300}") from exc
+
+    @property
+    def row_key(self) -> tuple[str, str]:
+        return self.claim_id, self.model
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What a claim test reports for one protocol."""
+
+    protocol: str
+    figures: Mapping[str, Any]
+    holds: bool
+    key: str | None = None
+    expectation: str | None = None
+    seeds: tuple = ()
+    suite_hash: str | None = None
+    ci: Mapping[str, Any] = field(default_factory=dict)
+    notes: str = ""
+    revised: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A verdict with its reason and what was compared: the key figure, its seed value and the tolerance."""
+
+    verdict: Verdict
+    reason: str
+    key: str
+    measured: Any = None
+    expected: Any = None  # the seed's figure for this model (None: the rule alone decided)
+    tolerance: Tolerance | None = None
+
+
+def decide(claim: Claim, model: str, m: Measurement) -> Decision:
+    """The verdict logic (the catalogue's definitions): falsifier -> FAILED; documented revision -> REVISED;
+    numeric seed figure for this model -> CONFIRMED within tolerance, else REVISED; no seed figure -> CONFIRMED."""
+    key = claim.key if m.key is None else m.key
+    expected = claim.seed_figure(model, key)
+    numeric = is_number(expected) or is_number_list(expected)
+    if numeric and key not in m.figures:
+        raise ClaimError(f"{claim.id} on {model}: the seed gives {key} = {expected!r}, so the test must report "
+                         f"figure {key!r} (reported: {', '.join(m.figures) or 'none'})")
+    compared = Decision(Verdict.CONFIRMED, "", key, m.figures.get(key) if key else None,
+                        expected if numeric else None, claim.tolerance_for(key) if numeric else None)
+    shown = f"{key} = {fmt(compared.measured)}" if key in m.figures else "the measurement"
+    if not m.holds:
+        return replace(compared, verdict=Verdict.FAILED, reason=f"falsifier fired: {shown}")
+    if m.revised:
+        return replace(compared, verdict=Verdict.REVISED, reason=f"documented revision: {m.reason}")
+    if not numeric:
+        return replace(compared, reason="rule holds (the seed gives no figure for this model)")
+    tolerance = compared.tolerance
+    versus = f"{shown} vs the seed's {fmt(expected)}"
+    if tolerance.within(compared.measured, expected):
+        return replace(compared, reason=f"rule holds; {versus}, within {tolerance.describe()}")
+    return replace(compared, verdict=Verdict.REVISED,
+                   reason=f"rule holds, figure revised: {versus} (outside {tolerance.describe()})")
+
+
+def fmt(value: Any, limit: int = 60) -> str:
+    """A short human form of a figure: 4 significant digits, lists abbreviated."""
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(fmt(v, limit) for v in value) + "]"
+    elif isinstance(value, dict):
+        text = "{" + ", ".join(f"{k}: {fmt(v, limit)}" for k, v in value.items()) + "}"
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------------------ recording
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one claim test measures: a claim on a model (or "+"-joined group of models) on a tier."""
+
+    claim: Claim
+    model: str
+    tier: str
+    protocols: tuple[str, ...] = PROTOCOLS
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(self.model.split(GROUP_SEP))
+
+
+class Recorder:
+    """Collects a claim test's verdicts. ``record`` per protocol measured; ``untested`` when it cannot run.
+
+    The pytest plugin hands one to each claim test as the ``claim`` fixture; outside pytest it works the same.
+    """
+
+    def __init__(self, target: Target, *, git_commit: str = "unknown", test: str = ""):
+        self.target = target
+        self.git_commit = git_commit
+        self.test = test
+        self.records: list[VerdictRecord] = []
+        self._clock = time.perf_counter()
+
+    # What a test needs to know about its claim, without digging into the catalogue.
+    @property
+    def claim(self) -> Claim:
+        return self.target.claim
+
+    @property
+    def model(self) -> str:
+        return self.target.model
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self.target.models
+
+    @property
+    def tier(self) -> str:
+        return self.target.tier
+
+    @property
+    def params(self) -> Mapping[str, Any]:
+        return self.target.claim.params
+
+    @property
+    def seed_figures(self) -> Mapping[str, Any]:
+        return self.target.claim.seed.get(self.target.model, {})
+
+    def record(self, protocol: str, figures: Mapping[str, Any], holds: bool, *, key: str | None = None,
+               expectation: str | None = None, seeds: Iterable[int] = (), suite_hash: str | None = None,
+               ci: Mapping[str, Any] | None = None, notes: str = "", revised: bool = False,
+               reason: str = "") -> VerdictRecord:
+        """Report what was measured under ``protocol``; returns the verdict record.
+
+        ``holds``: whether the claim's rule holds (False = its falsifier fired). ``key``: the figure compared with
+        the seed's (default: the catalogue's). ``ci``: figure -> (low, high). ``revised=True`` with a ``reason``
+        marks a documented revision (e.g. HUB-BREADTH when both suites give the same hub).
+        """
+        self._check_protocol(protocol)
+        if hasattr(holds, "item"):
+            holds = holds.item()
+        if not isinstance(holds, bool):
+            raise ClaimError(f"{self.claim.id}: holds must be True or False, got {holds!r}")
+        if revised and not reason:
+            raise ClaimError(f"{self.claim.id}: revised=True needs a reason (the documented revision)")
+        measurement = Measurement(
+            protocol=protocol, figures=plain(dict(figures), "figures"), holds=holds, key=key,
+            expectation=expectation, seeds=tuple(plain(list(seeds), "seeds")), suite_hash=suite_hash,
+            ci=_intervals(ci or {}, self.claim.id), notes=notes, revised=revised, reason=reason,
+        )
+        decision = decide(self.claim, self.model, measurement)
+        tolerance = decision.tolerance
+        if expectation is None:
+            expectation = (f"{decision.key} = {fmt(decision.expected)} {tolerance.describe()} (seed figure)"
+                           if tolerance else self.claim.rule)
+        record = self._new(protocol, decision.verdict, decision.reason, key=decision.key,
+                           measured=decision.measured, expected=decision.expected, expectation=expectation,
+                           tolerance=tolerance.to_dict() if tolerance else None, figures=measurement.figures,
+                           ci=measurement.ci, seeds=list(measurement.seeds), suite_hash=suite_hash, notes=notes)
+        if decision.verdict is Verdict.REVISED:
+            warnings.warn(ClaimRevisedWarning(f"{self.claim.id} on {self.model} ({protocol}): REVISED - "
+                                              f"{decision.reason}"), stacklevel=2)
+        return record
+
+    @property
+    def unrecorded(self) -> tuple[str, ...]:
+        """This test's protocols that have no verdict yet."""
+        done = {r.protocol for r in self.records}
+        return tuple(p for p in self.target.protocols if p not in done)
+
+    def untested(self, reason: str, protocols: Iterable[str] | None = None) -> list[VerdictRecord]:
+        """Record UNTESTED with ``reason`` for ``protocols`` (default: every protocol of this test not yet recorded)."""
+        if not reason:
+            raise ClaimError(f"{self.claim.id}: UNTESTED needs a reason")
+        records = []
+        for protocol in self.unrecorded if protocols is None else protocols:
+            self._check_protocol(protocol)
+            records.append(self._new(protocol, Verdict.UNTESTED, reason, expectation=self.claim.rule))
+        return records
+
+    def _check_protocol(self, protocol: str) -> None:
+        if protocol not in self.target.protocols:
+            raise ClaimError(f"{self.claim.id}: protocol {protocol!r} is not one of this test's protocols "
+                             f"{self.target.protocols}")
+        if any(r.protocol == protocol for r in self.records):
+            raise ClaimError(f"{self.claim.id} on {self.model}: protocol {protocol!r} recorded twice in one test")
+
+    def _new(self, protocol: str, verdict: Verdict, reason: str, **fields) -> VerdictRecord:
+        now = time.perf_counter()
+        claim = self.claim
+        record = VerdictRecord(
+            claim_id=claim.id, model=self.model, tier=self.tier, protocol=protocol, verdict=verdict,
+            reason=reason, statement=claim.statement, block=claim.block, git_commit=self.git_commit,
+            duration_s=round(now - self._clock, 3), test=self.test,
+            timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields,
+        )
+        self._clock = now
+        self.records.append(record)
+        return record
+
+
+def _intervals(ci: Mapping[str, Any], claim_id: str) -> dict[str, list[float]]:
+    out = {}
+    for name, interval in ci.items():
+        interval = plain(interval, f"ci.{name}")
+        if not (is_number_list(interval) and len(interval) == 2 and interval[0] <= interval[1]):
+            raise ClaimError(f"{claim_id}: ci[{name!r}] must be (low, high) with low <= high, got {interval!r}")
+        out[str(name)] = interval
+    return out

@@ -1,0 +1,116 @@
+"""`mi-atlas claims | report | diff`: run the claim suite, re-render a run's report, compare two runs.
+
+Thin commands over ``engine.report``; ``register(app)`` mounts them on the ``mi-atlas`` typer app.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+
+from engine import report as results
+from engine.claims import load_catalogue
+
+RESULTS_HELP = "results root (runs, registry, baselines); default: ./results if present, else <project>/results"
+
+
+def claims_dir() -> Path:
+    """The ``claims/`` package directory (its parent is the project root holding conftest.py)."""
+    import claims
+
+    return Path(claims.__file__).resolve().parent
+
+
+def default_results_root() -> Path:
+    """Where `mi-atlas claims` writes: ``./results`` when it exists, else the project root's ``results/``."""
+    here = Path("results")
+    return here if here.is_dir() else claims_dir().parent / "results"
+
+
+def pytest_command(args: list[str]) -> list[str]:
+    """The pytest command line for ``mi-atlas claims ARGS``: the claims/ suite unless ARGS name tests."""
+    names_tests = any("::" in arg or Path(arg.split("::")[0]).exists() for arg in args if not arg.startswith("-"))
+    return [sys.executable, "-m", "pytest", *([] if names_tests else [str(claims_dir())]), *args]
+
+
+def run_claims(args: list[str]) -> int:
+    """Run the claim suite with extra pytest ``args``; returns pytest's exit code."""
+    return subprocess.call(pytest_command(args))
+
+
+def render_report(run: str | None = None, root: Path | None = None) -> str:
+    """Re-render ``report.md`` of a run (default: latest) from its claims.json; returns the markdown."""
+    root = default_results_root() if root is None else root
+    directory = results.run_dir(root, run)
+    loaded = results.load_run(root, str(directory))
+    text = results.render_markdown(loaded)
+    results.write_atomic(directory / results.REPORT_FILE, text)
+    return text
+
+
+def diff_text(run_a: str, run_b: str, root: Path | None = None, catalogue: Path | None = None) -> str:
+    """Verdict flips and moved figures from run A to run B, one line each, plus claims only in one run."""
+    return diff_runs(run_a, run_b, root, catalogue)[0]
+
+
+def diff_runs(run_a: str, run_b: str, root: Path | None = None,
+              catalogue: Path | None = None) -> tuple[str, list[results.Change]]:
+    """The diff text and the changes (flips and figures moved beyond tolerance) from run A to run B."""
+    root = default_results_root() if root is None else root
+    a, b = results.load_run(root, run_a), results.load_run(root, run_b)
+    changes = results.diff_runs(a, b, load_catalogue(catalogue))
+    keys_a = {(r.claim_id, r.model, r.protocol) for r in a.records}
+    keys_b = {(r.claim_id, r.model, r.protocol) for r in b.records}
+    lines = [f"diff {a.name} -> {b.name}"]
+    lines += [f"  {c.describe()}" for c in changes]
+    lines += [f"  ONLY-A {c} {m} [{p}]" for c, m, p in sorted(keys_a - keys_b)]
+    lines += [f"  ONLY-B {c} {m} [{p}]" for c, m, p in sorted(keys_b - keys_a)]
+    if len(lines) == 1:
+        lines.append("  no verdict or figure changed beyond tolerance")
+    return "\n".join(lines), changes
+
+
+# ------------------------------------------------------------------------------------------------ typer
+
+
+def claims_command(ctx: typer.Context) -> None:
+    """Run the claim suite: `mi-atlas claims -m "cpu" -n 2` passes everything after `claims` to pytest."""
+    raise typer.Exit(run_claims(list(ctx.args)))
+
+
+def report_command(run: str = typer.Argument(None, help="run name or directory (default: latest)"),
+                   results_root: Path = typer.Option(None, "--results", help=RESULTS_HELP)) -> None:
+    """Re-render a run's report.md from its claims.json and print it."""
+    try:
+        typer.echo(render_report(run, results_root), nl=False)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def diff_command(run_a: str = typer.Argument(..., help="earlier run (name or directory)"),
+                 run_b: str = typer.Argument(..., help="later run (name or directory)"),
+                 results_root: Path = typer.Option(None, "--results", help=RESULTS_HELP),
+                 catalogue: Path = typer.Option(None, help="claims catalogue for figure tolerances"),
+                 fail_on_change: bool = typer.Option(False, "--fail-on-change",
+                                                     help="exit 1 when a verdict flipped or a figure moved")) -> None:
+    """Show verdict flips and figures moved beyond tolerance between two runs."""
+    try:
+        text, changes = diff_runs(run_a, run_b, results_root, catalogue)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(text)
+    if fail_on_change and changes:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `claims`, `report` and `diff` to the `mi-atlas` app."""
+    app.command("claims", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                            "help_option_names": []})(claims_command)
+    app.command("report")(report_command)
+    app.command("diff")(diff_command)
