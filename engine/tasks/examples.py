@@ -1,0 +1,304 @@
+"""Examples, the suites on disk, strict JSONL loading, stratified sampling and the suite hash.
+
+An :class:`Example` is one prompt with the text that should follow it. Suites live in ``fixtures/`` as
+JSONL files (one per suite, family and split) listed in ``fixtures/manifest.json`` with their sha256;
+:func:`load_suite` refuses a file whose hash does not match. User prompt files go through the same strict
+parser (:func:`load_prompts`): every problem is a :class:`SuiteError` naming the file, the line and the
+field, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+FAMILIES: tuple[str, ...] = (
+    "arithmetic",
+    "code_semantics",
+    "code_syntax",
+    "copying",
+    "delimiter_tracking",
+    "factual_recall",
+    "instruction_following",
+    "json_schema",
+    "string_decoding",
+    "uncertainty_expression",
+    "variable_renaming",
+    "verbosity_control",
+)
+# the 4-family subset of the seed's phase-1 suite (json, factual, copying, code): the HUB-BREADTH claim
+BREADTH_FAMILIES: tuple[str, ...] = ("json_schema", "factual_recall", "copying", "code_syntax")
+SUITES: tuple[str, ...] = ("synthetic", "nl")
+SPLITS: tuple[str, ...] = ("short", "long", "nl")
+# scorer names; "none" marks a user prompt without a target (it cannot be scored)
+SCORER_NAMES: tuple[str, ...] = ("exact", "first_token", "numeric", "json", "brackets", "one_word", "none")
+
+
+class SuiteError(ValueError):
+    """A suite or prompt file cannot be used; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt and its expected continuation.
+
+    ``target`` is the exact text that continues the raw ``prompt`` (it carries its leading space when the
+    prompt ends with a cue like ``"A:"``; a prompt that ends with a space, e.g. ``"= "`` before a number,
+    has a target without one). ``clean``/``corrupt`` are a prompt pair of equal token length for activation
+    patching (``clean`` is the prompt itself); ``corrupt_target`` is what should follow ``corrupt``.
+    """
+
+    id: str
+    family: str
+    split: str
+    prompt: str
+    target: str
+    scorer: str
+    clean: str | None = None
+    corrupt: str | None = None
+    corrupt_target: str | None = None
+
+    def to_dict(self) -> dict:
+        """The fields that are set, in declaration order (the hash form)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def to_record(self) -> dict:
+        """The JSONL form: like :meth:`to_dict` but without ``clean`` when it equals the prompt (the loader
+        restores it), which keeps fixture files a third smaller."""
+        record = self.to_dict()
+        if record.get("clean") == self.prompt:
+            del record["clean"]
+        return record
+
+
+_FIELDS = {f.name: f for f in fields(Example)}
+_REQUIRED_SUITE = ("id", "family", "split", "prompt", "target", "scorer")
+
+
+def fixtures_dir() -> Path:
+    """Where the suites live: ``$MI_ATLAS_FIXTURES`` or ``fixtures/`` at the repository root."""
+    env = os.environ.get("MI_ATLAS_FIXTURES")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "fixtures"
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- parsing
+
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    """Decode a JSONL file line by line as UTF-8; a bad byte is reported with its line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"{path}: no such file")
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    out: list[tuple[int, str]] = []
+    for lineno, chunk in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise SuiteError(f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start}); "
+                             "save the file as UTF-8") from None
+        if text.strip():
+            out.append((lineno, text))
+    if not out:
+        raise SuiteError(f"{path}: empty file (no JSON lines)")
+    return out
+
+
+def _parse_record(path: Path, lineno: int, text: str) -> dict:
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SuiteError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise SuiteError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+    for key, value in record.items():
+        if key not in _FIELDS:
+            raise SuiteError(f"{path}:{lineno}: unknown field {key!r} (allowed: {', '.join(_FIELDS)})")
+        if value is not None and not isinstance(value, str):
+            raise SuiteError(f"{path}:{lineno}: field {key!r} must be a string, got {type(value).__name__}")
+    return record
+
+
+def _check_example(path: Path, lineno: int, ex: Example, *, suite: bool) -> None:
+    where = f"{path}:{lineno}"
+    if not ex.prompt.strip():
+        raise SuiteError(f"{where}: field 'prompt' is empty")
+    if not ex.id.strip():
+        raise SuiteError(f"{where}: field 'id' is empty")
+    if ex.scorer not in SCORER_NAMES:
+        raise SuiteError(f"{where}: field 'scorer' is {ex.scorer!r}; choose from {', '.join(SCORER_NAMES)}")
+    if ex.scorer != "none" and not ex.target.strip():
+        raise SuiteError(f"{where}: field 'target' is empty but scorer is {ex.scorer!r}")
+    if (ex.corrupt is None) != (ex.clean is None):
+        missing = "clean" if ex.clean is None else "corrupt"
+        raise SuiteError(f"{where}: field {missing!r} is missing (clean and corrupt come as a pair)")
+    if ex.corrupt_target is not None and ex.corrupt is None:
+        raise SuiteError(f"{where}: field 'corrupt_target' given without 'corrupt'")
+    if suite:
+        if ex.family not in FAMILIES:
+            raise SuiteError(f"{where}: field 'family' is {ex.family!r}, not one of the {len(FAMILIES)} families")
+        if ex.split not in SPLITS:
+            raise SuiteError(f"{where}: field 'split' is {ex.split!r}; choose from {', '.join(SPLITS)}")
+
+
+def parse_jsonl(path, *, suite: bool) -> list[Example]:
+    """Parse a JSONL file of examples strictly.
+
+    ``suite=True`` (fixture files) requires every field; ``suite=False`` (user files) requires only
+    ``prompt`` and fills the rest: ``id`` = ``<file stem>-<line>``, ``family`` = ``"custom"``,
+    ``split`` = ``"user"``, ``scorer`` = ``"exact"`` when a ``target`` is given, else ``"none"``; a line
+    with ``corrupt`` but no ``clean`` pairs the corrupt prompt with ``prompt``.
+    Blank lines are ignored; anything else that is wrong raises :class:`SuiteError`.
+    """
+    path = Path(path)
+    examples: list[Example] = []
+    seen: dict[str, int] = {}
+    for lineno, text in _read_lines(path):
+        record = _parse_record(path, lineno, text)
+        if suite:
+            for key in _REQUIRED_SUITE:
+                if record.get(key) is None:
+                    raise SuiteError(f"{path}:{lineno}: missing field {key!r}")
+        elif record.get("prompt") is None:
+            raise SuiteError(f"{path}:{lineno}: missing field 'prompt'")
+        if record.get("corrupt") is not None and record.get("clean") is None:
+            record["clean"] = record["prompt"]  # a corrupt prompt pairs with the prompt itself by default
+        if not suite:
+            record.setdefault("id", f"{path.stem}-{lineno}")
+            record.setdefault("family", "custom")
+            record.setdefault("split", "user")
+            record.setdefault("target", "")
+            record.setdefault("scorer", "exact" if record["target"] else "none")
+            for key in ("id", "family", "split", "target", "scorer"):
+                if record[key] is None:
+                    raise SuiteError(f"{path}:{lineno}: field {key!r} is null")
+        ex = Example(**record)
+        _check_example(path, lineno, ex, suite=suite)
+        if ex.id in seen:
+            raise SuiteError(f"{path}:{lineno}: duplicate id {ex.id!r} (first on line {seen[ex.id]})")
+        seen[ex.id] = lineno
+        examples.append(ex)
+    return examples
+
+
+def load_prompts(path) -> list[Example]:
+    """Load a user JSONL file: each line an object with ``prompt`` and optionally ``target``, ``family``,
+    ``id``, ``scorer`` (and ``split``, ``clean``, ``corrupt``, ``corrupt_target``). Strict: see
+    :func:`parse_jsonl`."""
+    return parse_jsonl(path, suite=False)
+
+
+def write_jsonl(path: Path, examples: Iterable[Example]) -> None:
+    """Write examples one per line in canonical form (keys in field order, UTF-8, ``\\n`` endings)."""
+    lines = [json.dumps(ex.to_record(), ensure_ascii=False) for ex in examples]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
+
+
+# --------------------------------------------------------------------------------------------- suites
+
+
+def load_manifest(directory: Path | None = None) -> dict:
+    directory = Path(directory) if directory is not None else fixtures_dir()
+    path = directory / "manifest.json"
+    if not path.is_file():
+        raise SuiteError(f"{path}: no manifest; run `mi-atlas suite generate`")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SuiteError(f"{path}: unreadable manifest ({err})") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _load_suite_cached(name: str, directory: str) -> tuple[Example, ...]:
+    manifest = load_manifest(Path(directory))
+    entries = [f for f in manifest["files"] if f["suite"] == name]
+    if not entries:
+        raise SuiteError(f"{directory}/manifest.json: no files for suite {name!r}")
+    out: list[Example] = []
+    ids: set[str] = set()
+    for entry in entries:
+        path = Path(directory) / entry["path"]
+        if not path.is_file():
+            raise SuiteError(f"{path}: listed in the manifest but missing; run `mi-atlas suite generate`")
+        digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            raise SuiteError(f"{path}: sha256 {digest[:12]}... does not match the manifest "
+                             f"({entry['sha256'][:12]}...); regenerate with `mi-atlas suite generate`")
+        examples = parse_jsonl(path, suite=True)
+        if len(examples) != entry["count"]:
+            raise SuiteError(f"{path}: {len(examples)} examples, manifest says {entry['count']}")
+        for ex in examples:
+            if ex.id in ids:
+                raise SuiteError(f"{path}: duplicate id {ex.id!r} across suite files")
+            ids.add(ex.id)
+        out.extend(examples)
+    return tuple(out)
+
+
+def load_suite(name: str = "synthetic") -> list[Example]:
+    """All examples of a suite (``"synthetic"`` or ``"nl"``), in manifest order (family, then split),
+    after checking each file against its sha256 in the manifest."""
+    if name not in SUITES:
+        raise SuiteError(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
+    return list(_load_suite_cached(name, str(fixtures_dir())))
+
+
+# --------------------------------------------------------------------------------------------- sampling
+
+
+def sample(families: Sequence[str] | None = None, per_family: int = 4, seed: int = 0,
+           suite: str | Sequence[Example] = "synthetic", split: str | None = None) -> list[Example]:
+    """A stratified sample: ``per_family`` examples drawn without replacement from each family.
+
+    ``suite`` is a suite name or a list of examples (e.g. from :func:`load_prompts`); ``split`` restricts
+    the pool (None: all splits). The draw for each family depends on (seed, family, split) only, so the
+    same seed always gives the same sample and different seeds give different samples. The result lists
+    families in the order given (default: :data:`FAMILIES` order, or first appearance for custom lists).
+    """
+    pool = load_suite(suite) if isinstance(suite, str) else list(suite)
+    suite_label = suite if isinstance(suite, str) else "custom"
+    if per_family < 1:
+        raise SuiteError(f"per_family must be >= 1, got {per_family}")
+    if split is not None:
+        pool = [ex for ex in pool if ex.split == split]
+        if not pool:
+            raise SuiteError(f"suite {suite_label!r} has no examples in split {split!r}")
+    present = list(dict.fromkeys(ex.family for ex in pool))
+    if families is None:
+        families = [f for f in FAMILIES if f in present] + [f for f in present if f not in FAMILIES]
+    elif isinstance(families, str):
+        raise SuiteError("families must be a list of family names, not a string")
+    out: list[Example] = []
+    for family in families:
+        members = [ex for ex in pool if ex.family == family]
+        if not members:
+            raise SuiteError(f"suite {suite_label!r} has no family {family!r}"
+                             + (f" in split {split!r}" if split else ""))
+        if per_family > len(members):
+            raise SuiteError(f"family {family!r} has {len(members)} examples, asked for {per_family}")
+        rng = random.Random(f"mi-atlas-sample/{seed}/{family}/{split}")
+        out.extend(rng.sample(members, per_family))
+    return out
+
+
+def suite_hash(examples: Iterable[Example]) -> str:
+    """sha256 of the canonical JSON of the examples (fields in declaration order, unset fields omitted).
+
+    Order-dependent on purpose: a sample is a sequence, and the same examples in another order are a
+    different run. Sort by ``id`` first if you need an order-free identity.
+    """
+    payload = [ex.to_dict() for ex in examples]
+    text = json.dumps(payload, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
