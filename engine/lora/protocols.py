@@ -1,0 +1,232 @@
+"""The LoRA block's claims as measurements: one plan per tier, one bench per model that runs and shares them.
+
+A :class:`LoraPlan` fixes what the measurements cost: the task families and sample sizes, the training budget
+(steps, batch, learning rate, sequence length), the number of random draws, the checkpoint fractions and the
+atlas prompts. ``CPU_PLAN`` is sized for the cpu tier's budget (the whole lora block on SmolLM2-135M and
+Gemma-3-270M within 20 minutes on 2 cores); ``GPU_PLAN`` is the seed's own setting (r=8, alpha=16, AdamW lr 2e-4,
+linear schedule, 10 warm-up steps, 100 steps, 5-6 training examples per family, 256 tokens). A claim's
+``[claim.params]`` may override any field (``plan_for(tier, params)``).
+
+A :class:`LoraBench` holds one model and a plan and computes each claim's measurement once, sharing what claims
+have in common: the training/held-out examples, the model's own atlas (layer contribution removed: the rigorous
+importance) and the seed's atlas (residual zeroed), and the all-linear adapter trained with checkpoints (used by
+LORA-ATLAS, LORA-LATE, LOCKIN and as SKIP-RECOVER's reference). Training runs are cached by content on disk.
+
+Seed vs rigorous, per claim (``seed-protocols.md``):
+
+* LORA-ATLAS: seed = layers [2, 7, 9] (clipped), one random draw (seed 42), final training loss; rigorous = top-k
+  of the model's own atlas, random-matched as a distribution (the seed's draw first), held-out loss + scorer.
+* LORA-OPROJ: seed = training loss, MLP = mean of gate/up/down; rigorous = held-out loss, MLP = its best module.
+* LORA-LATE: seed = share of the summed per-layer adapter effect per decile on the training prompts; rigorous =
+  mean per-layer effect per decile (deciles differ in size) on held-out prompts with a bootstrap CI.
+* LOCKIN: seed = the seed's atlas (residual zeroed) of each checkpoint; rigorous = contribution atlas on held-out
+  prompts, with the base model's agreement as the control (a finetune that never moved the atlas "locks in"
+  trivially).
+* SKIP-RECOVER: see :class:`~engine.lora.studies.SkipStudy`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+
+from engine.models import LoadedModel
+from engine.tasks import FAMILIES, Example, sample, suite_hash
+
+from .adapters import ALL_LINEAR, LoraTarget
+from .analysis import Localisation, LockIn, localise, lock_in
+from .studies import ModuleSweep, SkipStudy, TargetingStudy, module_sweep, skip_study, targeting_study
+from .training import LoraRun, TrainConfig, train_cached
+
+LORA_FAMILIES = ("json_schema", "factual_recall", "code_syntax")  # the seed's three LoRA task families
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    """Sizes and budgets of the LoRA block's measurements (see the module docstring)."""
+
+    tier: str
+    families: tuple[str, ...] = LORA_FAMILIES
+    split: str = "short"
+    n_train: int = 4  # training examples per family
+    n_eval: int = 3  # held-out examples per family (disjoint from the training ones)
+    data_seed: int = 0
+    max_len: int | None = 40  # prompt tokens beyond this are cut from the left (the target is always kept)
+    steps: int = 12
+    batch_size: int = 4
+    lr: float = 2e-3
+    warmup_steps: int = 2
+    train_seed: int = 0
+    r: int = 8
+    alpha: int = 16
+    k: int = 3  # atlas-guided / random-matched layers
+    n_random: int = 3  # random-matched draws (rigorous); the first is the seed's draw
+    checkpoints: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+    sweep_modules: tuple[str, ...] = ("o", "v", "q", "k", "gate", "up", "down")
+    atlas_per_family: int = 1  # the model's own atlas: this many prompts of each of the 12 families
+    seed_atlas_per_family: int = 1  # the seed's atlas (residual zeroed), over the LoRA families
+    lock_per_family: int = 2  # LOCKIN's per-checkpoint atlases: held-out prompts of the LoRA families
+    lock_k: int = 5
+    skip_fraction: float = 0.1  # SKIP-RECOVER skips this share of the layers (at least 1)
+    n_skip_random: int = 2
+    generate: bool = True  # greedy generation scored by the suite (held-out) for LORA-ATLAS
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
+                           seed=self.train_seed, max_len=self.max_len, checkpoints=self.checkpoints)
+
+    def with_params(self, params: Mapping | None) -> "LoraPlan":
+        """A copy with the fields named in ``params`` replaced (unknown names are ignored: they are rule
+        thresholds read by the claim tests)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        changes = {k: (tuple(v) if isinstance(v, list) else v) for k, v in (params or {}).items() if k in names}
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict:
+        return {"tier": self.tier, "families": list(self.families), "n_train_per_family": self.n_train,
+                "n_eval_per_family": self.n_eval, "steps": self.steps, "batch_size": self.batch_size, "lr": self.lr,
+                "warmup_steps": self.warmup_steps, "max_len": self.max_len, "r": self.r, "alpha": self.alpha,
+                "train_seed": self.train_seed, "data_seed": self.data_seed}
+
+
+CPU_PLAN = LoraPlan(tier="cpu")
+GPU_PLAN = LoraPlan(tier="gpu", n_train=6, n_eval=4, max_len=256, steps=100, batch_size=4, lr=2e-4, warmup_steps=10,
+                    n_random=8, atlas_per_family=5, seed_atlas_per_family=5, lock_per_family=5, n_skip_random=5)
+PLANS = {"cpu": CPU_PLAN, "gpu": GPU_PLAN}
+
+
+def plan_for(tier: str, params: Mapping | None = None) -> LoraPlan:
+    """The tier's plan with a claim's ``[claim.params]`` overrides applied."""
+    params = dict(params or {})
+    return PLANS[tier].with_params(params).with_params(params.get(tier) if isinstance(params.get(tier), Mapping)
+                                                       else None)
+
+
+def split_examples(plan: LoraPlan) -> tuple[list[Example], list[Example]]:
+    """(training, held-out) examples: stratified samples of the plan's families; held-out ids never train."""
+    train = sample(list(plan.families), per_family=plan.n_train, seed=plan.data_seed, split=plan.split)
+    seen = {ex.id for ex in train}
+    pool = sample(list(plan.families), per_family=plan.n_train + plan.n_eval, seed=plan.data_seed + 1,
+                  split=plan.split)
+    held: list[Example] = []
+    for family in plan.families:
+        held.extend([ex for ex in pool if ex.family == family and ex.id not in seen][:plan.n_eval])
+    return train, held
+
+
+class LoraBench:
+    """One model's LoRA measurements under a plan, each computed once (see the module docstring)."""
+
+    def __init__(self, lm: LoadedModel, plan: LoraPlan):
+        self.lm = lm
+        self.plan = plan
+        self.config = plan.train_config()
+        self._lock: dict[str, LockIn] = {}
+        self._loc: dict[str, Localisation] = {}
+
+    # ----- data and atlases
+
+    @cached_property
+    def examples(self) -> tuple[list[Example], list[Example]]:
+        return split_examples(self.plan)
+
+    @property
+    def train_examples(self) -> list[Example]:
+        return self.examples[0]
+
+    @property
+    def eval_examples(self) -> list[Example]:
+        return self.examples[1]
+
+    @cached_property
+    def atlas_examples(self) -> list[Example]:
+        return sample(list(FAMILIES), per_family=self.plan.atlas_per_family, seed=self.plan.data_seed,
+                      split=self.plan.split)
+
+    def own_atlas(self, lm: LoadedModel | None = None, examples: list[Example] | None = None):
+        """The rigorous atlas: each layer's contribution removed (output := input), KL at the answer position."""
+        from engine.atlas import atlas
+
+        return atlas(lm or self.lm, examples or self.atlas_examples, method="zero", component="layer", cache=True)
+
+    def seed_atlas(self, lm: LoadedModel | None = None, examples: list[Example] | None = None):
+        """The seed's atlas: the residual stream after the layer zeroed (everything downstream erased)."""
+        from engine.atlas import atlas
+
+        examples = examples or sample(list(self.plan.families), per_family=self.plan.seed_atlas_per_family,
+                                      seed=self.plan.data_seed, split=self.plan.split)
+        return atlas(lm or self.lm, examples, method="zero", component="resid", cache=True)
+
+    @cached_property
+    def importance(self) -> list[float]:
+        return [float(v) for v in self.own_atlas().layer_effect]
+
+    @cached_property
+    def seed_importance(self) -> list[float]:
+        return [float(v) for v in self.seed_atlas().layer_effect]
+
+    def common_figures(self) -> dict:
+        return {**self.plan.describe(), "suite_train": suite_hash(self.train_examples)[:12],
+                "suite_eval": suite_hash(self.eval_examples)[:12]}
+
+    # ----- shared adapter
+
+    @cached_property
+    def all_linear(self) -> LoraRun:
+        """The all-linear adapter (every layer, q/k/v/o/gate/up/down) with checkpoints."""
+        target = LoraTarget(tuple(range(self.lm.n_layers)), ALL_LINEAR, self.plan.r, self.plan.alpha,
+                            label="all-linear")
+        return train_cached(self.lm, self.train_examples, target, self.config)
+
+    # ----- claims
+
+    @cached_property
+    def targeting(self) -> TargetingStudy:
+        self.all_linear  # trained with checkpoints first, so the study's all-linear run is the shared one
+        return targeting_study(self.lm, self.train_examples, self.eval_examples, importance=self.importance,
+                               config=self.config, k=self.plan.k, n_random=self.plan.n_random, r=self.plan.r,
+                               alpha=self.plan.alpha, generate=self.plan.generate, random_seed=self.plan.data_seed)
+
+    @cached_property
+    def sweep(self) -> ModuleSweep:
+        return module_sweep(self.lm, self.train_examples, self.eval_examples, config=self.config,
+                            modules=self.plan.sweep_modules, r=self.plan.r, alpha=self.plan.alpha)
+
+    def localisation(self, protocol: str) -> Localisation:
+        """The all-linear adapter's per-layer effect: training prompts (seed) or held-out prompts (rigorous)."""
+        if protocol not in self._loc:
+            from .adapters import adapted
+
+            examples = self.train_examples if protocol == "seed" else self.eval_examples
+            with adapted(self.lm, self.all_linear) as alm:
+                self._loc[protocol] = localise(alm, examples)
+        return self._loc[protocol]
+
+    def lock_in(self, protocol: str, *, threshold: float, k: int | None = None) -> LockIn:
+        """Atlas of each checkpoint of the all-linear adapter vs the final one (and the base model's)."""
+        if protocol not in self._lock:
+            k = k or self.plan.lock_k
+            if protocol == "seed":
+                def importance(alm):
+                    return self.seed_atlas(alm).layer_effect
+            else:
+                prompts = sample(list(self.plan.families), per_family=self.plan.lock_per_family,
+                                 seed=self.plan.data_seed + 2, split=self.plan.split)
+                train_ids = {ex.id for ex in self.train_examples}
+                prompts = [ex for ex in prompts if ex.id not in train_ids] or prompts
+
+                def importance(alm):
+                    return self.own_atlas(alm, prompts).layer_effect
+            self._lock[protocol] = lock_in(self.lm, self.all_linear, importance, k=k, threshold=threshold)
+        return self._lock[protocol]
+
+    @cached_property
+    def skip(self) -> SkipStudy:
+        self.all_linear
+        k = max(1, round(self.plan.skip_fraction * self.lm.n_layers))
+        return skip_study(self.lm, self.train_examples, self.eval_examples, importance=self.importance,
+                          seed_importance=self.seed_importance, config=self.config, k=k,
+                          n_random=self.plan.n_skip_random, r=self.plan.r, alpha=self.plan.alpha,
+                          random_seed=self.plan.data_seed)

@@ -1,0 +1,263 @@
+"""LoRA training: AdamW + warm-up schedule on prompt-masked targets, deterministic for a seed, cached by content.
+
+The loop is deliberately plain (no Trainer): a seeded DataLoader that keeps the last partial batch and is
+re-iterated (reshuffled) every epoch, AdamW over the LoRA parameters only, ``transformers.get_scheduler``
+(linear by default: the seed's 10 warm-up steps then linear decay), gradient clipping, one loss value per step.
+A non-finite loss stops the run with an error. Checkpoints (``save_pretrained``) are written at requested
+fractions of the steps, so block G3 (lock-in) can reload them with ``PeftModel.from_pretrained``.
+
+:func:`train_cached` stores a run (final adapter, checkpoints, loss curve, parameter counts) under
+``MI_ATLAS_CACHE/lora/<key>`` where the key hashes everything the result depends on (model fingerprint,
+examples, target, config, library versions); claims that need the same adapter share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine import models
+from engine.models import LoadedModel
+from engine.tasks import Example, suite_hash
+
+from .adapters import LoraError, LoraTarget, ParamCount, adapter_state, attached, count_parameters
+from .data import make_loader
+from .evaluation import batch_loss
+
+CACHE_FORMAT = 2
+SCHEDULES = ("linear", "constant_with_warmup", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How an adapter is trained. Defaults are the seed's: AdamW lr 2e-4, linear schedule, 10 warm-up steps."""
+
+    steps: int = 100
+    batch_size: int = 8
+    lr: float = 2e-4
+    warmup_steps: int = 10
+    schedule: str = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    template: str = "auto"
+    append_eos: bool = False
+    max_len: int | None = None
+    checkpoints: tuple[float, ...] = ()  # fractions of `steps` at which to save_pretrained (e.g. 0.1, 0.25, 0.5, 1)
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise LoraError(f"TrainConfig: steps and batch_size must be >= 1 (got {self.steps}, {self.batch_size})")
+        if self.schedule not in SCHEDULES:
+            raise LoraError(f"TrainConfig: schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise LoraError(f"TrainConfig: warmup_steps must be within 0..steps, got {self.warmup_steps}")
+        bad = [f for f in self.checkpoints if not 0 < f <= 1]
+        if bad:
+            raise LoraError(f"TrainConfig: checkpoint fractions must be in (0, 1], got {bad}")
+        object.__setattr__(self, "checkpoints", tuple(sorted(set(float(f) for f in self.checkpoints))))
+
+    def checkpoint_steps(self) -> dict[float, int]:
+        """Fraction -> step (at least 1) at which a checkpoint is saved."""
+        return {f: max(1, round(f * self.steps)) for f in self.checkpoints}
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["checkpoints"] = list(self.checkpoints)
+        return data
+
+
+@dataclass
+class LoraRun:
+    """A trained adapter: its target, config, parameter count, loss curve and weights (CPU tensors)."""
+
+    target: LoraTarget
+    config: TrainConfig
+    params: ParamCount
+    losses: list[float]  # training loss per step (token mean over the step's batch)
+    lrs: list[float]
+    state: dict[str, torch.Tensor] = field(repr=False)
+    checkpoints: dict[float, Path] = field(default_factory=dict)  # fraction -> save_pretrained directory
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0  # process CPU time of the training (all threads): comparable across loaded machines
+    n_examples: int = 0
+    families: tuple[str, ...] = ()
+    tokens_per_step: float = 0.0  # mean target tokens per step
+    mean_seq_len: float = 0.0  # mean sequence length (prompt + target) of the training examples
+    adapter_dir: Path | None = None  # the final adapter (save_pretrained), when the run was stored
+
+    def final_loss(self, window: int = 1) -> float:
+        """Mean training loss of the last ``window`` steps."""
+        tail = self.losses[-window:]
+        return float(sum(tail) / len(tail))
+
+    def summary(self) -> dict:
+        return {"target": self.target.to_dict(), "config": self.config.to_dict(), "params": self.params.to_dict(),
+                "losses": self.losses, "lrs": self.lrs, "seconds": self.seconds, "cpu_seconds": self.cpu_seconds,
+                "n_examples": self.n_examples,
+                "families": list(self.families), "tokens_per_step": self.tokens_per_step,
+                "mean_seq_len": self.mean_seq_len,
+                "checkpoints": {str(f): p.name for f, p in self.checkpoints.items()}}
+
+
+def _scheduler(optimizer, config: TrainConfig):
+    from transformers import get_scheduler
+
+    return get_scheduler(config.schedule, optimizer, num_warmup_steps=config.warmup_steps,
+                         num_training_steps=config.steps)
+
+
+def train(lm: LoadedModel, examples: Sequence[Example], target: LoraTarget, config: TrainConfig = TrainConfig(), *,
+          out_dir: str | Path | None = None) -> LoraRun:
+    """Train a LoRA adapter for ``target`` on ``examples``; ``lm.model`` is left unchanged (adapter unloaded).
+
+    Deterministic for ``config.seed`` on CPU: the seed fixes the LoRA initialisation and the data order.
+    With ``out_dir``, checkpoints go to ``out_dir/step-XXXXX`` and the final adapter to ``out_dir/final``;
+    checkpoints requested without ``out_dir`` go to a fresh temporary directory (the caller owns it).
+    """
+    loader = make_loader(lm.tokenizer, examples, batch_size=config.batch_size, shuffle=True, seed=config.seed,
+                         template=config.template, append_eos=config.append_eos, max_len=config.max_len)
+    encoded = loader.dataset
+    save_at = {step: f for f, step in config.checkpoint_steps().items()}
+    if out_dir is None and save_at:
+        out_dir = tempfile.mkdtemp(prefix="mi-atlas-lora-")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    models.seed_everything(config.seed)
+    losses: list[float] = []
+    lrs: list[float] = []
+    checkpoints: dict[float, Path] = {}
+    tokens = 0
+    with attached(lm, target, gradient_checkpointing=config.gradient_checkpointing) as alm:
+        peft_model = alm.model
+        params = count_parameters(alm, target)
+        trainable = [p for p in peft_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = _scheduler(optimizer, config)
+        if config.gradient_checkpointing:
+            peft_model.gradient_checkpointing_enable()
+        peft_model.train()
+        batches = _cycle(loader)
+        for step in range(1, config.steps + 1):
+            batch = next(batches).to(lm.device)
+            loss = batch_loss(peft_model, batch)
+            if not torch.isfinite(loss):
+                raise LoraError(f"{lm.key}: training loss is {loss.item()} at step {step} "
+                                f"({target.label or target}); lower the learning rate or check the data")
+            loss.backward()
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+            lrs.append(float(scheduler.get_last_lr()[0]))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            tokens += batch.n_target_tokens
+            if step in save_at:
+                path = out / f"step-{step:05d}"
+                peft_model.save_pretrained(str(path))
+                checkpoints[save_at[step]] = path
+        peft_model.eval()
+        if config.gradient_checkpointing:
+            peft_model.gradient_checkpointing_disable()
+        state = adapter_state(alm)
+        adapter_dir = None
+        if out is not None:
+            adapter_dir = out / "final"
+            peft_model.save_pretrained(str(adapter_dir))
+    return LoraRun(target=target, config=config, params=params, losses=losses, lrs=lrs, state=state,
+                   checkpoints=checkpoints, seconds=time.perf_counter() - start,
+                   cpu_seconds=time.process_time() - cpu_start, n_examples=len(encoded),
+                   families=tuple(dict.fromkeys(e.family for e in encoded)), tokens_per_step=tokens / config.steps,
+                   mean_seq_len=sum(len(e.input_ids) for e in encoded) / len(encoded), adapter_dir=adapter_dir)
+
+
+def _cycle(loader):
+    """Batches forever: each pass over the loader is one epoch (reshuffled by the loader's generator)."""
+    while True:
+        produced = False
+        for batch in loader:
+            produced = True
+            yield batch
+        if not produced:
+            raise LoraError("the training DataLoader produced no batch")
+
+
+# ------------------------------------------------------------------------------------------------ cache
+
+
+def cache_key(lm: LoadedModel, examples: Sequence[Example], target: LoraTarget, config: TrainConfig) -> str:
+    """Content hash of everything a trained adapter depends on."""
+    import peft
+    import transformers
+
+    payload = {
+        "format": CACHE_FORMAT, "model": lm.fingerprint, "dtype": str(lm.dtype), "quant": lm.quant,
+        "device": lm.device.type, "examples": suite_hash(examples),
+        "target": {k: v for k, v in target.to_dict().items() if k != "label"},  # the label is only a name
+        "config": config.to_dict(), "torch": torch.__version__, "peft": peft.__version__,
+        "transformers": transformers.__version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def lora_cache_dir() -> Path:
+    return models.cache_root() / "lora"
+
+
+def train_cached(lm: LoadedModel, examples: Sequence[Example], target: LoraTarget,
+                 config: TrainConfig = TrainConfig(), *, cache_dir: str | Path | None = None) -> LoraRun:
+    """:func:`train`, or the stored result of the identical run (locked, so parallel workers train once)."""
+    from filelock import FileLock
+
+    root = Path(cache_dir) if cache_dir is not None else lora_cache_dir()
+    key = cache_key(lm, examples, target, config)
+    entry = root / f"{lm.key}-{key}"
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry) + ".lock"):
+        if (entry / "run.json").is_file():
+            return load_run(entry)
+        staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=root))
+        try:
+            run = train(lm, examples, target, config, out_dir=staging)
+            (staging / "run.json").write_text(json.dumps(run.summary(), indent=1))
+            if entry.exists():
+                shutil.rmtree(entry)
+            staging.rename(entry)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return load_run(entry)
+
+
+def load_run(entry: str | Path) -> LoraRun:
+    """A run stored by :func:`train_cached` (weights read from its ``final`` adapter directory)."""
+    from safetensors.torch import load_file
+
+    entry = Path(entry)
+    try:
+        data = json.loads((entry / "run.json").read_text())
+        state = load_file(str(entry / "final" / "adapter_model.safetensors"))
+    except (OSError, ValueError) as exc:
+        raise LoraError(f"{entry}: stored LoRA run is unreadable ({exc}); delete the directory to retrain") from exc
+    target = LoraTarget(**{**data["target"], "layers": tuple(data["target"]["layers"]),
+                           "modules": tuple(data["target"]["modules"])})
+    config = TrainConfig(**{**data["config"], "checkpoints": tuple(data["config"]["checkpoints"])})
+    params = ParamCount(**{k: v for k, v in data["params"].items() if k != "percent"})
+    checkpoints = {float(f): entry / name for f, name in data["checkpoints"].items()}
+    return LoraRun(target=target, config=config, params=params, losses=data["losses"], lrs=data["lrs"], state=state,
+                   checkpoints=checkpoints, seconds=data["seconds"], cpu_seconds=data.get("cpu_seconds", 0.0),
+                   n_examples=data["n_examples"],
+                   families=tuple(data["families"]), tokens_per_step=data["tokens_per_step"],
+                   mean_seq_len=data["mean_seq_len"], adapter_dir=entry / "final")
