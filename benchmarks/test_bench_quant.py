@@ -1,0 +1,93 @@
+"""QUANT-SPEED benchmark: forward latency and tokens/s at full precision vs int8 vs NF4, side by side in one process.
+
+Run alone, never under xdist (pytest-benchmark disables itself there)::
+
+    pytest benchmarks -m bench -p no:xdist --benchmark-json=results/bench/benchmarks.json
+
+Every (model, precision) is one benchmark of the same batch (the same token ids) in the group of its model; the
+model is loaded, timed and freed before the next precision is loaded. The last test of each model turns the medians
+into slowdowns vs bf16 and writes ``results/bench/quant-<model>.json`` and ``.png`` (the same report as
+``mi-atlas bench quant``). On CPU the ratios are information only: the claim (8-bit 52% slower, NF4 9% slower)
+is about GPU kernels, and its verdict is the claim test's. Models: ``MI_ATLAS_BENCH_MODELS`` (comma-separated,
+default both embedded cpu-tier models).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import interventions as iv
+from engine import models, quant
+from engine import steering as st
+
+pytestmark = pytest.mark.bench
+
+MODELS = [m for m in os.environ.get("MI_ATLAS_BENCH_MODELS", "smollm2-135m,gemma3-270m").split(",") if m]
+REFERENCE = "bf16"
+PRECISIONS = list(dict.fromkeys([REFERENCE, *quant.SPEED_PRECISIONS]))
+BATCH, ROUNDS, WARMUP = 4, 5, 2
+OUT = Path(__file__).resolve().parent.parent / "results" / "bench"
+
+_rows: dict[str, dict[str, quant.SpeedRow]] = {}
+_shapes: dict[str, tuple[int, int, str]] = {}
+
+
+def _prompts():
+    return st.steer_data(st.SIZES["cpu"]).test[:BATCH]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("model", MODELS)
+def test_forward_latency(benchmark, model, precision):
+    present, why = models.availability(model)
+    if not present:
+        pytest.skip(why)
+    try:
+        lm = quant.load_precision(model, precision)
+    except (RuntimeError, ImportError, models.ModelError) as exc:  # recorded as a failed row, shown in the report
+        _rows.setdefault(model, {})[precision] = quant.SpeedRow(precision, ok=False, error=f"load failed: {exc}")
+        pytest.skip(f"{precision} cannot load here: {exc}")
+    try:
+        batch = iv.encode(lm, _prompts(), template="none")
+        inputs = batch.model_inputs()
+        inputs["logits_to_keep"] = 1  # the unquantised LM head must not swamp the quantised body
+        tokens = int(batch.attention_mask.sum())
+        benchmark.group = f"quant-{model}"
+        benchmark.extra_info.update(model=model, precision=precision, tokens=tokens, device=str(lm.device),
+                                    footprint_mb=round(quant.footprint_bytes(lm) / 2**20, 1))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+            out = benchmark.pedantic(lm.model, kwargs=inputs, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
+        assert np.isfinite(out.logits.float().numpy()).any()
+        times = list(benchmark.stats.stats.data)
+        row = quant.SpeedRow(precision, ok=True, times_s=times, tokens=tokens,
+                             footprint_mb=quant.footprint_bytes(lm) / 2**20)
+        benchmark.extra_info["tokens_per_s"] = round(row.tokens_per_s, 1)
+        _rows.setdefault(model, {})[precision] = row
+        _shapes[model] = (len(batch), batch.seq_len, str(lm.device))
+    finally:
+        models.free(lm)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_slowdown_report(model):
+    """Ratios vs bf16 from the medians above, written as JSON + bar chart next to pytest-benchmark's own JSON."""
+    rows = _rows.get(model)
+    if not rows or model not in _shapes:
+        pytest.skip(f"no precision of {model} was benchmarked in this session")
+    n, seq, device = _shapes[model]
+    report = quant.SpeedReport(model, device, n, seq, ROUNDS, WARMUP, REFERENCE,
+                               {p: rows[p] for p in PRECISIONS if p in rows})
+    json_path, png_path = quant.write_speed_report(report, OUT)
+    assert json_path.is_file() and png_path.is_file()
+    measured = [p for p, r in report.rows.items() if r.ok]
+    assert REFERENCE in measured, f"the reference {REFERENCE} was not measured: {rows[REFERENCE].error}"
+    for p in measured:
+        assert report.rows[p].median_s > 0 and np.isfinite(report.slowdown(p))
+    print(f"\n{model} on {device}: " + ", ".join(f"{p} {report.slowdown(p):+.0%}" for p in measured)
+          + f" vs {REFERENCE} -> {json_path}")

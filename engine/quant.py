@@ -1,0 +1,606 @@
+"""Quantisation: the same steering measured across precisions (QUANT-KL), and forward speed (QUANT-SPEED).
+
+Precisions (:data:`PRECISIONS`), each one model load (``engine.models.load``):
+
+=============  =========================================================================
+``fp32``       unquantised, float32
+``bf16``       unquantised, bfloat16 (the seed's reference)
+``fp16``       unquantised, float16
+``nf4-bf16``   bitsandbytes NF4, double quantisation, bf16 compute dtype
+``nf4-fp16``   bitsandbytes NF4, double quantisation, fp16 compute dtype (the seed's NF4)
+``int8``       bitsandbytes LLM.int8 (fp16 for the unquantised parts; its matmuls run in fp16)
+=============  =========================================================================
+
+QUANT-KL runs *one* procedure on every precision, so the report can say what causes an amplification:
+
+* rigorous: one difference-of-means direction (computed once, on the fp32 model, at the steering layer),
+  added with the same signed scale at every real prompt token of every precision; per example
+  ``KL(unsteered_P || steered_P)`` at the answer position (fp32 softmax), where both runs use precision P.
+  The quantisation noise floor ``KL(fp32 unsteered || P unsteered)`` is reported next to it. Ratios are
+  ratios of mean KLs over the same prompts, with paired bootstrap CIs.
+* seed: :func:`engine.steering.seed_protocol_steer` on every precision (the prompt's own mean activation,
+  norm ``|s|``, sign dropped, all positions, fp16-softmax abs(KL)), and the seed's headline ratio rebuilt as
+  it was made: seed procedure on NF4 with fp16 compute divided by :func:`engine.steering.seed_reference_steer`
+  on fp32 (5 pairs, late layer, last position only).
+
+A precision that cannot run on this machine is reported with the error, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from engine import interventions as iv
+from engine import models
+from engine import steering as st
+
+
+class QuantError(RuntimeError):
+    """A quantisation measurement cannot be made as asked."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str
+    dtype: torch.dtype
+    quant: str | None
+    description: str
+
+
+PRECISIONS: dict[str, Precision] = {
+    "fp32": Precision("fp32", torch.float32, None, "unquantised float32"),
+    "bf16": Precision("bf16", torch.bfloat16, None, "unquantised bfloat16"),
+    "fp16": Precision("fp16", torch.float16, None, "unquantised float16"),
+    "nf4-bf16": Precision("nf4-bf16", torch.bfloat16, "nf4", "bitsandbytes NF4 (double quant), bf16 compute"),
+    "nf4-fp16": Precision("nf4-fp16", torch.float16, "nf4-fp16", "bitsandbytes NF4 (double quant), fp16 compute (seed)"),
+    "int8": Precision("int8", torch.float16, "int8", "bitsandbytes LLM.int8, fp16 elsewhere"),
+}
+KL_PRECISIONS = ("fp32", "bf16", "fp16", "nf4-bf16", "nf4-fp16", "int8")
+SPEED_PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4-bf16", "nf4-fp16")
+# The failures a precision can meet on some hardware (an unsupported kernel or dtype); anything else propagates.
+_RUNTIME_FAILURES = (RuntimeError, NotImplementedError, ImportError, models.ModelError)
+
+
+def precision(name: str) -> Precision:
+    try:
+        return PRECISIONS[name]
+    except KeyError:
+        raise QuantError(f"unknown precision {name!r}; choose from {', '.join(PRECISIONS)}") from None
+
+
+def load_precision(key: str, name: str, device=None) -> models.LoadedModel:
+    """Load ``key`` at precision ``name`` (see :data:`PRECISIONS`)."""
+    p = precision(name)
+    if models.spec_for(key).source == "tiny":
+        # Random-weight test models are built in memory: cast them; bitsandbytes needs real checkpoints.
+        if p.quant:
+            raise QuantError(f"{key!r} is a random-weight test model; {name} needs a checkpoint to quantise")
+        lm = models.load(key, device=device)
+        lm.model.to(p.dtype)
+        lm.dtype = p.dtype
+        return lm
+    with warnings.catch_warnings():
+        # bitsandbytes warns once per matmul that int8 inputs are cast to fp16; the table above states it.
+        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+        lm = models.load(key, dtype=p.dtype, device=device, quant=p.quant)
+    if p.quant is None and next(lm.model.parameters()).dtype != p.dtype:
+        raise QuantError(f"{key!r} loaded as {next(lm.model.parameters()).dtype}, asked for {name}")
+    return lm
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no NaN: a ratio that cannot be formed (a precision that failed) is None."""
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def weights_fingerprint(key: str) -> str:
+    """The identity of ``key``'s weights without loading them (the converted cache's manifest hash, or the
+    registry key for random-weight test models); part of every cached study's key."""
+    spec = models.spec_for(key)
+    if spec.source == "tiny":
+        return f"tiny:{key}"
+    return models._fingerprint(models.resolve_weights(spec))
+
+
+def backend_versions() -> dict[str, str]:
+    """torch / transformers / bitsandbytes versions (part of the quant study's cache key: kernels change)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "bitsandbytes"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def footprint_bytes(lm) -> int:
+    getter = getattr(lm.model, "get_memory_footprint", None)
+    return int(getter()) if callable(getter) else int(sum(t.numel() * t.element_size() for t in lm.model.parameters()))
+
+
+# --------------------------------------------------------------------------------------------- QUANT-KL
+
+
+@dataclass
+class PrecisionKL:
+    """One precision's results under both protocols (or the reason it could not run)."""
+
+    precision: str
+    ok: bool
+    error: str = ""
+    kl: list[float] = field(default_factory=list)  # rigorous, per example
+    noise_kl: list[float] = field(default_factory=list)  # KL(fp32 unsteered || this precision unsteered)
+    seed_kl: list[float] = field(default_factory=list)  # seed protocol, per example
+    load_s: float = 0.0
+    run_s: float = 0.0
+    footprint_mb: float = 0.0
+
+    @property
+    def mean_kl(self) -> float:
+        return float(np.mean(self.kl)) if self.kl else float("nan")
+
+    @property
+    def mean_seed_kl(self) -> float:
+        return float(np.mean(self.seed_kl)) if self.seed_kl else float("nan")
+
+    @property
+    def mean_noise_kl(self) -> float:
+        return float(np.mean(self.noise_kl)) if self.noise_kl else float("nan")
+
+
+@dataclass
+class QuantKLReport:
+    model: str
+    layer: int
+    scale: float
+    units: str
+    vector_norm: float
+    resid_norm: float  # mean residual norm after the layer at the answer position (fp32)
+    contrast: str
+    n_examples: int
+    rows: dict[str, PrecisionKL]
+    seed_reference: st.SeedSteerResult | None = None
+    seed_reference_layer: int | None = None
+    device: str = "cpu"
+
+    def ratio(self, num: str, den: str, protocol: str = "rigorous") -> float:
+        a, b = self.rows.get(num), self.rows.get(den)
+        if not (a and b and a.ok and b.ok):
+            return float("nan")
+        x, y = (a.kl, b.kl) if protocol == "rigorous" else (a.seed_kl, b.seed_kl)
+        return float(np.mean(x) / np.mean(y)) if np.mean(y) > 0 else float("inf")
+
+    def ratio_ci(self, num: str, den: str, protocol: str = "rigorous", n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+        """Paired bootstrap CI (examples resampled) of mean KL(num) / mean KL(den)."""
+        a, b = self.rows[num], self.rows[den]
+        x = np.asarray(a.kl if protocol == "rigorous" else a.seed_kl)
+        y = np.asarray(b.kl if protocol == "rigorous" else b.seed_kl)
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+        ratios = x[idx].mean(1) / np.maximum(y[idx].mean(1), 1e-30)
+        lo, hi = np.percentile(ratios, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+        return float(lo), float(hi)
+
+    @property
+    def seed_amplification(self) -> float:
+        """The seed's headline ratio rebuilt as it was made: seed procedure on NF4 (fp16 compute) divided by the
+        fp32 reference procedure (another layer, vector and positions)."""
+        row = self.rows.get("nf4-fp16")
+        if not (row and row.ok and self.seed_reference):
+            return float("nan")
+        return row.mean_seed_kl / self.seed_reference.mean_kl
+
+    def attribution(self) -> dict[str, float]:
+        """Ratios of mean KL that isolate one factor each (rigorous protocol: one procedure everywhere), plus the
+        seed's own procedure across precisions and the seed's mismatched headline ratio."""
+        pairs = {
+            "nf4_vs_bf16 (quantisation, bf16 compute)": ("nf4-bf16", "bf16", "rigorous"),
+            "nf4_vs_fp16 (quantisation, fp16 compute)": ("nf4-fp16", "fp16", "rigorous"),
+            "nf4fp16_vs_nf4bf16 (compute dtype within NF4)": ("nf4-fp16", "nf4-bf16", "rigorous"),
+            "int8_vs_fp16 (8-bit quantisation)": ("int8", "fp16", "rigorous"),
+            "bf16_vs_fp32 (half precision alone)": ("bf16", "fp32", "rigorous"),
+            "fp16_vs_fp32 (half precision alone)": ("fp16", "fp32", "rigorous"),
+            "seed_procedure nf4fp16_vs_bf16": ("nf4-fp16", "bf16", "seed"),
+            "seed_procedure nf4fp16_vs_fp32": ("nf4-fp16", "fp32", "seed"),
+        }
+        out = {label: _finite(self.ratio(a, b, proto)) for label, (a, b, proto) in pairs.items()
+               if a in self.rows and b in self.rows}
+        out["seed headline (seed NF4-fp16 / fp32 reference procedure)"] = _finite(self.seed_amplification)
+        return out
+
+    def to_dict(self) -> dict:
+        rows = {name: {"ok": r.ok, "error": r.error, "kl": r.mean_kl if r.ok else None,
+                       "seed_kl": r.mean_seed_kl if r.ok else None, "noise_kl": r.mean_noise_kl if r.ok else None,
+                       "load_s": round(r.load_s, 2), "run_s": round(r.run_s, 2), "footprint_mb": round(r.footprint_mb, 1)}
+                for name, r in self.rows.items()}
+        ratios = {}
+        for num, den in (("nf4-bf16", "bf16"), ("nf4-fp16", "bf16"), ("nf4-fp16", "fp16"), ("int8", "bf16"),
+                         ("int8", "fp16"), ("bf16", "fp32"), ("fp16", "fp32"), ("nf4-bf16", "fp32")):
+            if num in self.rows and den in self.rows:
+                ratios[f"{num}/{den}"] = {"rigorous": self.ratio(num, den), "seed": self.ratio(num, den, "seed")}
+        for name, r in self.rows.items():
+            rows[name].update(kl_per_example=[round(x, 8) for x in r.kl], seed_kl_per_example=[round(x, 8) for x in r.seed_kl])
+        cis = {}
+        for num, den in (("nf4-bf16", "bf16"), ("nf4-fp16", "fp16"), ("int8", "fp16")):
+            a, b = self.rows.get(num), self.rows.get(den)
+            if a and b and a.ok and b.ok and len(a.kl) > 1:
+                cis[f"{num}/{den}"] = list(self.ratio_ci(num, den))
+        return {"model": self.model, "layer": self.layer, "scale": self.scale, "units": self.units,
+                "attribution": self.attribution(), "ratio_ci": cis,
+                "vector_to_resid": self.vector_norm / self.resid_norm if self.resid_norm else None,
+                "vector_norm": self.vector_norm, "resid_norm": self.resid_norm, "contrast": self.contrast,
+                "n_examples": self.n_examples, "device": self.device, "precisions": rows, "ratios": ratios,
+                "seed_reference_layer": self.seed_reference_layer,
+                "seed_reference_kl": self.seed_reference.mean_kl if self.seed_reference else None,
+                "seed_amplification": self.seed_amplification}
+
+
+@torch.no_grad()
+def quant_kl(key: str, *, contrast: st.Contrast, eval_examples: Sequence, layer: int = 2, scale: float = -4.0,
+             units: str = "absolute", precisions: Sequence[str] = KL_PRECISIONS,
+             protocols: Sequence[str] = ("seed", "rigorous"), seed_reference_layer: int | None = None,
+             device=None, loader: Callable[[str, str], models.LoadedModel] | None = None, template: str = "auto",
+             on_loaded: Callable[[models.LoadedModel, str], None] | None = None) -> QuantKLReport:
+    """QUANT-KL on ``key``: the same steering at every precision, one model in memory at a time.
+
+    The rigorous direction is the difference of means of ``contrast`` at ``layer`` on the fp32 model; ``scale``
+    is signed, in ``units`` (``"absolute"``: the vector has norm ``|scale|``, as in the seed; ``"relative"``:
+    in units of the fp32 residual norm). ``seed_reference_layer`` (default: the layer at the relative depth of
+    the seed's L23 of 24) is where :func:`engine.steering.seed_reference_steer` runs on fp32.
+    ``on_loaded(lm, precision)`` runs on each loaded precision after its KL (e.g. a speed measurement on the
+    same load); its exceptions propagate.
+    """
+    load = loader or (lambda k, name: load_precision(k, name, device=device))
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise QuantError(f"unknown precision(s) {bad}; choose from {', '.join(PRECISIONS)}")
+    if not eval_examples:
+        raise QuantError("quant_kl: no evaluation examples")
+    base = load(key, "fp32")
+    st._check_layer(base, layer)
+    directions = st.diff_of_means(base, contrast, [layer], template=template)
+    vector = directions.vector(layer, scale, units).cpu()
+    batch = iv.encode(base, list(eval_examples), template=template)
+    ref_logits = iv.clean_run(base, batch).logits.cpu()
+    ref_layer = seed_reference_layer if seed_reference_layer is not None else st.relative_layer(23, 24, base.n_layers)
+    reference = None
+    if "seed" in protocols:
+        reference = st.seed_reference_steer(base, contrast, eval_examples, ref_layer, scale, template=template)
+
+    rows: dict[str, PrecisionKL] = {}
+    order = sorted(precisions, key=lambda n: n != "fp32")  # fp32 first: measured on the model already loaded
+    for name in order:
+        row = PrecisionKL(name, ok=False)
+        started = time.perf_counter()
+        if name == "fp32" and base is not None:
+            lm, base = base, None
+        else:
+            if base is not None:
+                models.free(base)
+                base = None
+            try:
+                lm = load(key, name)
+            except _RUNTIME_FAILURES as exc:
+                row.error = f"load failed: {type(exc).__name__}: {exc}"
+                rows[name] = row
+                continue
+        row.load_s = time.perf_counter() - started
+        row.footprint_mb = footprint_bytes(lm) / 2**20
+        started = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+                b = batch.to(lm.device)
+                if "rigorous" in protocols:
+                    run = iv.clean_run(lm, b)
+                    steered = iv.run_from(lm, run, layer, run.resid[layer], iv.AddVector(layer, vector, 1.0))
+                    row.kl = iv.kl(run.logits, steered).cpu().tolist()
+                    row.noise_kl = iv.kl(ref_logits, run.logits.cpu()).tolist()
+                    del run
+                if "seed" in protocols:
+                    row.seed_kl = st.seed_protocol_steer(lm, eval_examples, layer, scale, template=template).kls
+            row.ok = bool(np.isfinite(row.kl).all() and np.isfinite(row.seed_kl).all())
+            if not row.ok:
+                row.error = "non-finite logits/KL (overflow in this precision)"
+        except _RUNTIME_FAILURES as exc:
+            if isinstance(exc, iv.InterventionError):  # a bug of the measurement, not of the precision
+                raise
+            row.error = f"forward failed: {type(exc).__name__}: {exc}"
+        row.run_s = time.perf_counter() - started
+        rows[name] = row
+        if on_loaded is not None:
+            on_loaded(lm, name)
+        models.free(lm)
+        del lm
+    if base is not None:
+        models.free(base)
+    rows = {name: rows[name] for name in precisions if name in rows}
+    return QuantKLReport(key, layer, float(scale), units, float(vector.norm()),
+                         float(directions.resid_norm[0]), contrast.name, len(eval_examples), rows, reference,
+                         ref_layer if reference else None,
+                         device=str(device or models.default_device()))
+
+
+# --------------------------------------------------------------------------------------------- QUANT-SPEED
+
+
+@dataclass
+class SpeedRow:
+    precision: str
+    ok: bool
+    error: str = ""
+    times_s: list[float] = field(default_factory=list)
+    tokens: int = 0
+    footprint_mb: float = 0.0
+    cuda_peak_mb: float | None = None
+    peak_rss_mb: float | None = None  # process peak RSS while this precision was loaded and run (Linux)
+    cold_s: float | None = None  # the first forward after loading (the seed protocol's single timing)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s) if self.times_s else float("nan")
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.median_s if self.times_s else float("nan")
+
+
+@dataclass
+class SpeedReport:
+    model: str
+    device: str
+    batch_size: int
+    seq_len: int
+    rounds: int
+    warmup: int
+    reference: str
+    rows: dict[str, SpeedRow]
+    machine: str = field(default_factory=lambda: f"{platform.machine()} {platform.processor() or ''}".strip())
+    threads: int = field(default_factory=torch.get_num_threads)
+
+    def slowdown(self, name: str, reference: str | None = None, protocol: str = "rigorous") -> float:
+        """median latency(name) / median latency(reference) - 1 (0.52 = 52% slower); ``protocol="seed"``: the
+        ratio of the single cold first forwards."""
+        ref = self.rows.get(reference or self.reference)
+        row = self.rows.get(name)
+        if not (ref and row and ref.ok and row.ok):
+            return float("nan")
+        if protocol == "seed":
+            return row.cold_s / ref.cold_s - 1.0 if row.cold_s and ref.cold_s else float("nan")
+        return row.median_s / ref.median_s - 1.0
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "device": self.device, "batch_size": self.batch_size, "seq_len": self.seq_len,
+                "rounds": self.rounds, "warmup": self.warmup, "reference": self.reference, "machine": self.machine,
+                "threads": self.threads,
+                "rows": {n: {"ok": r.ok, "error": r.error, "median_s": r.median_s if r.ok else None,
+                             "min_s": min(r.times_s) if r.times_s else None, "times_s": r.times_s,
+                             "tokens_per_s": r.tokens_per_s if r.ok else None, "tokens": r.tokens,
+                             "footprint_mb": round(r.footprint_mb, 1), "cuda_peak_mb": r.cuda_peak_mb,
+                             "peak_rss_mb": r.peak_rss_mb, "cold_s": r.cold_s,
+                             "seed_slowdown_vs_ref": _finite(self.slowdown(n, protocol="seed")) if r.ok else None,
+                             "slowdown_vs_ref": _finite(self.slowdown(n)) if r.ok else None}
+                         for n, r in self.rows.items()}}
+
+
+def speed_batch(lm, examples: Sequence | None = None, batch_size: int = 8) -> iv.Batch:
+    """The benchmark batch: ``batch_size`` suite prompts (a fixed stratified sample) rendered for ``lm``."""
+    if examples is None:
+        from engine import tasks
+
+        examples = tasks.sample(per_family=max(1, -(-batch_size // len(tasks.FAMILIES))), seed=0)[:batch_size]
+    return iv.encode(lm, list(examples)[:batch_size])
+
+
+def _forward_inputs(lm, batch: iv.Batch) -> dict:
+    """Model inputs for timing: the full prompt, logits at the last position only (``logits_to_keep=1``), so the
+    unquantised LM head (Gemma's has 262k rows) does not swamp the quantised body."""
+    inputs = batch.to(lm.device).model_inputs()
+    inputs["logits_to_keep"] = 1
+    return inputs
+
+
+@torch.no_grad()
+def time_forward(lm, batch: iv.Batch, rounds: int = 5, warmup: int = 2) -> list[float]:
+    """Wall-clock seconds of ``warmup + rounds`` forwards of ``batch``; the first ``warmup`` are the untimed
+    warm-up of the rigorous protocol, but their times are returned too (``times[:warmup]``): the first one is
+    the seed protocol's single cold timing."""
+    inputs = _forward_inputs(lm, batch)
+    cuda = lm.device.type == "cuda"
+    times = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+        for _ in range(warmup + rounds):
+            if cuda:
+                torch.cuda.synchronize(lm.device)
+            start = time.perf_counter()
+            lm.model(**inputs)
+            if cuda:
+                torch.cuda.synchronize(lm.device)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def time_precision(lm, name: str, batch: iv.Batch, rounds: int = 5, warmup: int = 2) -> SpeedRow:
+    """One precision's :class:`SpeedRow` on an already loaded model (errors are recorded, not raised)."""
+    row = SpeedRow(name, ok=False, tokens=int(batch.attention_mask.sum()), footprint_mb=footprint_bytes(lm) / 2**20)
+    if lm.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(lm.device)
+    try:
+        times = time_forward(lm, batch, rounds, warmup)
+        row.cold_s = times[0]
+        row.times_s = times[warmup:]
+        row.ok = True
+    except _RUNTIME_FAILURES as exc:
+        row.error = f"forward failed: {type(exc).__name__}: {exc}"
+    if lm.device.type == "cuda":
+        row.cuda_peak_mb = torch.cuda.max_memory_allocated(lm.device) / 2**20
+    return row
+
+
+def measure_speed(key: str, precisions: Sequence[str] = SPEED_PRECISIONS, *, reference: str = "bf16",
+                  examples: Sequence | None = None, batch_size: int = 8, rounds: int = 5, warmup: int = 2,
+                  device=None, loader: Callable[[str, str], models.LoadedModel] | None = None) -> SpeedReport:
+    """Forward latency and tokens/s of ``key`` at each precision, side by side in this process (same prompts,
+    same token ids; one model in memory at a time)."""
+    load = loader or (lambda k, name: load_precision(k, name, device=device))
+    names = list(dict.fromkeys([reference, *precisions]))
+    for name in names:
+        precision(name)
+    rows: dict[str, SpeedRow] = {}
+    batch = None
+    dev = str(device or models.default_device())
+    for name in names:
+        reset = st._rss_peak_reset()
+        try:
+            lm = load(key, name)
+        except _RUNTIME_FAILURES as exc:
+            rows[name] = SpeedRow(name, ok=False, error=f"load failed: {type(exc).__name__}: {exc}")
+            continue
+        if batch is None:
+            batch = speed_batch(lm, examples, batch_size)
+        row = time_precision(lm, name, batch, rounds, warmup)
+        row.peak_rss_mb = st._rss_mb("VmHWM") if reset else None
+        rows[name] = row
+        dev = str(lm.device)
+        models.free(lm)
+        del lm
+    if batch is None:
+        raise QuantError(f"measure_speed: no precision of {key!r} could be loaded: "
+                         + "; ".join(f"{n}: {r.error}" for n, r in rows.items()))
+    return SpeedReport(key, dev, len(batch), batch.seq_len, rounds, warmup, reference, rows)
+
+
+def _safe(name: str) -> str:
+    """A model key or path as a file-name part."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).name or name)
+
+
+def write_speed_report(report: SpeedReport, out: str | Path) -> tuple[Path, Path]:
+    """Write ``quant-<model>.json`` and a bar chart ``quant-<model>.png`` into ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"quant-{_safe(report.model)}.json"
+    json_path.write_text(json.dumps(report.to_dict(), indent=2))
+    ok = [r for r in report.rows.values() if r.ok]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    names = [r.precision for r in ok]
+    ax1.bar(names, [r.median_s * 1000 for r in ok], color="#4c72b0")
+    ax1.set_ylabel("median forward latency (ms)")
+    ax2.bar(names, [r.tokens_per_s for r in ok], color="#55a868")
+    ax2.set_ylabel("tokens / s")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", rotation=20)
+    fig.suptitle(f"{report.model} on {report.device}: batch {report.batch_size} x {report.seq_len} tokens, "
+                 f"{report.rounds} rounds", fontsize=9)
+    fig.tight_layout()
+    png_path = out / f"quant-{_safe(report.model)}.png"
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return json_path, png_path
+
+
+# --------------------------------------------------------------------------------------------- claim study
+
+
+@dataclass(frozen=True)
+class QuantSizes:
+    """Sizes of the quantisation claims on one tier (stated in every record's notes). Prompts: the first
+    ``n_eval`` test prompts of the steering claims (``engine.steering.steer_data``); the direction is their
+    contrast's difference of means at the seed's layer (L2 of 24, at the same relative depth)."""
+
+    n_eval: int = 4
+    scale: float = -4.0
+    units: str = "absolute"
+    seed_layer: int = 2
+    seed_n_layers: int = 24
+    precisions: tuple[str, ...] = KL_PRECISIONS
+    reference: str = "bf16"
+    speed_batch: int = 4
+    rounds: int = 3
+    warmup: int = 1
+
+    def describe(self) -> str:
+        return (f"{self.n_eval} prompts, s={self.scale} ({self.units}) at L{self.seed_layer}/{self.seed_n_layers} "
+                f"relative depth, precisions {list(self.precisions)}; speed: batch {self.speed_batch}, "
+                f"{self.warmup} warm-up + {self.rounds} rounds, logits at the last position, vs {self.reference}")
+
+
+QUANT_SIZES: dict[str, QuantSizes] = {
+    "cpu": QuantSizes(),
+    "gpu": QuantSizes(n_eval=24, speed_batch=8, rounds=20, warmup=3),
+}
+
+
+def quant_sizes_for(tier: str) -> QuantSizes:
+    return QUANT_SIZES["gpu" if tier == "gpu" else "cpu"]
+
+
+def quant_study(key: str, sizes: QuantSizes, steer_sizes: st.SteerSizes, device=None,
+                loader: Callable[[str, str], models.LoadedModel] | None = None) -> dict:
+    """QUANT-KL and QUANT-SPEED on one set of loads: each precision is loaded once, its steering KL measured
+    (both protocols), then its forward timed; one model in memory at a time. A JSON-able dict."""
+    started = time.perf_counter()
+    data = st.steer_data(steer_sizes)
+    evals = data.test[:sizes.n_eval]
+    n_layers = models.spec_for(key).n_layers
+    layer = st.relative_layer(sizes.seed_layer, sizes.seed_n_layers, n_layers)
+    speed_rows: dict[str, SpeedRow] = {}
+    state: dict = {}
+
+    def time_it(lm, name):
+        if "batch" not in state:
+            state["batch"] = iv.encode(lm, evals[:sizes.speed_batch], template=steer_sizes.template)
+            state["device"] = str(lm.device)
+        speed_rows[name] = time_precision(lm, name, state["batch"], sizes.rounds, sizes.warmup)
+
+    report = quant_kl(key, contrast=data.contrast, eval_examples=evals, layer=layer, scale=sizes.scale,
+                      units=sizes.units, precisions=sizes.precisions, device=device, loader=loader,
+                      template=steer_sizes.template, on_loaded=time_it)
+    for name, row in report.rows.items():  # a precision that failed to load has no speed row either
+        speed_rows.setdefault(name, SpeedRow(name, ok=False, error=row.error))
+    batch = state.get("batch")
+    speed = SpeedReport(key, state.get("device", str(device or models.default_device())),
+                        len(batch) if batch is not None else 0, batch.seq_len if batch is not None else 0,
+                        sizes.rounds, sizes.warmup, sizes.reference, speed_rows)
+    return {"kl": report.to_dict(), "speed": speed.to_dict(), "sizes": sizes.describe(),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def speed_report_from_dict(data: dict) -> SpeedReport:
+    """Rebuild a :class:`SpeedReport` from :meth:`SpeedReport.to_dict` (e.g. a cached study) for the chart."""
+    rows = {}
+    for name, r in data["rows"].items():
+        row = SpeedRow(name, ok=r["ok"], error=r["error"], tokens=r["tokens"], footprint_mb=r["footprint_mb"],
+                       cuda_peak_mb=r.get("cuda_peak_mb"), peak_rss_mb=r.get("peak_rss_mb"), cold_s=r.get("cold_s"))
+        row.times_s = list(r.get("times_s") or [])
+        rows[name] = row
+    report = SpeedReport(data["model"], data["device"], data["batch_size"], data["seq_len"], data["rounds"],
+                         data["warmup"], data["reference"], rows)
+    report.machine, report.threads = data.get("machine", report.machine), data.get("threads", report.threads)
+    return report
+
+
+__all__ = ["Precision", "PRECISIONS", "KL_PRECISIONS", "SPEED_PRECISIONS", "precision", "load_precision",
+           "footprint_bytes", "PrecisionKL", "QuantKLReport", "quant_kl", "SpeedRow", "SpeedReport",
+           "speed_batch", "time_forward", "time_precision", "measure_speed", "write_speed_report", "QuantError",
+           "QuantSizes", "QUANT_SIZES", "quant_sizes_for", "quant_study", "speed_report_from_dict",
+           "weights_fingerprint", "backend_versions"]

@@ -1,0 +1,120 @@
+"""Quantisation measurements on tiny random-weight models: one procedure across precisions, failures reported
+(never dropped), ratios and their CIs, the speed report, its JSON/chart and the `mi-atlas bench quant` command.
+
+bitsandbytes needs a checkpoint to quantise, so NF4/int8 rows of a tiny model are reported as load errors here;
+the real NF4/int8 runs are the claim tests' (claims/test_steer_quant_claims.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine import models, quant
+from engine import steering as st
+from engine.tasks import Example
+
+KEY = "tiny-llama"
+
+
+def _examples(family, prompts, target):
+    return [Example(f"{family}/{i}", family, "short", p, target, "exact") for i, p in enumerate(prompts)]
+
+
+CONTRAST = st.Contrast("a-vs-b", tuple(_examples("a", ["The cat sat on", "A dog ran to", "My bird"], "a")),
+                       tuple(_examples("b", ["1 + 2 =", "7 * 3 =", "9 - 4 ="], "9")))
+EVAL = _examples("c", ["x = 3; y =", "def f(a):", "Once upon", "hello"], "z")
+
+
+@pytest.fixture(scope="module")
+def report():
+    return quant.quant_kl(KEY, contrast=CONTRAST, eval_examples=EVAL, layer=1, scale=-4.0,
+                          precisions=("fp32", "bf16", "fp16", "nf4-bf16"))
+
+
+def test_load_precision_gives_the_requested_dtype():
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        lm = quant.load_precision(KEY, name)
+        assert next(lm.model.parameters()).dtype == dtype and lm.dtype == dtype
+    with pytest.raises(quant.QuantError, match="checkpoint"):
+        quant.load_precision(KEY, "nf4-bf16")
+    with pytest.raises(quant.QuantError, match="unknown precision"):
+        quant.precision("int3")
+
+
+def test_one_procedure_runs_on_every_precision(report):
+    assert list(report.rows) == ["fp32", "bf16", "fp16", "nf4-bf16"]
+    for name in ("fp32", "bf16", "fp16"):
+        row = report.rows[name]
+        assert row.ok and len(row.kl) == len(EVAL) and len(row.seed_kl) == len(EVAL)
+        assert all(k > 0 for k in row.kl)  # the steering changed the output at every precision
+    assert report.rows["fp32"].mean_noise_kl == pytest.approx(0.0, abs=1e-6)  # same model, same precision
+    assert report.rows["bf16"].mean_noise_kl > 0  # half precision differs from fp32
+    # a precision that cannot run is reported with its reason, never dropped
+    failed = report.rows["nf4-bf16"]
+    assert not failed.ok and "load failed" in failed.error
+    assert report.vector_norm == pytest.approx(4.0, rel=1e-5)  # absolute units: norm |s|, signed direction
+
+
+def test_ratios_and_their_intervals(report):
+    r = report.ratio("bf16", "fp32")
+    assert r == pytest.approx(report.rows["bf16"].mean_kl / report.rows["fp32"].mean_kl)
+    lo, hi = report.ratio_ci("bf16", "fp32")
+    assert lo <= hi and lo <= r * 1.5 and hi >= r / 1.5
+    assert math.isnan(report.ratio("nf4-bf16", "bf16"))  # a failed row gives no ratio
+    assert math.isnan(report.seed_amplification)  # needs the NF4 fp16-compute row
+    d = report.to_dict()
+    json.dumps(d)  # JSON-able
+    assert d["precisions"]["nf4-bf16"]["ok"] is False and d["vector_to_resid"] > 0
+    assert "bf16_vs_fp32 (half precision alone)" in d["attribution"]
+
+
+def test_seed_reference_runs_on_fp32_at_a_late_layer(report):
+    assert report.seed_reference is not None and report.seed_reference.protocol == "seed-reference"
+    assert report.seed_reference_layer == st.relative_layer(23, 24, models.spec_for(KEY).n_layers)
+    assert len(report.seed_reference.kls) == len(EVAL)
+
+
+def test_speed_report_side_by_side(tmp_path):
+    rep = quant.measure_speed(KEY, ("fp32", "fp16", "int8"), reference="bf16", examples=EVAL, batch_size=2,
+                              rounds=2, warmup=1)
+    assert list(rep.rows) == ["bf16", "fp32", "fp16", "int8"]
+    assert rep.rows["fp32"].ok and len(rep.rows["fp32"].times_s) == 2 and rep.rows["fp32"].cold_s > 0
+    assert rep.rows["fp32"].tokens_per_s > 0
+    assert not rep.rows["int8"].ok and "load failed" in rep.rows["int8"].error
+    assert rep.slowdown("bf16") == 0.0
+    assert rep.slowdown("fp32") == pytest.approx(rep.rows["fp32"].median_s / rep.rows["bf16"].median_s - 1)
+    json_path, png_path = quant.write_speed_report(rep, tmp_path)
+    assert json_path.name == f"quant-{KEY}.json" and png_path.stat().st_size > 1000
+    data = json.loads(json_path.read_text())
+    assert data["rows"]["int8"]["ok"] is False and data["rows"]["fp32"]["slowdown_vs_ref"] is not None
+    again = quant.speed_report_from_dict(data)
+    assert again.slowdown("fp32") == pytest.approx(rep.slowdown("fp32"))
+
+
+def test_bench_quant_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "quant", "--model", KEY, "--precisions", "fp32,nf4-bf16",
+                                      "--batch-size", "2", "--rounds", "1", "--warmup", "0", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "fp32" in result.output and "bf16" in result.output and "CPU run" in result.output
+    data = json.loads((tmp_path / f"quant-{KEY}.json").read_text())
+    assert set(data["rows"]) == {"bf16", "fp32", "nf4-bf16"}
+    assert (tmp_path / f"quant-{KEY}.png").is_file()
+
+
+def test_weights_fingerprint_needs_no_load():
+    assert quant.weights_fingerprint(KEY) == f"tiny:{KEY}"
+    assert set(quant.backend_versions()) == {"torch", "transformers", "bitsandbytes"}
+
+
+def test_bootstrap_ratio_ci_is_seeded(report):
+    assert report.ratio_ci("fp16", "fp32", seed=3) == report.ratio_ci("fp16", "fp32", seed=3)
+    assert np.isfinite(report.ratio_ci("fp16", "fp32")).all()
