@@ -1,0 +1,65 @@
+"""pytest-xdist on a multi-GPU machine: one GPU per worker, claims grouped by model (see engine/devices.py).
+
+Registered from the root ``conftest.py`` (``pytest_plugins``), next to ``claims.plugin``. Three hooks:
+
+* ``pytest_configure`` (first): an xdist worker sets ``CUDA_VISIBLE_DEVICES`` to its own device, chosen from its
+  worker id and the run's visible devices, before anything initialises CUDA. Outside xdist, or without a GPU,
+  nothing changes: the same code runs on CPU with ``-n 2``.
+* ``pytest_collection_modifyitems`` (first): every claim test gets ``xdist_group("<model>/atlas")`` (atlas and
+  lora claims of a model share its atlas) or ``"<model>/<block>"``; ``--dist loadgroup`` keeps a group on one
+  worker, which loads the model once. An explicit ``xdist_group`` mark on a test wins.
+* the same hook (last): re-applies xdist's ``@group`` node-id suffix where pytest >= 9.2 ignores xdist 3.8's
+  write to ``_nodeid`` (pytest-dev/pytest-xdist#1386); a no-op where xdist's own write took effect.
+
+Whatever the grouping, the content-addressed cache (``engine/cache.py``, file-locked) makes each atlas be
+computed once across workers: a second worker asking for it waits and reads it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import devices
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):  # an xdist worker: pin it before anything initialises CUDA
+        try:
+            devices.pin_worker()
+        except devices.DeviceError as exc:
+            raise pytest.UsageError(str(exc)) from exc
+
+
+def _claim_block(config: pytest.Config, claim_id: str) -> str | None:
+    from claims.plugin import CATALOGUE  # the catalogue claims.plugin loaded in pytest_configure
+
+    catalogue = config.stash.get(CATALOGUE, None)
+    try:
+        return None if catalogue is None else catalogue[claim_id].block
+    except Exception:  # an unknown claim id is reported as a collection error by claims.plugin
+        return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's WorkerInteractor reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        mark = item.get_closest_marker("claim")
+        if mark is None or item.get_closest_marker("xdist_group") or not mark.args:
+            continue
+        model = mark.kwargs.get("model")
+        model = model if isinstance(model, str) or model is None else "+".join(model)
+        block = _claim_block(config, mark.args[0])
+        if model and block:
+            item.add_marker(pytest.mark.xdist_group(devices.claim_group(model, block)))
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
+def pytest_collection_modifyitems_loadgroup(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not (hasattr(config, "workerinput") and config.getvalue("loadgroup")):
+        return
+    for item in items:
+        suffix = devices.loadgroup_suffix(
+            [m.args[0] if m.args else m.kwargs.get("name", "default") for m in item.iter_markers("xdist_group")])
+        if suffix and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
+            item._id = type(item._id).parse(item.nodeid + suffix)
