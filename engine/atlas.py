@@ -1,0 +1,682 @@
+"""The causal atlas: the effect of ablating each layer (or head / module) on the next-token distribution.
+
+``atlas(lm, examples, method="zero", component="layer")`` ablates one layer at a time and measures
+KL(clean || ablated) of the next-token distribution (nats) at the answer position (or averaged over all
+real positions, ``measure="all"``), per example. Results keep every example's effect so that:
+
+* family effects (mean over the family's examples) and the mean over families are reported;
+* the hub (argmax layer of the mean over families) comes with the runner-up and a stratified bootstrap CI
+  of the gap between them: when the CI includes 0 the atlas says "no hub" (``hub=None, tie=True``), never
+  argmax's first index (the seed's "hub at L0" in bias-free models was exactly such a tie);
+* per-family hubs get the same treatment;
+* the ``information_erasing`` guard flags ablations after which two unrelated prompts give nearly the same
+  output distribution (zeroing the residual stream does that): such an ablation measures "destroy
+  everything", not the layer.
+
+Speed: the sweep runs the clean model once per batch, keeping the residual entering every layer and the
+exact layer call arguments (masks, rotary embeddings), then for each ablated layer runs only the layers
+after it (``layer``/``resid``: the ablated residual is computed from the cached input and output of the
+layer, which is not re-run) and applies the final norm and LM head only at measured positions.
+``fast=False`` runs the plain loop (one full hooked forward per layer) and is what the fast path is tested
+against. Examples are batched by token length (less padding); position ids follow the attention mask, so an
+example's effects do not depend on the batch it shares.
+
+Splitting: a sweep is a list of ``Cell`` (example rows x layers, ``plan_cells``); ``compute_cell`` computes
+one in any process, ``merge_cells`` assembles the ``Atlas`` (checking every (example, layer) is covered once).
+``make_jobs`` / ``run_job`` turn cells into plain data for executors in other processes or machines
+(``atlas(..., executor=obj)`` with ``obj.map(run_job, jobs)``; see ``engine.executors``).
+
+API::
+
+    atlas(lm, examples, *, method, component, positions, measure, template, seed, layers, heads, modules,
+          reference, batch_size, fast, cache, n_resamples, progress, executor) -> Atlas
+    replicate(lm, seeds, sampler=None, **atlas_kwargs) -> Replication
+    plan_cells(examples, layers, *, by_family, layer_chunk, max_rows) -> list[Cell]
+    compute_cell(lm, examples, cell, **options) -> CellResult
+    merge_cells(model_or_meta, examples, results, **options) -> Atlas
+    make_jobs(model, examples, cells, **options) -> list[dict];  run_job(job) -> dict
+    cache_key(lm, examples, **options) -> dict
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from engine import ENGINE_VERSION, metrics, stats
+from engine.interventions import (
+    MODULE_NAMES, Ablate, Batch, InterventionError, Reference, clean_run, edit_residual, encode,
+    next_token_logits, run_from,
+)
+
+ERASE_RATIO = 0.01  # ablated outputs of unrelated prompts are "nearly equal" below 1% of their clean divergence
+LAYER_COMPONENTS = ("layer", "resid", "attn", "mlp")
+UNIT_COMPONENTS = ("head", "module")
+
+
+class AtlasError(ValueError):
+    """An atlas was requested with inconsistent arguments."""
+
+
+@dataclass
+class Atlas:
+    """One atlas: per-example effects and everything derived from them (see module docstring).
+
+    ``per_example`` is [n_examples, n_layers] (or [n_examples, n_layers, n_units] for ``head`` / ``module``).
+    ``argmax_layer`` is what a bare argmax returns (the seed protocol's hub), reported even over a tie;
+    ``hub`` is set only when the gap to the runner-up has a bootstrap CI above 0.
+    """
+
+    model: str
+    fingerprint: str
+    arch: str
+    n_layers: int
+    method: str
+    component: str
+    positions: str
+    measure: str
+    template: str
+    seed: int
+    example_ids: list[str]
+    example_families: list[str]
+    per_example: np.ndarray
+    units: list[str] | None = None
+    layers: list[int] | None = None  # the layer axis (default: every layer)
+    erase_ratio: list[float] = field(default_factory=list)
+    unchanged: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    suite_hash: str = ""
+    fast: bool = True
+    engine_version: str = ENGINE_VERSION
+    n_resamples: int = stats.DEFAULT_RESAMPLES
+    # derived (filled by __post_init__)
+    families: list[str] = field(default_factory=list)
+    effects: dict[str, np.ndarray] = field(default_factory=dict)
+    mean_effect: np.ndarray | None = None
+    argmax_layer: int = 0
+    argmax_unit: str | None = None
+    runner_up: int = 0
+    runner_up_unit: str | None = None
+    gap: stats.Interval | None = None
+    tie: bool = True
+    hub: int | None = None
+    hub_unit: str | None = None
+    family_argmax: dict[str, int] = field(default_factory=dict)
+    family_hubs: dict[str, int | None] = field(default_factory=dict)
+    family_gaps: dict[str, stats.Interval] = field(default_factory=dict)
+    erasing_layers: list[int] = field(default_factory=list)
+    information_erasing: bool = False
+
+    def __post_init__(self):
+        self.per_example = np.asarray(self.per_example, dtype=float)
+        n = self.per_example.shape[0]
+        if self.layers is None:
+            self.layers = list(range(self.n_layers))
+        if self.per_example.shape[1] != len(self.layers):
+            raise AtlasError(f"per_example has {self.per_example.shape[1]} layers, the layer axis {len(self.layers)}")
+        groups = self.example_families
+        self.families = list(stats.group_indices(groups))
+        self.effects = stats.family_means(self.per_example, groups)
+        self.mean_effect = stats.mean_over_families(self.per_example, groups)
+        n_units = 1 if self.units is None else len(self.units)
+        flat = self.per_example.reshape(n, -1)
+        a, b = stats.top_two(self.mean_effect.reshape(-1))
+        self.argmax_layer, self.runner_up = self.layers[a // n_units], self.layers[b // n_units]
+        if self.units is not None:
+            self.argmax_unit, self.runner_up_unit = self.units[a % n_units], self.units[b % n_units]
+        self.gap = _gap(flat, groups, a, b, self.seed, self.n_resamples)
+        self.tie = not self.gap.low > 0.0
+        self.hub = None if self.tie else self.argmax_layer
+        self.hub_unit = None if self.tie else self.argmax_unit
+        for fam, idx in stats.group_indices(groups).items():
+            fa, fb = stats.top_two(flat[idx].mean(0))
+            self.family_argmax[fam] = self.layers[fa // n_units]
+            interval = _gap(flat[idx], [fam] * len(idx), fa, fb, self.seed, self.n_resamples)
+            self.family_gaps[fam] = interval
+            self.family_hubs[fam] = self.layers[fa // n_units] if interval.low > 0.0 else None
+        self.erasing_layers = [self.layers[i] for i, r in enumerate(self.erase_ratio)
+                               if np.isfinite(r) and r < ERASE_RATIO]
+        self.information_erasing = bool(self.erasing_layers)
+
+    # ----- views
+
+    @property
+    def n_examples(self) -> int:
+        return int(self.per_example.shape[0])
+
+    @property
+    def hub_depth(self) -> float | None:
+        """hub / (n_layers - 1), or None when there is no hub."""
+        return None if self.hub is None else _depth(self.hub, self.n_layers)
+
+    @property
+    def argmax_depth(self) -> float:
+        return _depth(self.argmax_layer, self.n_layers)
+
+    @property
+    def n_layers_swept(self) -> int:
+        return len(self.layers)
+
+    @property
+    def layer_effect(self) -> np.ndarray:
+        """[n_layers] mean over families (for unit atlases: the largest unit effect per layer)."""
+        m = np.asarray(self.mean_effect)
+        return m if m.ndim == 1 else m.max(-1)
+
+    def to_json(self) -> dict:
+        """Everything needed to rebuild the atlas (``from_json``) and to read it as a result file."""
+        return {
+            "kind": "atlas", "engine_version": self.engine_version,
+            "model": self.model, "fingerprint": self.fingerprint, "arch": self.arch, "n_layers": self.n_layers,
+            "method": self.method, "component": self.component, "positions": self.positions,
+            "measure": self.measure, "metric": "kl_clean_vs_ablated_nats", "template": self.template,
+            "seed": self.seed, "suite_hash": self.suite_hash, "fast": self.fast, "units": self.units,
+            "layers": self.layers,
+            "n_examples": self.n_examples, "families": self.families, "seconds": self.seconds,
+            "effects": {f: _tolist(v) for f, v in self.effects.items()},
+            "mean_effect": _tolist(self.mean_effect),
+            "hub": self.hub, "hub_unit": self.hub_unit, "hub_depth": self.hub_depth, "tie": self.tie,
+            "argmax_layer": self.argmax_layer, "argmax_unit": self.argmax_unit, "argmax_depth": self.argmax_depth,
+            "runner_up": self.runner_up, "runner_up_unit": self.runner_up_unit, "gap": self.gap.to_json(),
+            "family_hubs": self.family_hubs, "family_argmax": self.family_argmax,
+            "family_gaps": {f: g.to_json() for f, g in self.family_gaps.items()},
+            "information_erasing": self.information_erasing, "erasing_layers": self.erasing_layers,
+            "erase_ratio": [None if not np.isfinite(r) else float(r) for r in self.erase_ratio],
+            "unchanged": self.unchanged, "n_resamples": self.n_resamples,
+            "example_ids": self.example_ids, "example_families": self.example_families,
+            "per_example": _tolist(self.per_example),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Atlas":
+        if data.get("kind") != "atlas":
+            raise AtlasError("not an atlas JSON object (field 'kind' != 'atlas')")
+        keys = ("model", "fingerprint", "arch", "n_layers", "method", "component", "positions", "measure",
+                "template", "seed", "example_ids", "example_families", "per_example", "units", "layers", "unchanged",
+                "seconds", "suite_hash", "fast", "engine_version", "n_resamples")
+        missing = [k for k in keys if k not in data]
+        if missing:
+            raise AtlasError(f"atlas JSON is missing fields {missing}")
+        kwargs = {k: data[k] for k in keys}
+        kwargs["erase_ratio"] = [float("nan") if r is None else r for r in data.get("erase_ratio", [])]
+        return cls(**kwargs)
+
+    def summary(self) -> str:
+        head = (f"{self.model} {self.component}/{self.method} ({self.n_examples} examples, "
+                f"{len(self.families)} families): ")
+        if self.hub is None:
+            text = (f"no hub (argmax L{self.argmax_layer} vs L{self.runner_up}: gap {self.gap.estimate:.4g}, "
+                    f"CI [{self.gap.low:.4g}, {self.gap.high:.4g}] includes 0)")
+        else:
+            text = (f"hub L{self.hub} (depth {self.hub_depth:.2f}), runner-up L{self.runner_up}, gap "
+                    f"{self.gap.estimate:.4g} CI [{self.gap.low:.4g}, {self.gap.high:.4g}]")
+        if self.information_erasing:
+            text += f"; information-erasing at {len(self.erasing_layers)}/{len(self.layers)} layers"
+        return head + text
+
+
+def _depth(layer: int, n_layers: int) -> float:
+    return layer / (n_layers - 1) if n_layers > 1 else 0.0
+
+
+def _tolist(x):
+    return np.asarray(x, dtype=float).tolist()
+
+
+def _gap(values: np.ndarray, groups: list[str], a: int, b: int, seed: int, n_resamples: int) -> stats.Interval:
+    """Bootstrap CI of effect[a] - effect[b]; an interval of (-inf, inf) when there is nothing to resample."""
+    if values.shape[1] < 2:
+        est = float(values[:, a].mean())
+        return stats.Interval(est, est, est)
+    if values.shape[0] < 2:
+        est = float(values[0, a] - values[0, b])
+        return stats.Interval(est, float("-inf"), float("inf"))
+    index = stats.group_indices(groups)
+    if all(len(v) < 2 for v in index.values()):  # one example per family: resample examples, unstratified
+        groups = ["all"] * values.shape[0]
+    return stats.gap_ci(values, groups, a, b, n_resamples=n_resamples, seed=seed)
+
+
+# --------------------------------------------------------------------------------------------- computing
+
+
+def _suite_hash(examples: Sequence) -> str:
+    if examples and not isinstance(examples[0], str):
+        from engine import tasks
+
+        return tasks.suite_hash(examples)
+    return hashlib.sha256(json.dumps(list(examples)).encode()).hexdigest()[:16]
+
+
+def _units(lm, component: str, heads: Sequence[int] | None, modules: Sequence[str] | None):
+    if component == "head":
+        chosen = list(range(lm.adapter.n_heads(lm.model))) if heads is None else list(heads)
+        return chosen, [f"h{h}" for h in chosen]
+    if component == "module":
+        chosen = list(MODULE_NAMES) if modules is None else list(modules)
+        return chosen, list(chosen)
+    return [None], None
+
+
+def _edit(component, layer, method, positions, unit, seed) -> Ablate:
+    return Ablate(component, layer, method, positions=positions, seed=seed,
+                  head=unit if component == "head" else None, module=unit if component == "module" else None)
+
+
+def _erase_pairs(batch: Batch) -> list[tuple[int, int]]:
+    """Pairs of unrelated prompts in a batch: different family where possible, always different text."""
+    m = len(batch)
+    pairs = []
+    for k in range(m):
+        for step in range(max(1, m // 2), max(1, m // 2) + m):
+            j = (k + step) % m
+            if j != k and batch.texts[j] != batch.texts[k] and (batch.families[j] != batch.families[k]
+                                                                or step == max(1, m // 2) + m - 1):
+                pairs.append((k, j))
+                break
+    return pairs
+
+
+# ----- cells: the unit of work of a sweep (a subset of the examples x a range of layers)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One piece of a sweep: examples ``rows`` (indices into the sweep's example list) x ``layers``.
+
+    Cells are independent: any executor (in-process, a Ray worker, another machine) computes them with
+    ``compute_cell`` / ``run_job`` and ``merge_cells`` assembles the atlas. Per-example effects do not depend
+    on how the sweep was split (they are exact per example); only the information-erasing guard's prompt
+    pairs are drawn within a cell's batches.
+    """
+
+    rows: tuple[int, ...]
+    layers: tuple[int, ...]
+    label: str = ""
+
+    def to_json(self) -> dict:
+        return {"rows": list(self.rows), "layers": list(self.layers), "label": self.label}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Cell":
+        return cls(tuple(int(r) for r in data["rows"]), tuple(int(l) for l in data["layers"]), data.get("label", ""))
+
+
+@dataclass
+class CellResult:
+    """Effects of one cell: ``per_example`` [len(rows), len(layers), n_units] (KL, nats) plus the guard's sums."""
+
+    rows: list[int]
+    layers: list[int]
+    per_example: np.ndarray
+    js_clean: float  # summed JS divergence of the clean outputs of the cell's prompt pairs
+    js_ablated: np.ndarray  # [len(layers), n_units] the same for the ablated outputs
+    unchanged: list[int]  # per layer: batches where the ablation left the residual unchanged
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"rows": list(self.rows), "layers": list(self.layers), "per_example": _tolist(self.per_example),
+                "js_clean": float(self.js_clean), "js_ablated": _tolist(self.js_ablated),
+                "unchanged": list(self.unchanged), "seconds": float(self.seconds)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "CellResult":
+        return cls(rows=list(data["rows"]), layers=list(data["layers"]),
+                   per_example=np.asarray(data["per_example"], dtype=float), js_clean=float(data["js_clean"]),
+                   js_ablated=np.asarray(data["js_ablated"], dtype=float), unchanged=list(data["unchanged"]),
+                   seconds=float(data.get("seconds", 0.0)))
+
+
+def plan_cells(examples: Sequence, layers: Sequence[int], *, by_family: bool = False,
+               layer_chunk: int | None = None, max_rows: int | None = None) -> list[Cell]:
+    """Split a sweep into cells: examples grouped by family (``by_family``) or all together, at most
+    ``max_rows`` examples per cell, and layers in consecutive ranges of ``layer_chunk`` (None: all layers).
+
+    Splitting by layer range loses a little of the fast path's work sharing (each cell runs its own clean
+    forward); splitting by examples loses none."""
+    layers = list(layers)
+    groups: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        key = (getattr(ex, "family", "") or "prompts") if by_family else "all"
+        groups.setdefault(key, []).append(i)
+    step = max(1, layer_chunk or len(layers))
+    cells = []
+    for label, rows in groups.items():
+        size = max(1, max_rows or len(rows))
+        for lo in range(0, len(rows), size):
+            for llo in range(0, len(layers), step):
+                chunk = tuple(layers[llo:llo + step])
+                cells.append(Cell(tuple(rows[lo:lo + size]), chunk, f"{label}[{lo}:{lo + size}]L{chunk[0]}-{chunk[-1]}"))
+    return cells
+
+
+def cell_steps(cell: Cell, batch_size: int) -> int:
+    """Progress steps of a cell: one per (batch, layer)."""
+    return -(-len(cell.rows) // max(1, batch_size)) * len(cell.layers)
+
+
+def _reference_for(lm, examples, reference, method, component, positions, unit_ids, layers, seed, template,
+                   batch_size) -> Reference | None:
+    if method not in ("mean", "resample"):
+        return None
+    ref_batch = encode(lm, examples if reference is None else reference, template=template)
+    ref = Reference(ref_batch, shift=max(1, len(ref_batch) // 2), chunk_size=batch_size)
+    sites = [_edit(component, l, method, positions, u, seed).site for l in layers for u in unit_ids]
+    ref.prepare(lm, sites, means=method == "mean", acts=method == "resample")
+    return ref
+
+
+@torch.no_grad()
+def compute_cell(lm, examples: Sequence, cell: Cell, *, method: str = "zero", component: str = "layer",
+                 positions: str = "all", measure: str = "answer", template: str = "auto", seed: int = 0,
+                 heads: Sequence[int] | None = None, modules: Sequence[str] | None = None, reference=None,
+                 batch_size: int = 32, fast: bool = True, progress: Callable[[int], None] | None = None,
+                 _ref: Reference | None = None) -> CellResult:
+    """Effects of ablating each of ``cell.layers`` (x head / module) on the examples ``cell.rows``.
+
+    ``examples`` is the *whole* sweep's list (rows index into it; noise seeds and resample donors follow the
+    example's index in it, so a cell gives the numbers the whole sweep gives). Examples are batched by
+    token length (less padding). ``fast`` restarts each ablation from the cached clean residual and takes
+    logits only at measured positions; ``fast=False`` is the plain loop: one full hooked forward per layer.
+    ``progress(k)`` is called with the number of (batch, layer) steps done since the last call.
+    """
+    start_time = time.perf_counter()
+    _check_args(component, measure)
+    layer_list = list(cell.layers)
+    ablate_positions = None if positions == "all" else positions
+    unit_ids, _labels = _units(lm, component, heads, modules)
+    ref = _ref if _ref is not None else _reference_for(lm, examples, reference, method, component,
+                                                       ablate_positions, unit_ids, layer_list, seed, template,
+                                                       batch_size)
+    rows = list(cell.rows)
+    batch = encode(lm, [examples[r] for r in rows], template=template)
+    batch = replace(batch, index=torch.tensor(rows, dtype=torch.long))
+    lengths = batch.attention_mask.sum(1).cpu()
+    order = sorted(range(len(rows)), key=lambda i: (int(lengths[i]), i))  # length buckets: less padding
+    n, L, U = len(rows), len(layer_list), len(unit_ids)
+    per_example = np.zeros((n, L, U))
+    js_clean, js_abl = 0.0, np.zeros((L, U))
+    unchanged = np.zeros(L, dtype=int)
+    for lo in range(0, n, max(1, batch_size)):
+        picked = order[lo:lo + batch_size]
+        chunk = batch.select(picked)
+        pairs = _erase_pairs(chunk)
+        run = clean_run(lm, chunk, positions=measure) if fast else None
+        clean = run.logits if fast else next_token_logits(lm, chunk, positions=measure)
+        if pairs:
+            js_clean += float(_pair_js(_answer_logits(chunk, clean, measure), pairs).sum())
+        for li, layer in enumerate(layer_list):
+            for ui, unit in enumerate(unit_ids):
+                edit = _edit(component, layer, method, ablate_positions, unit, seed)
+                if not fast:
+                    edited = next_token_logits(lm, chunk, edit, positions=measure, reference=ref)
+                elif component in ("layer", "resid"):
+                    hidden, trace = edit_residual(lm, run, edit, reference=ref)
+                    unchanged[li] += int(not trace.changed[0])
+                    edited = run_from(lm, run, layer + 1, hidden)
+                else:
+                    edited = run_from(lm, run, layer, run.resid[layer], edit, reference=ref)
+                if measure == "answer":
+                    effect = metrics.kl(clean, edited)
+                else:
+                    effect = metrics.kl_over_positions(clean, edited, chunk.real_mask())
+                per_example[picked, li, ui] = effect.double().cpu().numpy()
+                if pairs:
+                    js_abl[li, ui] += float(_pair_js(_answer_logits(chunk, edited, measure), pairs).sum())
+            if progress is not None:
+                progress(1)
+    if not np.isfinite(per_example).all():
+        raise InterventionError("atlas: non-finite effects (NaN/inf logits); check the model's dtype")
+    return CellResult(rows=rows, layers=layer_list, per_example=per_example, js_clean=js_clean, js_ablated=js_abl,
+                      unchanged=unchanged.tolist(), seconds=time.perf_counter() - start_time)
+
+
+def model_meta(lm) -> dict:
+    """What an atlas records about its model (merge_cells takes this or the loaded model)."""
+    return {"model": lm.key, "fingerprint": lm.fingerprint, "arch": lm.arch, "n_layers": lm.n_layers}
+
+
+def merge_cells(model, examples: Sequence, results: Sequence[CellResult], *, method: str = "zero",
+                component: str = "layer", positions: str = "all", measure: str = "answer", template: str = "auto",
+                seed: int = 0, layers: Sequence[int] | None = None, units: list[str] | None = None,
+                seconds: float | None = None, fast: bool = True,
+                n_resamples: int = stats.DEFAULT_RESAMPLES) -> Atlas:
+    """Assemble an ``Atlas`` from cell results that together cover every (example, layer) exactly once.
+
+    ``model`` is a loaded model or ``model_meta(lm)``; ``units`` the head / module labels (None for layer
+    components); ``seconds`` the sweep's wall time (default: the sum of the cells' compute times)."""
+    meta = model if isinstance(model, dict) else model_meta(model)
+    results = [r if isinstance(r, CellResult) else CellResult.from_json(r) for r in results]
+    layer_list = sorted({l for r in results for l in r.layers}) if layers is None else list(layers)
+    col = {l: i for i, l in enumerate(layer_list)}
+    n, L = len(examples), len(layer_list)
+    U = results[0].per_example.shape[-1] if results else 1
+    per_example = np.full((n, L, U), np.nan)
+    covered = np.zeros((n, L), dtype=int)
+    js_clean, js_abl = np.zeros(L), np.zeros((L, U))
+    unchanged = np.zeros(L, dtype=int)
+    for r in results:
+        cols = [col[l] for l in r.layers]
+        per_example[np.ix_(r.rows, cols)] = r.per_example
+        covered[np.ix_(r.rows, cols)] += 1
+        js_clean[cols] += r.js_clean
+        js_abl[cols] += r.js_ablated
+        unchanged[cols] += np.asarray(r.unchanged, dtype=int)
+    if (covered != 1).any():
+        bad = np.argwhere(covered != 1)[:5].tolist()
+        raise AtlasError(f"merge_cells: the cells do not cover every (example, layer) exactly once, e.g. {bad}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(js_clean > 0, js_abl.min(-1) / np.where(js_clean > 0, js_clean, 1.0), np.nan)
+    ids = [getattr(ex, "id", None) or f"prompt{i}" for i, ex in enumerate(examples)]
+    fams = [getattr(ex, "family", "") or "prompts" for ex in examples]
+    values = per_example[:, :, 0] if units is None else per_example
+    total = float(sum(r.seconds for r in results)) if seconds is None else float(seconds)
+    return Atlas(
+        model=meta["model"], fingerprint=meta["fingerprint"], arch=meta["arch"], n_layers=meta["n_layers"],
+        layers=layer_list, method=method, component=component, positions=positions, measure=measure,
+        template=template, seed=seed, example_ids=ids, example_families=fams, per_example=values, units=units,
+        erase_ratio=[float(x) for x in ratio], unchanged=unchanged.tolist(), seconds=total,
+        suite_hash=_suite_hash(examples), fast=fast, n_resamples=n_resamples,
+    )
+
+
+def _check_args(component: str, measure: str) -> None:
+    if component not in LAYER_COMPONENTS + UNIT_COMPONENTS:
+        raise AtlasError(f"unknown component {component!r}; choose from {LAYER_COMPONENTS + UNIT_COMPONENTS}")
+    if measure not in ("answer", "all"):
+        raise AtlasError(f"measure must be 'answer' or 'all', got {measure!r}")
+
+
+# ----- jobs: cells as plain data, for executors in other processes / machines
+
+
+def make_jobs(model: str, examples: Sequence, cells: Sequence[Cell], *, dtype: str = "fp32",
+              **options) -> list[dict]:
+    """JSON-serialisable jobs, one per cell: ``run_job(job)`` computes it anywhere the model can be loaded
+    (``model`` is a registry key or a local directory). ``options`` are ``compute_cell``'s keyword arguments
+    (method, component, positions, measure, template, seed, heads, modules, batch_size, fast)."""
+    exs = [ex if isinstance(ex, str) else ex.to_dict() for ex in examples]
+    return [{"model": model, "dtype": dtype, "examples": exs, "cell": c.to_json(), "options": dict(options)}
+            for c in cells]
+
+
+_JOB_MODELS: dict[tuple[str, str], object] = {}
+
+
+def run_job(job: dict) -> dict:
+    """Compute one job made by ``make_jobs`` (loads the model once per process) -> ``CellResult.to_json()``."""
+    from engine import models, tasks
+
+    key = (job["model"], job.get("dtype", "fp32"))
+    if key not in _JOB_MODELS:
+        _JOB_MODELS[key] = models.load(job["model"], dtype=job.get("dtype", "fp32"))
+    lm = _JOB_MODELS[key]
+    examples = [ex if isinstance(ex, str) else tasks.Example(**ex) for ex in job["examples"]]
+    result = compute_cell(lm, examples, Cell.from_json(job["cell"]), **job["options"])
+    return result.to_json()
+
+
+def atlas(lm, examples: Sequence, *, method: str = "zero", component: str = "layer", positions: str = "all",
+          measure: str = "answer", template: str = "auto", seed: int = 0, layers: Sequence[int] | None = None,
+          heads: Sequence[int] | None = None, modules: Sequence[str] | None = None, reference=None,
+          batch_size: int = 32, fast: bool = True, cache: bool = False, n_resamples: int = stats.DEFAULT_RESAMPLES,
+          progress: Callable[[int, int], None] | None = None, executor=None) -> Atlas:
+    """Ablate each layer (x head / module) of ``lm`` on ``examples`` and measure KL(clean || ablated).
+
+    ``positions``: where the ablation applies ("all" real tokens, or a class: answer, last3, first, bos,
+    body). ``measure``: KL at the answer position ("answer") or averaged over all real positions ("all").
+    ``reference``: examples whose per-class means (``mean``) or activations (``resample``: example ``g``
+    takes reference example ``g + n/2``, so usually another family) are used; default: ``examples``.
+    ``layers`` restricts the sweep (default all). ``cache=True`` reads/writes the on-disk result cache.
+    ``progress(done, total)`` is called after each (batch, layer) step. ``executor``: None (in this process)
+    or an object with ``map(fn, jobs) -> results`` that runs ``run_job`` on the jobs of ``make_jobs`` (one
+    per family; e.g. a Ray executor); results are merged with ``merge_cells``.
+    """
+    _check_args(component, measure)
+    if len(examples) < 1:
+        raise AtlasError("atlas: no examples")
+    layer_list = list(range(lm.n_layers)) if layers is None else list(layers)
+    if len(layer_list) < 1 or any(not 0 <= l < lm.n_layers for l in layer_list):
+        raise AtlasError(f"layers must lie in 0..{lm.n_layers - 1}, got {layer_list}")
+    if cache:
+        from engine.cache import cached
+
+        key = cache_key(lm, examples, method=method, component=component, positions=positions, measure=measure,
+                        template=template, seed=seed, layers=layer_list, heads=heads, modules=modules,
+                        reference=reference, n_resamples=n_resamples)
+        data = cached(key, lambda: atlas(lm, examples, method=method, component=component, positions=positions,
+                                         measure=measure, template=template, seed=seed, layers=layers,
+                                         heads=heads, modules=modules, reference=reference,
+                                         batch_size=batch_size, fast=fast, cache=False,
+                                         n_resamples=n_resamples, progress=progress,
+                                         executor=executor).to_json())
+        return Atlas.from_json(data)
+
+    options = dict(method=method, component=component, positions=positions, measure=measure, template=template,
+                   seed=seed, heads=None if heads is None else list(heads),
+                   modules=None if modules is None else list(modules), batch_size=batch_size, fast=fast)
+    _unit_ids, unit_labels = _units(lm, component, heads, modules)
+    start = time.perf_counter()
+    if executor is not None:
+        if reference is not None:
+            raise AtlasError("atlas: a custom reference sample is not supported with an executor")
+        cells = plan_cells(examples, layer_list, **getattr(executor, "plan", {"by_family": True}))
+        model_id = lm.spec.path or lm.key
+        jobs = make_jobs(model_id, examples, cells, dtype=_dtype_name(lm.dtype), **options)
+        results = [CellResult.from_json(r) for r in executor.map(run_job, jobs)]
+    else:
+        cells = plan_cells(examples, layer_list)
+        ablate_positions = None if positions == "all" else positions
+        ref = _reference_for(lm, examples, reference, method, component, ablate_positions, _unit_ids, layer_list,
+                             seed, template, batch_size)
+        total, done = sum(cell_steps(c, batch_size) for c in cells), 0
+
+        def advance(k: int) -> None:
+            nonlocal done
+            done += k
+            if progress is not None:
+                progress(done, total)
+        results = [compute_cell(lm, examples, c, reference=reference, progress=advance, _ref=ref, **options)
+                   for c in cells]
+    return merge_cells(lm, examples, results, method=method, component=component, positions=positions,
+                       measure=measure, template=template, seed=seed, layers=layer_list, units=unit_labels,
+                       seconds=time.perf_counter() - start, fast=fast, n_resamples=n_resamples)
+
+
+def cache_key(lm, examples: Sequence, *, method: str = "zero", component: str = "layer", positions: str = "all",
+              measure: str = "answer", template: str = "auto", seed: int = 0, layers: Sequence[int] | None = None,
+              heads: Sequence[int] | None = None, modules: Sequence[str] | None = None, reference=None,
+              n_resamples: int = stats.DEFAULT_RESAMPLES) -> dict:
+    """The content-addressed cache key of an atlas (``engine.cache`` adds the engine version): model
+    fingerprint, dtype / quantisation, the suite sample's hash, method, component and every other option."""
+    layer_list = list(range(lm.n_layers)) if layers is None else list(layers)
+    return {"kind": "atlas", "model": lm.key, "fingerprint": lm.fingerprint, "dtype": str(lm.dtype),
+            "quant": getattr(lm, "quant", None), "suite": _suite_hash(examples), "method": method,
+            "component": component, "positions": positions, "measure": measure, "template": template,
+            "seed": seed, "layers": layer_list, "heads": None if heads is None else list(heads),
+            "modules": None if modules is None else list(modules),
+            "reference": None if reference is None else _suite_hash(reference), "n_resamples": n_resamples}
+
+
+def _dtype_name(dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
+def _answer_logits(batch: Batch, logits: torch.Tensor, measure: str) -> torch.Tensor:
+    if measure == "answer":
+        return logits
+    rows = torch.arange(len(batch), device=logits.device)
+    return logits[rows, batch.answer_pos.to(logits.device)]
+
+
+def _pair_js(logits: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor:
+    a = torch.tensor([p[0] for p in pairs], device=logits.device)
+    b = torch.tensor([p[1] for p in pairs], device=logits.device)
+    return metrics.js(logits[a], logits[b])
+
+
+# --------------------------------------------------------------------------------------------- replication
+
+
+@dataclass
+class Replication:
+    """Atlases of one model under several seeds, each seed drawing its own sample of the suite."""
+
+    seeds: list[int]
+    atlases: list[Atlas]
+
+    @property
+    def hubs(self) -> list[int | None]:
+        return [a.hub for a in self.atlases]
+
+    @property
+    def argmax_layers(self) -> list[int]:
+        return [a.argmax_layer for a in self.atlases]
+
+    @property
+    def hub_std(self) -> float | None:
+        """Std of the hub layer over seeds (None when some seed has no hub)."""
+        hubs = self.hubs
+        return None if any(h is None for h in hubs) else float(np.std(hubs))
+
+    @property
+    def argmax_std(self) -> float:
+        return float(np.std(self.argmax_layers))
+
+    @property
+    def stable(self) -> bool:
+        """Every seed found a hub, and the same one."""
+        hubs = self.hubs
+        return all(h is not None for h in hubs) and len(set(hubs)) == 1
+
+    @property
+    def prompt_overlap(self) -> float:
+        """Mean Jaccard overlap of the example-id sets of pairs of seeds (1.0: seeds did not resample)."""
+        sets = [set(a.example_ids) for a in self.atlases]
+        pairs = [(i, j) for i in range(len(sets)) for j in range(i + 1, len(sets))]
+        if not pairs:
+            return 1.0
+        return float(np.mean([len(sets[i] & sets[j]) / len(sets[i] | sets[j]) for i, j in pairs]))
+
+    def to_json(self) -> dict:
+        return {"kind": "replication", "seeds": self.seeds, "hubs": self.hubs, "argmax_layers": self.argmax_layers,
+                "hub_std": self.hub_std, "argmax_std": self.argmax_std, "stable": self.stable,
+                "prompt_overlap": self.prompt_overlap, "atlases": [a.to_json() for a in self.atlases]}
+
+
+def replicate(lm, seeds: Sequence[int], sampler: Callable[..., Sequence] | None = None, **atlas_kwargs) -> Replication:
+    """One atlas per seed; ``sampler(seed=s)`` draws that seed's examples (default ``engine.tasks.sample``
+    with 4 per family), so seeds change the data, not only the random state."""
+    if sampler is None:
+        from engine import tasks
+
+        def sampler(seed):
+            return tasks.sample(per_family=4, seed=seed)
+    atlases = [atlas(lm, sampler(seed=s), seed=s, **atlas_kwargs) for s in seeds]
+    return Replication(list(seeds), atlases)

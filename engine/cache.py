@@ -1,0 +1,124 @@
+"""Content-addressed on-disk cache for expensive results (atlases, sweeps).
+
+``cached(key_parts, compute)`` returns the stored result for ``key_parts`` (plus the engine version), or
+computes it once and stores it. Entries are JSON files named by the SHA-256 of the canonical JSON of the key;
+each carries a checksum of its payload, so a truncated or edited entry is detected and recomputed. Writes
+are atomic (temporary file + ``os.replace``) and made under a per-entry file lock (``filelock``), so
+concurrent pytest-xdist workers asking for the same result compute it once: the others wait on the lock
+and then read the entry.
+
+Location: ``$MI_ATLAS_RESULTS_CACHE`` or ``engine.models.cache_root() / "results"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from filelock import FileLock
+
+from engine import ENGINE_VERSION
+
+FORMAT = 1
+
+
+class CacheError(RuntimeError):
+    """A cache key or value cannot be stored (not JSON-serialisable)."""
+
+
+def results_root() -> Path:
+    env = os.environ.get("MI_ATLAS_RESULTS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from engine import models
+
+    return models.cache_root() / "results"
+
+
+def _canonical(obj: Any) -> str:
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    except TypeError as exc:
+        raise CacheError(f"cache: value is not JSON-serialisable: {exc}") from exc
+
+
+def full_key(key_parts: dict) -> dict:
+    """The key actually hashed: the caller's parts plus the engine version and the cache format."""
+    if not isinstance(key_parts, dict):
+        raise CacheError(f"cache: key_parts must be a dict, got {type(key_parts).__name__}")
+    return {"engine_version": ENGINE_VERSION, "cache_format": FORMAT, **key_parts}
+
+
+def digest(key_parts: dict) -> str:
+    return hashlib.sha256(_canonical(full_key(key_parts)).encode()).hexdigest()
+
+
+def entry_path(key_parts: dict, root: Path | None = None) -> Path:
+    name = digest(key_parts)
+    return Path(root or results_root()) / name[:2] / f"{name}.json"
+
+
+def _read(path: Path, key: dict, warn: bool = True) -> tuple[bool, Any]:
+    """(ok, payload); ok is False when the entry is missing, unreadable, for another key, or corrupt."""
+    if not path.is_file():
+        return False, None
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        payload_text = _canonical(entry["payload"])
+        ok = (entry.get("key") == json.loads(_canonical(key))
+              and entry.get("checksum") == hashlib.sha256(payload_text.encode()).hexdigest())
+    except (OSError, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        if warn:
+            print(f"mi-atlas cache: entry {path} is corrupt; recomputing", file=sys.stderr)
+        return False, None
+    return True, entry["payload"]
+
+
+def _write(path: Path, key: dict, payload: Any) -> None:
+    text = _canonical(payload)
+    entry = {"key": key, "checksum": hashlib.sha256(text.encode()).hexdigest(), "payload": json.loads(text)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(entry, handle, sort_keys=True, allow_nan=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def lookup(key_parts: dict, root: Path | None = None) -> tuple[bool, Any]:
+    """(hit, payload) without computing anything."""
+    key = full_key(key_parts)
+    return _read(entry_path(key_parts, root), key)
+
+
+def cached(key_parts: dict, compute: Callable[[], Any], *, root: Path | None = None, timeout: float = -1) -> Any:
+    """The result for ``key_parts``: read from the cache, or computed once by ``compute()`` and stored.
+
+    ``compute`` must return a JSON-serialisable value (e.g. ``Atlas.to_json()``). ``timeout`` is how long to
+    wait for another process computing the same entry (-1: forever).
+    """
+    key = full_key(key_parts)
+    path = entry_path(key_parts, root)
+    ok, payload = _read(path, key, warn=False)
+    if ok:
+        return payload
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=timeout):
+        ok, payload = _read(path, key)  # another process may have written it while we waited
+        if ok:
+            return payload
+        payload = compute()
+        _write(path, key, payload)
+        return json.loads(_canonical(payload))
