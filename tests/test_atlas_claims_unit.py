@@ -1,0 +1,207 @@
+"""Unit tests of the atlas claims' measurement procedures (engine/atlas_claims.py), on tiny random models.
+
+These check the *procedures* (samples, ties, restriction, the seed's no-op mean ablation, skip configurations,
+verdict inputs); no claim verdict is ever computed on random weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import atlas_claims as A
+from engine import models, stats
+from engine.atlas import atlas
+from engine.tasks import Example
+
+FAMILIES = ("alpha", "beta", "gamma")
+WORDS = ("cat", "dog", "sun", "sea", "red", "big", "old", "new", "top", "map", "pen", "cup")
+
+
+def pool(per_family: int = 6) -> list[Example]:
+    out = []
+    for f, family in enumerate(FAMILIES):
+        for i in range(per_family):
+            word = WORDS[(3 * f + i) % len(WORDS)]
+            out.append(Example(id=f"{family}-{i}", family=family, split="short",
+                               prompt=f"{family} {i}: {word} {word[::-1]} =", target=" x", scorer="exact"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return models.tiny("llama", n_layers=3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return models.tiny("qwen2", n_layers=3, seed=0)
+
+
+def small_atlas(lm, examples, component, **kw):
+    return atlas(lm, examples, component=component, template=A.TEMPLATE, n_resamples=200, seed=42, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ samples
+
+
+def test_seed_protocol_sample_is_the_first_k_per_family_whatever_the_seed():
+    examples = A.first_examples(2, suite=pool())
+    assert [e.id for e in examples] == ["alpha-0", "alpha-1", "beta-0", "beta-1", "gamma-0", "gamma-1"]
+    assert A.prompt_overlap([examples, A.first_examples(2, suite=pool())]) == 1.0
+
+
+def test_rigorous_samples_differ_between_seeds_and_are_stratified():
+    samples = [A.stratified_sample(s, 2, suite=pool()) for s in A.SEEDS]
+    for s in samples:
+        assert sorted(e.family for e in s) == sorted(FAMILIES * 2)
+    assert A.prompt_overlap(samples) < 1.0
+    assert A.prompt_overlap([samples[0], A.stratified_sample(A.SEEDS[0], 2, suite=pool())]) == 1.0
+
+
+def test_first_examples_refuses_a_family_that_is_too_small():
+    with pytest.raises(ValueError, match="family"):
+        A.first_examples(7, suite=pool(6))
+
+
+def test_examples_are_sorted_by_token_length(llama):
+    ordered = A.by_length(llama, pool())
+    lengths = [len(llama.tokenizer(e.prompt)["input_ids"]) for e in ordered]
+    assert lengths == sorted(lengths) and sorted(e.id for e in ordered) == sorted(e.id for e in pool())
+
+
+# ------------------------------------------------------------------------------------------------ ties and hubs
+
+
+def test_residual_zeroing_in_a_bias_free_model_is_an_exact_tie(llama):
+    """The seed's ablation: a zeroed residual stays zero (RMSNorm(0) = 0, no biases), so every layer gives the
+    same KL; argmax returns L0, the reading says "no hub"."""
+    a = small_atlas(llama, pool(2), "resid")
+    reading = A.HubReading.of(a)
+    assert A.exact_tie(a) and reading.exact_tie
+    assert reading.hub is None and reading.argmax == 0
+    assert a.information_erasing
+    assert np.ptp(a.per_example, axis=1).max() < 1e-5  # the same KL at every layer, per prompt
+    assert "exact tie" in reading.text()
+
+
+def test_contribution_ablation_and_biased_models_do_not_tie(llama, qwen):
+    assert not A.exact_tie(small_atlas(llama, pool(2), "layer"))
+    assert not A.exact_tie(small_atlas(qwen, pool(2), "resid"))  # q/k/v biases rebuild a prompt-free output
+
+
+def test_zero_ablation_does_not_depend_on_the_seed_so_reseeding_reuses_the_sweep(llama):
+    a = small_atlas(llama, pool(2), "resid")
+    b = atlas(llama, pool(2), component="resid", template=A.TEMPLATE, n_resamples=200, seed=137)
+    assert np.array_equal(a.per_example, b.per_example)
+    again = A.reseeded(a, 137)
+    assert again.seed == 137 and np.array_equal(again.per_example, a.per_example)
+
+
+def test_restricting_an_atlas_equals_sweeping_the_sub_suite(llama):
+    full = small_atlas(llama, pool(2), "layer")
+    sub = A.restrict(full, ["beta", "gamma"])
+    direct = small_atlas(llama, [e for e in pool(2) if e.family in ("beta", "gamma")], "layer")
+    assert sub.families == ["beta", "gamma"]
+    np.testing.assert_allclose(sub.per_example, direct.per_example, rtol=1e-4, atol=1e-7)
+    assert sub.argmax_layer == direct.argmax_layer
+    with pytest.raises(ValueError):
+        A.restrict(full, ["nope"])
+
+
+def test_family_agreement_never_counts_an_exact_tie(llama):
+    tie = small_atlas(llama, pool(2), "resid")
+    agreement, agree, _ = A._family_agreement(tie, tie)
+    assert agreement == 0.0 and agree == []
+    real = small_atlas(llama, pool(2), "layer")
+    assert A._family_agreement(real, real)[0] == 1.0
+
+
+# ------------------------------------------------------------------------------------------------ ABL-MEAN
+
+
+def test_the_seeds_mean_ablation_fires_everywhere_and_changes_nothing(llama):
+    effects, fired, changed = A.seed_mean_ablation_effects(llama, pool(1))
+    assert fired == llama.n_layers and changed == 0
+    assert max(effects) < 1e-6
+
+
+def test_residual_mean_ratios_are_per_layer_and_bounded(llama):
+    ratios = A.residual_mean_ratios(llama, pool(2))
+    assert set(ratios) == {"all", "first", "body", "answer"}
+    for values in ratios.values():
+        assert len(values) == llama.n_layers
+        assert all(0.0 <= v <= 1.0 + 1e-9 for v in values)
+
+
+def test_ablation_parts_follow_the_thresholds():
+    params = {"near_zero_mean_ratio": 0.1, "zero_effect_tolerance": 0.01, "rank_rho_threshold": 0.8,
+              "destructive_ratio": 2.0}
+    assert A._abl_parts(0.05, 0.0, 0.9, 1.5, params) == {
+        "near_zero_mean": True, "mean_ablation_all_zero": True, "zero_ablation_valid": True}
+    parts = A._abl_parts(0.5, 0.3, None, None, params)
+    assert not any(parts.values())
+
+
+# ------------------------------------------------------------------------------------------------ SKIP-ALL
+
+
+def test_skip_configurations_cover_singles_thirds_and_every_other_layer():
+    configs = A.skip_configs(30, singles=5)
+    assert [c for c in configs if c.startswith("skip_L")] == ["skip_L0", "skip_L7", "skip_L14", "skip_L22", "skip_L29"]
+    assert configs["skip_early_third"] == list(range(10)) and configs["skip_late_third"] == list(range(20, 30))
+    assert configs["skip_mid_third"] == list(range(10, 20)) and configs["skip_mid_5"] == [13, 14, 15, 16, 17]
+    assert configs["skip_every_other"] == list(range(1, 30, 2))
+    assert len([c for c in A.skip_configs(4) if c.startswith("skip_L")]) == 4
+
+
+def test_skipping_by_residual_zeroing_loses_more_than_removing_the_layer(llama):
+    configs = A.skip_configs(llama.n_layers, singles=2)
+    zeroed = A.skip_overlaps(llama, pool(1), configs, "resid")
+    skipped = A.skip_overlaps(llama, pool(1), configs, "layer")
+    assert set(zeroed) == set(configs) and all(0.0 <= v <= 1.0 for v in zeroed.values())
+    assert sum(skipped.values()) > sum(zeroed.values())
+
+
+# ------------------------------------------------------------------------------------------------ findings
+
+
+def reading(hub, argmax=None, n_layers=24):
+    argmax = hub if argmax is None else argmax
+    depth = None if hub is None else hub / (n_layers - 1)
+    return A.HubReading(hub, argmax, 0, depth, argmax / (n_layers - 1), stats.Interval(1.0, 0.5, 1.5), hub is None,
+                        False, n_layers, [0.0] * n_layers)
+
+
+def test_own_atlas_holds_only_when_hub_depths_differ():
+    assert A.own_atlas({"a": reading(2), "b": reading(14)}, "rigorous", 0.05, "").holds
+    assert not A.own_atlas({"a": reading(2), "b": reading(2)}, "rigorous", 0.05, "").holds
+    assert not A.own_atlas({"a": reading(None, 0), "b": reading(None, 0)}, "seed", 0.05, "").holds
+    assert A.own_atlas({"a": reading(None, 0), "b": reading(3)}, "seed", 0.05, "").holds
+
+
+def test_migration_needs_strictly_rising_separated_hubs():
+    assert A.hub_migration({"s": reading(2), "m": reading(14, n_layers=28), "l": reading(34, n_layers=36)},
+                           "seed", "").holds
+    assert not A.hub_migration({"s": reading(2), "m": reading(None, 0)}, "seed", "").holds
+    assert not A.hub_migration({"s": reading(14), "m": reading(2)}, "seed", "").holds
+
+
+def test_code_moves_hub_needs_two_separated_different_hubs():
+    assert A.code_moves_hub(reading(22), reading(2), "seed", "").holds
+    assert not A.code_moves_hub(reading(2), reading(2), "seed", "").holds
+    assert not A.code_moves_hub(reading(None, 22), reading(2), "seed", "").holds
+
+
+def test_finding_record_drops_unbounded_intervals_and_contrast_explains_disagreement():
+    seed = A.Finding("seed", {"x": 1}, holds=True, ci={"gap": (0.0, 1.0), "wide": (float("-inf"), float("inf"))})
+    rigorous = A.Finding("rigorous", {"x": 2}, holds=False)
+    A.contrast(seed, rigorous, "because of step S")
+    record = seed.record()
+    assert record["ci"] == {"gap": (0.0, 1.0)}
+    assert "step S" in record["notes"] and "step S" in rigorous.record()["notes"]
+    agreeing = A.Finding("seed", {}, holds=True)
+    A.contrast(agreeing, A.Finding("rigorous", {}, holds=True), "never shown")
+    assert agreeing.notes == []
+    revised = A.Finding("seed", {}, holds=True, revised=True, reason="identical hubs").record()
+    assert revised["revised"] and revised["reason"] == "identical hubs"
