@@ -845,25 +845,28 @@ def _skip_finding(protocol: str, overlaps: Mapping[str, float], keep_threshold: 
     return Finding(protocol, figures, holds=overlaps[worst] < keep_threshold, seeds=[SEEDS[0]], notes=notes)
 
 
-def seed_protocol_skip(lm, sizes: Sizes, keep_threshold: float) -> Finding:
+def _skip_protocol(lm, sizes: Sizes, keep_threshold: float, protocol: str, component: str) -> Finding:
+    """SKIP-ALL under one protocol: the same prompts and configurations, only the skip operation differs."""
     sample = first_examples(sizes.seed_per_family)
     configs = skip_configs(lm.n_layers, sizes.skip_single_layers)
-    overlaps = skip_overlaps(lm, sample, configs, "resid", batch_size=sizes.batch_size)
-    return _skip_finding("seed", overlaps, keep_threshold,
-                         f"Seed protocol: 'skip' zeroes the residual after each skipped layer (the layers still "
-                         f"run); first {sizes.seed_per_family}/family ({len(sample)} prompts), {len(configs)} "
-                         "configurations.",
-                         len(sample))
+    overlaps = skip_overlaps(lm, sample, configs, component, batch_size=sizes.batch_size)
+    if protocol == "seed":
+        notes = (f"Seed protocol: 'skip' zeroes the residual after each skipped layer (the layers still "
+                 f"run); first {sizes.seed_per_family}/family ({len(sample)} prompts), {len(configs)} "
+                 "configurations.")
+    else:
+        notes = (f"Rigorous protocol: skipping = removing the layer's contribution (output := input), same "
+                 f"{len(sample)} prompts and {len(configs)} configurations as the seed protocol, so a "
+                 "disagreement is due to the skip operation alone.")
+    return _skip_finding(protocol, overlaps, keep_threshold, notes, len(sample))
+
+
+def seed_protocol_skip(lm, sizes: Sizes, keep_threshold: float) -> Finding:
+    return _skip_protocol(lm, sizes, keep_threshold, "seed", "resid")
 
 
 def rigorous_skip(lm, sizes: Sizes, keep_threshold: float) -> Finding:
-    sample = first_examples(sizes.seed_per_family)
-    configs = skip_configs(lm.n_layers, sizes.skip_single_layers)
-    overlaps = skip_overlaps(lm, sample, configs, "layer", batch_size=sizes.batch_size)
-    return _skip_finding("rigorous", overlaps, keep_threshold,
-                         f"Rigorous protocol: skipping = removing the layer's contribution (output := input), same "
-                         f"{len(sample)} prompts and {len(configs)} configurations as the seed protocol, so a "
-                         "disagreement is due to the skip operation alone.", len(sample))
+    return _skip_protocol(lm, sizes, keep_threshold, "rigorous", "layer")
 
 
 def skip_contrast(seed: Finding, rigorous: Finding) -> None:
