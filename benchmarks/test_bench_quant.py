@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from engine import interventions as iv
-from engine import models, quant
-from engine import steering as st
+from engine import memory, models, quant
+from engine.studies import steer as steer_studies
 
 pytestmark = pytest.mark.bench
 
@@ -38,7 +38,7 @@ _shapes: dict[str, tuple[int, int, str]] = {}
 
 
 def _prompts():
-    return st.steer_data(st.SIZES["cpu"]).test[:BATCH]
+    return steer_studies.steer_data(steer_studies.SIZES["cpu"]).test[:BATCH]
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -59,14 +59,14 @@ def test_forward_latency(benchmark, model, precision):
         tokens = int(batch.attention_mask.sum())
         benchmark.group = f"quant-{model}"
         benchmark.extra_info.update(model=model, precision=precision, tokens=tokens, device=str(lm.device),
-                                    footprint_mb=round(quant.footprint_bytes(lm) / 2**20, 1))
+                                    footprint_mb=round(memory.footprint_bytes(lm) / 2**20, 1))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
             out = benchmark.pedantic(lm.model, kwargs=inputs, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
         assert np.isfinite(out.logits.float().numpy()).any()
         times = list(benchmark.stats.stats.data)
         row = quant.SpeedRow(precision, ok=True, times_s=times, tokens=tokens,
-                             footprint_mb=quant.footprint_bytes(lm) / 2**20)
+                             footprint_mb=memory.footprint_bytes(lm) / 2**20)
         benchmark.extra_info["tokens_per_s"] = round(row.tokens_per_s, 1)
         _rows.setdefault(model, {})[precision] = row
         _shapes[model] = (len(batch), batch.seq_len, str(lm.device))

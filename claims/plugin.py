@@ -26,7 +26,7 @@ a list or joined with "+": ``model=["qwen2.5-coder-0.5b", "qwen2.5-0.5b"]``).
   cpu-tier targets (each cpu model, or all cpu models "+"-joined for a multi-model claim). ``protocols=("seed",)``
   restricts the test to some protocols (for a claim whose seed and rigorous measurements are separate tests).
 * ``@pytest.mark.claim(claim_id, model=..., protocols=...)``: the same for one target.
-* The ``claim`` fixture (an ``engine.claims.Recorder``):
+* The ``claim`` fixture (an ``engine.verdicts.Recorder``):
     - ``claim.record(protocol, figures, holds, *, key=None, expectation=None, seeds=(), suite_hash=None,
       ci=None, notes="", revised=False, reason="") -> VerdictRecord``, once per protocol. ``figures``: name ->
       number / list / dict / str (numpy and torch values are converted; NaN is an error). ``holds``: the claim's
@@ -83,9 +83,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import claims as claims_lib
-from engine import report as results
-from engine.claims import GROUP_SEP, Catalogue, ClaimError, Recorder, Target, Verdict, VerdictRecord
+from engine import verdicts
+from engine import results
+from engine.verdicts import GROUP_SEP, Catalogue, ClaimError, Recorder, Target, Verdict, VerdictRecord
 
 BASE_MARKERS = {
     "gpu": "gpu tier: the seed's own models and figures (UNTESTED without CUDA or the weights)",
@@ -130,7 +130,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if model_dir:
         os.environ["MI_ATLAS_MODEL_DIR"] = str(Path(model_dir).expanduser().resolve())
     try:
-        catalogue = claims_lib.load_catalogue(config.getoption("--claims-catalogue"))
+        catalogue = verdicts.load_catalogue(config.getoption("--claims-catalogue"))
     except ClaimError as exc:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[CATALOGUE] = catalogue
@@ -153,7 +153,7 @@ def claim_params(claim_id: str, models: list[str] | None = None, *, protocols: t
     Default models: the claim's gpu-tier models, then its cpu-tier targets (each cpu model, or all cpu models as
     one "+"-joined group for a multi-model claim), from the packaged catalogue.
     """
-    catalogue = claims_lib.load_catalogue()
+    catalogue = verdicts.load_catalogue()
     claim = catalogue[claim_id]
     if models is None:
         models = (list(claim.models) if "gpu" in claim.tiers else []) + (
@@ -324,8 +324,8 @@ def _failure_text(r: VerdictRecord) -> str:
     head = f"{r.claim_id} on {r.model} [{r.protocol}]: {r.verdict.value}"
     if r.verdict is Verdict.REVISED:
         head += " (fails under --claims-strict)"
-    figures = "; ".join(f"{k} = {claims_lib.fmt(v, 120)}" for k, v in r.figures.items())
-    ci = "; ".join(f"{k} CI [{claims_lib.fmt(lo)}, {claims_lib.fmt(hi)}]" for k, (lo, hi) in r.ci.items())
+    figures = "; ".join(f"{k} = {verdicts.fmt(v, 120)}" for k, v in r.figures.items())
+    ci = "; ".join(f"{k} CI [{verdicts.fmt(lo)}, {verdicts.fmt(hi)}]" for k, (lo, hi) in r.ci.items())
     lines = [head, f"  reason: {r.reason}", f"  figures: {figures or '(none)'}", f"  expectation: {r.expectation}"]
     if ci:
         lines.append(f"  intervals: {ci}")

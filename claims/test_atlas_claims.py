@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from claims.plugin import claim_params
-from engine import atlas_claims as A
+from engine.studies import atlas as A
 from engine import models
 from engine.tasks import BREADTH_FAMILIES
 

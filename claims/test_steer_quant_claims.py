@@ -1,7 +1,7 @@
 """Claims of the steer and quant blocks: steering at all layers, random-vector controls (C4), cross-scale
 transfer (G1), NF4 amplification of steering KL, and the quantisation slowdown.
 
-Each test measures its claim under both protocols (``/work/shared/seed-protocols.md``) and records one verdict
+Each test measures its claim under both protocols (the seed-protocols document of the project brief) and records one verdict
 per protocol:
 
 * ``seed``: the seed's own steering (the prompt's own mean activation at the layer, norm ``|s|`` so the sign of
@@ -15,7 +15,7 @@ per protocol:
 The measurements live in ``engine.steering`` / ``engine.quant`` (``steer_study``, ``transfer_study``,
 ``quant_study``) and are cached by content (``engine.cache``): STEER-ALL and STEER-RANDOM share one study per
 model, QUANT-KL and QUANT-SPEED one set of loads per model. Sizes per tier: ``steering.SIZES`` and
-``quant.QUANT_SIZES`` (stated in each record's notes). Thresholds come from ``engine/data/claims.toml``.
+``engine.studies.quant.QUANT_SIZES`` (stated in each record's notes). Thresholds come from ``engine/data/claims.toml``.
 
 Tolerances: the seed gives figures only for its gpu-tier models. QUANT-KL's 476x is compared within 50% (a ratio of
 two KLs over a handful of prompts moves by that much between prompt samples); QUANT-SPEED's slowdowns within 10 and
@@ -34,7 +34,9 @@ import pytest
 from claims.plugin import claim_params
 from engine import cache, models, quant
 from engine import steering as st
-from engine.claims import Recorder
+from engine.studies import quant as quant_studies
+from engine.studies import steer as steer_studies
+from engine.verdicts import Recorder
 
 
 def results_dir(request, *parts: str) -> Path:
@@ -47,19 +49,19 @@ def results_dir(request, *parts: str) -> Path:
 
 def steer_study(claim, load_model, key: str) -> dict:
     """The cached STEER-ALL / STEER-RANDOM study of ``key`` on this tier."""
-    sizes = st.sizes_for(claim.tier)
+    sizes = steer_studies.sizes_for(claim.tier)
     guess = claim.seed_figures.get("hub_guess_layer") if claim.tier == "gpu" else None
     parts = {"kind": "steer-study", "model": key, "weights": quant.weights_fingerprint(key), "sizes": asdict(sizes),
              "guess": guess}
-    return cache.cached(parts, lambda: st.steer_study(load_model(key), sizes, guess_layer=guess))
+    return cache.cached(parts, lambda: steer_studies.steer_study(load_model(key), sizes, guess_layer=guess))
 
 
 def quant_study(claim, key: str) -> dict:
-    sizes, steer_sizes = quant.quant_sizes_for(claim.tier), st.sizes_for(claim.tier)
+    sizes, steer_sizes = quant_studies.quant_sizes_for(claim.tier), steer_studies.sizes_for(claim.tier)
     parts = {"kind": "quant-study", "model": key, "weights": quant.weights_fingerprint(key), "sizes": asdict(sizes),
              "steer_sizes": asdict(steer_sizes), "device": str(models.default_device()),
              "versions": quant.backend_versions()}
-    return cache.cached(parts, lambda: {**quant.quant_study(key, sizes, steer_sizes),
+    return cache.cached(parts, lambda: {**quant_studies.quant_study(key, sizes, steer_sizes),
                                         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
@@ -90,7 +92,7 @@ def test_steering_is_tested_at_all_layers(claim, model, load_model, request):
                  "effect_by_layer": [r4(x) for x in sweep.layer_effects(rig["best_scale"])],
                  "all_layers_effect": r4(rig["all_layers_effect"]), "layers_swept": len(sweep.layers),
                  "targets": study["targets"]},
-        holds=complete, ci={"gap": rig["gap_ci"]}, seeds=[st.sizes_for(claim.tier).seed],
+        holds=complete, ci={"gap": rig["gap_ci"]}, seeds=[steer_studies.sizes_for(claim.tier).seed],
         revised=complete and same,
         reason=(f"the best steering layer (L{rig['best_layer']}) is not separated from the hub-only guess "
                 f"L{guess} on held-out prompts (gap CI {rig['gap_ci'][0]:.3g}..{rig['gap_ci'][1]:.3g}); the full "
@@ -131,7 +133,7 @@ def test_direction_beats_random_vectors_of_equal_norm(claim, model, load_model):
                  "layer": rig["best_layer"], "scale": rig["best_scale"], "vector_norm": r4(rig["vector_norm"]),
                  "vector_to_resid": r4(rig["vector_norm"] / rig["resid_norm"]), "targets": study["targets"]},
         holds=bool(effect > threshold), ci={"direction_effect": rig["direction_ci"]},
-        seeds=[st.sizes_for(claim.tier).seed],
+        seeds=[steer_studies.sizes_for(claim.tier).seed],
         notes=(f"{study['sizes']}; effect = mean Δlog P(target tokens) on held-out prompts of other families; "
                "layer and scale chosen on separate select prompts"),
     )
@@ -142,7 +144,7 @@ def test_direction_beats_random_vectors_of_equal_norm(claim, model, load_model):
         figures={"own_vector_kl": r4(seed["own_kl"]), f"random_p{p:g}_kl": r4(sthreshold),
                  "random_mean_kl": r4(srand.mean()), "n_random": len(srand), "layer": study["hub_guess_layer"],
                  "norm": abs(seed["scale"])},
-        holds=bool(seed["own_kl"] > sthreshold), seeds=[st.sizes_for(claim.tier).seed],
+        holds=bool(seed["own_kl"] > sthreshold), seeds=[steer_studies.sizes_for(claim.tier).seed],
         notes=("the seed never ran C4; this is its steering procedure (the prompt's own mean activation, norm |s|) "
                "against random vectors of norm |s| at its hub layer, metric abs KL (its only metric)"),
     )
@@ -156,12 +158,12 @@ def test_steering_direction_transfers_across_scales(claim, model, load_model):
     """Block G1: a direction of the smaller model, mapped into the larger one (least squares on paired activations
     of the same prompts when the widths differ), still steers there; the models are loaded one at a time."""
     source, target = claim.models[0], claim.models[-1]
-    sizes = st.sizes_for(claim.tier)
+    sizes = steer_studies.sizes_for(claim.tier)
     src = steer_study(claim, load_model, source)["rigorous"]
     parts = {"kind": "steer-transfer", "source": source, "target": target, "sizes": asdict(sizes),
              "weights": [quant.weights_fingerprint(source), quant.weights_fingerprint(target)],
              "layer": src["best_layer"], "scale": src["best_scale"]}
-    t = cache.cached(parts, lambda: st.transfer_study(source, target, sizes, src["best_layer"], src["best_scale"]))
+    t = cache.cached(parts, lambda: steer_studies.transfer_study(source, target, sizes, src["best_layer"], src["best_scale"]))
     positive = t["mapped_ci"][0] > 0
     memory_ok = bool(t["source_released"])
     claim.record(

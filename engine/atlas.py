@@ -51,7 +51,7 @@ import torch
 
 from engine import ENGINE_VERSION, metrics, stats
 from engine.interventions import (
-    MODULE_NAMES, Ablate, Batch, InterventionError, Reference, clean_run, edit_residual, encode,
+    MODULE_NAMES, Ablate, Batch, InterventionError, Reference, clean_run, edit_residual, encode, get_method,
     next_token_logits, run_from,
 )
 
@@ -246,7 +246,7 @@ def _gap(values: np.ndarray, groups: list[str], a: int, b: int, seed: int, n_res
 # --------------------------------------------------------------------------------------------- computing
 
 
-def _suite_hash(examples: Sequence) -> str:
+def suite_hash(examples: Sequence) -> str:
     if examples and not isinstance(examples[0], str):
         from engine import tasks
 
@@ -254,7 +254,7 @@ def _suite_hash(examples: Sequence) -> str:
     return hashlib.sha256(json.dumps(list(examples)).encode()).hexdigest()[:16]
 
 
-def _units(lm, component: str, heads: Sequence[int] | None, modules: Sequence[str] | None):
+def sweep_units(lm, component: str, heads: Sequence[int] | None, modules: Sequence[str] | None):
     if component == "head":
         chosen = list(range(lm.adapter.n_heads(lm.model))) if heads is None else list(heads)
         return chosen, [f"h{h}" for h in chosen]
@@ -363,12 +363,13 @@ def cell_steps(cell: Cell, batch_size: int) -> int:
 
 def _reference_for(lm, examples, reference, method, component, positions, unit_ids, layers, seed, template,
                    batch_size) -> Reference | None:
-    if method not in ("mean", "resample"):
+    kind = get_method(method).reference  # what the registered method needs prepared: means / activations / none
+    if kind is None:
         return None
     ref_batch = encode(lm, examples if reference is None else reference, template=template)
     ref = Reference(ref_batch, shift=max(1, len(ref_batch) // 2), chunk_size=batch_size)
     sites = [_edit(component, l, method, positions, u, seed).site for l in layers for u in unit_ids]
-    ref.prepare(lm, sites, means=method == "mean", acts=method == "resample")
+    ref.prepare_kind(lm, sites, kind)
     return ref
 
 
@@ -390,7 +391,7 @@ def compute_cell(lm, examples: Sequence, cell: Cell, *, method: str = "zero", co
     _check_args(component, measure)
     layer_list = list(cell.layers)
     ablate_positions = None if positions == "all" else positions
-    unit_ids, _labels = _units(lm, component, heads, modules)
+    unit_ids, _labels = sweep_units(lm, component, heads, modules)
     ref = _ref if _ref is not None else _reference_for(lm, examples, reference, method, component,
                                                        ablate_positions, unit_ids, layer_list, seed, template,
                                                        batch_size)
@@ -421,7 +422,7 @@ def compute_cell(lm, examples: Sequence, cell: Cell, *, method: str = "zero", co
                     unchanged[li] += int(not trace.changed[0])
                     edited = run_from(lm, run, layer + 1, hidden)
                 else:
-                    edited = run_from(lm, run, layer, run.resid[layer], edit, reference=ref)
+                    edited = run.rerun(edit, reference=ref)
                 if measure == "answer":
                     effect = metrics.kl(clean, edited)
                 else:
@@ -482,7 +483,7 @@ def merge_cells(model, examples: Sequence, results: Sequence[CellResult], *, met
         layers=layer_list, method=method, component=component, positions=positions, measure=measure,
         template=template, seed=seed, example_ids=ids, example_families=fams, per_example=values, units=units,
         erase_ratio=[float(x) for x in ratio], unchanged=unchanged.tolist(), seconds=total,
-        suite_hash=_suite_hash(examples), fast=fast, n_resamples=n_resamples,
+        suite_hash=suite_hash(examples), fast=fast, n_resamples=n_resamples,
     )
 
 
@@ -561,7 +562,7 @@ def atlas(lm, examples: Sequence, *, method: str = "zero", component: str = "lay
     options = dict(method=method, component=component, positions=positions, measure=measure, template=template,
                    seed=seed, heads=None if heads is None else list(heads),
                    modules=None if modules is None else list(modules), batch_size=batch_size, fast=fast)
-    _unit_ids, unit_labels = _units(lm, component, heads, modules)
+    _unit_ids, unit_labels = sweep_units(lm, component, heads, modules)
     start = time.perf_counter()
     if executor is not None:
         if reference is not None:
@@ -597,11 +598,11 @@ def cache_key(lm, examples: Sequence, *, method: str = "zero", component: str = 
     fingerprint, dtype / quantisation, the suite sample's hash, method, component and every other option."""
     layer_list = list(range(lm.n_layers)) if layers is None else list(layers)
     return {"kind": "atlas", "model": lm.key, "fingerprint": lm.fingerprint, "dtype": str(lm.dtype),
-            "quant": getattr(lm, "quant", None), "suite": _suite_hash(examples), "method": method,
+            "quant": getattr(lm, "quant", None), "suite": suite_hash(examples), "method": method,
             "component": component, "positions": positions, "measure": measure, "template": template,
             "seed": seed, "layers": layer_list, "heads": None if heads is None else list(heads),
             "modules": None if modules is None else list(modules),
-            "reference": None if reference is None else _suite_hash(reference), "n_resamples": n_resamples}
+            "reference": None if reference is None else suite_hash(reference), "n_resamples": n_resamples}
 
 
 def _dtype_name(dtype) -> str:

@@ -1,13 +1,18 @@
 """Content-addressed on-disk cache for expensive results (atlases, sweeps).
 
-``cached(key_parts, compute)`` returns the stored result for ``key_parts`` (plus the engine version), or
-computes it once and stores it. Entries are JSON files named by the SHA-256 of the canonical JSON of the key;
+``cached(key_parts, compute)`` returns the stored result for ``key_parts`` (plus the engine version and the
+engine's code fingerprint, :mod:`engine.provenance`), or computes it once and stores it. Callers put the
+model's identity (``LoadedModel.fingerprint``: a hash of every file that defines the model, re-verified when the
+files change) into ``key_parts``, so an entry is never served for other model bytes or other engine code. Entries are JSON files named by the SHA-256 of the canonical JSON of the key;
 each carries a checksum of its payload, so a truncated or edited entry is detected and recomputed. Writes
 are atomic (temporary file + ``os.replace``) and made under a per-entry file lock (``filelock``), so
 concurrent pytest-xdist workers asking for the same result compute it once: the others wait on the lock
 and then read the entry.
 
-Location: ``$MI_ATLAS_RESULTS_CACHE`` or ``engine.models.cache_root() / "results"``.
+Location: ``$MI_ATLAS_RESULTS_CACHE`` or ``engine.models.cache_root() / "results"``. A cache that cannot be
+written (read-only, no space, not a directory) degrades with one warning: hits are still read where readable,
+new results are computed and returned without being stored. A temp file left by a killed writer is removed by
+the next writer of the same entry (it holds that entry's lock, so no live writer owns the file).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
-from engine import ENGINE_VERSION
+from engine.provenance import engine_identity
 
 FORMAT = 1
 
@@ -48,10 +53,10 @@ def _canonical(obj: Any) -> str:
 
 
 def full_key(key_parts: dict) -> dict:
-    """The key actually hashed: the caller's parts plus the engine version and the cache format."""
+    """The key actually hashed: the caller's parts plus the engine version, code fingerprint and cache format."""
     if not isinstance(key_parts, dict):
         raise CacheError(f"cache: key_parts must be a dict, got {type(key_parts).__name__}")
-    return {"engine_version": ENGINE_VERSION, "cache_format": FORMAT, **key_parts}
+    return {**engine_identity(), "cache_format": FORMAT, **key_parts}
 
 
 def digest(key_parts: dict) -> str:
@@ -81,10 +86,20 @@ def _read(path: Path, key: dict, warn: bool = True) -> tuple[bool, Any]:
     return True, entry["payload"]
 
 
+def _remove_orphans(path: Path) -> None:
+    """Delete temp files of ``path`` left by a killed writer (call only while holding the entry's lock)."""
+    for orphan in path.parent.glob(f".{path.name}.*"):
+        try:
+            orphan.unlink()
+        except OSError:
+            pass
+
+
 def _write(path: Path, key: dict, payload: Any) -> None:
     text = _canonical(payload)
     entry = {"key": key, "checksum": hashlib.sha256(text.encode()).hexdigest(), "payload": json.loads(text)}
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -114,11 +129,36 @@ def cached(key_parts: dict, compute: Callable[[], Any], *, root: Path | None = N
     ok, payload = _read(path, key, warn=False)
     if ok:
         return payload
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=timeout):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path) + ".lock", timeout=timeout)
+        lock.acquire()
+    except OSError as exc:
+        _warn_unwritable(path.parent, exc)
+        return json.loads(_canonical(compute()))
+    try:
         ok, payload = _read(path, key)  # another process may have written it while we waited
         if ok:
             return payload
         payload = compute()
-        _write(path, key, payload)
+        try:
+            _write(path, key, payload)
+        except OSError as exc:  # the result is returned all the same: nothing computed is lost
+            _warn_unwritable(path.parent, exc)
         return json.loads(_canonical(payload))
+    finally:
+        lock.release()
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_unwritable(where: Path, exc: OSError) -> None:
+    """One line per cache directory and process: the cache is used read-only from here on."""
+    root = str(results_root())
+    if root in _WARNED:
+        return
+    _WARNED.add(root)
+    print(f"mi-atlas cache: cannot write {where} ({type(exc).__name__}: {exc.strerror or exc}); results are "
+          f"computed but not stored. Set MI_ATLAS_RESULTS_CACHE to a writable directory, or pass --no-cache.",
+          file=sys.stderr)

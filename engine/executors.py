@@ -200,7 +200,7 @@ def _cell_key(lm, job: AtlasJob, cell) -> dict:
     from engine import atlas as atlas_lib
 
     return {"kind": "atlas_cell", "model": lm.key, "fingerprint": lm.fingerprint, "dtype": str(lm.dtype),
-            "quant": getattr(lm, "quant", None), "suite": atlas_lib._suite_hash(job.examples),
+            "quant": getattr(lm, "quant", None), "suite": atlas_lib.suite_hash(job.examples),
             "options": job.cell_options(), "rows": list(cell.rows), "layers": list(cell.layers)}
 
 
@@ -223,7 +223,7 @@ def compute_sweep_cell(jobs: Sequence[AtlasJob], index: int, cell, cache: bool =
         result = cached(_cell_key(lm, job, cell), compute)
     else:
         result = compute()
-    _ids, units = atlas_lib._units(lm, job.component, job.heads, job.modules)
+    _ids, units = atlas_lib.sweep_units(lm, job.component, job.heads, job.modules)
     return {"meta": atlas_lib.model_meta(lm), "units": units, "result": result}
 
 

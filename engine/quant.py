@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from engine import interventions as iv
-from engine import models
+from engine import memory, models
 from engine import steering as st
 
 
@@ -81,7 +81,8 @@ def precision(name: str) -> Precision:
 def load_precision(key: str, name: str, device=None) -> models.LoadedModel:
     """Load ``key`` at precision ``name`` (see :data:`PRECISIONS`)."""
     p = precision(name)
-    if models.spec_for(key).source == "tiny":
+    spec = models.spec_for(key)
+    if models.source_for(spec).in_memory:
         # Random-weight test models are built in memory: cast them; bitsandbytes needs real checkpoints.
         if p.quant:
             raise QuantError(f"{key!r} is a random-weight test model; {name} needs a checkpoint to quantise")
@@ -104,12 +105,9 @@ def _finite(x: float) -> float | None:
 
 
 def weights_fingerprint(key: str) -> str:
-    """The identity of ``key``'s weights without loading them (the converted cache's manifest hash, or the
-    registry key for random-weight test models); part of every cached study's key."""
-    spec = models.spec_for(key)
-    if spec.source == "tiny":
-        return f"tiny:{key}"
-    return models._fingerprint(models.resolve_weights(spec))
+    """The identity of ``key``'s weights without loading them (:func:`engine.models.identity_of`: a hash of every
+    file that defines the model); part of every cached study's key."""
+    return models.identity_of(key)
 
 
 def backend_versions() -> dict[str, str]:
@@ -123,11 +121,6 @@ def backend_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "absent"
     return out
-
-
-def footprint_bytes(lm) -> int:
-    getter = getattr(lm.model, "get_memory_footprint", None)
-    return int(getter()) if callable(getter) else int(sum(t.numel() * t.element_size() for t in lm.model.parameters()))
 
 
 # --------------------------------------------------------------------------------------------- QUANT-KL
@@ -270,7 +263,7 @@ def quant_kl(key: str, *, contrast: st.Contrast, eval_examples: Sequence, layer:
     if not eval_examples:
         raise QuantError("quant_kl: no evaluation examples")
     base = load(key, "fp32")
-    st._check_layer(base, layer)
+    st.check_layer(base, layer)
     directions = st.diff_of_means(base, contrast, [layer], template=template)
     vector = directions.vector(layer, scale, units).cpu()
     batch = iv.encode(base, list(eval_examples), template=template)
@@ -298,7 +291,7 @@ def quant_kl(key: str, *, contrast: st.Contrast, eval_examples: Sequence, layer:
                 rows[name] = row
                 continue
         row.load_s = time.perf_counter() - started
-        row.footprint_mb = footprint_bytes(lm) / 2**20
+        row.footprint_mb = memory.footprint_bytes(lm) / 2**20
         started = time.perf_counter()
         try:
             with warnings.catch_warnings():
@@ -306,7 +299,7 @@ def quant_kl(key: str, *, contrast: st.Contrast, eval_examples: Sequence, layer:
                 b = batch.to(lm.device)
                 if "rigorous" in protocols:
                     run = iv.clean_run(lm, b)
-                    steered = iv.run_from(lm, run, layer, run.resid[layer], iv.AddVector(layer, vector, 1.0))
+                    steered = run.rerun(iv.AddVector(layer, vector, 1.0))
                     row.kl = iv.kl(run.logits, steered).cpu().tolist()
                     row.noise_kl = iv.kl(ref_logits, run.logits.cpu()).tolist()
                     del run
@@ -436,7 +429,7 @@ def time_forward(lm, batch: iv.Batch, rounds: int = 5, warmup: int = 2) -> list[
 
 def time_precision(lm, name: str, batch: iv.Batch, rounds: int = 5, warmup: int = 2) -> SpeedRow:
     """One precision's :class:`SpeedRow` on an already loaded model (errors are recorded, not raised)."""
-    row = SpeedRow(name, ok=False, tokens=int(batch.attention_mask.sum()), footprint_mb=footprint_bytes(lm) / 2**20)
+    row = SpeedRow(name, ok=False, tokens=int(batch.attention_mask.sum()), footprint_mb=memory.footprint_bytes(lm) / 2**20)
     if lm.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(lm.device)
     try:
@@ -464,7 +457,7 @@ def measure_speed(key: str, precisions: Sequence[str] = SPEED_PRECISIONS, *, ref
     batch = None
     dev = str(device or models.default_device())
     for name in names:
-        reset = st._rss_peak_reset()
+        reset = memory.rss_peak_reset()
         try:
             lm = load(key, name)
         except _RUNTIME_FAILURES as exc:
@@ -473,7 +466,7 @@ def measure_speed(key: str, precisions: Sequence[str] = SPEED_PRECISIONS, *, ref
         if batch is None:
             batch = speed_batch(lm, examples, batch_size)
         row = time_precision(lm, name, batch, rounds, warmup)
-        row.peak_rss_mb = st._rss_mb("VmHWM") if reset else None
+        row.peak_rss_mb = memory.rss_mb("VmHWM") if reset else None
         rows[name] = row
         dev = str(lm.device)
         models.free(lm)
@@ -518,73 +511,6 @@ def write_speed_report(report: SpeedReport, out: str | Path) -> tuple[Path, Path
     return json_path, png_path
 
 
-# --------------------------------------------------------------------------------------------- claim study
-
-
-@dataclass(frozen=True)
-class QuantSizes:
-    """Sizes of the quantisation claims on one tier (stated in every record's notes). Prompts: the first
-    ``n_eval`` test prompts of the steering claims (``engine.steering.steer_data``); the direction is their
-    contrast's difference of means at the seed's layer (L2 of 24, at the same relative depth)."""
-
-    n_eval: int = 4
-    scale: float = -4.0
-    units: str = "absolute"
-    seed_layer: int = 2
-    seed_n_layers: int = 24
-    precisions: tuple[str, ...] = KL_PRECISIONS
-    reference: str = "bf16"
-    speed_batch: int = 4
-    rounds: int = 3
-    warmup: int = 1
-
-    def describe(self) -> str:
-        return (f"{self.n_eval} prompts, s={self.scale} ({self.units}) at L{self.seed_layer}/{self.seed_n_layers} "
-                f"relative depth, precisions {list(self.precisions)}; speed: batch {self.speed_batch}, "
-                f"{self.warmup} warm-up + {self.rounds} rounds, logits at the last position, vs {self.reference}")
-
-
-QUANT_SIZES: dict[str, QuantSizes] = {
-    "cpu": QuantSizes(),
-    "gpu": QuantSizes(n_eval=24, speed_batch=8, rounds=20, warmup=3),
-}
-
-
-def quant_sizes_for(tier: str) -> QuantSizes:
-    return QUANT_SIZES["gpu" if tier == "gpu" else "cpu"]
-
-
-def quant_study(key: str, sizes: QuantSizes, steer_sizes: st.SteerSizes, device=None,
-                loader: Callable[[str, str], models.LoadedModel] | None = None) -> dict:
-    """QUANT-KL and QUANT-SPEED on one set of loads: each precision is loaded once, its steering KL measured
-    (both protocols), then its forward timed; one model in memory at a time. A JSON-able dict."""
-    started = time.perf_counter()
-    data = st.steer_data(steer_sizes)
-    evals = data.test[:sizes.n_eval]
-    n_layers = models.spec_for(key).n_layers
-    layer = st.relative_layer(sizes.seed_layer, sizes.seed_n_layers, n_layers)
-    speed_rows: dict[str, SpeedRow] = {}
-    state: dict = {}
-
-    def time_it(lm, name):
-        if "batch" not in state:
-            state["batch"] = iv.encode(lm, evals[:sizes.speed_batch], template=steer_sizes.template)
-            state["device"] = str(lm.device)
-        speed_rows[name] = time_precision(lm, name, state["batch"], sizes.rounds, sizes.warmup)
-
-    report = quant_kl(key, contrast=data.contrast, eval_examples=evals, layer=layer, scale=sizes.scale,
-                      units=sizes.units, precisions=sizes.precisions, device=device, loader=loader,
-                      template=steer_sizes.template, on_loaded=time_it)
-    for name, row in report.rows.items():  # a precision that failed to load has no speed row either
-        speed_rows.setdefault(name, SpeedRow(name, ok=False, error=row.error))
-    batch = state.get("batch")
-    speed = SpeedReport(key, state.get("device", str(device or models.default_device())),
-                        len(batch) if batch is not None else 0, batch.seq_len if batch is not None else 0,
-                        sizes.rounds, sizes.warmup, sizes.reference, speed_rows)
-    return {"kl": report.to_dict(), "speed": speed.to_dict(), "sizes": sizes.describe(),
-            "seconds": round(time.perf_counter() - started, 1)}
-
-
 def speed_report_from_dict(data: dict) -> SpeedReport:
     """Rebuild a :class:`SpeedReport` from :meth:`SpeedReport.to_dict` (e.g. a cached study) for the chart."""
     rows = {}
@@ -600,7 +526,7 @@ def speed_report_from_dict(data: dict) -> SpeedReport:
 
 
 __all__ = ["Precision", "PRECISIONS", "KL_PRECISIONS", "SPEED_PRECISIONS", "precision", "load_precision",
-           "footprint_bytes", "PrecisionKL", "QuantKLReport", "quant_kl", "SpeedRow", "SpeedReport",
+           "PrecisionKL", "QuantKLReport", "quant_kl", "SpeedRow", "SpeedReport",
            "speed_batch", "time_forward", "time_precision", "measure_speed", "write_speed_report", "QuantError",
-           "QuantSizes", "QUANT_SIZES", "quant_sizes_for", "quant_study", "speed_report_from_dict",
+           "speed_report_from_dict",
            "weights_fingerprint", "backend_versions"]

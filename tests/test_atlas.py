@@ -268,10 +268,16 @@ def test_cache_computes_once_and_keys_on_content(tmp_path):
     assert cache_lib.full_key(key)["engine_version"]
 
 
-def test_cache_key_follows_the_engine_version(tmp_path, monkeypatch):
+def test_cache_key_follows_the_engine_version_and_code(tmp_path, monkeypatch):
+    from engine import provenance
+
     key = {"kind": "t"}
     before = cache_lib.digest(key)
-    monkeypatch.setattr(cache_lib, "ENGINE_VERSION", "999.0")
+    monkeypatch.setattr(provenance, "ENGINE_VERSION", "999.0")
+    assert cache_lib.digest(key) != before
+    monkeypatch.undo()
+    assert cache_lib.digest(key) == before
+    monkeypatch.setattr(provenance, "code_fingerprint", lambda: "0" * 16)
     assert cache_lib.digest(key) != before
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import atlas_claims as A
+from engine.studies import atlas as A
 from engine import models, stats
 from engine.atlas import atlas
 from engine.tasks import Example

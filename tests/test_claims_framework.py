@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from engine import ENGINE_VERSION, models
-from engine import report as results
-from engine.claims import (ClaimError, ClaimRevisedWarning, Recorder, Target, Tolerance, Verdict, VerdictRecord,
+from engine import results
+from engine.verdicts import (ClaimError, ClaimRevisedWarning, Recorder, Target, Tolerance, Verdict, VerdictRecord,
                            load_catalogue, parse_catalogue)
 
 pytest_plugins = ["pytester"]
@@ -452,7 +452,7 @@ def test_a_killed_run_keeps_its_verdicts_in_the_registry_and_can_be_reported(pyt
     (run,) = (root / "runs").iterdir()
     assert not (run / results.RUN_FILE).exists() and not (root / "latest").exists()
 
-    from engine.cli_claims import render_report
+    from engine.cli.claims import render_report
 
     text = render_report(run.name, root)  # rebuilt from the registry lines of that run
     assert "**Interrupted run**" in text and "| T-FIG | smollm2-135m | cpu | CONFIRMED |" in text
@@ -596,7 +596,7 @@ def test_baseline_flips_and_moved_figures_are_reported(pytester, monkeypatch):
     # The CLI re-renders a run and diffs two runs with the same comparison.
     import typer
 
-    from engine.cli_claims import pytest_command, register
+    from engine.cli.claims import pytest_command, register
 
     app = typer.Typer()
     register(app)

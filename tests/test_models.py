@@ -144,7 +144,7 @@ def _fake_cached_model(root: Path) -> tuple[models.ModelSpec, Path]:
     lm.tokenizer.save_pretrained(directory)
     weights = directory / models.SAFETENSORS_NAME
     (directory / models.MANIFEST_NAME).write_text(json.dumps({
-        "safetensors_sha256": models._sha256_file(weights), "safetensors_bytes": weights.stat().st_size}))
+        "safetensors_sha256": models.sha256_file(weights), "safetensors_bytes": weights.stat().st_size}))
     return spec, directory
 
 

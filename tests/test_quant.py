@@ -110,8 +110,8 @@ def test_bench_quant_command(tmp_path):
     assert (tmp_path / f"quant-{KEY}.png").is_file()
 
 
-def test_weights_fingerprint_needs_no_load():
-    assert quant.weights_fingerprint(KEY) == f"tiny:{KEY}"
+def test_weights_fingerprint_is_the_loaded_models_identity():
+    assert quant.weights_fingerprint(KEY) == models.load(KEY).fingerprint
     assert set(quant.backend_versions()) == {"torch", "transformers", "bitsandbytes"}
 
 

@@ -118,7 +118,7 @@ def test_actors_request_memory_sized_from_the_model():
 
 
 def test_the_cli_executor_option_without_ray_or_with_a_stray_address(monkeypatch):
-    from engine import cli_atlas
+    from engine.cli import atlas as cli_atlas
 
     assert cli_atlas._executor("local") is None
     with pytest.raises(ValueError, match="--ray-address needs --executor ray"):

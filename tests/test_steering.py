@@ -18,6 +18,7 @@ from hypothesis import strategies as hst
 from engine import interventions as iv
 from engine import models
 from engine import steering as st
+from engine.studies import steer as steer_studies
 from engine.tasks import Example
 
 ARCHS = ("llama", "gemma3")
@@ -306,5 +307,5 @@ def test_seed_protocol_sweep_matches_the_single_layer_procedure(tiny_llama):
 
 
 def test_bootstrap_ci_brackets_the_mean():
-    lo, hi = st.bootstrap_ci([1.0, 2.0, 3.0, 4.0])
+    lo, hi = steer_studies.bootstrap_ci([1.0, 2.0, 3.0, 4.0])
     assert lo <= 2.5 <= hi

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from engine import models, suite_gen
+from engine import models
+from engine.tasks import generate as suite_gen
 from engine.tasks import (BREADTH_FAMILIES, FAMILIES, SCORERS, Example, SuiteError, fixtures_dir, load_manifest,
                           load_prompts, load_suite, positions, render, sample, score, suite_hash,
                           target_first_token_id, target_first_token_logprob, target_is_token_aligned)

@@ -394,7 +394,7 @@ def from_saved(lm: LoadedModel, path: str | Path) -> Iterator[LoadedModel]:
         raise LoraError(f"{path}: not a PEFT adapter directory (no adapter_config.json)")
     _check_pristine(lm)
     was_training = lm.model.training
-    peft_model = PeftModel.from_pretrained(lm.model, str(path), is_trainable=False)
+    peft_model = PeftModel.from_pretrained(lm.model, str(path), is_trainable=False, trust_remote_code=False)
     try:
         peft_model.eval()
         yield _view(lm, peft_model, adapter_digest(adapter_state(peft_model)))

@@ -227,8 +227,8 @@ class SkippedLayer(nn.Module):
 
 
 def _layer_list(lm: LoadedModel) -> nn.ModuleList:
-    base = lm.adapter._base(lm.model)
-    container = lm.adapter._get(base, lm.adapter.layers_path)
+    base = lm.adapter.base(lm.model)
+    container = lm.adapter.get(base, lm.adapter.layers_path)
     if not isinstance(container, nn.ModuleList):
         raise LoraError(f"{lm.key}: {lm.adapter.layers_path} is not a ModuleList; cannot skip layers")
     return container

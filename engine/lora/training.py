@@ -26,6 +26,7 @@ import torch
 
 from engine import models
 from engine.models import LoadedModel
+from engine.provenance import code_fingerprint
 from engine.tasks import Example, suite_hash
 
 from .adapters import LoraError, LoraTarget, ParamCount, adapter_state, attached, count_parameters
@@ -207,7 +208,7 @@ def cache_key(lm: LoadedModel, examples: Sequence[Example], target: LoraTarget, 
         "device": lm.device.type, "examples": suite_hash(examples),
         "target": {k: v for k, v in target.to_dict().items() if k != "label"},  # the label is only a name
         "config": config.to_dict(), "torch": torch.__version__, "peft": peft.__version__,
-        "transformers": transformers.__version__,
+        "transformers": transformers.__version__, "engine_code": code_fingerprint(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 

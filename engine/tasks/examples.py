@@ -4,7 +4,10 @@ An :class:`Example` is one prompt with the text that should follow it. Suites li
 JSONL files (one per suite, family and split) listed in ``fixtures/manifest.json`` with their sha256;
 :func:`load_suite` refuses a file whose hash does not match. User prompt files go through the same strict
 parser (:func:`load_prompts`): every problem is a :class:`SuiteError` naming the file, the line and the
-field, never a silent skip.
+field, never a silent skip. Input is bounded: a line over ``$MI_ATLAS_MAX_LINE_BYTES`` (default 64 KiB) is refused
+before it is parsed, as are a directory or FIFO given as the file, CR-only line endings and JSON nested too deep;
+every example read from a file remembers its ``file:line`` (:func:`example_source`) for later errors (the
+token-length check in ``engine.interventions.encode``).
 """
 
 from __future__ import annotations
@@ -14,34 +17,13 @@ import hashlib
 import json
 import os
 import random
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-FAMILIES: tuple[str, ...] = (
-    "arithmetic",
-    "code_semantics",
-    "code_syntax",
-    "copying",
-    "delimiter_tracking",
-    "factual_recall",
-    "instruction_following",
-    "json_schema",
-    "string_decoding",
-    "uncertainty_expression",
-    "variable_renaming",
-    "verbosity_control",
-)
-# the 4-family subset of the seed's phase-1 suite (json, factual, copying, code): the HUB-BREADTH claim
-BREADTH_FAMILIES: tuple[str, ...] = ("json_schema", "factual_recall", "copying", "code_syntax")
-SUITES: tuple[str, ...] = ("synthetic", "nl")
-SPLITS: tuple[str, ...] = ("short", "long", "nl")
-# scorer names; "none" marks a user prompt without a target (it cannot be scored)
-SCORER_NAMES: tuple[str, ...] = ("exact", "first_token", "numeric", "json", "brackets", "one_word", "none")
-
-
-class SuiteError(ValueError):
-    """A suite or prompt file cannot be used; the message names the file, line and field."""
+from engine.tasks.registry import is_registered
+from engine.tasks.vocabulary import FAMILIES, SCORER_NAMES, SPLITS, SUITES, SuiteError
 
 
 @dataclass(frozen=True)
@@ -94,23 +76,98 @@ def sha256_file(path: Path) -> str:
 # --------------------------------------------------------------------------------------------- parsing
 
 
+MAX_LINE_BYTES_ENV = "MI_ATLAS_MAX_LINE_BYTES"
+# bytes per JSONL line: the longest fixture line is under 1 KiB (885 bytes), so 64 KiB leaves a 70x margin for
+# hand-written prompts while refusing a runaway line (a 10 MB line once reached the tokenizer and the allocator)
+DEFAULT_MAX_LINE_BYTES = 64 * 1024
+
+
+def max_line_bytes() -> int:
+    """The most bytes one JSONL line may have: ``$MI_ATLAS_MAX_LINE_BYTES``, else :data:`DEFAULT_MAX_LINE_BYTES`."""
+    raw = os.environ.get(MAX_LINE_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_LINE_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SuiteError(f"${MAX_LINE_BYTES_ENV}={raw!r}: expected a positive number of bytes "
+                         f"(default {DEFAULT_MAX_LINE_BYTES})")
+    return value
+
+
+def _open_regular(path: Path):
+    """Open ``path`` for binary reading if it is a regular file; a directory, FIFO, socket or device is refused
+    by name. The open is non-blocking and the type is checked on the open descriptor, so a FIFO (or a file
+    swapped for one) never blocks the loader waiting for a writer."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SuiteError(f"{path}: no such file") from None
+    except OSError as err:
+        raise SuiteError(f"{path}: cannot read ({err.strerror or err}); check the path and its permissions") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise SuiteError(f"{path}: is a directory, not a JSONL file; give the path of a .jsonl file inside it")
+    if not stat.S_ISREG(st.st_mode):
+        raise SuiteError(f"{path}: is not a regular file ({_file_kind(st.st_mode)}); save the prompts to a "
+                         ".jsonl file on disk and give its path")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise SuiteError(f"{path}: cannot read ({err.strerror or err}); check the path and its permissions") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SuiteError(f"{path}: is not a regular file; save the prompts to a .jsonl file on disk and give its path")
+    return os.fdopen(fd, "rb")
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO / named pipe"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a plain file"
+
+
+_CR_ONLY = ("uses CR-only (old Mac) line endings: a carriage return (\\r) not followed by a newline; "
+            "convert it to LF line endings (e.g. `tr '\\r' '\\n' < old.jsonl > new.jsonl`)")
+
+
 def _read_lines(path: Path) -> list[tuple[int, str]]:
-    """Decode a JSONL file line by line as UTF-8; a bad byte is reported with its line number."""
+    """Decode a JSONL file line by line as UTF-8; a bad byte is reported with its line number.
+
+    Bounded: a line over :func:`max_line_bytes` is refused before it is decoded or parsed (the file is read one
+    line at a time, never more than the cap plus one byte of a line). A carriage return inside a line (not
+    just before its newline) means CR-only line endings and is refused with the way out.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise SuiteError(f"{path}: no such file")
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
+    cap = max_line_bytes()
     out: list[tuple[int, str]] = []
-    for lineno, chunk in enumerate(raw.split(b"\n"), start=1):
-        try:
-            text = chunk.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise SuiteError(f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start}); "
-                             "save the file as UTF-8") from None
-        if text.strip():
-            out.append((lineno, text))
+    with _open_regular(path) as handle:
+        lineno = 0
+        while True:
+            chunk = handle.readline(cap + 2)  # the line, its newline and at most one byte over the cap
+            if not chunk:
+                break
+            lineno += 1
+            if lineno == 1 and chunk.startswith(b"\xef\xbb\xbf"):
+                chunk = chunk[3:]
+            body = chunk[:-1] if chunk.endswith(b"\n") else chunk
+            body = body[:-1] if body.endswith(b"\r") else body  # CRLF endings are fine
+            if len(body) > cap:
+                cr = f"; the file {_CR_ONLY}" if b"\r" in body else ""
+                raise SuiteError(f"{path}:{lineno}: line longer than {cap} bytes (the line-size cap){cr}; "
+                                 f"shorten the prompt, or raise ${MAX_LINE_BYTES_ENV} if it is meant to be this long")
+            if b"\r" in body:
+                raise SuiteError(f"{path}:{lineno}: the file {_CR_ONLY}")
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise SuiteError(f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start}); "
+                                 "save the file as UTF-8") from None
+            if text.strip():
+                out.append((lineno, text))
     if not out:
         raise SuiteError(f"{path}: empty file (no JSON lines)")
     return out
@@ -121,6 +178,9 @@ def _parse_record(path: Path, lineno: int, text: str) -> dict:
         record = json.loads(text)
     except json.JSONDecodeError as err:
         raise SuiteError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:
+        raise SuiteError(f"{path}:{lineno}: JSON nesting too deep (arrays/objects nested beyond what the parser "
+                         "allows); each line must be one flat object of string fields") from None
     if not isinstance(record, dict):
         raise SuiteError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
     for key, value in record.items():
@@ -147,19 +207,21 @@ def _check_example(path: Path, lineno: int, ex: Example, *, suite: bool) -> None
     if ex.corrupt_target is not None and ex.corrupt is None:
         raise SuiteError(f"{where}: field 'corrupt_target' given without 'corrupt'")
     if suite:
-        if ex.family not in FAMILIES:
-            raise SuiteError(f"{where}: field 'family' is {ex.family!r}, not one of the {len(FAMILIES)} families")
+        if ex.family not in FAMILIES and not is_registered(ex.family):
+            raise SuiteError(f"{where}: field 'family' is {ex.family!r}, not one of the {len(FAMILIES)} families "
+                             "(nor another registered task family)")
         if ex.split not in SPLITS:
             raise SuiteError(f"{where}: field 'split' is {ex.split!r}; choose from {', '.join(SPLITS)}")
+
 
 
 def parse_jsonl(path, *, suite: bool) -> list[Example]:
     """Parse a JSONL file of examples strictly.
 
-    ``suite=True`` (fixture files) requires every field; ``suite=False`` (user files) requires only
-    ``prompt`` and fills the rest: ``id`` = ``<file stem>-<line>``, ``family`` = ``"custom"``,
-    ``split`` = ``"user"``, ``scorer`` = ``"exact"`` when a ``target`` is given, else ``"none"``; a line
-    with ``corrupt`` but no ``clean`` pairs the corrupt prompt with ``prompt``.
+    ``suite=True`` (fixture files) requires every field and a built-in or registered family;
+    ``suite=False`` (user files) requires only ``prompt`` and fills the rest: ``id`` = ``<file stem>-<line>``,
+    ``family`` = ``"custom"``, ``split`` = ``"user"``, ``scorer`` = ``"exact"`` when a ``target`` is given,
+    else ``"none"``; a line with ``corrupt`` but no ``clean`` pairs the corrupt prompt with ``prompt``.
     Blank lines are ignored; anything else that is wrong raises :class:`SuiteError`.
     """
     path = Path(path)
@@ -167,12 +229,11 @@ def parse_jsonl(path, *, suite: bool) -> list[Example]:
     seen: dict[str, int] = {}
     for lineno, text in _read_lines(path):
         record = _parse_record(path, lineno, text)
-        if suite:
-            for key in _REQUIRED_SUITE:
-                if record.get(key) is None:
-                    raise SuiteError(f"{path}:{lineno}: missing field {key!r}")
-        elif record.get("prompt") is None:
-            raise SuiteError(f"{path}:{lineno}: missing field 'prompt'")
+        for key in _REQUIRED_SUITE if suite else ("prompt",):
+            if key not in record:
+                raise SuiteError(f"{path}:{lineno}: missing field {key!r}")
+            if record[key] is None:
+                raise SuiteError(f"{path}:{lineno}: field {key!r} is null; it must be a string")
         if record.get("corrupt") is not None and record.get("clean") is None:
             record["clean"] = record["prompt"]  # a corrupt prompt pairs with the prompt itself by default
         if not suite:
@@ -186,11 +247,20 @@ def parse_jsonl(path, *, suite: bool) -> list[Example]:
                     raise SuiteError(f"{path}:{lineno}: field {key!r} is null")
         ex = Example(**record)
         _check_example(path, lineno, ex, suite=suite)
+        object.__setattr__(ex, "_source", f"{path}:{lineno}")  # not a field: neither hashed nor compared
         if ex.id in seen:
             raise SuiteError(f"{path}:{lineno}: duplicate id {ex.id!r} (first on line {seen[ex.id]})")
         seen[ex.id] = lineno
         examples.append(ex)
     return examples
+
+
+def example_source(example) -> str | None:
+    """Where an example was read, as ``"file:line"`` (set by :func:`parse_jsonl`), else None (built in code).
+
+    Kept as an attribute outside the dataclass fields, so it changes neither :meth:`Example.to_dict`, the suite
+    hash, equality nor any cache key; ``dataclasses.replace`` drops it (the copy was not read from a file)."""
+    return getattr(example, "_source", None)
 
 
 def load_prompts(path) -> list[Example]:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.tasks.examples import Example, SuiteError
+from engine.tasks.examples import Example
+from engine.tasks.vocabulary import SuiteError
 
 TEMPLATES = ("auto", "chat", "none")
 

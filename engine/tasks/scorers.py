@@ -12,7 +12,8 @@ import re
 from collections.abc import Callable
 from decimal import Decimal
 
-from engine.tasks.examples import Example, SuiteError
+from engine.tasks.examples import Example
+from engine.tasks.vocabulary import SuiteError
 
 OPENERS = "([{<"
 CLOSERS = ")]}>"

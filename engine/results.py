@@ -33,8 +33,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 from filelock import FileLock
 
-from engine import ENGINE_VERSION
-from engine.claims import Catalogue, Tolerance, Verdict, VerdictRecord, fmt, is_number, is_number_list
+from engine.provenance import engine_identity
+from engine.verdicts import Catalogue, Tolerance, Verdict, VerdictRecord, fmt, is_number, is_number_list
 
 RUNS_DIR = "runs"
 RUN_FILE = "claims.json"
@@ -72,7 +72,7 @@ def provenance() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"engine_version": ENGINE_VERSION, "python": sys.version.split()[0], "platform": platform.platform(),
+    return {**engine_identity(), "python": sys.version.split()[0], "platform": platform.platform(),
             "machine": socket.gethostname(), "cpu_count": os.cpu_count(), "packages": versions}
 
 
@@ -151,6 +151,44 @@ def read_registry(root: Path) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{number}: not a complete JSON line ({exc})") from exc
     return out
+
+
+def merge_registry(root: Path, source: Path) -> tuple[int, int, list[str]]:
+    """Append the verdict lines of another machine's ``registry.jsonl`` to ``root``'s, safely.
+
+    Each source line must be a complete JSON object (a torn or malformed line is reported, never glued into the
+    middle of the registry); each is appended through :func:`append_registry` (locked, whole lines), and a line
+    already present (same JSON) is not appended twice, so a merge can be repeated. Returns
+    ``(appended, already_present, problems)``.
+    """
+    source = Path(source)
+    if source.is_dir():
+        source = source / REGISTRY_FILE
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such registry file")
+    present = {json.dumps(line, sort_keys=True) for line in read_registry(root)}
+    appended, duplicate, problems = 0, 0, []
+    with open(source, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.endswith("\n"):
+                problems.append(f"{source}:{number}: torn last line ({len(line)} bytes) skipped")
+                break
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{source}:{number}: not a complete JSON line ({exc.msg}) skipped")
+                continue
+            if not isinstance(data, dict) or "claim" not in data:
+                problems.append(f"{source}:{number}: not a verdict record skipped")
+                continue
+            text = json.dumps(data, sort_keys=True)
+            if text in present:
+                duplicate += 1
+                continue
+            append_registry(root, data)
+            present.add(text)
+            appended += 1
+    return appended, duplicate, problems
 
 
 # ------------------------------------------------------------------------------------------------ runs

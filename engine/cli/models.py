@@ -1,9 +1,7 @@
-"""`mi-atlas` command line: a thin layer over the engine's functions (no logic of its own)."""
+"""`mi-atlas models list | pull | verify` and `mi-atlas hello`: the model registry and a smoke load."""
 
 from __future__ import annotations
 
-import importlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -12,31 +10,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from engine import ENGINE_VERSION
-
-app = typer.Typer(help="MI-Atlas: verify mechanistic-interpretability claims on real small language models.",
-                  no_args_is_help=True, add_completion=False)
-models_app = typer.Typer(help="The model registry: list, pull (fetch + convert), check.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
 console = Console(width=None if sys.stdout.isatty() else 160)
+models_app = typer.Typer(help="The model registry: list, pull (fetch + convert), check.", no_args_is_help=True)
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    """A model error: one unwrapped line on stderr (no markup read from the message), exit status 2."""
+    from rich.markup import escape
+
+    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(2)
-
-
-@app.callback()
-def main(model_dir: str = typer.Option(None, "--model-dir", help="Directory holding local HF model folders "
-                                        "(the seed's models); same as MI_ATLAS_MODEL_DIR.")) -> None:
-    if model_dir:
-        os.environ["MI_ATLAS_MODEL_DIR"] = model_dir
-
-
-@app.command()
-def version() -> None:
-    """Print the engine version."""
-    console.print(ENGINE_VERSION)
 
 
 @models_app.command("list")
@@ -72,18 +55,18 @@ def models_pull(key: str, force: bool = typer.Option(False, help="Re-fetch and r
 
 @models_app.command("verify")
 def models_verify(key: str) -> None:
-    """Check a converted cache (size + sha256) and report the load time."""
+    """Re-hash every file of a model (weights, config, tokenizer; a converted cache against its manifest) and
+    report its identity and load time; a mismatch drops the stale stamp and exits with status 2."""
     from engine import models
 
     try:
         loaded = models.load(key, pull_if_missing=False, verify=True)
     except models.ModelError as exc:
         _fail(str(exc))
-    console.print(f"{key}: ok, {loaded.n_layers} layers, fingerprint {loaded.fingerprint}, "
-                  f"loaded in {loaded.load_seconds:.2f} s")
+    console.print(f"{loaded.key}: ok, {loaded.n_layers} layers, identity {loaded.fingerprint}, "
+                  f"loaded in {loaded.load_seconds:.2f} s", soft_wrap=True)
 
 
-@app.command()
 def hello(model: str = typer.Option("smollm2-135m", "--model", help="Registry key or local HF directory."),
           prompt: str = typer.Option("The capital of France is", help="Prompt to complete greedily."),
           max_new_tokens: int = 4) -> None:
@@ -108,17 +91,7 @@ def hello(model: str = typer.Option("smollm2-135m", "--model", help="Registry ke
     console.print(f"{prompt!r} -> {completion!r}")
 
 
-# Sub-commands contributed by engine modules: each exposes `register(app)`. Adding one is adding a name here.
-_SUBCOMMAND_MODULES = ("engine.cli_suite", "engine.cli_atlas", "engine.cli_claims", "engine.cli_bench")
-for _name in _SUBCOMMAND_MODULES:
-    try:
-        _module = importlib.import_module(_name)
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _name:
-            raise
-        continue
-    _module.register(app)
-
-
-if __name__ == "__main__":
-    app()
+def register(app: typer.Typer) -> None:
+    """Add `models` and `hello` to the `mi-atlas` app."""
+    app.add_typer(models_app, name="models")
+    app.command("hello")(hello)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 DEFAULT_PER_FAMILY = 2  # 24 prompts over the 12 families: a few minutes per model on 2 CPU cores
 JSON_NAME, PNG_NAME = "atlas.json", "atlas.png"
@@ -50,6 +51,21 @@ def _executor(name: str, address: str | None = None):
     if name == "ray" and hasattr(executors, "RayExecutor"):
         return executors.RayExecutor()
     raise ValueError(f"unknown executor {name!r}; available: local")
+
+
+def writable_directory(directory: Path) -> Path:
+    """``directory``, created if needed, after proving a file can be written there; else a one-line OSError."""
+    import tempfile
+
+    if directory.exists() and not directory.is_dir():
+        raise OSError(f"--out {directory} is a file, not a directory; choose another --out")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise OSError(f"--out {directory} is not writable ({exc.strerror or exc}); choose another --out") from None
+    return directory
 
 
 def output_record(result, *, seconds: float, from_cache: bool, template: str, executor: str) -> dict:
@@ -99,8 +115,26 @@ def hub_line(data: dict) -> str:
     return f"hub L{data['hub']} (depth {data['hub_depth']:.2f} of {data['n_layers']} layers); {ci}"
 
 
+def method_help() -> str:
+    """``--method``'s help: the ablation methods registered now (``engine.interventions.methods``)."""
+    from engine.interventions import methods
+
+    return "Ablation method, one of the registered methods: " + " | ".join(methods.names())
+
+
+class AtlasCommand(TyperCommand):
+    """The ``atlas`` command: ``--method``'s help is read from the method registry when the command is invoked
+    (not when the CLI module is imported), so a method registered before the app runs is listed in --help."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        for param in self.params:
+            if param.name == "method":
+                param.help = method_help()
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("atlas")
+    @app.command("atlas", cls=AtlasCommand)
     def atlas_command(
         model: str = typer.Option(..., "--model", help="Registry key or local Hugging Face model directory."),
         prompts: Path = typer.Option(None, "--prompts", help="JSONL prompts (default: a sample of the suite)."),
@@ -109,7 +143,7 @@ def register(app: typer.Typer) -> None:
                                        help=f"Examples per family (suite default {DEFAULT_PER_FAMILY}; with "
                                             "--prompts: all unless given)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the stratified sample (and of noise ablation)."),
-        method: str = typer.Option("zero", "--method", help="zero | mean | resample | noise"),
+        method: str = typer.Option("zero", "--method", help="Ablation method (the registered methods)."),
         component: str = typer.Option("layer", "--component", help="layer | resid | attn | mlp | head | module"),
         positions: str = typer.Option("all", "--positions",
                                       help="Where the ablation applies: all | answer (| bos | first | body | last3)"),
@@ -133,14 +167,20 @@ def register(app: typer.Typer) -> None:
         from engine import models, tasks
         from engine.atlas import AtlasError, atlas, cache_key
         from engine.interventions import InterventionError
+        from engine.interventions import methods as ablation_methods
+        from engine.interventions.batch import check_prompts
         from engine.plots import atlas_heatmap
 
         console = Console()
 
         def fail(message: str) -> None:
-            console.print(f"[bold red]error:[/] {message}")
+            from rich.markup import escape
+
+            console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # one line, taken literally
             raise typer.Exit(2)
 
+        if not ablation_methods.is_registered(method):
+            fail(ablation_methods.unknown_method_message(method))
         try:
             examples = _examples(prompts, families, per_family, seed)
             run_executor = _executor(executor, ray_address)
@@ -152,7 +192,14 @@ def register(app: typer.Typer) -> None:
             lm = models.load(model, dtype=dtype)
         except models.ModelError as exc:
             fail(str(exc))
-        directory = out or Path("results") / "atlas" / lm.key
+        try:  # every prompt within the model's context and the token cap, before any forward pass
+            check_prompts(lm, examples, template=template)
+        except (InterventionError, tasks.SuiteError) as exc:
+            fail(str(exc))
+        try:  # the output directory is checked before the sweep, so a finished sweep is never lost to it
+            directory = writable_directory(out or Path("results") / "atlas" / lm.key)
+        except OSError as exc:
+            fail(str(exc))
         console.print(f"{lm.key} ({lm.arch}, {lm.n_layers} layers): {component}/{method} ablation at positions "
                       f"{positions}, {len(examples)} prompts, seed {seed}")
         progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -179,7 +226,6 @@ def register(app: typer.Typer) -> None:
         data = output_record(result, seconds=result.seconds, from_cache=from_cache,
                              template=template, executor=executor)
         data["cpu_seconds"] = None if from_cache else time.process_time() - cpu_start
-        directory.mkdir(parents=True, exist_ok=True)
         (directory / JSON_NAME).write_text(json.dumps(data, indent=1, allow_nan=True) + "\n", encoding="utf-8")
         atlas_heatmap(result, directory / PNG_NAME)
         compact_table(data, console)

@@ -1,6 +1,6 @@
 """`mi-atlas claims | report | diff`: run the claim suite, re-render a run's report, compare two runs.
 
-Thin commands over ``engine.report``; ``register(app)`` mounts them on the ``mi-atlas`` typer app.
+Thin commands over ``engine.results``; ``register(app)`` mounts them on the ``mi-atlas`` typer app.
 """
 
 from __future__ import annotations
@@ -11,17 +11,20 @@ from pathlib import Path
 
 import typer
 
-from engine import report as results
-from engine.claims import load_catalogue
+from engine import results
+from engine.verdicts import load_catalogue
 
 RESULTS_HELP = "results root (runs, registry, baselines); default: ./results if present, else <project>/results"
 
 
 def claims_dir() -> Path:
-    """The ``claims/`` package directory (its parent is the project root holding conftest.py)."""
-    import claims
+    """The ``claims/`` package directory, installed beside ``engine/`` (its parent holds conftest.py).
 
-    return Path(claims.__file__).resolve().parent
+    Found by path, not imported: the engine never imports the pytest layer above it.
+    """
+    import engine
+
+    return Path(engine.__file__).resolve().parent.parent / "claims"
 
 
 def default_results_root() -> Path:
@@ -108,9 +111,24 @@ def diff_command(run_a: str = typer.Argument(..., help="earlier run (name or dir
         raise typer.Exit(1)
 
 
+def merge_command(source: Path = typer.Argument(..., help="another machine's registry.jsonl (or its results dir)"),
+                  results_root: Path = typer.Option(None, "--results", help=RESULTS_HELP)) -> None:
+    """Append another machine's verdict registry to this one: whole lines only, torn lines reported, no duplicates."""
+    root = Path(results_root) if results_root else default_results_root()
+    try:
+        appended, duplicate, problems = results.merge_registry(root, source)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for problem in problems:
+        typer.echo(f"warning: {problem}", err=True)
+    typer.echo(f"{appended} verdict line(s) appended to {root / results.REGISTRY_FILE}, {duplicate} already present")
+
+
 def register(app: typer.Typer) -> None:
-    """Add `claims`, `report` and `diff` to the `mi-atlas` app."""
+    """Add `claims`, `report`, `diff` and `merge` to the `mi-atlas` app."""
     app.command("claims", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                                             "help_option_names": []})(claims_command)
     app.command("report")(report_command)
     app.command("diff")(diff_command)
+    app.command("merge")(merge_command)

@@ -1,13 +1,12 @@
 """`mi-atlas suite generate | stats | validate`: the task suite in fixtures/ from the command line.
 
-Thin commands over ``engine.suite_gen`` and ``engine.tasks``; ``register(app)`` mounts them on the ``mi-atlas``
-typer app as the ``suite`` sub-command.
+Thin commands over ``engine.tasks.generate`` and ``engine.tasks``; ``register(app)`` mounts them on the
+``mi-atlas`` typer app as the ``suite`` sub-command.
 """
 
 from __future__ import annotations
 
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -22,7 +21,9 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # one line; a path's [..] is text
     raise typer.Exit(2)
 
 
@@ -34,13 +35,9 @@ def register(app: typer.Typer) -> None:
 def regenerate_matches(directory: Path) -> list[str]:
     """Regenerate the suites in a temporary directory and compare with ``directory``'s manifest; returns the
     files whose sha256 (or presence) differs (empty: the fixtures are reproducible)."""
-    from engine import suite_gen
-    from engine.tasks import load_manifest
+    from engine.tasks.generate import check_fixtures
 
-    committed = {f["path"]: f["sha256"] for f in load_manifest(directory)["files"]}
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = {f["path"]: f["sha256"] for f in suite_gen.write_fixtures(Path(tmp))["files"]}
-    return sorted(p for p in committed.keys() | fresh.keys() if committed.get(p) != fresh.get(p))
+    return check_fixtures(directory)
 
 
 @suite_app.command("generate")
@@ -49,8 +46,8 @@ def generate(out: Path = typer.Option(None, "--out", help="Output directory (def
              check: bool = typer.Option(False, "--check", help="Write nothing: regenerate in a temporary "
                                                                "directory and compare sha256 with the manifest.")) -> None:
     """Write the synthetic (4,300) and natural-language (2,500) suites and manifest.json, deterministically."""
-    from engine import suite_gen
     from engine.tasks import SuiteError, fixtures_dir
+    from engine.tasks.generate import write_fixtures
 
     directory = out if out is not None else fixtures_dir()
     if check:
@@ -62,7 +59,7 @@ def generate(out: Path = typer.Option(None, "--out", help="Output directory (def
             _fail(f"{len(differ)} file(s) differ from {directory}/manifest.json: {', '.join(differ)}")
         console.print(f"[green]ok[/]: regenerating reproduces every sha256 in {directory}/manifest.json")
         return
-    manifest = suite_gen.write_fixtures(directory)
+    manifest = write_fixtures(directory)
     totals = ", ".join(f"{suite} {n}" for suite, n in manifest["totals"].items())
     console.print(f"wrote {len(manifest['files'])} files + manifest.json to {directory} ({totals}; "
                   f"generator v{manifest['generator_version']})")
@@ -133,6 +130,7 @@ def stats(model: list[str] = typer.Option(None, "--model", help="Also measure gr
             loaded = models.load(key, device="cpu" if not torch.cuda.is_available() else None)
         except models.ModelError as exc:
             _fail(str(exc))
+        _check_lengths(key, chosen, template, loaded=loaded)  # the baseline renders prompts itself: bound them here
         with Progress(TextColumn(f"{key} ({template})"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=not console.is_terminal) as bar:
             task = bar.add_task("baseline", total=len(chosen))
@@ -160,16 +158,61 @@ def stats(model: list[str] = typer.Option(None, "--model", help="Also measure gr
 
 @suite_app.command("validate")
 def validate(file: Path = typer.Argument(..., help="A JSONL prompt file: one object per line with at least "
-                                                  "'prompt' (optional 'target', 'family', 'id', 'scorer').")) -> None:
-    """Check a custom prompt file strictly; every problem names the file, line and field."""
+                                                  "'prompt' (optional 'target', 'family', 'id', 'scorer')."),
+             model: str = typer.Option(None, "--model", help="Also render every prompt for this model (registry key "
+                                                            "or local HF directory) and check its token count "
+                                                            "against the model's context and "
+                                                            "$MI_ATLAS_MAX_PROMPT_TOKENS."),
+             template: str = typer.Option("auto", "--template", help="With --model: auto | chat | none.")) -> None:
+    """Check a custom prompt file strictly; every problem names the file, line and field (with --model: also
+    the token length of every prompt, as every forward pass checks it)."""
+    from rich.markup import escape
+
     from engine.tasks import SuiteError, load_prompts
 
     try:
         examples = load_prompts(file)
     except SuiteError as exc:
         _fail(str(exc))
+    longest = ""
+    if model is not None:
+        longest = _check_lengths(model, examples, template)
     with_target = sum(ex.scorer != "none" for ex in examples)
     families = Counter(ex.family for ex in examples)
-    console.print(f"[green]ok[/]: {file}: {len(examples)} prompts, {with_target} with a target, "
+    console.print(f"[green]ok[/]: {escape(str(file))}: {len(examples)} prompts, {with_target} with a target, "
                   f"{sum(ex.corrupt is not None for ex in examples)} clean/corrupt pairs; families: "
-                  + ", ".join(f"{f} {n}" for f, n in families.items()))
+                  + ", ".join(f"{f} {n}" for f, n in families.items()) + longest, soft_wrap=True)
+
+
+def _check_lengths(model, examples, template: str, loaded=None) -> str:
+    """Render ``examples`` (and their corrupt prompts) for ``model`` as ``encode`` does and check each token
+    count against the limit; a failure exits 2 with the one-line error. Returns a note on the longest prompt."""
+    from dataclasses import replace
+
+    import torch
+
+    from engine import models
+    from engine.interventions import InterventionError
+    from engine.interventions.batch import check_prompts, prompt_token_limit
+    from engine.tasks import SuiteError
+    from engine.tasks.examples import example_source
+
+    lm = loaded
+    try:
+        if lm is None:
+            lm = models.load(model, device="cpu" if not torch.cuda.is_available() else None)
+        inputs = list(examples)
+        for ex in examples:  # corrupt prompts are forward-passed too; errors still name the source line
+            if ex.corrupt is not None:
+                copy = replace(ex, id=f"{ex.id}/corrupt", prompt=ex.corrupt, target=ex.corrupt_target or "")
+                if example_source(ex):
+                    object.__setattr__(copy, "_source", example_source(ex) + ", field 'corrupt'")
+                inputs.append(copy)
+        counts = check_prompts(lm, inputs, template=template)
+        limit = prompt_token_limit(lm)[0]
+    except (models.ModelError, InterventionError, SuiteError) as exc:
+        _fail(str(exc))
+    finally:
+        if loaded is None and lm is not None:
+            models.free(lm)
+    return f"; {lm.key}: longest prompt {max(counts)} tokens (limit {limit})"

@@ -1,6 +1,6 @@
 """Measurement procedures of the atlas claims (block ``atlas``), each under the two protocols.
 
-Every claim of the block is measured twice (``/work/shared/seed-protocols.md``):
+Every claim of the block is measured twice (under the seed-protocols document of the project brief):
 
 * **seed protocol** - the seed research's own method, faithfully: the decoder layer's *output* (the whole
   residual stream after layer l) is zeroed; KL(clean || ablated) of the next-token distribution at the last
@@ -43,6 +43,7 @@ from engine.atlas import Atlas, atlas
 from engine.interventions import (
     Ablate, InterventionError, capture, clean_run, edit_residual, encode, run_from, Site,
 )
+from engine.interventions import methods as ablation_methods
 
 SEEDS: tuple[int, ...] = (42, 137, 256)
 TEMPLATE = "none"
@@ -687,7 +688,7 @@ def seed_mean_ablation_effects(lm, examples) -> tuple[list[float], int, int]:
             hook, state = seed_hook(None)
             handle = layers[l].register_forward_hook(hook)
             try:
-                edited = run_from(lm, run, l, run.resid[l])
+                edited = run.rerun(start=l)  # the clean suffix from layer l, under the seed's own hook
             finally:
                 handle.remove()
             fired += int(state["fired"])
@@ -749,13 +750,13 @@ def rigorous_mean_ablation(lm, sizes: Sizes, params: Mapping[str, Any], seed: in
     order of the layer profiles. Runs on the NL stratified sample (short prompts; the HUB-NL zero atlas is reused).
     """
     profiles = {m: np.asarray(rigorous_atlas(lm, sizes, seed, suite="nl", method=m).layer_effect)
-                for m in ("zero", "mean", "resample", "noise")}
+                for m in ablation_methods.names()}  # every registered method (built-ins: zero, mean, resample, noise)
     sample = stratified_sample(seed, sizes.nl_per_family, suite="nl")
     ratios = residual_mean_ratios(lm, sample, sizes.batch_size)
     # the first token is one vector per prompt (often a near-constant attention sink): judged apart
     body_ratio = float(np.median(ratios["body"]))
     mean_max = float(profiles["mean"].max())
-    rhos = {m: _rho(profiles["zero"], profiles[m]) for m in ("mean", "resample", "noise")}
+    rhos = {m: _rho(profiles["zero"], profiles[m]) for m in profiles if m != "zero"}
     rho_min = None if rhos["mean"] is None or rhos["resample"] is None else min(rhos["mean"], rhos["resample"])
     destructive = float(profiles["zero"].sum() / profiles["mean"].sum()) if profiles["mean"].sum() > 0 else None
     parts = _abl_parts(body_ratio, mean_max, rho_min, destructive, params)

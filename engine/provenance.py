@@ -1,0 +1,34 @@
+"""What computed a result: the engine version string and a fingerprint of the engine's code.
+
+A static version string does not change when the code does, so every cache key also carries
+:func:`code_fingerprint`: the SHA-256 of every ``engine/**/*.py`` file (path and bytes). Any edit of the engine
+makes every earlier cached result unreachable; nothing is ever served from code that did not compute it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+from engine import ENGINE_VERSION
+
+ENGINE_ROOT = Path(__file__).resolve().parent
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """16 hex digits of the SHA-256 over the engine's Python sources (sorted paths, length-prefixed bytes)."""
+    digest = hashlib.sha256()
+    for path in sorted(ENGINE_ROOT.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        data = path.read_bytes()
+        name = path.relative_to(ENGINE_ROOT).as_posix().encode()
+        digest.update(len(name).to_bytes(4, "big") + name + len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()[:16]
+
+
+def engine_identity() -> dict[str, str]:
+    """``{"engine_version": ..., "engine_code": ...}``: part of every cache key and every run's provenance."""
+    return {"engine_version": ENGINE_VERSION, "engine_code": code_fingerprint()}
