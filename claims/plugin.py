@@ -46,7 +46,9 @@ a list or joined with "+": ``model=["qwen2.5-coder-0.5b", "qwen2.5-0.5b"]``).
 Outcomes
 --------
 CONFIRMED passes; FAILED fails with the figures in the message; REVISED passes with the status word REVISED and a
-``ClaimRevisedWarning`` (fails under ``--claims-strict``); UNTESTED is a skip whose reason starts with "UNTESTED:".
+``ClaimRevisedWarning`` (fails under ``--claims-strict``); INCONCLUSIVE is not a pass: its own status word, letter
+``I`` and count in the summary (fails under ``--claims-strict``); UNTESTED is a skip whose reason starts with
+"UNTESTED:". A test that records fewer protocols than it declares fails, naming the missing ones.
 A gpu-tier claim without CUDA (unless ``--allow-cpu-gpu-tier``) or without its weights is UNTESTED before any
 fixture runs, so it is listed in the table, never silently absent. A claim test that records nothing fails; an
 exception in a claim test is an error, as in any test.
@@ -314,7 +316,15 @@ def _apply_verdicts(rep: pytest.TestReport, recorder: Recorder, strict: bool) ->
         rep.longrepr = (f"claim test {recorder.claim.id} on {recorder.model} recorded no verdict: call "
                         "claim.record(...) for each protocol measured, or claim.untested(reason)")
         return
-    failing = [r for r in records if r.verdict is Verdict.FAILED or (strict and r.verdict is Verdict.REVISED)]
+    missing = recorder.unrecorded
+    if missing:
+        rep.outcome = "failed"
+        rep.longrepr = (f"claim test {recorder.claim.id} on {recorder.model} recorded no verdict for protocol(s) "
+                        f"{', '.join(missing)} that the claim declares: record each (or claim.untested(reason, "
+                        f"protocols=[...]) with the reason it cannot run)")
+        return
+    strict_fail = (Verdict.REVISED, Verdict.INCONCLUSIVE)
+    failing = [r for r in records if r.verdict is Verdict.FAILED or (strict and r.verdict in strict_fail)]
     if failing:
         rep.outcome = "failed"
         rep.longrepr = "\n".join(_failure_text(r) for r in failing)
@@ -322,7 +332,7 @@ def _apply_verdicts(rep: pytest.TestReport, recorder: Recorder, strict: bool) ->
 
 def _failure_text(r: VerdictRecord) -> str:
     head = f"{r.claim_id} on {r.model} [{r.protocol}]: {r.verdict.value}"
-    if r.verdict is Verdict.REVISED:
+    if r.verdict in (Verdict.REVISED, Verdict.INCONCLUSIVE):
         head += " (fails under --claims-strict)"
     figures = "; ".join(f"{k} = {verdicts.fmt(v, 120)}" for k, v in r.figures.items())
     ci = "; ".join(f"{k} CI [{verdicts.fmt(lo)}, {verdicts.fmt(hi)}]" for k, (lo, hi) in r.ci.items())
@@ -331,6 +341,8 @@ def _failure_text(r: VerdictRecord) -> str:
         lines.append(f"  intervals: {ci}")
     if r.seeds:
         lines.append(f"  seeds: {r.seeds}")
+    if r.n_to_decide:
+        lines.append(f"  projected to decide at ~{r.n_to_decide} examples per family")
     return "\n".join(lines)
 
 
@@ -339,11 +351,14 @@ def _records_of(rep) -> list[VerdictRecord]:
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
-    """Status words of claim tests: REVISED (yellow) or CONFIRMED for a pass, UNTESTED for a skip."""
+    """Status words of claim tests: INCONCLUSIVE (its own count and letter: not a pass), REVISED (yellow) or
+    CONFIRMED for a pass, UNTESTED for a skip."""
     verdicts = {r.verdict for r in _records_of(report)}
     if not verdicts:
         return None
     if report.when == "call" and report.passed:
+        if Verdict.INCONCLUSIVE in verdicts:
+            return "inconclusive", "I", ("INCONCLUSIVE", {"cyan": True})
         if Verdict.REVISED in verdicts:
             return "revised", "R", ("REVISED", {"yellow": True})
         return "passed", ".", ("CONFIRMED", {"green": True})
@@ -424,6 +439,7 @@ class ClaimsSession:
         counts = self.run.counts()
         tr.write_line("claims: " + ", ".join(f"{n} {v}" for v, n in counts.items())
                       + " (per claim x model x protocol)")
+        tr.write_line(results.decision_summary(self.run.records))
         if self.run.changes:
             tr.write_line(f"changes since the baseline ({self.root / results.BASELINES_DIR}):", yellow=True,
                           bold=True)
@@ -446,5 +462,6 @@ VERDICT_MARKUP = {
     Verdict.CONFIRMED.value: {"green": True, "bold": True},
     Verdict.REVISED.value: {"yellow": True, "bold": True},
     Verdict.FAILED.value: {"red": True, "bold": True},
+    Verdict.INCONCLUSIVE.value: {"cyan": True, "bold": True},
     Verdict.UNTESTED.value: {"purple": True},
 }

@@ -21,12 +21,12 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from filelock import FileLock
 
+from engine.files import PRIVATE, temp_prefix, write_atomic
 from engine.provenance import engine_identity
 
 FORMAT = 1
@@ -88,7 +88,7 @@ def _read(path: Path, key: dict, warn: bool = True) -> tuple[bool, Any]:
 
 def _remove_orphans(path: Path) -> None:
     """Delete temp files of ``path`` left by a killed writer (call only while holding the entry's lock)."""
-    for orphan in path.parent.glob(f".{path.name}.*"):
+    for orphan in path.parent.glob(temp_prefix(path) + "*"):
         try:
             orphan.unlink()
         except OSError:
@@ -100,16 +100,7 @@ def _write(path: Path, key: dict, payload: Any) -> None:
     entry = {"key": key, "checksum": hashlib.sha256(text.encode()).hexdigest(), "payload": json.loads(text)}
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(entry, handle, sort_keys=True, allow_nan=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, json.dumps(entry, sort_keys=True, allow_nan=True), mode=PRIVATE)  # owner-only, fsynced
 
 
 def lookup(key_parts: dict, root: Path | None = None) -> tuple[bool, Any]:

@@ -1,4 +1,4 @@
-"""What computed a result: the engine version string and a fingerprint of the engine's code.
+"""What computed a result: the engine version string, a fingerprint of the engine's code, package versions.
 
 A static version string does not change when the code does, so every cache key also carries
 :func:`code_fingerprint`: the SHA-256 of every ``engine/**/*.py`` file (path and bytes). Any edit of the engine
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
+from typing import Iterable
 
 from engine import ENGINE_VERSION
 
@@ -32,3 +34,15 @@ def code_fingerprint() -> str:
 def engine_identity() -> dict[str, str]:
     """``{"engine_version": ..., "engine_code": ...}``: part of every cache key and every run's provenance."""
     return {"engine_version": ENGINE_VERSION, "engine_code": code_fingerprint()}
+
+
+def package_versions(names: Iterable[str], *, missing: str | None = None) -> dict[str, str | None]:
+    """``{name: installed version}`` for each distribution in ``names`` (in order); ``missing`` for one that is
+    not installed (a run's provenance records None, the quant study's cache key records "absent")."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = missing
+    return out

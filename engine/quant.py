@@ -43,6 +43,7 @@ import torch
 from engine import interventions as iv
 from engine import memory, models
 from engine import steering as st
+from engine.provenance import package_versions
 
 
 class QuantError(RuntimeError):
@@ -111,16 +112,9 @@ def weights_fingerprint(key: str) -> str:
 
 
 def backend_versions() -> dict[str, str]:
-    """torch / transformers / bitsandbytes versions (part of the quant study's cache key: kernels change)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("torch", "transformers", "bitsandbytes"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "absent"
-    return out
+    """torch / transformers / bitsandbytes versions (part of the quant study's cache key: kernels change);
+    "absent" for one that is not installed."""
+    return package_versions(("torch", "transformers", "bitsandbytes"), missing="absent")
 
 
 # --------------------------------------------------------------------------------------------- QUANT-KL

@@ -21,19 +21,18 @@ import platform
 import socket
 import subprocess
 import sys
-import tempfile
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from filelock import FileLock
 
-from engine.provenance import engine_identity
+from engine.files import write_atomic  # claims.json, report.md, baselines: mode 0o644, fsynced
+from engine.provenance import engine_identity, package_versions
 from engine.verdicts import Catalogue, Tolerance, Verdict, VerdictRecord, fmt, is_number, is_number_list
 
 RUNS_DIR = "runs"
@@ -66,12 +65,7 @@ def git_commit(cwd: str | Path = ".") -> str:
 
 def provenance() -> dict[str, Any]:
     """What makes a run reproducible besides the records: versions, machine, python."""
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = package_versions(PACKAGES)  # a package that is not installed: None
     return {**engine_identity(), "python": sys.version.split()[0], "platform": platform.platform(),
             "machine": socket.gethostname(), "cpu_count": os.cpu_count(), "packages": versions}
 
@@ -81,22 +75,6 @@ def utc_now() -> datetime:
 
 
 # ------------------------------------------------------------------------------------------------ files
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically: a reader sees the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def append_registry(root: Path, record: VerdictRecord | Mapping[str, Any]) -> None:
@@ -453,17 +431,21 @@ class Row:
 
 
 def summary_rows(records: Iterable[VerdictRecord]) -> list[Row]:
-    """Rows sorted by claim and model; seed and rigorous verdicts of one claim x model share a row."""
+    """Rows sorted by claim and model; seed and rigorous verdicts of one claim x model share a row.
+
+    Records are taken in (claim, model, test, protocol order) order, so the rows do not depend on the order in
+    which xdist workers delivered them."""
     rows: list[Row] = []
     open_rows: dict[tuple[str, str], Row] = {}
-    for record in records:
+    order = {p: i for i, p in enumerate(("seed", "rigorous"))}
+    for record in sorted(records, key=lambda r: (r.claim_id, r.model, r.test, order.get(r.protocol, 9))):
         row = open_rows.get(record.row_key)
         if row is None or record.protocol in row.by_protocol:  # a repeated protocol starts a new row
             row = Row(record.claim_id, record.model, record.tier, {})
             rows.append(row)
             open_rows[record.row_key] = row
         row.by_protocol[record.protocol] = record
-    return sorted(rows, key=lambda row: (row.claim_id, row.model))  # stable: repeated rows keep arrival order
+    return rows
 
 
 def protocols_of(records: Iterable[VerdictRecord]) -> list[str]:
@@ -485,6 +467,43 @@ def table_cells(records: list[VerdictRecord]) -> tuple[list[str], list[list[str]
 # ------------------------------------------------------------------------------------------------ markdown
 
 
+def decision_summary(records: Iterable[VerdictRecord]) -> str:
+    """One line: the INCONCLUSIVE share of the decided records and the expected number of false confirmations
+    (the sum, over every calibrated decision, of its primitive's false-confirm bound)."""
+    from engine.decisions import FALSE_CONFIRM_BOUND
+
+    records = [r for r in records if r.verdict is not Verdict.UNTESTED]
+    if not records:
+        return "decisions: none (every record UNTESTED)"
+    inconclusive = sum(r.verdict is Verdict.INCONCLUSIVE for r in records)
+    calibrated = [e for r in records for e in r.evidence]
+    expected = sum(FALSE_CONFIRM_BOUND.get(e.get("primitive"), 0.05) for e in calibrated)
+    legacy = sum(not r.evidence for r in records)
+    text = (f"decisions: {inconclusive} of {len(records)} INCONCLUSIVE ({inconclusive / len(records):.0%}); "
+            f"expected false confirmations <= {expected:.2f} over {len(calibrated)} calibrated decision(s)")
+    if legacy:
+        text += f"; {legacy} record(s) decided by a rule without calibrated evidence"
+    return text
+
+
+def recompute_run(run: Run, catalogue: Catalogue) -> list[tuple[VerdictRecord, Verdict | None, str]]:
+    """Every record's verdict decided again from its stored evidence: (record, recomputed or None, note)."""
+    from engine.verdicts import recompute
+
+    out = []
+    for r in run.records:
+        if r.claim_id not in catalogue:
+            out.append((r, None, f"claim {r.claim_id} is not in {catalogue.path}"))
+            continue
+        claim = catalogue[r.claim_id]
+        note = ""
+        if r.catalogue_sha256 and claim.catalogue_sha256 != r.catalogue_sha256:
+            note = f"catalogue changed since the run ({r.catalogue_sha256[:12]} -> {claim.catalogue_sha256[:12]})"
+        verdict = recompute(r, claim)
+        out.append((r, verdict, note or ("no stored evidence: decided by a bare rule" if verdict is None else "")))
+    return out
+
+
 def render_markdown(run: Run) -> str:
     """report.md: provenance, the summary table, changes since the baseline, one paragraph per claim x model."""
     meta = run.meta
@@ -498,7 +517,8 @@ def render_markdown(run: Run) -> str:
     if meta.get("interrupted"):
         lines += ["", f"**Interrupted run**: it ended before writing {RUN_FILE}; these are the verdicts it had "
                       f"appended to {REGISTRY_FILE}, without a baseline comparison."]
-    lines += ["", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".", ""]
+    lines += ["", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".",
+              "", decision_summary(run.records) + ".", ""]
     header, body = table_cells(run.records)
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
@@ -536,6 +556,19 @@ def _paragraph(protocol: str, r: VerdictRecord) -> str:
     if extra_ci:
         text += " Intervals: " + "; ".join(f"{n} [{fmt(r.ci[n][0])}, {fmt(r.ci[n][1])}]" for n in extra_ci) + "."
     text += f" Expectation: {r.expectation}."
+    for e in r.evidence:
+        part = f"{e['part']}: " if e.get("part") else ""
+        text += f" Decision ({part}{e.get('primitive')}, n {e.get('n')} over {e.get('n_strata')} families): " \
+                f"{e.get('statement')} -> {e.get('outcome')}."
+    if r.verdict is Verdict.INCONCLUSIVE and r.n_to_decide:
+        text += f" A power projection from the observed variance expects ~{r.n_to_decide} examples per family " \
+                f"to decide."
+    if r.thresholds:
+        text += " Thresholds: " + ", ".join(f"{k} = {fmt(v)}" for k, v in r.thresholds.items()) + "."
+    if r.plan:
+        text += f" Plan {r.plan}."
+    if r.catalogue_sha256:
+        text += f" Catalogue sha256 {r.catalogue_sha256[:12]}."
     if r.seeds:
         text += f" Seeds {', '.join(map(str, r.seeds))}."
     if r.suite_hash:

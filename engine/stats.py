@@ -73,16 +73,8 @@ def stratified_bootstrap(values: np.ndarray, groups: Sequence[str], statistic: C
     data = tuple(np.arange(len(idx)) for idx in index.values())
     if all(len(d) < 2 for d in data):  # nothing to resample
         return Interval(estimate, estimate, estimate, confidence)
-    for method in ("BCa", "percentile"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # degenerate distributions are handled below
-            result = _st.bootstrap(data, stat, n_resamples=n_resamples, vectorized=True, paired=False,
-                                   confidence_level=confidence, method=method, rng=np.random.default_rng(seed))
-        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
-        if np.isfinite(low) and np.isfinite(high):
-            return Interval(estimate, low, high, confidence)
-    # a constant bootstrap distribution: every resample gives the estimate
-    return Interval(estimate, estimate, estimate, confidence)
+    return _bca_or_percentile(data, stat, estimate, confidence=confidence, n_resamples=n_resamples, seed=seed,
+                              vectorized=True, paired=False)
 
 
 def gap_ci(values: np.ndarray, groups: Sequence[str], a: int, b: int, **kwargs) -> Interval:
@@ -102,11 +94,19 @@ def bootstrap_ci(sample: Sequence[float], statistic: Callable = np.mean, *, conf
     estimate = float(statistic(sample))
     if sample.size < 2 or np.all(sample == sample[0]):
         return Interval(estimate, estimate, estimate, confidence)
+    return _bca_or_percentile((sample,), statistic, estimate, confidence=confidence, n_resamples=n_resamples,
+                              seed=seed)
+
+
+def _bca_or_percentile(data: tuple, statistic: Callable, estimate: float, *, confidence: float, n_resamples: int,
+                       seed: int, **options) -> Interval:
+    """``scipy.stats.bootstrap`` CI around ``estimate``: BCa, percentile where BCa is undefined, and the estimate
+    itself where neither is (a constant bootstrap distribution: every resample gives the estimate)."""
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result = _st.bootstrap((sample,), statistic, n_resamples=n_resamples, confidence_level=confidence,
-                                   method=method, rng=np.random.default_rng(seed))
+            warnings.simplefilter("ignore")  # degenerate distributions are handled here
+            result = _st.bootstrap(data, statistic, n_resamples=n_resamples, confidence_level=confidence,
+                                   method=method, rng=np.random.default_rng(seed), **options)
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
         if np.isfinite(low) and np.isfinite(high):
             return Interval(estimate, low, high, confidence)
@@ -114,7 +114,12 @@ def bootstrap_ci(sample: Sequence[float], statistic: Callable = np.mean, *, conf
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """Spearman rank correlation and its p-value (scipy); NaN when either input is constant."""
+    """Spearman rank correlation and its p-value (``scipy.stats.spearmanr``): the engine's one Spearman.
+
+    Constant input (either side) has no rank order, so the correlation is undefined: ``(nan, nan)``, and scipy's
+    ``ConstantInputWarning`` is not raised. A NaN in either input propagates (``(nan, nan)`` too). Callers that
+    record a figure use :func:`rank_rho`, which says what an undefined correlation is recorded as.
+    """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"spearman: shapes differ {a.shape} vs {b.shape}")
@@ -122,6 +127,14 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
         return float("nan"), float("nan")
     result = _st.spearmanr(a, b)
     return float(result.statistic), float(result.pvalue)
+
+
+def rank_rho(a: Sequence[float], b: Sequence[float], *, undefined: float | None = None) -> float | None:
+    """The Spearman rho of :func:`spearman` as a recordable figure (JSON has no NaN): ``undefined`` where rho is
+    undefined (constant or NaN input). The atlas studies record None there; LOCKIN records 0.0 ("no agreement"),
+    as its committed runs always have."""
+    rho, _ = spearman(a, b)
+    return rho if np.isfinite(rho) else undefined
 
 
 def top_two(values: np.ndarray) -> tuple[int, int]:

@@ -12,13 +12,22 @@ A claim test measures something and hands it to a :class:`Recorder` (in pytest: 
               (``revised=True, reason=...``);
 * CONFIRMED - the rule holds and, where the seed gives a numeric figure for this model, the measurement is within
               tolerance of it (on the cpu tier the seed gives none, so the rule alone decides);
+* INCONCLUSIVE - the data cannot decide at this sample size (a CI straddles the decision boundary, a
+              precondition did not hold, a part of the rule the protocol cannot test): the record names what
+              could not be decided and the sample size a power projection expects to decide. Never a pass.
 * UNTESTED  - the claim cannot run here (no weights, no GPU, budget), with the reason. Never a pass.
+
+``holds`` is either a bool (the rule's falsifier fired or not) or what :mod:`engine.decisions` decided: one
+:class:`~engine.decisions.Evidence` (for / against / undecided), or a mapping of named parts to evidence for a
+claim with several parts (all for: CONFIRMED; some for and some against: REVISED; all against: FAILED; any
+undecided: INCONCLUSIVE). Evidence keeps its per-example data, so a verdict can be recomputed offline.
 
 Nothing here imports pytest: the plugin (``claims/plugin.py``) maps verdicts to test outcomes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import tomllib
@@ -50,6 +59,7 @@ class Verdict(str, Enum):
     CONFIRMED = "CONFIRMED"
     REVISED = "REVISED"
     FAILED = "FAILED"
+    INCONCLUSIVE = "INCONCLUSIVE"
     UNTESTED = "UNTESTED"
 
 
@@ -98,6 +108,7 @@ class Claim:
     params: Mapping[str, Any] = field(default_factory=dict)
     seed: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # model -> figure -> value
     notes: str = ""
+    catalogue_sha256: str = ""  # of the catalogue file this row was read from (stored in every record)
 
     def seed_figure(self, model: str, figure: str) -> Any:
         """The seed's figure for ``model`` (None where the seed gives none, e.g. every cpu-tier model)."""
@@ -184,8 +195,10 @@ def parse_catalogue(text: str, where: str = "<catalogue>") -> Catalogue:
     default_tolerance = _tolerance(head.get("default_tolerance", {"abs": 0.0}),
                                    f"{where}: [catalogue] default_tolerance")
     claims: dict[str, Claim] = {}
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     for index, row in enumerate(data.get("claim", []), start=1):
-        claim = _claim(row, f"{where}: claim #{index} ({row.get('id', 'no id')})", blocks)
+        claim = replace(_claim(row, f"{where}: claim #{index} ({row.get('id', 'no id')})", blocks),
+                        catalogue_sha256=digest)
         if claim.id in claims:
             raise ClaimError(f"{where}: claim id {claim.id!r} appears twice")
         claims[claim.id] = claim
@@ -290,6 +303,11 @@ class VerdictRecord:
     seeds: list = field(default_factory=list)
     suite_hash: str | None = None
     notes: str = ""
+    thresholds: dict = field(default_factory=dict)  # every rule parameter the decision used (claims.toml params)
+    evidence: list = field(default_factory=list)  # engine.decisions.Evidence dicts, with their per-example data
+    n_to_decide: int | None = None  # INCONCLUSIVE: examples per family a power projection expects to decide
+    plan: str = ""
+    catalogue_sha256: str = ""
     engine_version: str = ENGINE_VERSION
     git_commit: str = "unknown"
     duration_s: float = 0.0
@@ -331,6 +349,8 @@ class Measurement:
     notes: str = ""
     revised: bool = False
     reason: str = ""
+    undecided: str = ""  # holds could not be decided: what (INCONCLUSIVE)
+    parts: Mapping[str, str] = field(default_factory=dict)  # part name -> "for" | "against" | "undecided"
 
 
 @dataclass(frozen=True)
@@ -357,6 +377,22 @@ def decide(claim: Claim, model: str, m: Measurement) -> Decision:
     compared = Decision(Verdict.CONFIRMED, "", key, m.figures.get(key) if key else None,
                         expected if numeric else None, claim.tolerance_for(key) if numeric else None)
     shown = f"{key} = {fmt(compared.measured)}" if key in m.figures else "the measurement"
+    if m.parts:
+        undecided = [name for name, outcome in m.parts.items() if outcome == "undecided"]
+        held = [name for name, outcome in m.parts.items() if outcome == "for"]
+        if undecided:
+            return replace(compared, verdict=Verdict.INCONCLUSIVE,
+                           reason=f"not decided: part(s) {', '.join(undecided)}" + (f" ({m.undecided})"
+                                                                                    if m.undecided else ""))
+        if not held:
+            return replace(compared, verdict=Verdict.FAILED, reason=f"every part decided against: "
+                                                                     f"{', '.join(m.parts)}")
+        if len(held) < len(m.parts):
+            failed = [name for name in m.parts if name not in held]
+            return replace(compared, verdict=Verdict.REVISED,
+                           reason=f"revised claim: {', '.join(held)} hold; {', '.join(failed)} decided against")
+    elif m.undecided:
+        return replace(compared, verdict=Verdict.INCONCLUSIVE, reason=f"not decided: {m.undecided}")
     if not m.holds:
         return replace(compared, verdict=Verdict.FAILED, reason=f"falsifier fired: {shown}")
     if m.revised:
@@ -369,6 +405,21 @@ def decide(claim: Claim, model: str, m: Measurement) -> Decision:
         return replace(compared, reason=f"rule holds; {versus}, within {tolerance.describe()}")
     return replace(compared, verdict=Verdict.REVISED,
                    reason=f"rule holds, figure revised: {versus} (outside {tolerance.describe()})")
+
+
+def recompute(record: VerdictRecord, claim: Claim) -> Verdict | None:
+    """The record's verdict decided again offline from its stored evidence (per-example data + parameters);
+    None for a record decided without evidence (a bare ``holds`` bool) or UNTESTED: nothing to recompute."""
+    from engine.decisions import recompute as redo
+
+    if record.verdict is Verdict.UNTESTED or not record.evidence:
+        return None
+    evidence = {e.get("part", ""): redo(e) for e in record.evidence}
+    holds, _, undecided, parts, _ = _read_holds(evidence if len(evidence) > 1 or "" not in evidence
+                                                else evidence[""], claim.id)
+    measurement = Measurement(protocol=record.protocol, figures=record.figures, holds=holds, key=record.key,
+                              undecided=undecided, parts=parts)
+    return decide(claim, record.model, measurement).verdict
 
 
 def fmt(value: Any, limit: int = 60) -> str:
@@ -439,27 +490,27 @@ class Recorder:
     def seed_figures(self) -> Mapping[str, Any]:
         return self.target.claim.seed.get(self.target.model, {})
 
-    def record(self, protocol: str, figures: Mapping[str, Any], holds: bool, *, key: str | None = None,
+    def record(self, protocol: str, figures: Mapping[str, Any], holds, *, key: str | None = None,
                expectation: str | None = None, seeds: Iterable[int] = (), suite_hash: str | None = None,
                ci: Mapping[str, Any] | None = None, notes: str = "", revised: bool = False,
-               reason: str = "") -> VerdictRecord:
+               reason: str = "", plan: str = "") -> VerdictRecord:
         """Report what was measured under ``protocol``; returns the verdict record.
 
-        ``holds``: whether the claim's rule holds (False = its falsifier fired). ``key``: the figure compared with
-        the seed's (default: the catalogue's). ``ci``: figure -> (low, high). ``revised=True`` with a ``reason``
-        marks a documented revision (e.g. HUB-BREADTH when both suites give the same hub).
+        ``holds``: whether the claim's rule holds (False = its falsifier fired), or the
+        :class:`~engine.decisions.Evidence` that decided it (undecided evidence gives INCONCLUSIVE), or a mapping
+        of part name -> evidence for a claim with several parts. ``key``: the figure compared with the seed's
+        (default: the catalogue's). ``ci``: figure -> (low, high). ``revised=True`` with a ``reason`` marks a
+        documented revision. ``plan``: the measurement plan whose sizes were used.
         """
         self._check_protocol(protocol)
-        if hasattr(holds, "item"):
-            holds = holds.item()
-        if not isinstance(holds, bool):
-            raise ClaimError(f"{self.claim.id}: holds must be True or False, got {holds!r}")
+        holds, evidence, undecided, parts, n_to_decide = _read_holds(holds, self.claim.id)
         if revised and not reason:
             raise ClaimError(f"{self.claim.id}: revised=True needs a reason (the documented revision)")
         measurement = Measurement(
             protocol=protocol, figures=plain(dict(figures), "figures"), holds=holds, key=key,
             expectation=expectation, seeds=tuple(plain(list(seeds), "seeds")), suite_hash=suite_hash,
             ci=_intervals(ci or {}, self.claim.id), notes=notes, revised=revised, reason=reason,
+            undecided=undecided, parts=parts,
         )
         decision = decide(self.claim, self.model, measurement)
         tolerance = decision.tolerance
@@ -469,7 +520,10 @@ class Recorder:
         record = self._new(protocol, decision.verdict, decision.reason, key=decision.key,
                            measured=decision.measured, expected=decision.expected, expectation=expectation,
                            tolerance=tolerance.to_dict() if tolerance else None, figures=measurement.figures,
-                           ci=measurement.ci, seeds=list(measurement.seeds), suite_hash=suite_hash, notes=notes)
+                           ci=measurement.ci, seeds=list(measurement.seeds), suite_hash=suite_hash, notes=notes,
+                           thresholds=plain(dict(self.claim.params), "params"), evidence=evidence,
+                           n_to_decide=n_to_decide if decision.verdict is Verdict.INCONCLUSIVE else None,
+                           plan=plan, catalogue_sha256=self.claim.catalogue_sha256)
         if decision.verdict is Verdict.REVISED:
             warnings.warn(ClaimRevisedWarning(f"{self.claim.id} on {self.model} ({protocol}): REVISED - "
                                               f"{decision.reason}"), stacklevel=2)
@@ -510,6 +564,30 @@ class Recorder:
         self._clock = now
         self.records.append(record)
         return record
+
+
+def _read_holds(holds, claim_id: str) -> tuple[bool, list[dict], str, dict[str, str], int | None]:
+    """(holds, evidence dicts, what is undecided, part outcomes, projected n) from what a test reported."""
+    from engine.decisions import Evidence, Outcome
+
+    if isinstance(holds, Evidence):
+        return _read_holds({"": holds}, claim_id)[0:2] + (holds.undecided, {}, holds.n_to_decide)
+    if isinstance(holds, Mapping):
+        if not holds or not all(isinstance(v, Evidence) for v in holds.values()):
+            raise ClaimError(f"{claim_id}: holds must be a bool, an Evidence or a mapping of part -> Evidence")
+        outcomes = {str(name): ev.outcome.value for name, ev in holds.items()}
+        evidence = [{"part": str(name), **ev.to_dict()} for name, ev in holds.items()]
+        undecided = "; ".join(f"{name}: {ev.undecided}" if name else ev.undecided
+                              for name, ev in holds.items() if ev.outcome is Outcome.UNDECIDED)
+        projected = [ev.n_to_decide for ev in holds.values() if ev.outcome is Outcome.UNDECIDED and ev.n_to_decide]
+        decided_for = all(ev.outcome is Outcome.FOR for ev in holds.values())
+        parts = outcomes if len(holds) > 1 or "" not in holds else {}
+        return decided_for, evidence, undecided, parts, max(projected) if projected else None
+    if hasattr(holds, "item"):
+        holds = holds.item()
+    if not isinstance(holds, bool):
+        raise ClaimError(f"{claim_id}: holds must be True or False (or Evidence), got {holds!r}")
+    return holds, [], "", {}, None
 
 
 def _intervals(ci: Mapping[str, Any], claim_id: str) -> dict[str, list[float]]:

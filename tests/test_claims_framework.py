@@ -71,6 +71,13 @@ def test_hub_is_stable_across_seeds(claim):
     std = statistics.pstdev(hubs)
     claim.record(protocol="seed", figures={"hub_std": std, "hubs": hubs}, holds=std == 0, seeds=list(effects),
                  suite_hash="example")
+    # The rigorous protocol decides with a calibrated primitive: P(argmax = layer) over stratified resamples.
+    from engine import decisions
+
+    per_example = [[0.1 + 0.01 * (i % 3), 0.9 - 0.01 * (i % 5), 0.2] for i in range(40)]
+    families = [f"fam{i % 4}" for i in range(40)]
+    hub = decisions.argmax(per_example, families)
+    claim.record(protocol="rigorous", figures={"hub_layer": hub.estimate}, holds=hub, seeds=[42])
 '''
 
 # One test per verdict path and outcome, on the test catalogue.
@@ -293,8 +300,10 @@ def test_example_claim_test_is_confirmed(pytester):
     result.stdout.fnmatch_lines(["*test_hub_is_stable_across_seeds CONFIRMED*",
                                  "*MI-Atlas claims*",
                                  "HUB-SEEDS*smollm2-135m*cpu*CONFIRMED*hub_std = 0 (seed)*"])
-    (record,) = run_file(pytester.path / "results")["records"]
-    assert record["figures"] == {"hub_std": 0.0, "hubs": [1, 1, 1]} and record["seeds"] == [42, 137, 256]
+    seed, rigorous = sorted(run_file(pytester.path / "results")["records"], key=lambda r: r["protocol"] != "seed")
+    assert seed["figures"] == {"hub_std": 0.0, "hubs": [1, 1, 1]} and seed["seeds"] == [42, 137, 256]
+    assert rigorous["verdict"] == "CONFIRMED" and rigorous["evidence"][0]["primitive"] == "argmax"
+    assert rigorous["evidence"][0]["data"]["groups"][:2] == ["fam0", "fam1"] and rigorous["catalogue_sha256"]
 
 
 def test_outcomes_summary_and_result_files(pytester):
@@ -317,7 +326,7 @@ def test_outcomes_summary_and_result_files(pytester):
         "T-FIG*gemma3-270m*cpu*REVISED*UNTESTED*figure = 4 (seed)*",
         "T-FIG*smollm2-135m*cpu*CONFIRMED*REVISED*figure = 10.4 (seed) | 7.5 (rigorous) vs seed figure 10 ±1*",
         "T-FIG*smollm2-135m*cpu*FAILED*UNTESTED*",
-        "claims: 1 CONFIRMED, 2 REVISED, 1 FAILED, 2 UNTESTED*",
+        "claims: 1 CONFIRMED, 2 REVISED, 1 FAILED, 0 INCONCLUSIVE, 2 UNTESTED*",
     ])
     root = pytester.path / "results"
     data = run_file(root)
@@ -414,7 +423,7 @@ def test_summary_under_xdist_is_written_once_by_the_controller(pytester):
     result.stdout.fnmatch_lines([
         "*MI-Atlas claims*",
         "T-FIG*smollm2-135m*cpu*CONFIRMED*REVISED*",
-        "claims: 1 CONFIRMED, 2 REVISED, 1 FAILED, 2 UNTESTED*",
+        "claims: 1 CONFIRMED, 2 REVISED, 1 FAILED, 0 INCONCLUSIVE, 2 UNTESTED*",
     ])
     assert result.stdout.str().count("MI-Atlas claims") == 1
     root = pytester.path / "results"
@@ -619,3 +628,91 @@ def test_baseline_flips_and_moved_figures_are_reported(pytester, monkeypatch):
     assert missing.exit_code == 2 and "no-such-run" in missing.output
     assert pytest_command(["-m", "cpu"])[-3:-2] == [str(Path(__file__).parents[1] / "claims")]
     assert pytest_command(["claims/test_atlas.py::test_x"])[-1] == "claims/test_atlas.py::test_x"
+
+
+# ------------------------------------------------------------------------------------------------ INCONCLUSIVE
+
+INCONCLUSIVE = '''
+import numpy as np
+import pytest
+
+from engine import decisions
+
+
+def _straddling():
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal(40)
+    return values - values.mean() + 0.15, [f"fam{i % 4}" for i in range(40)]  # CI spans 0 and delta
+
+
+@pytest.mark.claim("T-FIG", model="smollm2-135m")
+def test_undecided(claim):
+    values, groups = _straddling()
+    evidence = decisions.greater(values, groups, delta=0.3, label="figure gap")
+    claim.record("seed", {"figure": 10.0}, holds=evidence)
+    parts = {"near_zero": decisions.greater(values + 2.0, groups, delta=0.3), "all_zero": evidence}
+    claim.record("rigorous", {"figure": 10.0}, holds=parts)
+
+
+@pytest.mark.claim("T-FIG", model="gemma3-270m")
+def test_one_protocol_of_two(claim):
+    claim.record("seed", {"figure": 10.0}, holds=True)
+'''
+
+
+def run_subprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """An inner session in its own process (scipy and numpy cannot be re-imported by an inline run)."""
+    return pytester.runpytest_subprocess("-p", "claims.plugin", f"--claims-results={pytester.path / 'results'}",
+                                         "-p", "no:xdist", *QUIET, *args)
+
+
+def test_inconclusive_is_its_own_outcome_everywhere(pytester):
+    import subprocess
+    import sys
+
+    pytester.makepyfile(test_inconclusive=INCONCLUSIVE)
+    catalogue = write_catalogue(pytester)
+    result = run_subprocess(pytester, catalogue, "-v")
+    assert outcomes(result) == {"inconclusive": 1, "failed": 1}, result.stdout.str()  # not a pass
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # the test that recorded one protocol of two fails
+    result.stdout.fnmatch_lines_random([
+        "*test_undecided INCONCLUSIVE*",
+        "*recorded no verdict for protocol(s) rigorous that the claim declares*",
+        "claims: 1 CONFIRMED, 0 REVISED, 0 FAILED, 2 INCONCLUSIVE, 0 UNTESTED*",
+        "decisions: 2 of 3 INCONCLUSIVE (67%)*",
+    ])
+    root = pytester.path / "results"
+    records = {(r["model"], r["protocol"]): r for r in run_file(root)["records"]}
+    seed = records[("smollm2-135m", "seed")]
+    assert seed["verdict"] == "INCONCLUSIVE" and "straddles the decision boundary" in seed["reason"]
+    assert seed["n_to_decide"] and seed["n_to_decide"] > 10 and seed["catalogue_sha256"]
+    assert len(seed["evidence"][0]["data"]["values"]) == 40  # the per-example data the decision used
+    rigorous = records[("smollm2-135m", "rigorous")]
+    assert rigorous["verdict"] == "INCONCLUSIVE" and "all_zero" in rigorous["reason"]
+    assert [r["verdict"] for r in results.read_registry(root)].count("INCONCLUSIVE") == 2
+    report = (root / "latest" / "report.md").read_text()
+    assert "INCONCLUSIVE" in report and "power projection" in report and "Catalogue sha256" in report
+
+    recomputed = subprocess.run([sys.executable, "-c", "from engine.cli import app; app()", "report", "--recompute",
+                                 "--results", str(root), "--catalogue", catalogue.split("=", 1)[1]],
+                                capture_output=True, text=True)
+    assert recomputed.returncode == 0, recomputed.stdout + recomputed.stderr
+    assert "2 verdict(s) recomputed identically, 0 differ" in recomputed.stdout
+
+    strict = run_subprocess(pytester, catalogue, "--claims-strict", "-k", "undecided")
+    assert outcomes(strict) == {"failed": 1, "deselected": 1}
+    strict.stdout.fnmatch_lines(["*INCONCLUSIVE (fails under --claims-strict)*"])
+
+
+def test_a_recomputed_verdict_that_differs_is_reported(tmp_path):
+    from engine import decisions
+    from engine.verdicts import parse_catalogue, recompute
+
+    claim = parse_catalogue(TEST_CATALOGUE)["T-FIG"]
+    recorder = Recorder(Target(claim=claim, model="gemma3-270m", tier="cpu"))
+    values = [1.0 + 0.01 * i for i in range(40)]
+    groups = [f"fam{i % 4}" for i in range(40)]
+    record = recorder.record("seed", {"figure": 1.0}, holds=decisions.greater(values, groups, delta=0.3))
+    assert record.verdict is Verdict.CONFIRMED and recompute(record, claim) is Verdict.CONFIRMED
+    record.evidence[0]["data"]["values"] = [0.0] * 40  # the stored data says otherwise now
+    assert recompute(record, claim) is Verdict.FAILED

@@ -84,10 +84,38 @@ def claims_command(ctx: typer.Context) -> None:
     raise typer.Exit(run_claims(list(ctx.args)))
 
 
+def recompute_text(run: str | None = None, root: Path | None = None,
+                   catalogue: Path | None = None) -> tuple[str, int]:
+    """Each verdict of a run decided again from its stored evidence; (text, number of verdicts that differ)."""
+    root = default_results_root() if root is None else root
+    loaded = results.load_run(root, str(results.run_dir(root, run)))
+    rows = results.recompute_run(loaded, load_catalogue(catalogue))
+    lines, differ, same = [f"recompute {loaded.name}"], 0, 0
+    for record, verdict, note in rows:
+        where = f"{record.claim_id} {record.model} [{record.protocol}]"
+        if verdict is None:
+            if record.verdict.value != "UNTESTED":
+                lines.append(f"  NOT RECOMPUTABLE {where}: {note}")
+        elif verdict is record.verdict:
+            same += 1
+        else:
+            differ += 1
+            lines.append(f"  DIFFERS {where}: recorded {record.verdict.value}, recomputed {verdict.value} {note}")
+    lines.append(f"  {same} verdict(s) recomputed identically, {differ} differ")
+    return "\n".join(lines), differ
+
+
 def report_command(run: str = typer.Argument(None, help="run name or directory (default: latest)"),
-                   results_root: Path = typer.Option(None, "--results", help=RESULTS_HELP)) -> None:
-    """Re-render a run's report.md from its claims.json and print it."""
+                   results_root: Path = typer.Option(None, "--results", help=RESULTS_HELP),
+                   recompute: bool = typer.Option(False, "--recompute", help="decide every verdict again from the "
+                                                  "per-example data stored in the run; exit 1 if one differs"),
+                   catalogue: Path = typer.Option(None, help="claims catalogue (default: the packaged one)")) -> None:
+    """Re-render a run's report.md from its claims.json and print it (or, with --recompute, re-decide it)."""
     try:
+        if recompute:
+            text, differ = recompute_text(run, results_root, catalogue)
+            typer.echo(text)
+            raise typer.Exit(1 if differ else 0)
         typer.echo(render_report(run, results_root), nl=False)
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine import stats
 from engine.models import LoadedModel
 from engine.tasks import Example
 
@@ -73,8 +74,6 @@ class Localisation:
     def last_decile_gap(self, *, statistic: str = "mean", seed: int = 0, n_resamples: int = 2000):
         """Stratified bootstrap CI (over examples, within families) of the last decile's mean per-layer effect
         minus the largest other decile's (``statistic="share"``: the same for the decile sums)."""
-        from engine import stats
-
         if not self.per_example:
             raise LoraError("last_decile_gap needs the per-example effects (localise keeps them)")
         values = np.asarray(self.per_example, dtype=float)
@@ -163,13 +162,6 @@ class LockIn:
         return dict(self.__dict__)
 
 
-def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    from scipy.stats import spearmanr
-
-    value = spearmanr(a, b).statistic
-    return float(value) if np.isfinite(value) else 0.0
-
-
 def lock_in(lm: LoadedModel, run: LoraRun, importance_fn: ImportanceFn, *, k: int = 5,
             threshold: float = 0.8) -> LockIn:
     """Reload every checkpoint of ``run`` on the pristine base and compare its atlas with the final one's.
@@ -201,10 +193,14 @@ def lock_in(lm: LoadedModel, run: LoraRun, importance_fn: ImportanceFn, *, k: in
             lock = fractions[index]
             break
     steps = [run.config.checkpoint_steps()[f] for f in fractions]
+
+    def rho(values: list[float]) -> float:
+        return stats.rank_rho(values, final, undefined=0.0)  # constant importance (the seed protocol): 0.0
+
     return LockIn(fractions=fractions, steps=steps, importance=importance, base_importance=base, k=k,
                   top=[top_k(v, k) for v in importance], overlap=overlap, jaccard=[p[1] for p in pairs],
-                  spearman=[_spearman(v, final) for v in importance], base_overlap=base_pair[0],
-                  base_jaccard=base_pair[1], base_spearman=_spearman(base, final), threshold=threshold,
+                  spearman=[rho(v) for v in importance], base_overlap=base_pair[0],
+                  base_jaccard=base_pair[1], base_spearman=rho(base), threshold=threshold,
                   lock_in_fraction=lock)
 
 

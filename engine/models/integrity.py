@@ -27,10 +27,11 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine.files import PRIVATE, write_atomic
 
 from .errors import ModelError
 from .registry import cache_root
@@ -226,17 +227,9 @@ def identity(directory: Path, *, full: bool = False) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Replace ``path`` with ``text`` atomically (:func:`engine.files.write_atomic`): owner-only and not fsynced,
+    as stamps and manifests always were (one lost to a crash only means a re-hash)."""
+    write_atomic(path, text, mode=PRIVATE, fsync=False)
 
 
 def warn_once(kind: str, message: str) -> None:
