@@ -26,6 +26,8 @@ a list or joined with "+": ``model=["qwen2.5-coder-0.5b", "qwen2.5-0.5b"]``).
   cpu-tier targets (each cpu model, or all cpu models "+"-joined for a multi-model claim). ``protocols=("seed",)``
   restricts the test to some protocols (for a claim whose seed and rigorous measurements are separate tests).
 * ``@pytest.mark.claim(claim_id, model=..., protocols=...)``: the same for one target.
+* ``record_both(claim, seed, rigorous)``: record the two :class:`~engine.studies.findings.Finding` objects a claim
+  study returns (seed first, the plan name from the claim's params): every claim test ends with it.
 * The ``claim`` fixture (an ``engine.verdicts.Recorder``):
     - ``claim.record(protocol, figures, holds, *, key=None, expectation=None, seeds=(), suite_hash=None,
       ci=None, notes="", revised=False, reason="") -> VerdictRecord``, once per protocol. ``figures``: name ->
@@ -85,8 +87,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import verdicts
-from engine import results
+from engine import plans, results, verdicts
+from engine.studies.findings import Finding
 from engine.verdicts import GROUP_SEP, Catalogue, ClaimError, Recorder, Target, Verdict, VerdictRecord
 
 BASE_MARKERS = {
@@ -365,6 +367,29 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
     if report.skipped and verdicts == {Verdict.UNTESTED}:
         return "skipped", "u", ("UNTESTED", {"purple": True})
     return None
+
+
+def record_both(claim: Recorder, seed: Finding, rigorous: Finding) -> None:
+    """Record the two findings on ``claim`` (a :class:`~engine.verdicts.Recorder`; in pytest the ``claim``
+    fixture), seed first, for the protocols the claim's test measures.
+
+    An untested finding becomes an UNTESTED record with its reason and the test goes on. When a finding says
+    ``skip_test``, ``claim.untested(reason, [])`` follows the records: under pytest that skips the test with
+    that reason (a claim that cannot run here at all is a skip); a plain Recorder records nothing more.
+    """
+    if (seed.protocol, rigorous.protocol) != ("seed", "rigorous"):
+        raise ValueError(f"record_both(claim, seed, rigorous) got findings of {seed.protocol!r} and "
+                         f"{rigorous.protocol!r}")
+    wanted = getattr(getattr(claim, "target", None), "protocols", ("seed", "rigorous"))
+    findings = [f for f in (seed, rigorous) if f.protocol in wanted]
+    for f in findings:
+        if f.untested:
+            Recorder.untested(claim, f.untested, [f.protocol])
+        else:
+            claim.record(**f.record(), plan=plans.plan_name(claim.params))
+    skips = [f for f in findings if f.untested and f.skip_test]
+    if skips:
+        claim.untested(skips[-1].untested, [])
 
 
 # ------------------------------------------------------------------------------------------------ session

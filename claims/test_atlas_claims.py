@@ -1,7 +1,7 @@
 """Claims of the atlas block: hubs, hub migration, seeds, NL prompts, suite breadth, positions, ablation methods,
 layer skipping, one atlas per model.
 
-Each test measures its claim under both protocols (``engine.atlas_claims``: ``seed`` = the seed's own method,
+Each test measures its claim under both protocols (``engine.studies.atlas``: ``seed`` = the seed's own method,
 ``rigorous`` = the careful re-measurement) and records one verdict per protocol; when they disagree, both records'
 notes say which step makes the difference. Thresholds and tolerances come from ``engine/data/claims.toml``.
 
@@ -16,8 +16,8 @@ Tolerances (the seed states none; the catalogue's choices, justified here once):
 * ABL-MEAN "all-zero" effects within 0.01 nats; SKIP-ALL overlap 0 exactly, as the seed states.
 
 The cpu tier runs the claims' rules on SmolLM2-135M and Gemma-3-270M with the sizes of
-``atlas_claims.SIZES["cpu"]`` (stated in each record's notes); the gpu tier uses the seed's sizes and is UNTESTED
-without CUDA and the weights (``--allow-cpu-gpu-tier`` runs it on CPU).
+``[plans.default.cpu.atlas]`` in ``engine/data/plans.toml`` (stated in each record's notes); the gpu tier uses the
+seed's sizes and is UNTESTED without CUDA and the weights (``--allow-cpu-gpu-tier`` runs it on CPU).
 """
 
 from __future__ import annotations
@@ -25,17 +25,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from claims.plugin import claim_params
-from engine.studies import atlas as A
+from claims.plugin import claim_params, record_both
 from engine import models
-from engine.tasks import BREADTH_FAMILIES
+from engine.studies import atlas as A
 
 QWEN_SCALES = ["qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b"]
-
-
-def record_both(claim, seed: A.Finding, rigorous: A.Finding) -> None:
-    claim.record(**seed.record())
-    claim.record(**rigorous.record())
 
 
 def gpu_models_here(request, keys) -> list[str]:
@@ -54,10 +48,7 @@ def test_qwen_hub_sits_at_the_seed_layer_for_every_seed(claim, model, load_model
 
     Tolerance: the hub layer exactly (see the module docstring); a tie is no hub.
     """
-    lm = load_model(model)
-    sizes = A.sizes_for(claim.tier)
-    seed, rigorous = A.seed_protocol_hub(lm, sizes), A.rigorous_hub(lm, sizes)
-    A.hub_contrast(seed, rigorous)
+    seed, rigorous = A.hub(load_model(model), A.sizes_for(claim.tier, claim.params))
     record_both(claim, seed, rigorous)
 
 
@@ -68,10 +59,7 @@ def test_smollm2_hub_is_layer_0(claim, model, load_model):
     The rule: the argmax layer must be separated from the runner-up (a tie is no hub). The seed protocol's L0 is
     expected to be argmax's first index over an exact tie (residual zeroing in a bias-free Llama).
     """
-    lm = load_model(claim.models[0])
-    sizes = A.sizes_for(claim.tier)
-    seed, rigorous = A.seed_protocol_hub(lm, sizes), A.rigorous_hub(lm, sizes)
-    A.hub_contrast(seed, rigorous)
+    seed, rigorous = A.hub(load_model(claim.models[0]), A.sizes_for(claim.tier, claim.params))
     record_both(claim, seed, rigorous)
 
 
@@ -82,37 +70,14 @@ def test_code_training_moves_the_hub(claim, model, load_model):
     Seed protocol as the seed ran the coder: 4 families x 10 prompts (the phase-1 families), residual zeroing; the
     base model from the 12-family seed sweep. Tolerance: both hub layers exactly.
     """
-    coder_key, base_key = claim.models
-    sizes = A.sizes_for(claim.tier)
-    coder = load_model(coder_key)
-    coder_seed = A.HubReading.of(A.seed_atlas(coder, sizes, families=BREADTH_FAMILIES, per_family=10))
-    coder_rig = A.HubReading.of(A.rigorous_atlas(coder, sizes))
-    load_model.release(coder_key)
-    base = load_model(base_key)
-    base_seed, base_rig = A.HubReading.of(A.seed_atlas(base, sizes)), A.HubReading.of(A.rigorous_atlas(base, sizes))
-    seed = A.code_moves_hub(coder_seed, base_seed, "seed", "Seed protocol: residual zeroing; coder 4 families x 10 "
-                            f"prompts, base first {sizes.seed_per_family}/family.")
-    rigorous = A.code_moves_hub(coder_rig, base_rig, "rigorous", "Rigorous protocol: layer-contribution ablation, "
-                                f"{sizes.rigorous_per_family}/family, seed 42, separated hubs only.")
-    A.contrast(seed, rigorous, "the coder's seed-protocol hub is a narrow margin (1.9% in the seed) over 4 families; "
-               "with contribution ablation over 12 families and a CI on the gap the comparison changes")
+    seed, rigorous = A.hub_coder(load_model, claim.models, A.sizes_for(claim.tier, claim.params))
     record_both(claim, seed, rigorous)
 
 
 @pytest.mark.parametrize("model", claim_params("HUB-MIGRATE", ["+".join(QWEN_SCALES)]))
 def test_hub_depth_rises_with_qwen_scale(claim, model, load_model):
     """Qwen2.5 hub depth 8% -> 50% -> 94%: strictly increasing with scale. Tolerance: depths within 0.05."""
-    sizes = A.sizes_for(claim.tier)
-    seed_readings, rigorous_readings = {}, {}
-    for key in claim.models:
-        lm = load_model(key)
-        seed_readings[key] = A.HubReading.of(A.seed_atlas(lm, sizes))
-        rigorous_readings[key] = A.HubReading.of(A.rigorous_atlas(lm, sizes))
-        load_model.release(key)
-    seed = A.hub_migration(seed_readings, "seed", "Seed protocol: residual zeroing, argmax must be separated.")
-    rigorous = A.hub_migration(rigorous_readings, "rigorous",
-                               "Rigorous protocol: layer-contribution ablation, seed 42.")
-    A.contrast(seed, rigorous, "the ablation step (residual zeroing -> contribution removal) changes the hubs")
+    seed, rigorous = A.hub_migrate(load_model, claim.models, A.sizes_for(claim.tier, claim.params))
     record_both(claim, seed, rigorous)
 
 
@@ -121,17 +86,10 @@ def test_hub_is_stable_across_seeds_that_resample_the_prompts(claim, model, load
     """The hub does not move across seeds 42, 137, 256 (std 0.0).
 
     The seed protocol's seeds see identical examples (std 0 by construction); the rigorous seeds draw their own
-    stratified samples, and this test checks that the samples differ before it reads the std.
+    stratified samples, and the procedure checks that the samples differ before it reads the std.
     Tolerance: std exactly 0, as claimed.
     """
-    lm = load_model(model)
-    sizes = A.sizes_for(claim.tier)
-    seed, rigorous = A.seed_protocol_hub_seeds(lm, sizes), A.rigorous_hub_seeds(lm, sizes)
-    assert not seed.figures["samples_differ"], "the seed protocol's seeds must reuse the same examples"
-    assert rigorous.figures["samples_differ"] and rigorous.figures["prompt_overlap"] < 1.0, \
-        "the rigorous seeds must resample the prompts"
-    assert len(set(rigorous.figures["suite_hashes"])) == len(A.SEEDS)
-    A.hub_seeds_contrast(seed, rigorous)
+    seed, rigorous = A.hub_seeds(load_model(model), A.sizes_for(claim.tier, claim.params))
     record_both(claim, seed, rigorous)
 
 
@@ -141,13 +99,7 @@ def test_natural_language_prompts_give_the_same_family_hubs(claim, model, load_m
 
     Also reports the NL suite's prompt count and how many of them are unique. Tolerance: agreement within 0.1.
     """
-    lm = load_model(model)
-    sizes = A.sizes_for(claim.tier)
-    threshold = claim.params["agreement_threshold"]
-    seed = A.seed_protocol_nl_agreement(lm, sizes, threshold)
-    rigorous = A.rigorous_nl_agreement(lm, sizes, threshold)
-    assert rigorous.figures["n_unique_prompts"] <= rigorous.figures["n_prompts"]
-    A.nl_contrast(seed, rigorous)
+    seed, rigorous = A.hub_nl(load_model(model), A.sizes_for(claim.tier, claim.params), claim.params)
     record_both(claim, seed, rigorous)
 
 
@@ -158,10 +110,7 @@ def test_hub_location_depends_on_suite_breadth(claim, model, load_model):
     The claim is "can differ": identical hubs on a model make it REVISED there, with the reason.
     Tolerance: both hub layers exactly.
     """
-    lm = load_model(model)
-    sizes = A.sizes_for(claim.tier)
-    seed, rigorous = A.seed_protocol_breadth(lm, sizes), A.rigorous_breadth(lm, sizes)
-    A.contrast(seed, rigorous, "residual zeroing ties every layer in both suites; contribution removal separates them")
+    seed, rigorous = A.hub_breadth(load_model(model), A.sizes_for(claim.tier, claim.params))
     record_both(claim, seed, rigorous)
 
 
@@ -175,22 +124,7 @@ def test_each_model_needs_its_own_atlas(claim, model, load_model, request):
     keys = list(claim.models)
     if claim.tier == "cpu":
         keys += gpu_models_here(request, [k for group in claim.claim.models for k in group.split("+")])
-    sizes = A.sizes_for(claim.tier)
-    seed_readings, rigorous_readings = {}, {}
-    for key in keys:
-        lm = load_model(key)
-        key_sizes = A.sizes_for(models.spec_for(key).tier)
-        seed_readings[key] = A.HubReading.of(A.seed_atlas(lm, key_sizes))
-        rigorous_readings[key] = A.HubReading.of(A.rigorous_atlas(lm, key_sizes))
-        if models.spec_for(key).tier == "gpu":
-            load_model.release(key)
-    tol = claim.params["depth_tolerance"]
-    seed = A.own_atlas(seed_readings, "seed", tol, "Seed protocol: residual zeroing, first "
-                       f"{sizes.seed_per_family}/family; hub = separated argmax.")
-    rigorous = A.own_atlas(rigorous_readings, "rigorous", tol, "Rigorous protocol: layer-contribution ablation, "
-                           f"{sizes.rigorous_per_family}/family, seed 42 (the HUB-SEEDS seed-42 atlas, cached).")
-    A.contrast(seed, rigorous, "residual zeroing gives every bias-free model the same exact tie (argmax L0, no hub); "
-               "contribution removal gives each model its own profile")
+    seed, rigorous = A.own_atlas(load_model, keys, A.sizes_for(claim.tier, claim.params), claim.params)
     record_both(claim, seed, rigorous)
 
 
@@ -204,10 +138,7 @@ def test_answer_positions_dominate_bos_at_every_layer(claim, model, load_model):
     Seed protocol: the last 3 prompt positions (incl. the measured one) vs position 0. Rigorous: one non-measured
     answer-side token vs one BOS token, the measured position reported apart. Tolerance: effects within 25%.
     """
-    lm = load_model(model)
-    sizes = A.sizes_for(claim.tier)
-    seed, rigorous = A.seed_protocol_positions(lm, sizes), A.rigorous_positions(lm, sizes)
-    A.positions_contrast(seed, rigorous)
+    seed, rigorous = A.pos_answer(load_model(model), A.sizes_for(claim.tier, claim.params))
     record_both(claim, seed, rigorous)
 
 
@@ -221,12 +152,7 @@ def test_mean_ablation_and_zero_ablation(claim, model, load_model):
     Each part is measured and reported (figures ``parts``); the claim holds only if every part does.
     Tolerance: mean-ablation effects within 0.01 nats of zero (catalogue).
     """
-    lm = load_model(model)
-    sizes = A.sizes_for(claim.tier)
-    seed = A.seed_protocol_mean_ablation(lm, sizes, claim.params)
-    rigorous = A.rigorous_mean_ablation(lm, sizes, claim.params)
-    assert seed.figures["mean_hook_fired_layers"] == lm.n_layers, "the seed's mean hook must fire at every layer"
-    A.mean_ablation_contrast(seed, rigorous)
+    seed, rigorous = A.abl_mean(load_model(model), A.sizes_for(claim.tier, claim.params), claim.params)
     record_both(claim, seed, rigorous)
 
 
@@ -236,9 +162,5 @@ def test_skipping_any_layers_loses_the_top5_tokens(claim, model, load_model):
 
     Configurations: single layers, early / middle / late third, middle 5, every other layer. Tolerance: 0 exactly.
     """
-    lm = load_model(model)
-    sizes = A.sizes_for(claim.tier)
-    keep = claim.params["keep_threshold"]
-    seed, rigorous = A.seed_protocol_skip(lm, sizes, keep), A.rigorous_skip(lm, sizes, keep)
-    A.skip_contrast(seed, rigorous)
+    seed, rigorous = A.skip_all(load_model(model), A.sizes_for(claim.tier, claim.params), claim.params)
     record_both(claim, seed, rigorous)

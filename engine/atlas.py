@@ -21,38 +21,55 @@ layer, which is not re-run) and applies the final norm and LM head only at measu
 against. Examples are batched by token length (less padding); position ids follow the attention mask, so an
 example's effects do not depend on the batch it shares.
 
+Options: everything besides the model and the examples that the numbers depend on is one frozen
+``AtlasOptions`` (method, component, positions, measure, template, seed, layers, heads, modules, batch_size,
+fast, n_resamples). ``atlas``, ``compute_cell``, ``merge_cells``, ``cache_key`` and ``Job`` take it, or its
+fields as keyword arguments; the cache key is a function of (model identity, suite hash, options).
+
 Splitting: a sweep is a list of ``Cell`` (example rows x layers, ``plan_cells``); ``compute_cell`` computes
 one in any process, ``merge_cells`` assembles the ``Atlas`` (checking every (example, layer) is covered once).
-``make_jobs`` / ``run_job`` turn cells into plain data for executors in other processes or machines
-(``atlas(..., executor=obj)`` with ``obj.map(run_job, jobs)``; see ``engine.executors``).
+A ``Job`` is one atlas as plain data (model key or path, dtype / quant, examples, options, cells): the one
+format the executors run (``engine.executors``, ``atlas(..., executor=obj)``), with one run function
+(``run_cell``, which loads the model once per process through ``engine.models.shared``) and one merge
+(``merge_job``).
 
 API::
 
-    atlas(lm, examples, *, method, component, positions, measure, template, seed, layers, heads, modules,
-          reference, batch_size, fast, cache, n_resamples, progress, executor) -> Atlas
-    replicate(lm, seeds, sampler=None, **atlas_kwargs) -> Replication
+    atlas(lm, examples, options=None, *, reference, cache, progress, executor, **option_fields) -> Atlas
+    replicate(lm, seeds, sampler=None, **atlas_kwargs) -> Replication;  prompt_overlap(samples) -> float
     plan_cells(examples, layers, *, by_family, layer_chunk, max_rows) -> list[Cell]
-    compute_cell(lm, examples, cell, **options) -> CellResult
-    merge_cells(model_or_meta, examples, results, **options) -> Atlas
-    make_jobs(model, examples, cells, **options) -> list[dict];  run_job(job) -> dict
-    cache_key(lm, examples, **options) -> dict
+    compute_cell(lm, examples, cell, options=None, *, reference, progress, **option_fields) -> CellResult
+    merge_cells(model_or_meta, examples, results, options=None, *, units, seconds, **option_fields) -> Atlas
+    cache_key(lm, examples, options=None, *, reference, **option_fields) -> dict
+    Job.plan(model, examples, options=None, *, dtype, quant, n_layers, by_family, layer_chunk, max_rows) -> Job
+    run_cell(job, index, cache, max_models) -> dict;  merge_job(job, outputs, *, seconds) -> Atlas
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
 
 from engine import ENGINE_VERSION, metrics, stats
 from engine.interventions import (
-    MODULE_NAMES, Ablate, Batch, InterventionError, Reference, clean_run, edit_residual, encode, get_method,
-    next_token_logits, run_from,
+    MODULE_NAMES,
+    Ablate,
+    Batch,
+    InterventionError,
+    Reference,
+    clean_run,
+    edit_residual,
+    encode,
+    get_method,
+    next_token_logits,
+    run_from,
 )
 
 ERASE_RATIO = 0.01  # ablated outputs of unrelated prompts are "nearly equal" below 1% of their clean divergence
@@ -194,7 +211,7 @@ class Atlas:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "Atlas":
+    def from_json(cls, data: dict) -> Atlas:
         if data.get("kind") != "atlas":
             raise AtlasError("not an atlas JSON object (field 'kind' != 'atlas')")
         keys = ("model", "fingerprint", "arch", "n_layers", "method", "component", "positions", "measure",
@@ -243,6 +260,90 @@ def _gap(values: np.ndarray, groups: list[str], a: int, b: int, seed: int, n_res
     return stats.gap_ci(values, groups, a, b, n_resamples=n_resamples, seed=seed)
 
 
+# --------------------------------------------------------------------------------------------- options
+
+
+def _freeze(value):
+    """Lists (nested) as tuples, so options are hashable; strings and numbers unchanged."""
+    return tuple(_freeze(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _thaw(value):
+    """Tuples (nested) as lists: the JSON form."""
+    return [_thaw(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+@dataclass(frozen=True)
+class AtlasOptions:
+    """Everything, besides the model and the examples, that an atlas's numbers depend on.
+
+    ``atlas``, ``compute_cell``, ``merge_cells``, ``cache_key`` and ``Job`` all take one of these (or its fields
+    as keyword arguments: ``AtlasOptions.of``). Every field can change the result, so the cache key holds all
+    of them: ``batch_size`` decides which prompts share a batch (padding and matmul shapes: float32 rounding;
+    and the information-erasing guard pairs prompts within a batch), ``fast`` agrees with the plain loop to
+    ~1e-6, not bit for bit, and ``n_resamples`` sets the bootstrap CIs. ``layers`` None means every layer
+    (``resolved`` makes it explicit); ``heads`` / ``modules`` None mean every head / module.
+    """
+
+    method: str = "zero"
+    component: str = "layer"
+    positions: Any = "all"  # a position class, or token indices (lists are stored as tuples)
+    measure: str = "answer"
+    template: str = "auto"
+    seed: int = 0
+    layers: tuple[int, ...] | None = None
+    heads: tuple[int, ...] | None = None
+    modules: tuple[str, ...] | None = None
+    batch_size: int = 32
+    fast: bool = True
+    n_resamples: int = stats.DEFAULT_RESAMPLES
+
+    #: the fields a cell's numbers depend on (``layers`` come from the cell, ``n_resamples`` only enters the merge)
+    CELL_FIELDS: ClassVar[tuple[str, ...]] = ("method", "component", "positions", "measure", "template", "seed",
+                                              "batch_size", "fast", "heads", "modules")
+
+    def __post_init__(self):
+        if self.component not in LAYER_COMPONENTS + UNIT_COMPONENTS:
+            raise AtlasError(f"unknown component {self.component!r}; choose from {LAYER_COMPONENTS + UNIT_COMPONENTS}")
+        if self.measure not in ("answer", "all"):
+            raise AtlasError(f"measure must be 'answer' or 'all', got {self.measure!r}")
+        for name in ("positions", "layers", "heads", "modules"):
+            object.__setattr__(self, name, _freeze(getattr(self, name)))
+
+    @classmethod
+    def of(cls, options: AtlasOptions | None = None, **fields) -> AtlasOptions:
+        """``options`` (default: the defaults) with ``fields`` replaced: ``AtlasOptions.of(method="mean")``."""
+        base = cls() if options is None else options
+        return replace(base, **fields) if fields else base
+
+    def resolved(self, n_layers: int) -> AtlasOptions:
+        """These options with the layer axis explicit (``layers=None``: all ``n_layers``), checked against it."""
+        layers = tuple(range(n_layers)) if self.layers is None else self.layers
+        if len(layers) < 1 or any(not 0 <= l < n_layers for l in layers):
+            raise AtlasError(f"layers must lie in 0..{n_layers - 1}, got {list(layers)}")
+        return replace(self, layers=layers)
+
+    def to_json(self, fields: Sequence[str] | None = None) -> dict:
+        """The options as plain JSON (tuples as lists); ``fields`` selects some (default all)."""
+        names = [f.name for f in dataclasses.fields(self)] if fields is None else list(fields)
+        return {name: _thaw(getattr(self, name)) for name in names}
+
+    @classmethod
+    def from_json(cls, data: dict) -> AtlasOptions:
+        return cls(**data)
+
+
+def sweep_units(lm, options: AtlasOptions) -> tuple[list, list[str] | None]:
+    """The units swept per layer (head indices / module names; ``[None]`` for layer components) and their labels."""
+    if options.component == "head":
+        chosen = list(range(lm.adapter.n_heads(lm.model))) if options.heads is None else list(options.heads)
+        return chosen, [f"h{h}" for h in chosen]
+    if options.component == "module":
+        chosen = list(MODULE_NAMES) if options.modules is None else list(options.modules)
+        return chosen, list(chosen)
+    return [None], None
+
+
 # --------------------------------------------------------------------------------------------- computing
 
 
@@ -254,19 +355,11 @@ def suite_hash(examples: Sequence) -> str:
     return hashlib.sha256(json.dumps(list(examples)).encode()).hexdigest()[:16]
 
 
-def sweep_units(lm, component: str, heads: Sequence[int] | None, modules: Sequence[str] | None):
-    if component == "head":
-        chosen = list(range(lm.adapter.n_heads(lm.model))) if heads is None else list(heads)
-        return chosen, [f"h{h}" for h in chosen]
-    if component == "module":
-        chosen = list(MODULE_NAMES) if modules is None else list(modules)
-        return chosen, list(chosen)
-    return [None], None
-
-
-def _edit(component, layer, method, positions, unit, seed) -> Ablate:
-    return Ablate(component, layer, method, positions=positions, seed=seed,
-                  head=unit if component == "head" else None, module=unit if component == "module" else None)
+def _edit(options: AtlasOptions, layer: int, unit) -> Ablate:
+    component = options.component
+    return Ablate(component, layer, options.method, positions=None if options.positions == "all" else options.positions,
+                  seed=options.seed, head=unit if component == "head" else None,
+                  module=unit if component == "module" else None)
 
 
 def _erase_pairs(batch: Batch) -> list[tuple[int, int]]:
@@ -291,9 +384,9 @@ class Cell:
     """One piece of a sweep: examples ``rows`` (indices into the sweep's example list) x ``layers``.
 
     Cells are independent: any executor (in-process, a Ray worker, another machine) computes them with
-    ``compute_cell`` / ``run_job`` and ``merge_cells`` assembles the atlas. Per-example effects do not depend
-    on how the sweep was split (they are exact per example); only the information-erasing guard's prompt
-    pairs are drawn within a cell's batches.
+    ``compute_cell`` / ``run_cell`` and ``merge_cells`` / ``merge_job`` assemble the atlas. Per-example effects
+    do not depend on how the layers were split; only the information-erasing guard's prompt pairs are drawn
+    within a cell's batches.
     """
 
     rows: tuple[int, ...]
@@ -304,7 +397,7 @@ class Cell:
         return {"rows": list(self.rows), "layers": list(self.layers), "label": self.label}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Cell":
+    def from_json(cls, data: dict) -> Cell:
         return cls(tuple(int(r) for r in data["rows"]), tuple(int(l) for l in data["layers"]), data.get("label", ""))
 
 
@@ -326,7 +419,7 @@ class CellResult:
                 "unchanged": list(self.unchanged), "seconds": float(self.seconds)}
 
     @classmethod
-    def from_json(cls, data: dict) -> "CellResult":
+    def from_json(cls, data: dict) -> CellResult:
         return cls(rows=list(data["rows"]), layers=list(data["layers"]),
                    per_example=np.asarray(data["per_example"], dtype=float), js_clean=float(data["js_clean"]),
                    js_ablated=np.asarray(data["js_ablated"], dtype=float), unchanged=list(data["unchanged"]),
@@ -340,6 +433,8 @@ def plan_cells(examples: Sequence, layers: Sequence[int], *, by_family: bool = F
 
     Splitting by layer range loses a little of the fast path's work sharing (each cell runs its own clean
     forward); splitting by examples loses none."""
+    if layer_chunk is not None and layer_chunk < 1:
+        raise AtlasError(f"layers per cell must be >= 1, got {layer_chunk}")
     layers = list(layers)
     groups: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):
@@ -361,42 +456,37 @@ def cell_steps(cell: Cell, batch_size: int) -> int:
     return -(-len(cell.rows) // max(1, batch_size)) * len(cell.layers)
 
 
-def _reference_for(lm, examples, reference, method, component, positions, unit_ids, layers, seed, template,
-                   batch_size) -> Reference | None:
-    kind = get_method(method).reference  # what the registered method needs prepared: means / activations / none
+def _reference_for(lm, examples, reference, options: AtlasOptions, unit_ids, layers) -> Reference | None:
+    kind = get_method(options.method).reference  # what the registered method needs prepared: means / activations
     if kind is None:
         return None
-    ref_batch = encode(lm, examples if reference is None else reference, template=template)
-    ref = Reference(ref_batch, shift=max(1, len(ref_batch) // 2), chunk_size=batch_size)
-    sites = [_edit(component, l, method, positions, u, seed).site for l in layers for u in unit_ids]
+    ref_batch = encode(lm, examples if reference is None else reference, template=options.template)
+    ref = Reference(ref_batch, shift=max(1, len(ref_batch) // 2), chunk_size=options.batch_size)
+    sites = [_edit(options, l, u).site for l in layers for u in unit_ids]
     ref.prepare_kind(lm, sites, kind)
     return ref
 
 
 @torch.no_grad()
-def compute_cell(lm, examples: Sequence, cell: Cell, *, method: str = "zero", component: str = "layer",
-                 positions: str = "all", measure: str = "answer", template: str = "auto", seed: int = 0,
-                 heads: Sequence[int] | None = None, modules: Sequence[str] | None = None, reference=None,
-                 batch_size: int = 32, fast: bool = True, progress: Callable[[int], None] | None = None,
-                 _ref: Reference | None = None) -> CellResult:
+def compute_cell(lm, examples: Sequence, cell: Cell, options: AtlasOptions | None = None, *, reference=None,
+                 progress: Callable[[int], None] | None = None, **fields) -> CellResult:
     """Effects of ablating each of ``cell.layers`` (x head / module) on the examples ``cell.rows``.
 
-    ``examples`` is the *whole* sweep's list (rows index into it; noise seeds and resample donors follow the
-    example's index in it, so a cell gives the numbers the whole sweep gives). Examples are batched by
-    token length (less padding). ``fast`` restarts each ablation from the cached clean residual and takes
-    logits only at measured positions; ``fast=False`` is the plain loop: one full hooked forward per layer.
-    ``progress(k)`` is called with the number of (batch, layer) steps done since the last call.
+    ``options`` (or its fields as keywords; ``layers`` and ``n_resamples`` play no part here). ``examples`` is
+    the *whole* sweep's list (rows index into it; noise seeds and resample donors follow the example's index in
+    it, so a cell gives the numbers the whole sweep gives). Examples are batched by token length (less padding).
+    ``fast`` restarts each ablation from the cached clean residual and takes logits only at measured positions;
+    ``fast=False`` is the plain loop: one full hooked forward per layer. ``progress(k)`` is called with the
+    number of (batch, layer) steps done since the last call.
     """
     start_time = time.perf_counter()
-    _check_args(component, measure)
+    options = AtlasOptions.of(options, **fields)
+    component, measure, batch_size, fast = options.component, options.measure, options.batch_size, options.fast
     layer_list = list(cell.layers)
-    ablate_positions = None if positions == "all" else positions
-    unit_ids, _labels = sweep_units(lm, component, heads, modules)
-    ref = _ref if _ref is not None else _reference_for(lm, examples, reference, method, component,
-                                                       ablate_positions, unit_ids, layer_list, seed, template,
-                                                       batch_size)
+    unit_ids, _labels = sweep_units(lm, options)
+    ref = _reference_for(lm, examples, reference, options, unit_ids, layer_list)
     rows = list(cell.rows)
-    batch = encode(lm, [examples[r] for r in rows], template=template)
+    batch = encode(lm, [examples[r] for r in rows], template=options.template)
     batch = replace(batch, index=torch.tensor(rows, dtype=torch.long))
     lengths = batch.attention_mask.sum(1).cpu()
     order = sorted(range(len(rows)), key=lambda i: (int(lengths[i]), i))  # length buckets: less padding
@@ -414,7 +504,7 @@ def compute_cell(lm, examples: Sequence, cell: Cell, *, method: str = "zero", co
             js_clean += float(_pair_js(_answer_logits(chunk, clean, measure), pairs).sum())
         for li, layer in enumerate(layer_list):
             for ui, unit in enumerate(unit_ids):
-                edit = _edit(component, layer, method, ablate_positions, unit, seed)
+                edit = _edit(options, layer, unit)
                 if not fast:
                     edited = next_token_logits(lm, chunk, edit, positions=measure, reference=ref)
                 elif component in ("layer", "resid"):
@@ -443,18 +533,18 @@ def model_meta(lm) -> dict:
     return {"model": lm.key, "fingerprint": lm.fingerprint, "arch": lm.arch, "n_layers": lm.n_layers}
 
 
-def merge_cells(model, examples: Sequence, results: Sequence[CellResult], *, method: str = "zero",
-                component: str = "layer", positions: str = "all", measure: str = "answer", template: str = "auto",
-                seed: int = 0, layers: Sequence[int] | None = None, units: list[str] | None = None,
-                seconds: float | None = None, fast: bool = True,
-                n_resamples: int = stats.DEFAULT_RESAMPLES) -> Atlas:
+def merge_cells(model, examples: Sequence, results: Sequence[CellResult | dict], options: AtlasOptions | None = None,
+                *, units: list[str] | None = None, seconds: float | None = None, **fields) -> Atlas:
     """Assemble an ``Atlas`` from cell results that together cover every (example, layer) exactly once.
 
-    ``model`` is a loaded model or ``model_meta(lm)``; ``units`` the head / module labels (None for layer
-    components); ``seconds`` the sweep's wall time (default: the sum of the cells' compute times)."""
+    ``model`` is a loaded model or ``model_meta(lm)``; ``options`` (or its fields as keywords) those of the
+    cells, whose ``layers`` is the atlas's layer axis (None: the cells' layers, sorted); ``units`` the head /
+    module labels (None for layer components); ``seconds`` the sweep's wall time (default: the sum of the
+    cells' compute times)."""
+    options = AtlasOptions.of(options, **fields)
     meta = model if isinstance(model, dict) else model_meta(model)
     results = [r if isinstance(r, CellResult) else CellResult.from_json(r) for r in results]
-    layer_list = sorted({l for r in results for l in r.layers}) if layers is None else list(layers)
+    layer_list = sorted({l for r in results for l in r.layers}) if options.layers is None else list(options.layers)
     col = {l: i for i, l in enumerate(layer_list)}
     n, L = len(examples), len(layer_list)
     U = results[0].per_example.shape[-1] if results else 1
@@ -480,133 +570,194 @@ def merge_cells(model, examples: Sequence, results: Sequence[CellResult], *, met
     total = float(sum(r.seconds for r in results)) if seconds is None else float(seconds)
     return Atlas(
         model=meta["model"], fingerprint=meta["fingerprint"], arch=meta["arch"], n_layers=meta["n_layers"],
-        layers=layer_list, method=method, component=component, positions=positions, measure=measure,
-        template=template, seed=seed, example_ids=ids, example_families=fams, per_example=values, units=units,
-        erase_ratio=[float(x) for x in ratio], unchanged=unchanged.tolist(), seconds=total,
-        suite_hash=suite_hash(examples), fast=fast, n_resamples=n_resamples,
+        layers=layer_list, method=options.method, component=options.component, positions=_thaw(options.positions),
+        measure=options.measure, template=options.template, seed=options.seed, example_ids=ids,
+        example_families=fams, per_example=values, units=units, erase_ratio=[float(x) for x in ratio],
+        unchanged=unchanged.tolist(), seconds=total, suite_hash=suite_hash(examples), fast=options.fast,
+        n_resamples=options.n_resamples,
     )
 
 
-def _check_args(component: str, measure: str) -> None:
-    if component not in LAYER_COMPONENTS + UNIT_COMPONENTS:
-        raise AtlasError(f"unknown component {component!r}; choose from {LAYER_COMPONENTS + UNIT_COMPONENTS}")
-    if measure not in ("answer", "all"):
-        raise AtlasError(f"measure must be 'answer' or 'all', got {measure!r}")
+def model_identity(lm) -> dict:
+    """The model part of every cache key: key, fingerprint (its weights' identity), dtype and quantisation."""
+    return {"model": lm.key, "fingerprint": lm.fingerprint, "dtype": str(lm.dtype), "quant": lm.quant}
 
 
-# ----- jobs: cells as plain data, for executors in other processes / machines
+def cache_key(lm, examples: Sequence, options: AtlasOptions | None = None, *, reference=None, **fields) -> dict:
+    """The content-addressed cache key of an atlas (``engine.cache`` adds the engine version): a function of
+    the model's identity (``model_identity``), the suite sample's hash, the options (layer axis explicit) and
+    the hash of a custom reference sample."""
+    options = AtlasOptions.of(options, **fields).resolved(lm.n_layers)
+    return {"kind": "atlas", **model_identity(lm), "suite": suite_hash(examples), **options.to_json(),
+            "reference": None if reference is None else suite_hash(reference)}
 
 
-def make_jobs(model: str, examples: Sequence, cells: Sequence[Cell], *, dtype: str = "fp32",
-              **options) -> list[dict]:
-    """JSON-serialisable jobs, one per cell: ``run_job(job)`` computes it anywhere the model can be loaded
-    (``model`` is a registry key or a local directory). ``options`` are ``compute_cell``'s keyword arguments
-    (method, component, positions, measure, template, seed, heads, modules, batch_size, fast)."""
-    exs = [ex if isinstance(ex, str) else ex.to_dict() for ex in examples]
-    return [{"model": model, "dtype": dtype, "examples": exs, "cell": c.to_json(), "options": dict(options)}
-            for c in cells]
+# ----- jobs: one atlas as plain data, for executors in this or other processes / machines
 
 
-_JOB_MODELS: dict[tuple[str, str], object] = {}
+@dataclass(frozen=True)
+class Job:
+    """One atlas to compute: what to load (``model``, a registry key or a local directory, in ``dtype`` /
+    ``quant``; ``fingerprint``: the weights the workers must find, None = whatever they load), the whole sample
+    (``examples``), the options (layer axis explicit) and the cells it is cut into.
 
-
-def run_job(job: dict) -> dict:
-    """Compute one job made by ``make_jobs`` (loads the model once per process) -> ``CellResult.to_json()``."""
-    from engine import models, tasks
-
-    key = (job["model"], job.get("dtype", "fp32"))
-    if key not in _JOB_MODELS:
-        _JOB_MODELS[key] = models.load(job["model"], dtype=job.get("dtype", "fp32"))
-    lm = _JOB_MODELS[key]
-    examples = [ex if isinstance(ex, str) else tasks.Example(**ex) for ex in job["examples"]]
-    result = compute_cell(lm, examples, Cell.from_json(job["cell"]), **job["options"])
-    return result.to_json()
-
-
-def atlas(lm, examples: Sequence, *, method: str = "zero", component: str = "layer", positions: str = "all",
-          measure: str = "answer", template: str = "auto", seed: int = 0, layers: Sequence[int] | None = None,
-          heads: Sequence[int] | None = None, modules: Sequence[str] | None = None, reference=None,
-          batch_size: int = 32, fast: bool = True, cache: bool = False, n_resamples: int = stats.DEFAULT_RESAMPLES,
-          progress: Callable[[int, int], None] | None = None, executor=None) -> Atlas:
-    """Ablate each layer (x head / module) of ``lm`` on ``examples`` and measure KL(clean || ablated).
-
-    ``positions``: where the ablation applies ("all" real tokens, or a class: answer, last3, first, bos,
-    body). ``measure``: KL at the answer position ("answer") or averaged over all real positions ("all").
-    ``reference``: examples whose per-class means (``mean``) or activations (``resample``: example ``g``
-    takes reference example ``g + n/2``, so usually another family) are used; default: ``examples``.
-    ``layers`` restricts the sweep (default all). ``cache=True`` reads/writes the on-disk result cache.
-    ``progress(done, total)`` is called after each (batch, layer) step. ``executor``: None (in this process)
-    or an object with ``map(fn, jobs) -> results`` that runs ``run_job`` on the jobs of ``make_jobs`` (one
-    per family; e.g. a Ray executor); results are merged with ``merge_cells``.
+    ``run_cell(job, i)`` computes cell ``i`` in any process that can load the model; ``merge_job(job, outputs)``
+    assembles the cells' outputs. The local and the Ray executor (``engine.executors``) both run jobs, so they
+    compute the same cells and give the same bits. ``to_json`` / ``from_json``: the job as plain data.
     """
-    _check_args(component, measure)
-    if len(examples) < 1:
-        raise AtlasError("atlas: no examples")
-    layer_list = list(range(lm.n_layers)) if layers is None else list(layers)
-    if len(layer_list) < 1 or any(not 0 <= l < lm.n_layers for l in layer_list):
-        raise AtlasError(f"layers must lie in 0..{lm.n_layers - 1}, got {layer_list}")
+
+    model: str
+    examples: tuple
+    options: AtlasOptions
+    cells: tuple[Cell, ...]
+    dtype: str = "fp32"
+    quant: str | None = None
+    fingerprint: str | None = None
+    label: str = ""
+
+    @classmethod
+    def plan(cls, model: str, examples: Sequence, options: AtlasOptions | None = None, *, dtype="fp32",
+             quant: str | None = None, fingerprint: str | None = None, n_layers: int | None = None,
+             label: str = "", by_family: bool = False, layer_chunk: int | None = None, max_rows: int | None = None,
+             **fields) -> Job:
+        """A job whose cells follow ``plan_cells(by_family, layer_chunk, max_rows)``. ``n_layers`` defaults to
+        ``engine.models.metadata(model)`` (the registry, or the directory's config.json: no weights loaded)."""
+        from engine import models
+
+        if len(examples) < 1:
+            raise AtlasError("atlas: no examples")
+        n_layers = models.metadata(model)["n_layers"] if n_layers is None else n_layers
+        options = AtlasOptions.of(options, **fields).resolved(n_layers)
+        cells = plan_cells(examples, options.layers, by_family=by_family, layer_chunk=layer_chunk, max_rows=max_rows)
+        return cls(model=model, examples=tuple(examples), options=options, cells=tuple(cells),
+                   dtype=models.dtype_info(dtype).name, quant=quant, fingerprint=fingerprint, label=label or model)
+
+    def cell_label(self, index: int) -> str:
+        return f"{self.label}/{self.cells[index].label}"
+
+    def describe(self) -> dict:
+        """The job without its examples and cells (the atlas keeps the examples' ids and the suite hash)."""
+        return {"model": self.model, "label": self.label, "dtype": self.dtype, "quant": self.quant,
+                "fingerprint": self.fingerprint, **self.options.to_json(), "n_examples": len(self.examples),
+                "n_cells": len(self.cells)}
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "dtype": self.dtype, "quant": self.quant, "fingerprint": self.fingerprint,
+                "label": self.label,
+                "examples": [ex if isinstance(ex, str) else ex.to_dict() for ex in self.examples],
+                "options": self.options.to_json(), "cells": [c.to_json() for c in self.cells]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Job:
+        from engine import tasks
+
+        return cls(model=data["model"], dtype=data["dtype"], quant=data["quant"], fingerprint=data["fingerprint"],
+                   label=data["label"],
+                   examples=tuple(ex if isinstance(ex, str) else tasks.Example(**ex) for ex in data["examples"]),
+                   options=AtlasOptions.from_json(data["options"]),
+                   cells=tuple(Cell.from_json(c) for c in data["cells"]))
+
+
+def cell_key(lm, job: Job, cell: Cell) -> dict:
+    """The cache key of one cell's result (``run_cell(..., cache=True)``)."""
+    return {"kind": "atlas_cell", **model_identity(lm), "suite": suite_hash(job.examples),
+            "options": job.options.to_json(AtlasOptions.CELL_FIELDS), "rows": list(cell.rows),
+            "layers": list(cell.layers)}
+
+
+def run_cell(job: Job, index: int, cache: bool = False, max_models: int | None = 1) -> dict:
+    """Compute cell ``index`` of ``job`` in this process: ``{"meta", "units", "result"}`` (plain data).
+
+    The model comes from this process's model cache (``engine.models.shared``, at most ``max_models`` kept), so a
+    worker loads it once. ``meta`` / ``units`` are what ``merge_job`` needs from the model (a driver never loads
+    it). ``cache=True`` stores / reads the cell's result in the content-addressed cache of this machine."""
+    from engine import models
+
+    lm = models.shared(job.model, dtype=job.dtype, quant=job.quant, max_models=max_models)
+    if job.fingerprint is not None and lm.fingerprint != job.fingerprint:
+        raise AtlasError(f"{job.label}: {job.model!r} loads here as weights {lm.fingerprint}, the job is for "
+                         f"{job.fingerprint} (a model an executor runs must load by key or path)")
+    cell = job.cells[index]
+
+    def compute() -> dict:
+        return compute_cell(lm, list(job.examples), cell, job.options).to_json()
+
     if cache:
         from engine.cache import cached
 
-        key = cache_key(lm, examples, method=method, component=component, positions=positions, measure=measure,
-                        template=template, seed=seed, layers=layer_list, heads=heads, modules=modules,
-                        reference=reference, n_resamples=n_resamples)
-        data = cached(key, lambda: atlas(lm, examples, method=method, component=component, positions=positions,
-                                         measure=measure, template=template, seed=seed, layers=layers,
-                                         heads=heads, modules=modules, reference=reference,
-                                         batch_size=batch_size, fast=fast, cache=False,
-                                         n_resamples=n_resamples, progress=progress,
-                                         executor=executor).to_json())
-        return Atlas.from_json(data)
+        result = cached(cell_key(lm, job, cell), compute)
+    else:
+        result = compute()
+    return {"meta": model_meta(lm), "units": sweep_units(lm, job.options)[1], "result": result}
 
-    options = dict(method=method, component=component, positions=positions, measure=measure, template=template,
-                   seed=seed, heads=None if heads is None else list(heads),
-                   modules=None if modules is None else list(modules), batch_size=batch_size, fast=fast)
-    _unit_ids, unit_labels = sweep_units(lm, component, heads, modules)
+
+def merge_job(job: Job, outputs: Sequence[dict], *, seconds: float | None = None) -> Atlas:
+    """The atlas of ``job`` from its cells' ``run_cell`` outputs (``merge_cells`` checks they tile it exactly
+    once); ``seconds`` defaults to the sum of the cells' compute times."""
+    if not outputs:
+        raise AtlasError(f"{job.label}: no cell outputs to merge")
+    meta, units = outputs[0]["meta"], outputs[0]["units"]
+    if any(o["meta"] != meta for o in outputs):
+        raise AtlasError(f"{job.label}: cells were computed on different weights: "
+                         f"{sorted({o['meta']['fingerprint'] for o in outputs})}")
+    return merge_cells(meta, list(job.examples), [o["result"] for o in outputs], job.options, units=units,
+                       seconds=seconds)
+
+
+# ----- the atlas
+
+
+def atlas(lm, examples: Sequence, options: AtlasOptions | None = None, *, reference=None, cache: bool = False,
+          progress: Callable[[int, int], None] | None = None, executor=None, **fields) -> Atlas:
+    """Ablate each layer (x head / module) of ``lm`` on ``examples`` and measure KL(clean || ablated).
+
+    ``options`` (an ``AtlasOptions``) or its fields as keywords (``method``, ``component``, ``positions``,
+    ``measure``, ``template``, ``seed``, ``layers``, ``heads``, ``modules``, ``batch_size``, ``fast``,
+    ``n_resamples``): keywords override ``options``. ``positions``: where the ablation applies ("all" real
+    tokens, or a class: answer, last3, first, bos, body). ``measure``: KL at the answer position ("answer") or
+    averaged over all real positions ("all"). ``reference``: examples whose per-class means (``mean``) or
+    activations (``resample``: example ``g`` takes reference example ``g + n/2``, so usually another family)
+    are used; default: ``examples``. ``layers`` restricts the sweep (default all). ``cache=True`` reads/writes
+    the on-disk result cache. ``progress(done, total)`` is called after each (batch, layer) step (in this
+    process only). ``executor``: None (in this process) or an executor of ``engine.executors`` (``plan``: the
+    ``plan_cells`` arguments; ``run(jobs) -> outputs``), whose workers load the model by key or path and must
+    find the same weights (``Job.fingerprint``, checked).
+    """
+    options = AtlasOptions.of(options, **fields)
+    if len(examples) < 1:
+        raise AtlasError("atlas: no examples")
+    options = options.resolved(lm.n_layers)
+    if cache:
+        from engine.cache import cached
+
+        data = cached(cache_key(lm, examples, options, reference=reference),
+                      lambda: _sweep(lm, examples, options, reference, progress, executor).to_json())
+        return Atlas.from_json(data)
+    return _sweep(lm, examples, options, reference, progress, executor)
+
+
+def _sweep(lm, examples: Sequence, options: AtlasOptions, reference, progress, executor) -> Atlas:
     start = time.perf_counter()
     if executor is not None:
+        from engine import models
+
         if reference is not None:
             raise AtlasError("atlas: a custom reference sample is not supported with an executor")
-        cells = plan_cells(examples, layer_list, **getattr(executor, "plan", {"by_family": True}))
-        model_id = lm.spec.path or lm.key
-        jobs = make_jobs(model_id, examples, cells, dtype=_dtype_name(lm.dtype), **options)
-        results = [CellResult.from_json(r) for r in executor.map(run_job, jobs)]
-    else:
-        cells = plan_cells(examples, layer_list)
-        ablate_positions = None if positions == "all" else positions
-        ref = _reference_for(lm, examples, reference, method, component, ablate_positions, _unit_ids, layer_list,
-                             seed, template, batch_size)
-        total, done = sum(cell_steps(c, batch_size) for c in cells), 0
+        job = Job.plan(lm.spec.path or lm.key, examples, options, dtype=models.dtype_info(lm.dtype).name,
+                       quant=lm.quant, fingerprint=lm.fingerprint, n_layers=lm.n_layers, **executor.plan)
+        [outputs] = executor.run([job])
+        return merge_job(job, outputs, seconds=time.perf_counter() - start)
+    [cell] = plan_cells(examples, options.layers)
+    total, done = cell_steps(cell, options.batch_size), 0
 
-        def advance(k: int) -> None:
-            nonlocal done
-            done += k
-            if progress is not None:
-                progress(done, total)
-        results = [compute_cell(lm, examples, c, reference=reference, progress=advance, _ref=ref, **options)
-                   for c in cells]
-    return merge_cells(lm, examples, results, method=method, component=component, positions=positions,
-                       measure=measure, template=template, seed=seed, layers=layer_list, units=unit_labels,
-                       seconds=time.perf_counter() - start, fast=fast, n_resamples=n_resamples)
-
-
-def cache_key(lm, examples: Sequence, *, method: str = "zero", component: str = "layer", positions: str = "all",
-              measure: str = "answer", template: str = "auto", seed: int = 0, layers: Sequence[int] | None = None,
-              heads: Sequence[int] | None = None, modules: Sequence[str] | None = None, reference=None,
-              n_resamples: int = stats.DEFAULT_RESAMPLES) -> dict:
-    """The content-addressed cache key of an atlas (``engine.cache`` adds the engine version): model
-    fingerprint, dtype / quantisation, the suite sample's hash, method, component and every other option."""
-    layer_list = list(range(lm.n_layers)) if layers is None else list(layers)
-    return {"kind": "atlas", "model": lm.key, "fingerprint": lm.fingerprint, "dtype": str(lm.dtype),
-            "quant": getattr(lm, "quant", None), "suite": suite_hash(examples), "method": method,
-            "component": component, "positions": positions, "measure": measure, "template": template,
-            "seed": seed, "layers": layer_list, "heads": None if heads is None else list(heads),
-            "modules": None if modules is None else list(modules),
-            "reference": None if reference is None else suite_hash(reference), "n_resamples": n_resamples}
-
-
-def _dtype_name(dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    def advance(k: int) -> None:
+        nonlocal done
+        done += k
+        if progress is not None:
+            progress(done, total)
+    result = compute_cell(lm, examples, cell, options, reference=reference, progress=advance)
+    return merge_cells(lm, examples, [result], options, units=sweep_units(lm, options)[1],
+                       seconds=time.perf_counter() - start)
 
 
 def _answer_logits(batch: Batch, logits: torch.Tensor, measure: str) -> torch.Tensor:
@@ -623,6 +774,19 @@ def _pair_js(logits: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor
 
 
 # --------------------------------------------------------------------------------------------- replication
+
+
+def prompt_overlap(samples: Sequence[Sequence[Any]]) -> float:
+    """Mean Jaccard overlap of the example-id sets of every pair of samples (1.0: the samples are identical,
+    i.e. seeds did not resample; 1.0 as well for fewer than two samples, and for two empty ones).
+
+    A sample is a list of examples (their ``id``) or of example ids / prompt strings."""
+    sets = [{getattr(ex, "id", ex) for ex in s} for s in samples]
+    pairs = [(i, j) for i in range(len(sets)) for j in range(i + 1, len(sets))]
+    if not pairs:
+        return 1.0
+    return float(np.mean([len(sets[i] & sets[j]) / len(sets[i] | sets[j]) if sets[i] | sets[j] else 1.0
+                          for i, j in pairs]))
 
 
 @dataclass
@@ -658,12 +822,8 @@ class Replication:
 
     @property
     def prompt_overlap(self) -> float:
-        """Mean Jaccard overlap of the example-id sets of pairs of seeds (1.0: seeds did not resample)."""
-        sets = [set(a.example_ids) for a in self.atlases]
-        pairs = [(i, j) for i in range(len(sets)) for j in range(i + 1, len(sets))]
-        if not pairs:
-            return 1.0
-        return float(np.mean([len(sets[i] & sets[j]) / len(sets[i] | sets[j]) for i, j in pairs]))
+        """``prompt_overlap`` of the seeds' example ids (1.0: seeds did not resample)."""
+        return prompt_overlap([a.example_ids for a in self.atlases])
 
     def to_json(self) -> dict:
         return {"kind": "replication", "seeds": self.seeds, "hubs": self.hubs, "argmax_layers": self.argmax_layers,

@@ -1,10 +1,13 @@
 """Executors for atlas sweeps: ``local`` (this process) and ``ray`` (Ray actors, one machine or a cluster).
 
-A sweep is a list of atlas jobs (model x seed x family selection x component/method: ``AtlasJob``). Each job is
-split into cells by ``engine.atlas.plan_cells`` (examples, optionally per family, x layer ranges); a cell is
-computed by ``engine.atlas.compute_cell`` and the cells of a job are assembled by ``engine.atlas.merge_cells``.
-The plan belongs to the sweep, not to the executor, so ``local`` and ``ray`` compute the same cells and write the
-same ``atlas.json`` (``write_sweep``); only timings and the executor's name differ (``comparable``).
+A sweep is a list of ``engine.atlas.Job``: one atlas each (model key or path, dtype / quant, examples, options)
+and the cells it is cut into (``engine.atlas.plan_cells``: examples, optionally per family, x layer ranges),
+planned by the driver from the registry or the model directory's ``config.json`` (``engine.models.metadata``),
+never by loading weights. Every executor computes a cell with ``engine.atlas.run_cell`` (in the process that
+runs it: the model comes from that process's ``engine.models.shared`` cache) and the driver assembles each job
+with ``engine.atlas.merge_job``. The plan belongs to the jobs, not to the executor, so ``local`` and ``ray``
+compute the same cells and write the same ``atlas.json`` (``write_sweep``); only timings and the executor's
+name differ (``comparable``).
 
 With the default plan (all examples together, layers in ranges of ``layers_per_cell``) a merged atlas equals
 the un-split ``engine.atlas.atlas`` call exactly: every per-layer quantity (per-example effects, the
@@ -13,6 +16,9 @@ split does not change. ``by_family=True`` (and ``max_rows``) also split the exam
 then come from other batches (other padding and matmul shapes) and agree with the un-split call to float32
 rounding, and the guard pairs prompts within a family, so ``erase_ratio`` is that of the family-split plan.
 Either way both executors give the same bits, because they compute the same cells.
+
+Executors (``LocalExecutor``, ``RayExecutor``) have ``plan`` (the ``plan_cells`` arguments that
+``engine.atlas.atlas(..., executor=)`` uses) and ``run(jobs, cache=) -> [[output per cell] per job]``.
 
 Ray (optional extra: ``pip install -e '.[ray]'``):
 
@@ -26,7 +32,6 @@ Ray (optional extra: ``pip install -e '.[ray]'``):
   of the node that computed it, so a rerun on that machine (or with a shared ``MI_ATLAS_RESULTS_CACHE``)
   resumes where the failed sweep stopped.
 
-``RayExecutor`` also has ``map(fn, jobs)``, the protocol of ``engine.atlas.atlas(..., executor=...)``.
 Without ray installed the local executor works as before and asking for ``ray`` raises ``ExecutorError``.
 """
 
@@ -37,17 +42,16 @@ import os
 import sys
 import tempfile
 import time
-from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from engine import ENGINE_VERSION, stats
-from engine.atlas import AtlasError
+from engine import ENGINE_VERSION
+from engine.atlas import AtlasError, Job, merge_job, run_cell
 
 EXECUTORS = ("local", "ray")
 SWEEP_KIND = "atlas_sweep"
-SWEEP_FORMAT = 1
+SWEEP_FORMAT = 2  # 2: jobs are ``engine.atlas.Job`` descriptions (label, options, n_cells)
 RAY_INSTALL = "pip install -e '.[ray]'  (or: pip install 'ray[default]')"
 
 
@@ -66,181 +70,52 @@ class SweepError(AtlasError):
 # ------------------------------------------------------------------------------------------------ plan
 
 
-@dataclass(frozen=True)
-class AtlasJob:
-    """One atlas of a sweep: ``engine.atlas.atlas(load(model), examples, **options)``.
-
-    ``examples`` is the job's sample, resolved by the driver (``Sweep.from_grid`` draws it with
-    ``engine.tasks.sample``), so workers need no fixtures.
-    """
-
-    model: str
-    seed: int
-    examples: tuple
-    families: tuple[str, ...] | None = None
-    component: str = "layer"
-    method: str = "zero"
-    positions: str = "all"
-    measure: str = "answer"
-    template: str = "auto"
-    heads: tuple[int, ...] | None = None
-    modules: tuple[str, ...] | None = None
-    layers: tuple[int, ...] | None = None  # None: every layer of the model
-    dtype: str = "fp32"
-    quant: str | None = None
-    batch_size: int = 32
-    fast: bool = True
-    n_resamples: int = stats.DEFAULT_RESAMPLES
-
-    @property
-    def label(self) -> str:
-        fams = "all" if self.families is None else "+".join(self.families)
-        return f"{self.model}/seed{self.seed}/{fams}/{self.component}-{self.method}"
-
-    def cell_options(self) -> dict:
-        """``engine.atlas.compute_cell`` keyword arguments."""
-        return dict(method=self.method, component=self.component, positions=self.positions, measure=self.measure,
-                    template=self.template, seed=self.seed, batch_size=self.batch_size, fast=self.fast,
-                    heads=None if self.heads is None else list(self.heads),
-                    modules=None if self.modules is None else list(self.modules))
-
-    def describe(self) -> dict:
-        """The job without its examples (the atlas keeps their ids and the suite hash)."""
-        out = {k: v for k, v in asdict(self).items() if k != "examples"}
-        out["n_examples"] = len(self.examples)
-        return out
-
-
-@dataclass(frozen=True)
-class SweepCell:
-    """Cell ``cell`` (an ``engine.atlas.Cell``: example rows x layers) of job number ``job``."""
-
-    job: int
-    cell: Any
-    label: str
-
-
 @dataclass
 class Sweep:
-    """Atlas jobs and how each is cut into cells (the same plan for every executor)."""
+    """Atlas jobs (``engine.atlas.Job``, each with its cells) and the plan they were cut with (a record)."""
 
-    jobs: list[AtlasJob]
-    layers_per_cell: int | None = 8
-    by_family: bool = False
-    max_rows: int | None = None
-    n_layers: dict[str, int] = field(default_factory=dict)  # model -> layers (default: the registry's)
+    jobs: list[Job]
+    plan: dict = field(default_factory=dict)
 
     @classmethod
     def from_grid(cls, models: Sequence[str], seeds: Sequence[int], *,
                   family_groups: Sequence[Sequence[str]] | None = None, per_family: int = 4,
                   suite: str = "synthetic", split: str | None = None, components: Sequence[str] = ("layer",),
                   methods: Sequence[str] = ("zero",), layers_per_cell: int | None = 8, by_family: bool = False,
-                  max_rows: int | None = None, **options) -> "Sweep":
-        """models x seeds x family groups x components x methods; ``options`` go to every ``AtlasJob``.
+                  max_rows: int | None = None, dtype: str = "fp32", quant: str | None = None,
+                  **options) -> Sweep:
+        """models x seeds x family groups x components x methods; ``options`` (``engine.atlas.AtlasOptions``
+        fields) go to every job. The driver draws each job's sample (``engine.tasks.sample``), so workers need no
+        fixtures, and reads each model's layer count from ``engine.models.metadata`` (no weights loaded).
 
         ``family_groups``: None = one atlas over every family; ``[[f] for f in FAMILIES]`` = one atlas per family.
         """
         from engine import tasks
 
+        plan = {"layers_per_cell": layers_per_cell, "by_family": by_family, "max_rows": max_rows}
         groups = [None] if family_groups is None else [tuple(g) for g in family_groups]
         jobs = []
         for model in models:
             for seed in seeds:
                 for group in groups:
-                    examples = tuple(tasks.sample(families=None if group is None else list(group),
-                                                  per_family=per_family, seed=seed, suite=suite, split=split))
+                    examples = tasks.sample(families=None if group is None else list(group),
+                                            per_family=per_family, seed=seed, suite=suite, split=split)
+                    fams = "all" if group is None else "+".join(group)
                     for component in components:
                         for method in methods:
-                            jobs.append(AtlasJob(model=model, seed=seed, examples=examples, families=group,
-                                                 component=component, method=method, **options))
-        return cls(jobs, layers_per_cell=layers_per_cell, by_family=by_family, max_rows=max_rows)
+                            jobs.append(Job.plan(model, examples, dtype=dtype, quant=quant,
+                                                 label=f"{model}/seed{seed}/{fams}/{component}-{method}",
+                                                 by_family=by_family, layer_chunk=layers_per_cell,
+                                                 max_rows=max_rows, seed=seed, component=component, method=method,
+                                                 **options))
+        return cls(jobs, plan)
 
-    def layers_of(self, model: str) -> int:
-        if model in self.n_layers:
-            return self.n_layers[model]
-        from engine import models
-
-        return int(models.spec_for(model).n_layers)
-
-    def cells(self) -> list[SweepCell]:
-        from engine import atlas as atlas_lib
-
-        if self.layers_per_cell is not None and self.layers_per_cell < 1:
-            raise ExecutorError(f"layers_per_cell must be >= 1, got {self.layers_per_cell}")
-        out = []
-        for j, job in enumerate(self.jobs):
-            layers = range(self.layers_of(job.model)) if job.layers is None else list(job.layers)
-            for cell in atlas_lib.plan_cells(job.examples, layers, by_family=self.by_family,
-                                             layer_chunk=self.layers_per_cell, max_rows=self.max_rows):
-                out.append(SweepCell(j, cell, f"{job.label}/{cell.label}"))
-        return out
+    @property
+    def n_cells(self) -> int:
+        return sum(len(job.cells) for job in self.jobs)
 
 
-# ------------------------------------------------------------------------------------------------ cells
-
-_MODELS: OrderedDict = OrderedDict()  # this process's loaded models: a worker loads each model once
-MAX_MODELS = 1
-
-
-def model_for(job: AtlasJob, max_models: int | None = None):
-    """The job's model, loaded once per process (LRU of ``max_models``, default ``MAX_MODELS``)."""
-    from engine import models
-
-    key = (job.model, job.dtype, job.quant)
-    lm = _MODELS.pop(key, None)
-    if lm is None:
-        while _MODELS and len(_MODELS) >= (max_models or MAX_MODELS):
-            _MODELS.popitem(last=False)
-        lm = models.load(job.model, dtype=job.dtype, quant=job.quant)
-    _MODELS[key] = lm
-    return lm
-
-
-def _cell_key(lm, job: AtlasJob, cell) -> dict:
-    from engine import atlas as atlas_lib
-
-    return {"kind": "atlas_cell", "model": lm.key, "fingerprint": lm.fingerprint, "dtype": str(lm.dtype),
-            "quant": getattr(lm, "quant", None), "suite": atlas_lib.suite_hash(job.examples),
-            "options": job.cell_options(), "rows": list(cell.rows), "layers": list(cell.layers)}
-
-
-def compute_sweep_cell(jobs: Sequence[AtlasJob], index: int, cell, cache: bool = False) -> dict:
-    """Compute one cell of ``jobs[index]`` in this process: ``{"meta", "units", "result"}`` (plain data).
-
-    ``meta``/``units`` are what ``merge_cells`` needs from the model (the driver never loads it).
-    """
-    from engine import atlas as atlas_lib
-
-    job = jobs[index]
-    lm = model_for(job)
-
-    def compute() -> dict:
-        return atlas_lib.compute_cell(lm, list(job.examples), cell, **job.cell_options()).to_json()
-
-    if cache:
-        from engine.cache import cached
-
-        result = cached(_cell_key(lm, job, cell), compute)
-    else:
-        result = compute()
-    _ids, units = atlas_lib.sweep_units(lm, job.component, job.heads, job.modules)
-    return {"meta": atlas_lib.model_meta(lm), "units": units, "result": result}
-
-
-def merge_job(job: AtlasJob, outputs: Sequence[dict], n_layers: int) -> dict:
-    """The atlas JSON of ``job`` from its cells' outputs (``merge_cells`` checks they tile it exactly once)."""
-    from engine import atlas as atlas_lib
-
-    meta, units = outputs[0]["meta"], outputs[0]["units"]
-    if any(o["meta"] != meta for o in outputs):
-        raise SweepError(f"{job.label}: cells were computed on different weights: "
-                         f"{sorted({o['meta']['fingerprint'] for o in outputs})}")
-    merged = atlas_lib.merge_cells(meta, list(job.examples), [o["result"] for o in outputs], method=job.method,
-                                   component=job.component, positions=job.positions, measure=job.measure,
-                                   template=job.template, seed=job.seed,
-                                   layers=list(range(n_layers)) if job.layers is None else list(job.layers),
-                                   units=units, fast=job.fast, n_resamples=job.n_resamples)
-    return merged.to_json()
+# ------------------------------------------------------------------------------------------------ progress
 
 
 @dataclass
@@ -263,69 +138,59 @@ class CellEvent:
                 f"(elapsed {self.elapsed:.0f} s, eta {eta:.0f} s)")
 
 
-def _assemble(sweep: Sweep, cells: list[SweepCell], outputs: dict[int, dict], executor: str, seconds: float,
-              extra: dict | None = None) -> dict:
-    missing = [c.label for i, c in enumerate(cells) if i not in outputs]
+def _print_event(event: CellEvent) -> None:
+    print(event.line(), file=sys.stderr, flush=True)
+
+
+def _tasks(jobs: Sequence[Job]) -> list[tuple[int, int]]:
+    """Every (job, cell) pair, the cells of one model (and dtype / quant) together, so it is loaded once."""
+    pairs = [(j, i) for j, job in enumerate(jobs) for i in range(len(job.cells))]
+    return sorted(pairs, key=lambda t: (_load_spec(jobs[t[0]]), t))
+
+
+def _load_spec(job: Job) -> tuple[str, str, str]:
+    return job.model, job.dtype, job.quant or ""
+
+
+def _per_job(jobs: Sequence[Job], results: dict[tuple[int, int], dict]) -> list[list[dict]]:
+    missing = [jobs[j].cell_label(i) for j, i in _tasks(jobs) if (j, i) not in results]
     if missing:  # never hand out (or write) a partial sweep
-        raise SweepError(f"sweep incomplete: {len(missing)} of {len(cells)} cells missing (e.g. {missing[:3]})",
-                         done=[c.label for i, c in enumerate(cells) if i in outputs])
-    atlases = [merge_job(job, [outputs[i] for i, c in enumerate(cells) if c.job == j], sweep.layers_of(job.model))
-               for j, job in enumerate(sweep.jobs)]
-    return {"kind": SWEEP_KIND, "format": SWEEP_FORMAT, "complete": True, "engine_version": ENGINE_VERSION,
-            "executor": executor, "plan": {"layers_per_cell": sweep.layers_per_cell, "by_family": sweep.by_family,
-                                           "max_rows": sweep.max_rows, "n_cells": len(cells)},
-            "seconds": seconds, "jobs": [job.describe() for job in sweep.jobs], "atlases": atlases,
-            **(extra or {})}
-
-
-def write_sweep(result: dict, path: str | Path) -> Path:
-    """Write a complete sweep as JSON, atomically (a reader never sees half a file). Refuses a partial one."""
-    if result.get("kind") != SWEEP_KIND or result.get("complete") is not True:
-        raise SweepError("write_sweep: refusing to write a sweep that is not marked complete")
-    if len(result.get("atlases", [])) != len(result.get("jobs", [])):
-        raise SweepError(f"write_sweep: {len(result.get('atlases', []))} atlases for {len(result['jobs'])} jobs")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=1, allow_nan=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def comparable(result: dict) -> dict:
-    """A sweep without what legitimately differs between executors and runs (timings, executor details)."""
-    out = {k: v for k, v in result.items() if k not in ("seconds", "executor", "ray")}
-    out["atlases"] = [{k: v for k, v in a.items() if k != "seconds"} for a in result["atlases"]]
-    return out
+        raise SweepError(f"sweep incomplete: {len(missing)} of {len(_tasks(jobs))} cells missing "
+                         f"(e.g. {missing[:3]})", done=[jobs[j].cell_label(i) for j, i in results])
+    return [[results[(j, i)] for i in range(len(job.cells))] for j, job in enumerate(jobs)]
 
 
 # ------------------------------------------------------------------------------------------------ local
 
 
-def run_local(sweep: Sweep, *, cache: bool = False, progress: Callable[[CellEvent], None] | None = None) -> dict:
-    """Compute every cell in this process (cells of one model together, so it is loaded once) and merge."""
-    cells = sweep.cells()
-    order = sorted(range(len(cells)), key=lambda i: (sweep.jobs[cells[i].job].model, i))
-    outputs: dict[int, dict] = {}
-    start = time.perf_counter()
-    for i in order:
-        t0 = time.perf_counter()
-        outputs[i] = compute_sweep_cell(sweep.jobs, cells[i].job, cells[i].cell, cache)
-        if progress is not None:
-            progress(CellEvent(len(outputs), len(cells), cells[i].label, "local", os.getpid(),
-                               time.perf_counter() - t0, elapsed=time.perf_counter() - start))
-    return _assemble(sweep, cells, outputs, "local", time.perf_counter() - start)
+class LocalExecutor:
+    """Every cell in this process, through ``engine.atlas.run_cell`` (at most ``max_models`` models kept)."""
+
+    name = "local"
+
+    def __init__(self, progress: Callable[[CellEvent], None] | None = None, *, max_models: int = 1,
+                 layers_per_cell: int | None = None):
+        self.progress = progress
+        self.max_models = max_models
+        self.plan = {"by_family": False, "layer_chunk": layers_per_cell}
+
+    def info(self) -> dict:
+        return {}
+
+    def run(self, jobs: Sequence[Job], *, cache: bool = False) -> list[list[dict]]:
+        tasks = _tasks(jobs)
+        results: dict[tuple[int, int], dict] = {}
+        start = time.perf_counter()
+        for j, i in tasks:
+            t0 = time.perf_counter()
+            results[(j, i)] = run_cell(jobs[j], i, cache, self.max_models)
+            if self.progress is not None:
+                self.progress(CellEvent(len(results), len(tasks), jobs[j].cell_label(i), "local", os.getpid(),
+                                        time.perf_counter() - t0, elapsed=time.perf_counter() - start))
+        return _per_job(jobs, results)
 
 
 # ------------------------------------------------------------------------------------------------ ray
-
-
-_DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
 
 
 def estimate_memory(model: str, dtype: str = "fp32", quant: str | None = None) -> int | None:
@@ -333,12 +198,13 @@ def estimate_memory(model: str, dtype: str = "fp32", quant: str | None = None) -
     1 GiB for the process (torch, transformers); None when the registry does not give a parameter count."""
     from engine import models
 
+    params = str(models.metadata(model)["params"]).strip().upper()
+    scale = {"K": 1e3, "M": 1e6, "B": 1e9}.get(params[-1:])
     try:
-        params = models.spec_for(model).params.strip().upper()
-        count = float(params[:-1]) * {"K": 1e3, "M": 1e6, "B": 1e9}[params[-1]]
-    except (models.ModelError, ValueError, KeyError, IndexError, AttributeError):
+        count = float(params[:-1]) * scale
+    except (TypeError, ValueError):  # no count ("tiny", ""): no request
         return None
-    per_param = {"nf4": 0.5, "int8": 1}.get(quant or "", _DTYPE_BYTES.get(str(dtype), 4))
+    per_param = models.QUANT_BYTES[quant] if quant else models.dtype_info(dtype).bytes
     return int(2 * count * per_param + 2**30)
 
 
@@ -353,17 +219,16 @@ def require_ray():
 
 
 class _Worker:
-    """A Ray actor: runs module-level functions in its own process, where loaded models stay (``model_for``)."""
+    """A Ray actor: runs module-level functions in its own process, where loaded models stay
+    (``engine.models.shared``, through ``engine.atlas.run_cell``)."""
 
-    def __init__(self, name: str, num_cpus: float, max_models: int):
+    def __init__(self, name: str, num_cpus: float):
         import warnings
 
         import ray
         import torch
 
-        global MAX_MODELS
         self.name = name
-        MAX_MODELS = max_models
         if num_cpus >= 1:
             torch.set_num_threads(int(num_cpus))
         with warnings.catch_warnings():  # deprecated in favour of comparing actor ids; still the direct answer
@@ -405,12 +270,14 @@ class RayOptions:
 
 
 class RayExecutor:
-    """Ray actors computing tasks ``(fn, args)``; a context manager that connects (or starts) Ray and the actors.
+    """Ray actors computing the cells of jobs; a context manager that connects (or starts) Ray.
 
-    ``run_tasks`` is the scheduler; ``map(fn, jobs)`` and ``plan`` are ``engine.atlas.atlas(..., executor=)``'s
-    protocol: the plan splits layers only (all examples together), so the merged atlas is bit for bit the one
-    the local executor computes. ``progress`` receives a ``CellEvent`` per finished task.
+    ``run(jobs)`` sends every cell to ``engine.atlas.run_cell`` on an actor (``run_tasks`` is the scheduler);
+    ``plan`` splits layers only (all examples together), so an atlas merged from its cells is bit for bit the
+    one computed in one process. ``progress`` receives a ``CellEvent`` per finished cell.
     """
+
+    name = "ray"
 
     def __init__(self, options: RayOptions | None = None, progress: Callable[[CellEvent], None] | None = None):
         self.options = options or RayOptions()
@@ -418,13 +285,14 @@ class RayExecutor:
         self.progress = progress
         self._started = False
         self.events: list[CellEvent] = []
+        self.workers, self.num_gpus, self.memory = 0, 0.0, None
 
     @property
     def plan(self) -> dict:
         """``engine.atlas.plan_cells`` arguments for ``atlas(..., executor=self)``."""
         return {"by_family": False, "layer_chunk": self.options.layers_per_cell}
 
-    def __enter__(self) -> "RayExecutor":
+    def __enter__(self) -> RayExecutor:
         if not self.ray.is_initialized():
             init = {"address": self.options.address, "include_dashboard": False, **self.options.init}
             self.ray.init(**init)
@@ -435,6 +303,25 @@ class RayExecutor:
         if self._started:
             self.ray.shutdown()
             self._started = False
+
+    def info(self) -> dict:
+        """What the last ``run`` used (the ``ray`` field of a sweep's JSON)."""
+        o = self.options
+        return {"ray": {"workers": self.workers, "num_cpus": o.num_cpus, "num_gpus": self.num_gpus,
+                        "memory": self.memory, "max_restarts": o.max_restarts, "max_task_retries": o.max_task_retries,
+                        "cells_on_restarted_workers": sum(e.restarted for e in self.events),
+                        "pids": sorted({e.pid for e in self.events})}}
+
+    def run(self, jobs: Sequence[Job], *, cache: bool = False) -> list[list[dict]]:
+        """Every cell of ``jobs`` on actors -> ``[[run_cell output per cell] per job]``, or ``SweepError``."""
+        self.events = []
+        with self:
+            refs = [self.ray.put(job) for job in jobs]  # a job's examples travel once per node, not once per cell
+            order = _tasks(jobs)
+            tasks = [(run_cell, (refs[j], i, cache, self.options.max_models), _load_spec(jobs[j]),
+                      jobs[j].cell_label(i)) for j, i in order]
+            outs = self.run_tasks(tasks, self.progress, sorted({_load_spec(job) for job in jobs}))
+        return _per_job(jobs, dict(zip(order, outs)))
 
     def _plan_workers(self, n_tasks: int, memory: int | None) -> tuple[int, float]:
         o, resources = self.options, self.ray.cluster_resources()
@@ -450,13 +337,13 @@ class RayExecutor:
             n = int(min(fits))
         return max(1, min(n, n_tasks)), gpus
 
-    def run_tasks(self, tasks: Sequence[tuple[Callable, tuple, str, str]],
+    def run_tasks(self, tasks: Sequence[tuple[Callable, tuple, Any, str]],
                   progress: Callable[[CellEvent], None] | None = None,
-                  models: Sequence[tuple[str, str, str | None]] = ()) -> list:
+                  models: Sequence[tuple[str, str, str]] = ()) -> list:
         """Run ``(fn, args, affinity, label)`` tasks on actors; results in task order, or ``SweepError``.
 
-        ``affinity`` (e.g. the model key) steers a task to an actor that ran the same affinity last, so that a
-        model is loaded once per actor. Top-level ``ObjectRef`` arguments are resolved on the worker.
+        ``affinity`` (the model a task loads) steers a task to an actor that ran the same affinity last, so
+        that a model is loaded once per actor. Top-level ``ObjectRef`` arguments are resolved on the worker.
         ``models`` ((key, dtype, quant) the tasks load) sizes ``memory="auto"``.
         """
         from ray.exceptions import RayActorError, RayTaskError
@@ -466,7 +353,7 @@ class RayExecutor:
             return []
         memory = o.memory
         if memory == "auto":
-            sizes = [m for m in (estimate_memory(*spec) for spec in models) if m]
+            sizes = [m for m in (estimate_memory(key, dtype, quant or None) for key, dtype, quant in models) if m]
             memory = max(sizes) if sizes else None
         n_workers, gpus = self._plan_workers(len(tasks), memory)
         actor_options = {"num_cpus": o.num_cpus, "num_gpus": gpus, "max_restarts": o.max_restarts,
@@ -475,11 +362,10 @@ class RayExecutor:
             actor_options["memory"] = int(memory)
         self.memory = memory
         worker_cls = ray.remote(_Worker)
-        actors = [worker_cls.options(**actor_options).remote(f"worker-{k}", o.num_cpus, o.max_models)
-                  for k in range(n_workers)]
+        actors = [worker_cls.options(**actor_options).remote(f"worker-{k}", o.num_cpus) for k in range(n_workers)]
         self.workers, self.num_gpus = n_workers, gpus
         queue = list(range(len(tasks)))
-        holds: list[str | None] = [None] * n_workers
+        holds: list[Any] = [None] * n_workers
         load = [0] * n_workers
         pending: dict = {}
         results: dict[int, Any] = {}
@@ -526,26 +412,14 @@ class RayExecutor:
                 ray.kill(actor, no_restart=True)
         return [results[i] for i in range(len(tasks))]
 
-    def map(self, fn: Callable, jobs: Sequence) -> list:
-        """``[fn(job) for job in jobs]`` on actors (jobs with a ``"model"`` key stay with actors holding it)."""
-        with self:
-            tasks = [(fn, (job,), job.get("model") if isinstance(job, dict) else None, _job_label(job, i))
-                     for i, job in enumerate(jobs)]
-            models = {(job["model"], job.get("dtype", "fp32"), job.get("quant")) for job in jobs
-                      if isinstance(job, dict) and "model" in job}
-            return self.run_tasks(tasks, self.progress, sorted(models, key=str))
 
-
-def _job_label(job, i: int) -> str:
-    if isinstance(job, dict) and isinstance(job.get("cell"), dict):
-        layers = job["cell"].get("layers") or [0]
-        return f"{job.get('model')} cell {i} L{layers[0]}-{layers[-1]}"
-    return f"job {i}"
+# ------------------------------------------------------------------------------------------------ entry points
 
 
 def get_executor(name: str, *, address: str | None = None, progress: Callable[[CellEvent], None] | None = None,
                  **options):
-    """The ``executor=`` object of ``engine.atlas.atlas`` for ``--executor NAME``: None for ``local``."""
+    """The ``executor=`` object of ``engine.atlas.atlas`` for ``--executor NAME``: None for ``local`` (the atlas
+    is computed in this process, on the model already loaded), a ``RayExecutor`` for ``ray``."""
     if name == "local":
         if address:
             raise ExecutorError("--ray-address needs --executor ray")
@@ -555,47 +429,51 @@ def get_executor(name: str, *, address: str | None = None, progress: Callable[[C
     raise ExecutorError(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")
 
 
-def _print_event(event: CellEvent) -> None:
-    print(event.line(), file=sys.stderr, flush=True)
-
-
-def run_ray(sweep: Sweep, options: RayOptions | None = None, *, cache: bool = False,
-            progress: Callable[[CellEvent], None] | None = None) -> dict:
-    """Compute the sweep's cells on Ray actors and merge them: the same result as ``run_local``."""
-    executor = RayExecutor(options)
-    cells = sweep.cells()
-    start = time.perf_counter()
-    with executor:
-        jobs_ref = executor.ray.put(sweep.jobs)  # the examples travel once per node, not once per cell
-        tasks = [(compute_sweep_cell, (jobs_ref, c.job, c.cell, cache), sweep.jobs[c.job].model, c.label)
-                 for c in cells]
-        order = sorted(range(len(tasks)), key=lambda i: (tasks[i][2], i))  # a model's cells together
-        models = sorted({(job.model, job.dtype, job.quant) for job in sweep.jobs}, key=str)
-        outs = executor.run_tasks([tasks[i] for i in order], progress, models)
-    outputs = {i: out for i, out in zip(order, outs)}
-    o = executor.options
-    extra = {"ray": {"workers": executor.workers, "num_cpus": o.num_cpus, "num_gpus": executor.num_gpus,
-                     "memory": executor.memory, "max_restarts": o.max_restarts,
-                     "max_task_retries": o.max_task_retries,
-                     "cells_on_restarted_workers": sum(e.restarted for e in executor.events),
-                     "pids": sorted({e.pid for e in executor.events})}}
-    return _assemble(sweep, cells, outputs, "ray", time.perf_counter() - start, extra)
-
-
-# ------------------------------------------------------------------------------------------------ entry point
-
-
 def run_sweep(sweep: Sweep, executor: str = "local", *, cache: bool = False, ray_options: RayOptions | None = None,
               progress: Callable[[CellEvent], None] | None = None, out: str | Path | None = None) -> dict:
-    """Run ``sweep`` with ``executor`` ("local" or "ray"); write it to ``out`` only once it is complete."""
+    """Run ``sweep`` with ``executor`` ("local" or "ray") and merge every job; write the sweep to ``out`` only
+    once it is complete. The driver never loads a model: workers report what ``merge_job`` needs."""
     if executor == "local":
         if ray_options is not None and ray_options.address:
             raise ExecutorError("--ray-address needs --executor ray")
-        result = run_local(sweep, cache=cache, progress=progress)
+        runner: LocalExecutor | RayExecutor = LocalExecutor(progress)
     elif executor == "ray":
-        result = run_ray(sweep, ray_options, cache=cache, progress=progress)
+        runner = RayExecutor(ray_options, progress)
     else:
         raise ExecutorError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    start = time.perf_counter()
+    outputs = runner.run(sweep.jobs, cache=cache)
+    atlases = [merge_job(job, outs).to_json() for job, outs in zip(sweep.jobs, outputs)]
+    result = {"kind": SWEEP_KIND, "format": SWEEP_FORMAT, "complete": True, "engine_version": ENGINE_VERSION,
+              "executor": runner.name, "plan": {**sweep.plan, "n_cells": sweep.n_cells},
+              "seconds": time.perf_counter() - start, "jobs": [job.describe() for job in sweep.jobs],
+              "atlases": atlases, **runner.info()}
     if out is not None:
         write_sweep(result, out)
     return result
+
+
+def write_sweep(result: dict, path: str | Path) -> Path:
+    """Write a complete sweep as JSON, atomically (a reader never sees half a file). Refuses a partial one."""
+    if result.get("kind") != SWEEP_KIND or result.get("complete") is not True:
+        raise SweepError("write_sweep: refusing to write a sweep that is not marked complete")
+    if len(result.get("atlases", [])) != len(result.get("jobs", [])):
+        raise SweepError(f"write_sweep: {len(result.get('atlases', []))} atlases for {len(result['jobs'])} jobs")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=1, allow_nan=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def comparable(result: dict) -> dict:
+    """A sweep without what legitimately differs between executors and runs (timings, executor details)."""
+    out = {k: v for k, v in result.items() if k not in ("seconds", "executor", "ray")}
+    out["atlases"] = [{k: v for k, v in a.items() if k != "seconds"} for a in result["atlases"]]
+    return out

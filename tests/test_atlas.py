@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from engine import cache as cache_lib
 from engine import metrics, models, stats
 from engine.atlas import (
-    Atlas, AtlasError, Cell, atlas, cache_key, compute_cell, make_jobs, merge_cells, plan_cells, replicate, run_job,
+    Atlas, AtlasError, AtlasOptions, Cell, Job, atlas, cache_key, compute_cell, merge_cells, merge_job, model_identity,
+    plan_cells, prompt_overlap, replicate, run_cell, suite_hash,
 )
 from engine.interventions import Ablate, Reference, clean_run, edit_residual, encode, next_token_logits, run_from
 from engine.tasks import Example
@@ -231,20 +232,83 @@ def test_cells_merge_into_the_same_atlas_whatever_the_split():
 
 
 def test_jobs_are_plain_data_and_run_anywhere_the_model_loads():
+    from engine.executors import LocalExecutor
+
     lm = models.load("tiny-llama")  # the registry's tiny model: what a worker process would load
     examples = _examples(n_families=2, per_family=2)
-    cells = plan_cells(examples, range(lm.n_layers), by_family=True)
-    jobs = json.loads(json.dumps(make_jobs("tiny-llama", examples, cells, component="mlp", template="none")))
-    merged = merge_cells(lm, examples, [run_job(j) for j in jobs], component="mlp", template="none",
-                         n_resamples=100)
-    direct = atlas(lm, examples, component="mlp", template="none", n_resamples=100)
+    job = Job.plan("tiny-llama", examples, component="mlp", template="none", n_resamples=100, by_family=True)
+    assert job.options.layers == (0, 1) and len(job.cells) == 2  # n_layers from the registry, cells per family
+    again = Job.from_json(json.loads(json.dumps(job.to_json())))
+    assert again == job and hash(again) == hash(job)
+    merged = merge_job(again, [run_cell(again, i) for i in range(len(again.cells))])
+    direct = atlas(lm, examples, job.options)
     assert np.abs(merged.per_example - direct.per_example).max() <= 1e-5
+    # an executor runs the same jobs; with its plan (all examples together) the atlas is the in-process one, bit for bit
+    via = atlas(lm, examples, job.options, executor=LocalExecutor(layers_per_cell=1))
+    assert via.to_json() | {"seconds": 0} == direct.to_json() | {"seconds": 0}
+    # a model the workers cannot load by its key (here: 3 layers, the registry's tiny-llama has 2) is refused
+    with pytest.raises(AtlasError, match="loads here as weights"):
+        atlas(tiny("llama"), examples, template="none", executor=LocalExecutor())
 
-    class Serial:  # the executor protocol: map(fn, jobs)
-        def map(self, fn, jobs):
-            return [fn(job) for job in jobs]
-    via = atlas(lm, examples, component="mlp", template="none", n_resamples=100, executor=Serial())
-    assert np.abs(via.per_example - direct.per_example).max() <= 1e-5
+
+def test_options_are_one_hashable_object_and_define_the_cache_key():
+    lm = tiny("llama")
+    options = AtlasOptions(method="mean", positions=[-2], heads=[0, 1], layers=[2, 0], n_resamples=50)
+    assert options.positions == (-2,) and options.layers == (2, 0) and hash(options) == hash(AtlasOptions.of(
+        method="mean", positions=(-2,), heads=(0, 1), layers=(2, 0), n_resamples=50))
+    assert AtlasOptions.from_json(json.loads(json.dumps(options.to_json()))) == options
+    with pytest.raises(AtlasError, match="component"):
+        AtlasOptions(component="neuron")
+    with pytest.raises(AtlasError, match="layers must lie"):
+        options.resolved(2)
+    # an options object and the same options as keywords are one atlas, and one cache key
+    as_object = atlas(lm, PROMPTS[:3], options)
+    as_keywords = atlas(lm, PROMPTS[:3], method="mean", positions=[-2], heads=[0, 1], layers=[2, 0], n_resamples=50)
+    assert as_object.to_json() | {"seconds": 0} == as_keywords.to_json() | {"seconds": 0}
+    assert as_object.positions == [-2]  # recorded in its JSON form
+    key = cache_key(lm, PROMPTS[:3], options)
+    assert key == cache_key(lm, PROMPTS[:3], method="mean", positions=[-2], heads=[0, 1], layers=[2, 0],
+                            n_resamples=50)
+    assert key == {"kind": "atlas", **model_identity(lm), "suite": suite_hash(PROMPTS[:3]), **options.to_json(),
+                   "reference": None}
+    # every option can change the numbers, so every option is in the key (batch size: the guard's prompt pairs)
+    assert cache_key(lm, PROMPTS[:3]) == cache_key(lm, PROMPTS[:3], layers=[0, 1, 2])  # the layer axis is explicit
+    for change in ({"batch_size": 1}, {"fast": False}, {"n_resamples": 51}, {"template": "none"}):
+        assert cache_key(lm, PROMPTS[:3], options, **change) != key, change
+    one_by_one = atlas(lm, PROMPTS[:4], batch_size=1, n_resamples=50)
+    together = atlas(lm, PROMPTS[:4], n_resamples=50)
+    assert one_by_one.erase_ratio != together.erase_ratio
+
+
+def test_prompt_overlap_is_the_mean_pairwise_jaccard_of_example_ids():
+    examples = _examples(n_families=1, per_family=4)
+    assert prompt_overlap([examples, [ex.id for ex in examples]]) == 1.0  # examples or their ids
+    assert prompt_overlap([examples[:2], examples[1:3], examples[2:]]) == pytest.approx((1 / 3 + 0 + 1 / 3) / 3)
+    assert prompt_overlap([examples]) == 1.0 and prompt_overlap([[], []]) == 1.0
+
+
+def test_the_process_model_cache_loads_once_and_releases():
+    models.release("tiny-qwen2")
+    first = models.shared("tiny-qwen2", dtype="fp32")
+    assert models.shared("tiny-qwen2", dtype=torch.float32, quant=None) is first  # one load however it is spelled
+    assert models.holds("tiny-qwen2", dtype="float32") and not models.holds("tiny-gemma3")
+    other = models.shared("tiny-gemma3", max_models=1)  # the bound drops the least recently used entry ...
+    assert not models.holds("tiny-qwen2", dtype="fp32") and first.model is not None  # ... without freeing it
+    models.release("tiny-gemma3")
+    assert other.model is None and not models.holds("tiny-gemma3")
+    assert models.metadata("tiny-qwen2") == {"model": "tiny-qwen2", "arch": "qwen2", "n_layers": 2, "d_model": 64,
+                                             "params": "tiny", "source": "tiny", "path": None}
+    assert models.dtype_info("bfloat16") is models.dtype_info(torch.bfloat16) is models.DTYPES["bf16"]
+    assert models.DTYPES["fp16"].bytes == 2 and models.DTYPES["float32"].torch is torch.float32
+
+
+def test_metadata_of_a_local_directory_reads_its_config_not_its_weights(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 5,
+                                                      "hidden_size": 48}))
+    meta = models.metadata(str(tmp_path))
+    assert (meta["n_layers"], meta["d_model"], meta["arch"], meta["path"]) == (5, 48, "llama", str(tmp_path.resolve()))
+    job = Job.plan(str(tmp_path), ["a prompt"], layer_chunk=2)
+    assert [c.layers for c in job.cells] == [(0, 1), (2, 3), (4,)]
 
 
 # --------------------------------------------------------------------------------------------- cache

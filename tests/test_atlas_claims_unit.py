@@ -1,4 +1,4 @@
-"""Unit tests of the atlas claims' measurement procedures (engine/atlas_claims.py), on tiny random models.
+"""Unit tests of the atlas claims' measurement procedures (engine/studies/atlas.py), on tiny random models.
 
 These check the *procedures* (samples, ties, restriction, the seed's no-op mean ablation, skip configurations,
 verdict inputs); no claim verdict is ever computed on random weights.
@@ -9,10 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engine.atlas import prompt_overlap
 from engine.studies import atlas as A
 from engine import models, stats
 from engine.atlas import atlas
+from claims.plugin import record_both
 from engine.tasks import Example
+from engine.verdicts import ClaimRevisedWarning, Recorder, Target, Verdict, load_catalogue
 
 FAMILIES = ("alpha", "beta", "gamma")
 WORDS = ("cat", "dog", "sun", "sea", "red", "big", "old", "new", "top", "map", "pen", "cup")
@@ -48,15 +51,15 @@ def small_atlas(lm, examples, component, **kw):
 def test_seed_protocol_sample_is_the_first_k_per_family_whatever_the_seed():
     examples = A.first_examples(2, suite=pool())
     assert [e.id for e in examples] == ["alpha-0", "alpha-1", "beta-0", "beta-1", "gamma-0", "gamma-1"]
-    assert A.prompt_overlap([examples, A.first_examples(2, suite=pool())]) == 1.0
+    assert prompt_overlap([examples, A.first_examples(2, suite=pool())]) == 1.0
 
 
 def test_rigorous_samples_differ_between_seeds_and_are_stratified():
     samples = [A.stratified_sample(s, 2, suite=pool()) for s in A.SEEDS]
     for s in samples:
         assert sorted(e.family for e in s) == sorted(FAMILIES * 2)
-    assert A.prompt_overlap(samples) < 1.0
-    assert A.prompt_overlap([samples[0], A.stratified_sample(A.SEEDS[0], 2, suite=pool())]) == 1.0
+    assert prompt_overlap(samples) < 1.0
+    assert prompt_overlap([samples[0], A.stratified_sample(A.SEEDS[0], 2, suite=pool())]) == 1.0
 
 
 def test_first_examples_refuses_a_family_that_is_too_small():
@@ -111,10 +114,10 @@ def test_restricting_an_atlas_equals_sweeping_the_sub_suite(llama):
 
 def test_family_agreement_never_counts_an_exact_tie(llama):
     tie = small_atlas(llama, pool(2), "resid")
-    agreement, agree, _ = A._family_agreement(tie, tie)
+    agreement, agree, _ = A.hubs.family_agreement(tie, tie)
     assert agreement == 0.0 and agree == []
     real = small_atlas(llama, pool(2), "layer")
-    assert A._family_agreement(real, real)[0] == 1.0
+    assert A.hubs.family_agreement(real, real)[0] == 1.0
 
 
 # ------------------------------------------------------------------------------------------------ ABL-MEAN
@@ -137,9 +140,9 @@ def test_residual_mean_ratios_are_per_layer_and_bounded(llama):
 def test_ablation_parts_follow_the_thresholds():
     params = {"near_zero_mean_ratio": 0.1, "zero_effect_tolerance": 0.01, "rank_rho_threshold": 0.8,
               "destructive_ratio": 2.0}
-    assert A._abl_parts(0.05, 0.0, 0.9, 1.5, params) == {
+    assert A.ablation.abl_parts(0.05, 0.0, 0.9, 1.5, params) == {
         "near_zero_mean": True, "mean_ablation_all_zero": True, "zero_ablation_valid": True}
-    parts = A._abl_parts(0.5, 0.3, None, None, params)
+    parts = A.ablation.abl_parts(0.5, 0.3, None, None, params)
     assert not any(parts.values())
 
 
@@ -174,10 +177,10 @@ def reading(hub, argmax=None, n_layers=24):
 
 
 def test_own_atlas_holds_only_when_hub_depths_differ():
-    assert A.own_atlas({"a": reading(2), "b": reading(14)}, "rigorous", 0.05, "").holds
-    assert not A.own_atlas({"a": reading(2), "b": reading(2)}, "rigorous", 0.05, "").holds
-    assert not A.own_atlas({"a": reading(None, 0), "b": reading(None, 0)}, "seed", 0.05, "").holds
-    assert A.own_atlas({"a": reading(None, 0), "b": reading(3)}, "seed", 0.05, "").holds
+    assert A.own_atlas_finding({"a": reading(2), "b": reading(14)}, "rigorous", 0.05, "").holds
+    assert not A.own_atlas_finding({"a": reading(2), "b": reading(2)}, "rigorous", 0.05, "").holds
+    assert not A.own_atlas_finding({"a": reading(None, 0), "b": reading(None, 0)}, "seed", 0.05, "").holds
+    assert A.own_atlas_finding({"a": reading(None, 0), "b": reading(3)}, "seed", 0.05, "").holds
 
 
 def test_migration_needs_strictly_rising_separated_hubs():
@@ -205,3 +208,59 @@ def test_finding_record_drops_unbounded_intervals_and_contrast_explains_disagree
     assert agreeing.notes == []
     revised = A.Finding("seed", {}, holds=True, revised=True, reason="identical hubs").record()
     assert revised["revised"] and revised["reason"] == "identical hubs"
+
+
+# ------------------------------------------------------------------------------------------------ recording
+
+
+class _Skip(Exception):
+    pass
+
+
+class _SkippingRecorder(Recorder):
+    """Like the claims plugin's recorder: ``untested`` also stops the test."""
+
+    def untested(self, reason, protocols=None):
+        super().untested(reason, protocols)
+        raise _Skip(reason)
+
+
+def _recorder(cls=Recorder, claim_id="STEER-TRANSFER", model="smollm2-135m+gemma3-270m"):
+    return cls(Target(load_catalogue()[claim_id], model, "cpu"))
+
+
+def test_record_both_records_seed_then_rigorous_and_an_untested_protocol_without_stopping():
+    claim = _recorder(_SkippingRecorder)
+    seed = A.Finding.not_run("seed", "the seed never ran it")
+    rigorous = A.Finding("rigorous", {"x": 1.0}, holds=True, ci={"x": (0.5, 1.5)}, seeds=[0], notes=["a", "b"],
+                         expectation="x above 0")
+    record_both(claim, seed, rigorous)
+    assert [(r.protocol, r.verdict) for r in claim.records] == [("seed", Verdict.UNTESTED),
+                                                                 ("rigorous", Verdict.CONFIRMED)]
+    assert claim.records[0].reason == "the seed never ran it"
+    r = claim.records[1]
+    assert (r.figures, r.ci, r.seeds, r.notes, r.expectation) == ({"x": 1.0}, {"x": [0.5, 1.5]}, [0], "a b",
+                                                                  "x above 0")
+
+
+def test_record_both_skips_the_test_after_recording_when_a_finding_says_so():
+    claim = _recorder(_SkippingRecorder, "QUANT-SPEED", "smollm2-135m")
+    with pytest.raises(_Skip, match="rigorous reason"):
+        record_both(claim, A.Finding.not_run("seed", "seed reason"),
+                    A.Finding.not_run("rigorous", "rigorous reason", skip_test=True))
+    assert [(r.protocol, r.verdict, r.reason) for r in claim.records] == [
+        ("seed", Verdict.UNTESTED, "seed reason"), ("rigorous", Verdict.UNTESTED, "rigorous reason")]
+    both = _recorder(_SkippingRecorder, "QUANT-KL", "smollm2-135m")  # both untested, but the test goes on
+    record_both(both, A.Finding.not_run("seed", "a"), A.Finding.not_run("rigorous", "b"))
+    assert [r.verdict for r in both.records] == [Verdict.UNTESTED, Verdict.UNTESTED]
+    with pytest.raises(ValueError, match="findings of 'rigorous' and 'seed'"):
+        record_both(_recorder(), A.Finding("rigorous", {}, True), A.Finding("seed", {}, True))
+
+
+def test_a_finding_record_carries_a_documented_revision_and_the_expectation():
+    claim = _recorder(claim_id="HUB-BREADTH", model="smollm2-135m")
+    with pytest.warns(ClaimRevisedWarning):
+        record_both(claim, A.Finding("seed", {"h": 1}, holds=True, revised=True, reason="same hub"),
+                    A.Finding("rigorous", {"h": 1}, holds=False))
+    assert [r.verdict for r in claim.records] == [Verdict.REVISED, Verdict.FAILED]
+    assert "same hub" in claim.records[0].reason and claim.records[0].expectation == claim.claim.rule

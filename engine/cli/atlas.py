@@ -5,8 +5,8 @@ A thin layer over ``engine.atlas.atlas`` (the function the claims call) and ``en
     mi-atlas atlas --model smollm2-135m                      # default suite sample, results/atlas/smollm2-135m/
     mi-atlas atlas --model /path/to/hf-dir --prompts my.jsonl --component mlp --method mean --out out/
 
-``--executor local`` (default) runs the sweep in this process; other executors (``engine.executors``) split it
-into cells (``engine.atlas.plan_cells``) and run them elsewhere.
+``--executor local`` (default) runs the sweep in this process; ``--executor ray`` (``engine.executors``) cuts it
+into cells (one ``engine.atlas.Job``) and runs them on Ray actors, which load the model by key or path.
 """
 
 from __future__ import annotations
@@ -34,23 +34,6 @@ def _examples(prompts: Path | None, families: str | None, per_family: int | None
             return pool
         return tasks.sample(chosen, per_family=per_family, seed=seed, suite=pool)
     return tasks.sample(chosen, per_family=per_family or DEFAULT_PER_FAMILY, seed=seed)
-
-
-def _executor(name: str, address: str | None = None):
-    if name == "local":
-        if address:
-            raise ValueError("--ray-address needs --executor ray")
-        return None
-    try:
-        from engine import executors
-    except ModuleNotFoundError as exc:
-        raise ValueError(f"executor {name!r} is not available here ({exc}); use --executor local") from exc
-    factory = getattr(executors, "get_executor", None)
-    if factory is not None:
-        return factory(name, address=address)
-    if name == "ray" and hasattr(executors, "RayExecutor"):
-        return executors.RayExecutor()
-    raise ValueError(f"unknown executor {name!r}; available: local")
 
 
 def writable_directory(directory: Path) -> Path:
@@ -164,8 +147,8 @@ def register(app: typer.Typer) -> None:
             TimeRemainingColumn
 
         from engine import cache as cache_lib
-        from engine import models, tasks
-        from engine.atlas import AtlasError, atlas, cache_key
+        from engine import executors, models, tasks
+        from engine.atlas import AtlasError, AtlasOptions, atlas, cache_key
         from engine.interventions import InterventionError
         from engine.interventions import methods as ablation_methods
         from engine.interventions.batch import check_prompts
@@ -183,7 +166,9 @@ def register(app: typer.Typer) -> None:
             fail(ablation_methods.unknown_method_message(method))
         try:
             examples = _examples(prompts, families, per_family, seed)
-            run_executor = _executor(executor, ray_address)
+            run_executor = executors.get_executor(executor, address=ray_address)
+            options = AtlasOptions(method=method, component=component, positions=positions, measure=measure,
+                                   template=template, seed=seed, batch_size=batch_size)
         except (tasks.SuiteError, ValueError, OSError) as exc:
             fail(str(exc))
         if not examples:
@@ -204,12 +189,10 @@ def register(app: typer.Typer) -> None:
                       f"{positions}, {len(examples)} prompts, seed {seed}")
         progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
-        kwargs = dict(method=method, component=component, positions=positions, measure=measure, template=template,
-                      seed=seed)
         from_cache = False
         try:
             if cache:
-                from_cache = cache_lib.lookup(cache_key(lm, examples, **kwargs))[0]
+                from_cache = cache_lib.lookup(cache_key(lm, examples, options))[0]
             cpu_start = time.process_time()
             with progress:
                 task = progress.add_task("atlas sweep (batch x layer steps)", total=None)
@@ -217,8 +200,7 @@ def register(app: typer.Typer) -> None:
                 def advance(done: int, total: int) -> None:
                     progress.update(task, completed=done, total=total)
 
-                result = atlas(lm, examples, cache=cache, progress=advance, executor=run_executor,
-                               batch_size=batch_size, **kwargs)
+                result = atlas(lm, examples, options, cache=cache, progress=advance, executor=run_executor)
         except (AtlasError, InterventionError, tasks.SuiteError, cache_lib.CacheError) as exc:
             fail(str(exc))
         # seconds: the sweep's own wall time (model loading excluded); from the cache: the original sweep's.

@@ -9,7 +9,8 @@ Modules:
 * :mod:`.training` - the training loop (deterministic for a seed), checkpoints, the content-addressed cache;
 * :mod:`.analysis` - adapter-effect localisation, checkpoint lock-in, layer skipping with recovery;
 * :mod:`.studies` - the LoRA claims' measurements under the seed and the rigorous protocol;
-* :mod:`.protocols` - per-tier plans (sizes, budgets) and the per-model bench the claim tests use.
+* :mod:`.protocols` - per-tier plans (sizes, budgets; data: ``engine/data/plans.toml``) and the per-model bench
+  the claims' procedures (:mod:`engine.studies.lora`) read.
 """
 
 from .adapters import (ALL_LINEAR, MODULE_GROUPS, SEED_LAYERS, LoraError, LoraTarget, ParamCount, adapted,

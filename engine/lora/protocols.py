@@ -2,10 +2,14 @@
 
 A :class:`LoraPlan` fixes what the measurements cost: the task families and sample sizes, the training budget
 (steps, batch, learning rate, sequence length), the number of random draws, the checkpoint fractions and the
-atlas prompts. ``CPU_PLAN`` is sized for the cpu tier's budget (the whole lora block on SmolLM2-135M and
-Gemma-3-270M within 20 minutes on 2 cores); ``GPU_PLAN`` is the seed's own setting (r=8, alpha=16, AdamW lr 2e-4,
-linear schedule, 10 warm-up steps, 100 steps, 5-6 training examples per family, 256 tokens). A claim's
-``[claim.params]`` may override any field (``plan_for(tier, params)``).
+atlas prompts. The plans are data: ``[plans.<plan>.<tier>.lora]`` in ``engine/data/plans.toml``, read by
+``plan_for(tier, params)`` (``CPU_PLAN`` / ``GPU_PLAN`` hold the default plan). The cpu plan is sized for the cpu
+tier's budget (the whole lora block on SmolLM2-135M and Gemma-3-270M within 20 minutes on 2 cores); the gpu plan is
+the seed's own setting (r=8, alpha=16, AdamW lr 2e-4, linear schedule, 10 warm-up steps, 100 steps, 5-6 training
+examples per family, 256 tokens). A claim's ``[claim.params]`` may override any field (the rule of
+:func:`engine.plans.override`: a key named like a field, or a ``cpu`` / ``gpu`` sub-table for one tier).
+
+The claims' decision rules on a bench's measurements are :mod:`engine.studies.lora`.
 
 A :class:`LoraBench` holds one model and a plan and computes each claim's measurement once, sharing what claims
 have in common: the training/held-out examples, the model's own atlas (layer contribution removed: the rigorous
@@ -27,11 +31,11 @@ Seed vs rigorous, per claim (``seed-protocols.md``):
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
+from engine import plans
 from engine.models import LoadedModel
 from engine.tasks import FAMILIES, Example, sample, suite_hash
 
@@ -72,6 +76,7 @@ class LoraPlan:
     skip_fraction: float = 0.1  # SKIP-RECOVER skips this share of the layers (at least 1)
     n_skip_random: int = 2
     generate: bool = True  # greedy generation scored by the suite (held-out) for LORA-ATLAS
+    name: str = plans.DEFAULT_PLAN  # the plan of engine/data/plans.toml this was read from (set by the loader)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
@@ -79,10 +84,8 @@ class LoraPlan:
 
     def with_params(self, params: Mapping | None) -> "LoraPlan":
         """A copy with the fields named in ``params`` replaced (unknown names are ignored: they are rule
-        thresholds read by the claim tests)."""
-        names = {f.name for f in dataclasses.fields(self)}
-        changes = {k: (tuple(v) if isinstance(v, list) else v) for k, v in (params or {}).items() if k in names}
-        return dataclasses.replace(self, **changes)
+        thresholds read by the claims' procedures; ``tier`` and ``name`` are never replaced)."""
+        return plans.override(self, None, params)
 
     def describe(self) -> dict:
         return {"tier": self.tier, "families": list(self.families), "n_train_per_family": self.n_train,
@@ -91,17 +94,14 @@ class LoraPlan:
                 "train_seed": self.train_seed, "data_seed": self.data_seed}
 
 
-CPU_PLAN = LoraPlan(tier="cpu")
-GPU_PLAN = LoraPlan(tier="gpu", n_train=6, n_eval=4, max_len=256, steps=100, batch_size=4, lr=2e-4, warmup_steps=10,
-                    n_random=8, atlas_per_family=5, seed_atlas_per_family=5, lock_per_family=5, n_skip_random=5)
-PLANS = {"cpu": CPU_PLAN, "gpu": GPU_PLAN}
-
-
 def plan_for(tier: str, params: Mapping | None = None) -> LoraPlan:
-    """The tier's plan with a claim's ``[claim.params]`` overrides applied."""
-    params = dict(params or {})
-    return PLANS[tier].with_params(params).with_params(params.get(tier) if isinstance(params.get(tier), Mapping)
-                                                       else None)
+    """The tier's plan (``cpu`` | ``gpu``) from ``engine/data/plans.toml`` with a claim's ``[claim.params]``
+    overrides applied (flat keys named like a field, then the ``params[tier]`` sub-table)."""
+    return plans.load("lora", LoraPlan, tier, params)
+
+
+PLANS = {tier: plan_for(tier) for tier in plans.TIERS}  # the default plan
+CPU_PLAN, GPU_PLAN = PLANS["cpu"], PLANS["gpu"]
 
 
 def split_examples(plan: LoraPlan) -> tuple[list[Example], list[Example]]:

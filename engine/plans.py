@@ -1,0 +1,213 @@
+"""Sample plans as data: every block's per-tier sizes, read from ``engine/data/plans.toml``.
+
+One schema for every block: ``[plans.<plan>.<tier>.<block>]`` (tier ``cpu`` | ``gpu``, block ``atlas`` |
+``steer`` | ``quant`` | ``lora``), one key per field of the block's frozen sizes dataclass (``Sizes``,
+``SteerSizes``, ``QuantSizes``, ``LoraPlan``). :func:`load` turns a table into that dataclass; each block's
+``sizes_for(tier, params)`` (``engine.studies.atlas.sizes_for``, ``engine.studies.steer.sizes_for``,
+``engine.studies.quant.quant_sizes_for``, ``engine.lora.plan_for``) calls it.
+
+The table must list every field, except one whose dataclass default is None (TOML has no null): left out, it is
+None. Arrays become tuples; an integer where the field is a float becomes a float. The loader sets two fields
+itself, never read from the file: ``name`` (the plan's name: ``sizes.name``, for the records of a later issue)
+and, where the dataclass has one, ``tier``. Any unknown plan, tier, block or key, a missing field or a value of
+the wrong type is a :class:`PlanError` naming the file and the key.
+
+Overrides by a claim's ``[claim.params]`` (:func:`override`), in this order:
+
+1. ``plan = "<name>"`` selects the plan (default ``"default"``);
+2. a key named like a field of the claim's block's sizes replaces that field on both tiers;
+3. a sub-table ``[claim.params.cpu]`` / ``[claim.params.gpu]`` replaces fields on that tier only (every key of it
+   must be a field of the block's sizes);
+4. every other key is a rule threshold read by the block's procedure, never a size. ``name`` and ``tier`` cannot
+   be overridden.
+
+Nothing here imports another engine module: the blocks pass their dataclass in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+PLANS_FILE = "engine/data/plans.toml"
+DEFAULT_PLAN = "default"
+TIERS = ("cpu", "gpu")
+BLOCKS = ("atlas", "steer", "quant", "lora")
+SET_BY_LOADER = ("name", "tier")  # fields the loader fills in, never read from the file or a claim's params
+
+T = TypeVar("T")
+
+
+class PlanError(ValueError):
+    """The plans file or a claim's size override is malformed; the message names the file (or claim) and key."""
+
+
+# --------------------------------------------------------------------------------------------- the file
+
+
+def read(path: str | Path | None = None) -> tuple[str, dict[str, dict[str, dict[str, dict[str, Any]]]]]:
+    """(where, plans): the parsed plans file, its plan / tier / block structure checked. Default: the packaged
+    ``engine/data/plans.toml``."""
+    if path is None:
+        return _default()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlanError(f"plans file {path}: cannot read it ({exc})") from exc
+    return str(path), parse(text, str(path))
+
+
+@lru_cache(maxsize=1)
+def _default():
+    text = resources.files("engine").joinpath("data/plans.toml").read_text(encoding="utf-8")
+    return PLANS_FILE, parse(text, PLANS_FILE)
+
+
+def parse(text: str, where: str = "<plans>") -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PlanError(f"{where}: not valid TOML ({exc})") from exc
+    unknown = sorted(set(data) - {"plans"})
+    if unknown:
+        raise PlanError(f"{where}: unknown key {unknown[0]!r} (the file holds only [plans.<plan>.<tier>.<block>])")
+    plans = data.get("plans", {})
+    if not plans:
+        raise PlanError(f"{where}: no [plans.<plan>.<tier>.<block>] tables")
+    for name, tiers in plans.items():
+        _table(tiers, f"{where}: [plans.{name}]")
+        for tier, blocks in tiers.items():
+            if tier not in TIERS:
+                raise PlanError(f"{where}: unknown key 'plans.{name}.{tier}': a tier is one of {', '.join(TIERS)}")
+            _table(blocks, f"{where}: [plans.{name}.{tier}]")
+            for block, fields in blocks.items():
+                if block not in BLOCKS:
+                    raise PlanError(f"{where}: unknown key 'plans.{name}.{tier}.{block}': a block is one of "
+                                    f"{', '.join(BLOCKS)}")
+                _table(fields, f"{where}: [plans.{name}.{tier}.{block}]")
+    return plans
+
+
+def _table(value: Any, where: str) -> None:
+    if not isinstance(value, dict):
+        raise PlanError(f"{where} must be a table, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------- sizes
+
+
+def load(block: str, cls: type[T], tier: str, params: Mapping[str, Any] | None = None, *,
+         path: str | Path | None = None) -> T:
+    """The ``block``'s sizes on ``tier`` (a ``cls`` instance): the plan that ``params`` name (default
+    ``"default"``) read from the plans file, then ``params``' overrides (:func:`override`)."""
+    where, plans = read(path)
+    name = plan_name(params)
+    if name not in plans:
+        raise PlanError(f"{where}: no plan {name!r} (plans: {', '.join(plans)})")
+    if tier not in TIERS:
+        raise PlanError(f"{where}: unknown tier {tier!r} (tiers: {', '.join(TIERS)})")
+    key = f"plans.{name}.{tier}.{block}"
+    if block not in BLOCKS:
+        raise PlanError(f"{where}: unknown block {block!r} (blocks: {', '.join(BLOCKS)})")
+    if block not in plans[name].get(tier, {}):
+        raise PlanError(f"{where}: missing table [{key}]")
+    table = plans[name][tier][block]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k in table:
+        if k not in fields or k in SET_BY_LOADER:
+            known = [f for f in fields if f not in SET_BY_LOADER]
+            raise PlanError(f"{where}: unknown key '{key}.{k}' (fields of {cls.__name__}: {', '.join(known)})")
+    values: dict[str, Any] = {}
+    for fname, f in fields.items():
+        if fname in SET_BY_LOADER:
+            continue
+        default = _default_of(f)
+        if fname in table:
+            if default is dataclasses.MISSING:
+                default = None
+            values[fname] = coerce(table[fname], default, f"{where}: '{key}.{fname}'")
+        elif default is None:
+            values[fname] = None
+        else:
+            raise PlanError(f"{where}: missing key '{key}.{fname}' (every field of {cls.__name__} is listed; only "
+                            "a field whose default is None may be left out)")
+    fixed = {"name": name} | ({"tier": tier} if "tier" in fields else {})
+    sizes = cls(**values, **{k: v for k, v in fixed.items() if k in fields})
+    return override(sizes, tier, params)
+
+
+def plan_name(params: Mapping[str, Any] | None) -> str:
+    """The plan a claim's ``[claim.params]`` select (``plan = "<name>"``), else ``"default"``."""
+    name = (params or {}).get("plan", DEFAULT_PLAN)
+    if not isinstance(name, str):
+        raise PlanError(f"[claim.params] plan must be a plan name (a string), got {name!r}")
+    return name
+
+
+def override(sizes: T, tier: str | None, params: Mapping[str, Any] | None) -> T:
+    """``sizes`` with a claim's ``[claim.params]`` size overrides applied: flat keys named like a field (both
+    tiers), then the ``params[tier]`` sub-table (that tier only; each of its keys must be a field; ``tier=None``:
+    flat keys only). Keys that name no field are rule thresholds and are left alone; ``name`` / ``tier`` are never
+    overridden."""
+    params = dict(params or {})
+    fields = {f.name: f for f in dataclasses.fields(sizes) if f.name not in SET_BY_LOADER}
+    changes = {k: v for k, v in params.items() if k in fields}
+    sub = params.get(tier) if tier is not None else None
+    if sub is not None:
+        if not isinstance(sub, Mapping):
+            raise PlanError(f"[claim.params] {tier} must be a table of size overrides for the {tier} tier, "
+                            f"got {sub!r}")
+        unknown = sorted(set(sub) - set(fields))
+        if unknown:
+            raise PlanError(f"[claim.params.{tier}]: unknown key {unknown[0]!r}: not a field of "
+                            f"{type(sizes).__name__} ({', '.join(fields)})")
+        changes.update(sub)
+    if not changes:
+        return sizes
+    typed = {k: coerce(v, getattr(sizes, k), f"[claim.params] {k}") for k, v in changes.items()}
+    return dataclasses.replace(sizes, **typed)
+
+
+def values(sizes: Any) -> dict[str, Any]:
+    """The sizes' values without the plan's name (e.g. for a cache key: two plans with the same numbers measure
+    the same thing)."""
+    out = dataclasses.asdict(sizes)
+    out.pop("name", None)
+    return out
+
+
+def coerce(value: Any, like: Any, where: str) -> Any:
+    """``value`` in the form of ``like`` (the field's default or current value): arrays -> tuples, an int where a
+    float is expected -> float. A value of another type is an error (None as ``like`` accepts an int)."""
+    if isinstance(value, (list, tuple)):
+        items = list(like) if isinstance(like, (tuple, list)) and like else [None] * len(value)
+        sample = items[0] if items else None
+        return tuple(coerce(v, sample if sample is not None else v, f"{where}[{i}]") for i, v in enumerate(value))
+    if like is None:
+        if isinstance(value, (dict, list)):
+            raise PlanError(f"{where}: expected a number or string, got {value!r}")
+        return value
+    if isinstance(like, bool) or isinstance(value, bool):
+        if not (isinstance(like, bool) and isinstance(value, bool)):
+            raise PlanError(f"{where}: expected {type(like).__name__}, got {value!r}")
+        return value
+    if isinstance(like, float) and isinstance(value, int):
+        return float(value)
+    if isinstance(like, tuple):
+        raise PlanError(f"{where}: expected an array, got {value!r}")
+    if not isinstance(value, type(like)):
+        raise PlanError(f"{where}: expected {type(like).__name__}, got {value!r}")
+    return value
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING

@@ -1,0 +1,85 @@
+"""The one shape of a claim procedure's result: a :class:`Finding` per protocol, recorded by ``claims.plugin.record_both``.
+
+Every claim procedure of every block (``engine.studies.atlas``, ``.steer``, ``.quant``, ``.lora``) returns
+``(seed, rigorous)``, two findings, with the rule already decided (``holds``) from the thresholds of the claim's
+``[claim.params]``; a claim test only records them::
+
+    seed, rigorous = A.hub_seeds(load_model(model), A.sizes_for(claim.tier, claim.params))
+    record_both(claim, seed, rigorous)
+
+A finding carries exactly the arguments of ``claim.record``: figures, holds, ci, seeds, notes, suite hash, a
+documented revision (``revised`` + ``reason``) and, where the procedure states it, the ``expectation``; or, for a
+protocol that cannot run here, ``untested`` (the reason).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class StudyError(AssertionError):
+    """A precondition of a claim procedure does not hold (the claim test fails with this message, as an assert
+    in the test did)."""
+
+
+def require(condition: Any, message: str) -> None:
+    """Fail the claim procedure (``StudyError``) unless ``condition`` holds."""
+    if not condition:
+        raise StudyError(message)
+
+
+def r4(x):
+    """4 significant digits; a ratio that could not be formed (a precision that failed here) is None."""
+    return None if x is None or not np.isfinite(x) else float(f"{x:.4g}")
+
+
+@dataclass
+class Finding:
+    """What one protocol measured for one claim: the arguments of ``claim.record`` (or why it is untested)."""
+
+    protocol: str
+    figures: dict[str, Any]
+    holds: bool
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    suite_hash: str | None = None
+    revised: bool = False
+    reason: str = ""
+    expectation: str | None = None
+    untested: str = ""  # non-empty: this protocol cannot run here, for this reason (an UNTESTED record)
+    skip_test: bool = False  # untested, and the whole claim cannot run here: the test is skipped once recorded
+
+    @classmethod
+    def not_run(cls, protocol: str, reason: str, *, skip_test: bool = False) -> "Finding":
+        """A protocol that cannot run here: recorded as UNTESTED with ``reason``. ``skip_test=True``: the claim as
+        a whole cannot run here, so after both findings are recorded the test is skipped with this reason."""
+        if not reason:
+            raise ValueError(f"an untested {protocol} finding needs a reason")
+        return cls(protocol, {}, holds=False, untested=reason, skip_test=skip_test)
+
+    def record(self) -> dict[str, Any]:
+        """Keyword arguments for ``claim.record`` (unbounded intervals are left out)."""
+        if self.untested:
+            raise ValueError(f"the {self.protocol} finding is untested ({self.untested}): nothing to record")
+        out: dict[str, Any] = {"protocol": self.protocol, "figures": self.figures, "holds": bool(self.holds),
+                               "ci": {k: v for k, v in self.ci.items() if np.isfinite(v).all()},
+                               "seeds": self.seeds, "notes": " ".join(self.notes), "suite_hash": self.suite_hash}
+        if self.revised:
+            out.update(revised=True, reason=self.reason)
+        if self.expectation is not None:
+            out["expectation"] = self.expectation
+        return out
+
+
+def contrast(seed: Finding, rigorous: Finding, why: str) -> None:
+    """When the two protocols disagree, say in both findings which step makes the difference."""
+    if seed.holds == rigorous.holds and seed.revised == rigorous.revised:
+        return
+    text = (f"Protocols disagree (seed: {'holds' if seed.holds else 'falsified'}, rigorous: "
+            f"{'holds' if rigorous.holds else 'falsified'}): {why}")
+    seed.notes.append(text)
+    rigorous.notes.append(text)
