@@ -157,12 +157,15 @@ def test_greater_is_calibrated_on_the_committed_variance(model, capsys):
 
 def test_the_power_projection_decides_at_the_projected_n(capsys):
     null = _paired_null("smollm2-135m")
-    delta = 2.0 * float(np.median([np.std(v, ddof=1) for v in null.values()]))
+    sd = float(np.median([np.std(v, ddof=1) for v in null.values()]))
+    se = sd / np.sqrt(len(null) * D.MIN_N)  # the SE of the mean at the minimum n, roughly
+    delta, effect = 3.0 * se, 1.0 * se  # a small true effect: the pilot at the minimum n cannot decide it
     rng = np.random.default_rng(11)
-    pilot = D.greater(*_draw(null, D.MIN_N, 0.5 * delta, rng), delta=delta, n_resamples=999)
-    projected = pilot.n_to_decide if pilot.outcome is Outcome.UNDECIDED else D.MIN_N
-    projected = max(projected or D.MIN_N, D.MIN_N)
-    decided = [D.greater(*_draw(null, projected, 0.5 * delta, rng), delta=delta, n_resamples=999, seed=i).decided
+    pilots = (D.greater(*_draw(null, D.MIN_N, effect, rng), delta=delta, n_resamples=999) for _ in range(20))
+    pilot = next(p for p in pilots if p.outcome is Outcome.UNDECIDED)  # a pilot run that could not decide
+    assert pilot.n_to_decide and pilot.n_to_decide > D.MIN_N, pilot.statement
+    projected = pilot.n_to_decide
+    decided = [D.greater(*_draw(null, projected, effect, rng), delta=delta, n_resamples=999, seed=i).decided
                for i in range(REPS // 2)]
     share = sum(decided) / len(decided)
     with capsys.disabled():
@@ -203,3 +206,36 @@ def test_argmax_is_calibrated_when_the_top_two_layers_are_exchangeable(capsys):
     slack = 2 * np.sqrt(0.05 * 0.95 / reps)
     assert rate_exists <= D.FALSE_CONFIRM_BOUND["argmax"] + slack
     assert rate_claimed <= D.FALSE_CONFIRM_BOUND["argmax"] + slack
+
+
+# ------------------------------------------------------------------------------------------------ planted effects
+
+
+def _planted_atlas(factor: float, layer: int = 2, seed: int = 2):
+    """A tiny random Llama whose layer ``layer`` contribution is scaled by ``factor`` (o_proj and down_proj
+    weights), swept by the real atlas engine on 10 prompts in each of 4 families."""
+    import torch
+
+    from engine import models
+    from engine.atlas import atlas
+    from engine.tasks import Example
+
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
+    examples = [Example(id=f"f{f}-{k}", family=f"fam{f}", split="short", target=" x", scorer="exact",
+                        prompt=f"Item {f} {k}: " + " ".join(words[(3 * f + k + j) % 10] for j in range(2 + k % 4)))
+                for f in range(4) for k in range(D.MIN_N)]
+    lm = models.tiny("llama", n_layers=6, seed=seed)
+    with torch.no_grad():
+        block = lm.adapter.layers(lm.model)[layer]
+        lm.adapter.module(block, "o").weight.mul_(factor)
+        lm.adapter.module(block, "down").weight.mul_(factor)
+    result = atlas(lm, examples, template="none", cache=False)
+    return np.asarray(result.per_example), result.example_families
+
+
+def test_a_planted_hub_is_confirmed_at_its_layer_and_its_unplanted_twin_is_not():
+    """Planted: the layer's contribution doubled; the twin: the same random model, unscaled."""
+    planted = D.argmax(*_planted_atlas(2.0), claimed=2)
+    twin = D.argmax(*_planted_atlas(1.0), claimed=2)
+    assert planted.outcome is Outcome.FOR and planted.estimate == 2, planted.statement
+    assert twin.outcome is not Outcome.FOR, twin.statement  # its own argmax is another layer

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import weakref
 from dataclasses import dataclass, replace
 from typing import Iterator, Sequence, Union
 
 import torch
 from torch import Tensor
+
+from engine import settings
 
 from .errors import InterventionError
 
@@ -177,23 +178,16 @@ def context_length(lm) -> int | None:
 def prompt_token_limit(lm) -> tuple[int, str]:
     """The most tokens a rendered prompt may have for ``lm``, and where that limit comes from: the smaller of
     the model's context and ``$MI_ATLAS_MAX_PROMPT_TOKENS`` (default :data:`DEFAULT_MAX_PROMPT_TOKENS`)."""
-    raw = os.environ.get(MAX_PROMPT_TOKENS_ENV, "").strip()
-    if raw:
-        try:
-            cap = int(raw)
-        except ValueError:
-            cap = 0
-        if cap < 1:
-            raise InterventionError(f"${MAX_PROMPT_TOKENS_ENV}={raw!r}: expected a positive number of tokens "
-                                    f"(default {DEFAULT_MAX_PROMPT_TOKENS})")
-    else:
-        cap = DEFAULT_MAX_PROMPT_TOKENS
+    try:
+        cap, from_env = settings.positive_int(MAX_PROMPT_TOKENS_ENV, DEFAULT_MAX_PROMPT_TOKENS, "tokens")
+    except ValueError as exc:
+        raise InterventionError(str(exc)) from None
     context = context_length(lm)
     name = getattr(lm, "key", None) or "the model"
     if context is not None and context <= cap:
         return context, (f"{name}'s context (config.max_position_embeddings={context}); shorten the prompt, "
                          "no setting lifts a model's context")
-    how = f"${MAX_PROMPT_TOKENS_ENV}={cap}" if raw else f"the default cap (${MAX_PROMPT_TOKENS_ENV} unset)"
+    how = f"${MAX_PROMPT_TOKENS_ENV}={cap}" if from_env else f"the default cap (${MAX_PROMPT_TOKENS_ENV} unset)"
     beyond = f" up to {name}'s context of {context}" if context is not None else ""
     return cap, f"{how}; shorten the prompt, or raise ${MAX_PROMPT_TOKENS_ENV}{beyond}"
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from engine import settings
 from engine.tasks.registry import is_registered
 from engine.tasks.vocabulary import FAMILIES, SCORER_NAMES, SPLITS, SUITES, SuiteError
 
@@ -84,17 +85,10 @@ DEFAULT_MAX_LINE_BYTES = 64 * 1024
 
 def max_line_bytes() -> int:
     """The most bytes one JSONL line may have: ``$MI_ATLAS_MAX_LINE_BYTES``, else :data:`DEFAULT_MAX_LINE_BYTES`."""
-    raw = os.environ.get(MAX_LINE_BYTES_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_LINE_BYTES
     try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise SuiteError(f"${MAX_LINE_BYTES_ENV}={raw!r}: expected a positive number of bytes "
-                         f"(default {DEFAULT_MAX_LINE_BYTES})")
-    return value
+        return settings.positive_int(MAX_LINE_BYTES_ENV, DEFAULT_MAX_LINE_BYTES, "bytes")[0]
+    except ValueError as exc:
+        raise SuiteError(str(exc)) from None
 
 
 def _open_regular(path: Path):
