@@ -272,3 +272,27 @@ def test_the_ray_driver_plans_and_merges_without_loading_weights(ray_cluster, mo
     assert result["atlases"][1]["fingerprint"] == models.identity_of("smollm2-135m")
     with pytest.raises(AssertionError, match="driver loaded"):  # the guard is live: a local run would load here
         ex.run_sweep(sweep, "local")
+
+
+def test_the_cli_ray_driver_loads_no_weights(ray_cluster, monkeypatch, tmp_path):
+    """`mi-atlas atlas --executor ray`: the driver checks the prompts with the tokenizer and keys the cache on the
+    model identity, but the weights are loaded by the actors only."""
+    import json as json_lib
+
+    import transformers
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the driver loaded weights")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["atlas", "--model", "smollm2-135m", "--executor", "ray", "--families",
+                                      "arithmetic", "--per-family", "1", "--template", "none", "--no-cache",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json_lib.loads((out / "atlas.json").read_text())
+    assert data["n_layers"] == 30 and data["executor"] == "ray" and data["fingerprint"] == models.identity_of(
+        "smollm2-135m")

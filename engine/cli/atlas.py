@@ -174,7 +174,8 @@ def register(app: typer.Typer) -> None:
         if not examples:
             fail("no examples selected (check --families / --prompts)")
         try:
-            lm = models.load(model, dtype=dtype)
+            # With another executor the workers load the weights; this driver needs only tokenizer, config and identity.
+            lm = models.load(model, dtype=dtype, weights=run_executor is None)
         except models.ModelError as exc:
             fail(str(exc))
         try:  # every prompt within the model's context and the token cap, before any forward pass

@@ -164,7 +164,7 @@ DEFAULT_MAX_PROMPT_TOKENS = 4096
 
 def context_length(lm) -> int | None:
     """The model's context length (``config.max_position_embeddings``, or its text config's), None if unknown."""
-    config = getattr(getattr(lm, "model", None), "config", None)
+    config = getattr(lm, "config", None) or getattr(getattr(lm, "model", None), "config", None)
     candidates = [config]
     if config is not None and hasattr(config, "get_text_config"):
         candidates.append(config.get_text_config())

@@ -28,6 +28,7 @@ class LoadedModel:
     adapter: ArchAdapter
     quant: str | None = None
     load_seconds: float = 0.0
+    config: object = None  # the transformers config (also when loaded without weights: ``model`` is then None)
 
     @property
     def key(self) -> str:

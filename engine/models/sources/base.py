@@ -67,6 +67,11 @@ class WeightSource:
         """Fetch the weights into the local cache and return their directory."""
         raise ModelError(f"model {spec.key!r} (source {spec.source}) has nothing to pull")
 
+    def way_out(self, spec: ModelSpec, directory: Path) -> str:
+        """What to tell a user whose ``directory`` transformers could not load."""
+        return (f"check that {directory} is a complete Hugging Face model directory (config.json, *.safetensors "
+                "weights, tokenizer files) that transformers can load")
+
     def describe(self, spec: ModelSpec) -> dict:
         """The ``present`` / ``size_mb`` / ``where`` fields of a ``models.describe()`` row."""
         try:

