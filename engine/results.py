@@ -156,7 +156,7 @@ def merge_registry(root: Path, source: Path) -> tuple[int, int, list[str]]:
             except json.JSONDecodeError as exc:
                 problems.append(f"{source}:{number}: not a complete JSON line ({exc.msg}) skipped")
                 continue
-            if not isinstance(data, dict) or "claim" not in data:
+            if not isinstance(data, dict) or "claim_id" not in data or "verdict" not in data:
                 problems.append(f"{source}:{number}: not a verdict record skipped")
                 continue
             text = json.dumps(data, sort_keys=True)
