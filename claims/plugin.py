@@ -123,6 +123,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     dest="claims_baseline_gate",
                     help="fail the session when a verdict flipped or a figure moved beyond its tolerance since "
                          "results/baselines (for CI on a pinned machine)")
+    group.addoption("--plan", metavar="NAME", default=None,
+                    help="measurement plan whose sample sizes every claim uses (engine/data/plans.toml: default, "
+                         "smoke, ...); shown in every record (default: each claim's own, usually 'default')")
     group.addoption("--allow-cpu-gpu-tier", action="store_true",
                     help="run gpu-tier claims on CPU when their weights are present")
     group.addoption("--model-dir", metavar="DIR", default=None,
@@ -138,6 +141,10 @@ def pytest_configure(config: pytest.Config) -> None:
     except ClaimError as exc:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[CATALOGUE] = catalogue
+    plan = config.getoption("--plan")
+    if plan is not None and plan not in plans.read()[1]:
+        raise pytest.UsageError(f"--plan {plan}: no such plan in {plans.PLANS_FILE} "
+                                f"(plans: {', '.join(plans.read()[1])})")
     for name, text in BASE_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     for scale, text in catalogue.scales.items():
@@ -236,7 +243,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     target = item.stash.get(TARGET, None)
     if target is None:
         return
-    recorder = PytestRecorder(target, git_commit=results.git_commit(str(item.config.rootpath)), test=item.nodeid)
+    recorder = PytestRecorder(target, git_commit=results.git_commit(str(item.config.rootpath)), test=item.nodeid,
+                              plan=item.config.getoption("--plan"))
     item.stash[RECORDER] = recorder
     item.stash[REPORTED] = 0
     reasons = _unavailable(target, item.config)
@@ -262,7 +270,17 @@ def _unavailable(target: Target, config: pytest.Config) -> list[str]:
 
 
 class PytestRecorder(Recorder):
-    """The ``claim`` fixture: a :class:`Recorder` whose ``untested`` also skips the test."""
+    """The ``claim`` fixture: a :class:`Recorder` whose ``untested`` also skips the test, and whose ``params``
+    select the session's ``--plan`` (if given) for every claim."""
+
+    def __init__(self, target: Target, *, plan: str | None = None, **kwargs):
+        super().__init__(target, **kwargs)
+        self.plan = plan
+
+    @property
+    def params(self):
+        own = self.target.claim.params
+        return {**own, "plan": self.plan} if self.plan else own
 
     def untested(self, reason: str, protocols=None):  # type: ignore[override]
         super().untested(reason, protocols)

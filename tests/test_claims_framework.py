@@ -716,3 +716,36 @@ def test_a_recomputed_verdict_that_differs_is_reported(tmp_path):
     assert record.verdict is Verdict.CONFIRMED and recompute(record, claim) is Verdict.CONFIRMED
     record.evidence[0]["data"]["values"] = [0.0] * 40  # the stored data says otherwise now
     assert recompute(record, claim) is Verdict.FAILED
+
+
+PLANNED = '''
+import pytest
+
+from claims.plugin import record_both
+from engine.studies import atlas as A
+from engine.studies.findings import Finding
+
+
+@pytest.mark.claim("T-FIG", model="smollm2-135m")
+def test_planned(claim):
+    sizes = A.sizes_for(claim.tier, claim.params)
+    seed = Finding("seed", {"figure": 10.0, "per_family": sizes.rigorous_per_family}, holds=True)
+    rigorous = Finding("rigorous", {"figure": 10.0}, holds=True)
+    record_both(claim, seed, rigorous)
+'''
+
+
+@pytest.mark.parametrize("plan", [None, "smoke"])
+def test_the_plan_option_reaches_the_sizes_and_every_record(pytester, plan):
+    pytester.makepyfile(test_planned=PLANNED)
+    result = run_subprocess(pytester, write_catalogue(pytester), *(["--plan", plan] if plan else []))
+    assert result.ret == 0, result.stdout.str()
+    records = run_file(pytester.path / "results")["records"]
+    assert {r["plan"] for r in records} == {plan or "default"}
+
+
+def test_an_unknown_plan_is_a_usage_error(pytester):
+    pytester.makepyfile(test_planned=PLANNED)
+    result = run_subprocess(pytester, write_catalogue(pytester), "--plan", "nowhere")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--plan nowhere: no such plan in engine/data/plans.toml (plans: default, smoke)*"])
