@@ -116,7 +116,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--claims-catalogue", metavar="FILE", default=None,
                     help="claims catalogue TOML (default: the packaged engine/data/claims.toml)")
     group.addoption("--claims-strict", action="store_true",
-                    help="a REVISED verdict fails its test")
+                    help="a REVISED or INCONCLUSIVE verdict fails its test")
     group.addoption("--claims-update-baseline", action="store_true",
                     help="re-pin results/baselines/<model>.json with this run's figures")
     group.addoption("--claims-baseline-gate", "--claims-fail-on-regression", action="store_true",

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from engine.files import PRIVATE, temp_prefix, write_atomic
 from engine.provenance import engine_identity
@@ -124,8 +124,10 @@ def cached(key_parts: dict, compute: Callable[[], Any], *, root: Path | None = N
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path) + ".lock", timeout=timeout)
         lock.acquire()
+    except Timeout:
+        raise  # another process holds the entry longer than ``timeout``: not an unwritable cache
     except OSError as exc:
-        _warn_unwritable(path.parent, exc)
+        _warn_unwritable(Path(root or results_root()), path.parent, exc)
         return json.loads(_canonical(compute()))
     try:
         ok, payload = _read(path, key)  # another process may have written it while we waited
@@ -135,7 +137,7 @@ def cached(key_parts: dict, compute: Callable[[], Any], *, root: Path | None = N
         try:
             _write(path, key, payload)
         except OSError as exc:  # the result is returned all the same: nothing computed is lost
-            _warn_unwritable(path.parent, exc)
+            _warn_unwritable(Path(root or results_root()), path.parent, exc)
         return json.loads(_canonical(payload))
     finally:
         lock.release()
@@ -144,9 +146,9 @@ def cached(key_parts: dict, compute: Callable[[], Any], *, root: Path | None = N
 _WARNED: set[str] = set()
 
 
-def _warn_unwritable(where: Path, exc: OSError) -> None:
-    """One line per cache directory and process: the cache is used read-only from here on."""
-    root = str(results_root())
+def _warn_unwritable(base: Path, where: Path, exc: OSError) -> None:
+    """One line per cache root and process: the cache is used read-only from here on."""
+    root = str(base)
     if root in _WARNED:
         return
     _WARNED.add(root)

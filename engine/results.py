@@ -33,7 +33,7 @@ from filelock import FileLock
 
 from engine.files import write_atomic  # claims.json, report.md, baselines: mode 0o644, fsynced
 from engine.provenance import engine_identity, package_versions
-from engine.verdicts import Catalogue, Tolerance, Verdict, VerdictRecord, fmt, is_number, is_number_list
+from engine.verdicts import Catalogue, ClaimError, Tolerance, Verdict, VerdictRecord, fmt, is_number, is_number_list
 
 RUNS_DIR = "runs"
 RUN_FILE = "claims.json"
@@ -156,8 +156,11 @@ def merge_registry(root: Path, source: Path) -> tuple[int, int, list[str]]:
             except json.JSONDecodeError as exc:
                 problems.append(f"{source}:{number}: not a complete JSON line ({exc.msg}) skipped")
                 continue
-            if not isinstance(data, dict) or "claim_id" not in data or "verdict" not in data:
-                problems.append(f"{source}:{number}: not a verdict record skipped")
+            try:
+                VerdictRecord.from_dict(data)
+                json.dumps(data, allow_nan=False)
+            except (ClaimError, ValueError, TypeError, AttributeError) as exc:
+                problems.append(f"{source}:{number}: not a verdict record ({str(exc)[:80]}) skipped")
                 continue
             text = json.dumps(data, sort_keys=True)
             if text in present:

@@ -303,6 +303,7 @@ class VerdictRecord:
     seeds: list = field(default_factory=list)
     suite_hash: str | None = None
     notes: str = ""
+    revised: bool = False  # a documented revision was reported (kept so the verdict can be recomputed)
     thresholds: dict = field(default_factory=dict)  # every rule parameter the decision used (claims.toml params)
     evidence: list = field(default_factory=list)  # engine.decisions.Evidence dicts, with their per-example data
     n_to_decide: int | None = None  # INCONCLUSIVE: examples per family a power projection expects to decide
@@ -417,8 +418,9 @@ def recompute(record: VerdictRecord, claim: Claim) -> Verdict | None:
     evidence = {e.get("part", ""): redo(e) for e in record.evidence}
     holds, _, undecided, parts, _ = _read_holds(evidence if len(evidence) > 1 or "" not in evidence
                                                 else evidence[""], claim.id)
+    revision = record.reason.removeprefix("documented revision: ") if record.revised else ""
     measurement = Measurement(protocol=record.protocol, figures=record.figures, holds=holds, key=record.key,
-                              undecided=undecided, parts=parts)
+                              undecided=undecided, parts=parts, revised=record.revised, reason=revision)
     return decide(claim, record.model, measurement).verdict
 
 
@@ -521,7 +523,7 @@ class Recorder:
                            measured=decision.measured, expected=decision.expected, expectation=expectation,
                            tolerance=tolerance.to_dict() if tolerance else None, figures=measurement.figures,
                            ci=measurement.ci, seeds=list(measurement.seeds), suite_hash=suite_hash, notes=notes,
-                           thresholds=plain(dict(self.claim.params), "params"), evidence=evidence,
+                           thresholds=plain(dict(self.claim.params), "params"), evidence=evidence, revised=revised,
                            n_to_decide=n_to_decide if decision.verdict is Verdict.INCONCLUSIVE else None,
                            plan=plan, catalogue_sha256=self.claim.catalogue_sha256)
         if decision.verdict is Verdict.REVISED:
@@ -571,13 +573,14 @@ def _read_holds(holds, claim_id: str) -> tuple[bool, list[dict], str, dict[str, 
     from engine.decisions import Evidence, Outcome
 
     if isinstance(holds, Evidence):
-        return _read_holds({"": holds}, claim_id)[0:2] + (holds.undecided, {}, holds.n_to_decide)
+        held, evidence, undecided, _, _ = _read_holds({"": holds}, claim_id)
+        return held, evidence, undecided, {}, holds.n_to_decide
     if isinstance(holds, Mapping):
         if not holds or not all(isinstance(v, Evidence) for v in holds.values()):
             raise ClaimError(f"{claim_id}: holds must be a bool, an Evidence or a mapping of part -> Evidence")
         outcomes = {str(name): ev.outcome.value for name, ev in holds.items()}
         evidence = [{"part": str(name), **ev.to_dict()} for name, ev in holds.items()]
-        undecided = "; ".join(f"{name}: {ev.undecided}" if name else ev.undecided
+        undecided = "; ".join(f"{name}: {ev.undecided or ev.statement}" if name else (ev.undecided or ev.statement)
                               for name, ev in holds.items() if ev.outcome is Outcome.UNDECIDED)
         projected = [ev.n_to_decide for ev in holds.values() if ev.outcome is Outcome.UNDECIDED and ev.n_to_decide]
         decided_for = all(ev.outcome is Outcome.FOR for ev in holds.values())

@@ -117,16 +117,16 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_writer(tmp_path):
 
 def test_merging_a_registry_never_glues_a_torn_line(tmp_path):
     here, there = tmp_path / "here", tmp_path / "there"
-    results.append_registry(here, {"claim_id": "A", "model": "m", "protocol": "seed", "verdict": "CONFIRMED"})
+    results.append_registry(here, {"claim_id": "A", "model": "m", "protocol": "seed", "verdict": "CONFIRMED", "tier": "cpu", "reason": "r"})
     there.mkdir()
-    good = {"claim_id": "B", "model": "m", "protocol": "seed", "verdict": "FAILED"}
+    good = {"claim_id": "B", "model": "m", "protocol": "seed", "verdict": "FAILED", "tier": "cpu", "reason": "r"}
     (there / "registry.jsonl").write_text(json.dumps(good) + "\n" + '{"claim": "C", "mod')  # torn last line
     appended, duplicate, problems = results.merge_registry(here, there / "registry.jsonl")
     assert (appended, duplicate) == (1, 0) and len(problems) == 1 and "torn" in problems[0]
     lines = (here / "registry.jsonl").read_text().splitlines()
     assert [json.loads(line)["claim_id"] for line in lines] == ["A", "B"]
     assert results.merge_registry(here, there)[:2] == (0, 1), "a repeated merge appends nothing"
-    results.append_registry(here, {"claim_id": "D", "model": "m", "protocol": "seed", "verdict": "FAILED"})
+    results.append_registry(here, {"claim_id": "D", "model": "m", "protocol": "seed", "verdict": "FAILED", "tier": "cpu", "reason": "r"})
     assert [r["claim_id"] for r in results.read_registry(here)] == ["A", "B", "D"]
 
 

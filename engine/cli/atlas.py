@@ -202,7 +202,8 @@ def register(app: typer.Typer) -> None:
                     progress.update(task, completed=done, total=total)
 
                 result = atlas(lm, examples, options, cache=cache, progress=advance, executor=run_executor)
-        except (AtlasError, InterventionError, tasks.SuiteError, cache_lib.CacheError) as exc:
+        except (AtlasError, InterventionError, tasks.SuiteError, cache_lib.CacheError, executors.ExecutorError,
+                models.ModelError) as exc:
             fail(str(exc))
         # seconds: the sweep's own wall time (model loading excluded); from the cache: the original sweep's.
         # cpu_seconds: this process's CPU time for it (wall time on a shared machine says little).

@@ -141,7 +141,8 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
     with _open_regular(path) as handle:
         lineno = 0
         while True:
-            chunk = handle.readline(cap + 2)  # the line, its newline and at most one byte over the cap
+            # the line, its newline and at most one byte over the cap (plus a UTF-8 BOM on the first line)
+            chunk = handle.readline(cap + 2 + (3 if lineno == 0 else 0))
             if not chunk:
                 break
             lineno += 1
