@@ -495,17 +495,19 @@ class Recorder:
     def record(self, protocol: str, figures: Mapping[str, Any], holds, *, key: str | None = None,
                expectation: str | None = None, seeds: Iterable[int] = (), suite_hash: str | None = None,
                ci: Mapping[str, Any] | None = None, notes: str = "", revised: bool = False,
-               reason: str = "", plan: str = "") -> VerdictRecord:
+               reason: str = "", plan: str = "", undecided: str = "") -> VerdictRecord:
         """Report what was measured under ``protocol``; returns the verdict record.
 
         ``holds``: whether the claim's rule holds (False = its falsifier fired), or the
         :class:`~engine.decisions.Evidence` that decided it (undecided evidence gives INCONCLUSIVE), or a mapping
         of part name -> evidence for a claim with several parts. ``key``: the figure compared with the seed's
         (default: the catalogue's). ``ci``: figure -> (low, high). ``revised=True`` with a ``reason`` marks a
-        documented revision. ``plan``: the measurement plan whose sizes were used.
+        documented revision. ``plan``: the measurement plan whose sizes were used. ``undecided``: with a bool
+        ``holds``, why the data cannot decide the rule (INCONCLUSIVE), e.g. a precondition that did not hold.
         """
         self._check_protocol(protocol)
-        holds, evidence, undecided, parts, n_to_decide = _read_holds(holds, self.claim.id)
+        holds, evidence, from_evidence, parts, n_to_decide = _read_holds(holds, self.claim.id)
+        undecided = from_evidence or undecided
         if revised and not reason:
             raise ClaimError(f"{self.claim.id}: revised=True needs a reason (the documented revision)")
         measurement = Measurement(

@@ -264,3 +264,32 @@ def test_a_finding_record_carries_a_documented_revision_and_the_expectation():
                     A.Finding("rigorous", {"h": 1}, holds=False))
     assert [r.verdict for r in claim.records] == [Verdict.REVISED, Verdict.FAILED]
     assert "same hub" in claim.records[0].reason and claim.records[0].expectation == claim.claim.rule
+
+
+# ------------------------------------------------------------------------------------------------ HUB-BREADTH
+
+
+@pytest.mark.parametrize("hub12, hub4, verdict", [(14, 26, Verdict.CONFIRMED), (5, 5, Verdict.FAILED),
+                                                  (None, 5, Verdict.INCONCLUSIVE), (5, None, Verdict.INCONCLUSIVE)])
+def test_hub_breadth_reaches_each_outcome_of_its_rule(monkeypatch, hub12, hub4, verdict):
+    """Both suites have a hub and they differ: CONFIRMED; the same hub: FAILED; a suite without one: INCONCLUSIVE."""
+    from types import SimpleNamespace
+
+    from engine.studies.atlas import hubs
+
+    full = SimpleNamespace(n_examples=24, seed=42, suite_hash="s", name="12")
+    narrow = SimpleNamespace(n_examples=8, seed=42, suite_hash="s4", name="4")
+
+    def reading(hub):
+        return A.HubReading(hub, hub if hub is not None else 0, 1, None if hub is None else hub / 27, 0.0,
+                            stats.Interval(1.0 if hub is not None else 0.0, 0.5 if hub is not None else -0.5, 1.5),
+                            False, False, 28, [0.0] * 28)
+
+    monkeypatch.setattr(hubs, "restrict", lambda a, families: narrow)
+    monkeypatch.setattr(hubs.HubReading, "of", classmethod(lambda cls, a: reading(hub12 if a is full else hub4)))
+    finding = hubs._breadth_finding("rigorous", full, ["json_schema"], "test.")
+    recorder = Recorder(Target(claim=load_catalogue()["HUB-BREADTH"], model="smollm2-135m", tier="cpu"))
+    record = recorder.record(**finding.record())
+    assert record.verdict is verdict, record.reason
+    if verdict is Verdict.INCONCLUSIVE:
+        assert "no separated hub" in record.reason

@@ -51,6 +51,7 @@ class Finding:
     reason: str = ""
     expectation: str | None = None
     untested: str = ""  # non-empty: this protocol cannot run here, for this reason (an UNTESTED record)
+    undecided: str = ""  # non-empty: the data cannot decide the rule, and why (an INCONCLUSIVE record)
     skip_test: bool = False  # untested, and the whole claim cannot run here: the test is skipped once recorded
 
     @classmethod
@@ -59,7 +60,7 @@ class Finding:
         a whole cannot run here, so after both findings are recorded the test is skipped with this reason."""
         if not reason:
             raise ValueError(f"an untested {protocol} finding needs a reason")
-        return cls(protocol, {}, holds=False, untested=reason, skip_test=skip_test)
+        return cls(protocol, {}, holds=False, untested=reason, skip_test=skip_test)  # holds unused: never recorded
 
     def record(self) -> dict[str, Any]:
         """Keyword arguments for ``claim.record`` (unbounded intervals are left out)."""
@@ -70,6 +71,8 @@ class Finding:
                                "seeds": self.seeds, "notes": " ".join(self.notes), "suite_hash": self.suite_hash}
         if self.revised:
             out.update(revised=True, reason=self.reason)
+        if self.undecided:
+            out["undecided"] = self.undecided
         if self.expectation is not None:
             out["expectation"] = self.expectation
         return out
@@ -77,9 +80,11 @@ class Finding:
 
 def contrast(seed: Finding, rigorous: Finding, why: str) -> None:
     """When the two protocols disagree, say in both findings which step makes the difference."""
-    if seed.holds == rigorous.holds and seed.revised == rigorous.revised:
+    def state(f: Finding) -> str:
+        return "not decided" if f.undecided else ("holds" if f.holds else "falsified")
+
+    if state(seed) == state(rigorous) and seed.revised == rigorous.revised:
         return
-    text = (f"Protocols disagree (seed: {'holds' if seed.holds else 'falsified'}, rigorous: "
-            f"{'holds' if rigorous.holds else 'falsified'}): {why}")
+    text = f"Protocols disagree (seed: {state(seed)}, rigorous: {state(rigorous)}): {why}"
     seed.notes.append(text)
     rigorous.notes.append(text)

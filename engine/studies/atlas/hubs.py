@@ -225,12 +225,15 @@ def _breadth_finding(protocol: str, full: Atlas, narrow_families: Sequence[str],
     ci = {"gap_12fam": ci_pair(r12.gap), "gap_4fam": ci_pair(r4.gap)}
     notes = [f"{text} 12 families: {r12.text()}; 4 families ({', '.join(narrow_families)}): {r4.text()}. The "
              "4-family atlas is the same sweep restricted to those families' prompts."]
-    reason = ""
-    if same:
-        what = "no separated hub in either suite" if r12.hub is None else f"L{r12.hub} for both suites"
-        reason = f"the hub does not depend on breadth on this model ({what})"
-    return Finding(protocol, figures, holds=True, ci=ci, seeds=[full.seed], notes=notes, suite_hash=full.suite_hash,
-                   revised=same, reason=reason)
+    # Catalogue v2: both suites have a hub and they differ -> for; both have one and it is the same -> against
+    # (breadth does not move the hub on this model); a suite without a separated hub -> not decided.
+    missing = [name for name, r in (("12-family", r12), ("4-family", r4)) if r.hub is None]
+    undecided = ""
+    if missing:
+        kinds = "; ".join(f"{name}: {r.text()}" for name, r in (("12-family", r12), ("4-family", r4)) if r.hub is None)
+        undecided = f"no separated hub in the {' and the '.join(missing)} suite ({kinds}): nothing to compare"
+    return Finding(protocol, figures, holds=not missing and not same, ci=ci, seeds=[full.seed], notes=notes,
+                   suite_hash=full.suite_hash, undecided=undecided)
 
 
 def seed_protocol_breadth(lm, sizes: Sizes) -> Finding:
@@ -355,7 +358,8 @@ def hub_nl(lm, sizes: Sizes, params: Mapping[str, Any]) -> tuple[Finding, Findin
 
 
 def hub_breadth(lm, sizes: Sizes) -> tuple[Finding, Finding]:
-    """HUB-BREADTH: the 4-family hub can differ from the 12-family hub (identical hubs: a documented revision)."""
+    """HUB-BREADTH: the 4-family and the 12-family hub both exist and differ (CONFIRMED); the same layer (FAILED);
+    a suite without a separated hub (INCONCLUSIVE)."""
     seed, rigorous = seed_protocol_breadth(lm, sizes), rigorous_breadth(lm, sizes)
     contrast(seed, rigorous, "residual zeroing ties every layer in both suites; contribution removal separates them")
     return seed, rigorous
