@@ -588,7 +588,8 @@ def cache_key(lm, examples: Sequence, options: AtlasOptions | None = None, *, re
     the model's identity (``model_identity``), the suite sample's hash, the options (layer axis explicit) and
     the hash of a custom reference sample."""
     options = AtlasOptions.of(options, **fields).resolved(lm.n_layers)
-    return {"kind": "atlas", **model_identity(lm), "suite": suite_hash(examples), **options.to_json(),
+    return {"kind": "atlas", **model_identity(lm), "suite": suite_hash(examples), "n_examples": len(examples),
+            **options.to_json(),
             "reference": None if reference is None else suite_hash(reference)}
 
 

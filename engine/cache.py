@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from filelock import FileLock, Timeout
 
+from engine import progress
 from engine.files import PRIVATE, temp_prefix, write_atomic
 from engine.provenance import engine_identity
 
@@ -114,11 +115,16 @@ def cached(key_parts: dict, compute: Callable[[], Any], *, root: Path | None = N
 
     ``compute`` must return a JSON-serialisable value (e.g. ``Atlas.to_json()``). ``timeout`` is how long to
     wait for another process computing the same entry (-1: forever).
+
+    Every call is a measurement of the session's ledger (:mod:`engine.progress`): a hit is noted as cached, a
+    computation with its seconds (progress lines and the time table are drawn from it).
     """
     key = full_key(key_parts)
     path = entry_path(key_parts, root)
+    digest_ = path.stem
     ok, payload = _read(path, key, warn=False)
     if ok:
+        progress.hit(key_parts, digest_)
         return payload
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,12 +134,15 @@ def cached(key_parts: dict, compute: Callable[[], Any], *, root: Path | None = N
         raise  # another process holds the entry longer than ``timeout``: not an unwritable cache
     except OSError as exc:
         _warn_unwritable(Path(root or results_root()), path.parent, exc)
-        return json.loads(_canonical(compute()))
+        with progress.computing(key_parts, digest_):
+            return json.loads(_canonical(compute()))
     try:
         ok, payload = _read(path, key)  # another process may have written it while we waited
         if ok:
+            progress.hit(key_parts, digest_)
             return payload
-        payload = compute()
+        with progress.computing(key_parts, digest_):
+            payload = compute()
         try:
             _write(path, key, payload)
         except OSError as exc:  # the result is returned all the same: nothing computed is lost

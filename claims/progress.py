@@ -1,0 +1,251 @@
+"""Progress a person can follow: one line per measurement as it starts and ends, and a time table at the end.
+
+Registered from the root ``conftest.py`` next to ``claims.plugin``. The measurements are the session's ledger
+(:mod:`engine.progress`: every content-addressed cache entry a claim asks for). Without ``-s``, in default
+pytest output::
+
+    [measure] start  atlas smollm2-135m n=120   for HUB-SMOL[smollm2-135m]        plan default: ETA 9m40s
+    [measure] done   atlas smollm2-135m n=120   34.2 s computed                   plan default: ETA 9m06s
+    [measure] cached atlas smollm2-135m n=120   for HUB-SEEDS[smollm2-135m]
+
+The ETA is the plan's remaining time as the last session of the same plan measured it (``<results>/bench/
+plan-<plan>-timings.json``, written at the end of every claims session; "ETA unknown" on a plan's first run).
+Under pytest-xdist each worker writes its lines (prefixed by its id) to the terminal's stderr and sends its
+ledger to the controller, which prints one time table (claim sessions only; unit tests stay quiet): per measurement (computed / cached, seconds, the claims
+that used it) and per claim. ``--no-progress`` turns the lines off (the table stays).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import progress
+from engine.files import write_atomic
+
+LEDGER = pytest.StashKey[list]()
+EXPECTED = pytest.StashKey[dict]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("mi-atlas claims").addoption(
+        "--no-progress", action="store_true", help="no [measure] line per measurement (the time table stays)")
+
+
+def _plan(config: pytest.Config) -> str:
+    return config.getoption("--plan", None) or "default"
+
+
+def _timings_path(config: pytest.Config) -> Path:
+    root = config.getoption("--claims-results", None) or Path(str(config.rootpath)) / "results"
+    return Path(root) / "bench" / f"plan-{_plan(config)}-timings.json"
+
+
+_CLAIM_CONTEXT = re.compile(r"^[A-Z][A-Z0-9]*(-[A-Z0-9]+)*\[")  # "HUB-SMOL[smollm2-135m]"
+
+
+def _claims_ran(entries: list[progress.Entry]) -> bool:
+    """Some measurement was asked for by a claim test (only then are a plan's timings worth keeping)."""
+    return any(_CLAIM_CONTEXT.match(e.context) for e in entries)
+
+
+class Progress:
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.worker = getattr(config, "workerinput", {}).get("workerid")
+        self.expected: dict[str, float] = {}
+        self.done: set[str] = set()
+        try:
+            data = json.loads(_timings_path(config).read_text(encoding="utf-8"))
+            self.expected = {m["what"]: float(m["seconds"]) for m in data.get("measurements", []) if m["computed"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            self.expected = {}
+        self.show = not config.getoption("--no-progress")
+
+    def eta(self) -> str:
+        if not self.expected:
+            return f"plan {_plan(self.config)}: ETA unknown (no timings yet)"
+        left = sum(s for what, s in self.expected.items() if what not in self.done)
+        return f"plan {_plan(self.config)}: ETA {_duration(left)}"
+
+    def __call__(self, event: str, entry: progress.Entry) -> None:
+        if event == "end" and entry.source in ("computed", "cached"):
+            self.done.add(entry.what)
+        if not self.show or not _CLAIM_CONTEXT.match(entry.context):  # unit tests' measurements stay quiet
+            return
+        pad = "  " * entry.depth
+        if event == "start":
+            line = f"[measure] start  {pad}{entry.what:<40} for {entry.context or '-':<36} {self.eta()}"
+        elif entry.source == "cached":
+            line = f"[measure] cached {pad}{entry.what:<40} for {entry.context or '-'}"
+        else:
+            line = f"[measure] {entry.source:<6} {pad}{entry.what:<40} {entry.seconds:8.1f} s{'':<27} {self.eta()}"
+        self.write(line)
+
+    def write(self, line: str) -> None:
+        if self.worker is not None:  # an xdist worker: its output never reaches the user; the controller tails it
+            folder = self.config.workerinput.get(PROGRESS_DIR)
+            if folder:
+                with open(Path(folder) / f"{self.worker}.log", "a", encoding="utf-8") as log:
+                    log.write(f"[{self.worker}] {line}\n")
+            return
+        tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        capman = self.config.pluginmanager.get_plugin("capturemanager")
+        if tr is None:
+            return
+        if capman is not None:
+            with capman.global_and_fixture_disabled():
+                tr.write_line(line)
+        else:
+            tr.write_line(line)
+
+
+PROGRESS_DIR = "mi_atlas_progress_dir"
+
+
+class Tail(threading.Thread):
+    """The controller's side under xdist: prints the workers' progress lines as they are written."""
+
+    def __init__(self, folder: Path):
+        super().__init__(name="mi-atlas-progress", daemon=True)
+        self.folder, self.offsets, self.stopping = folder, {}, threading.Event()
+
+    def poll(self) -> None:
+        for log in sorted(self.folder.glob("*.log")):
+            with open(log, encoding="utf-8") as f:
+                f.seek(self.offsets.get(log, 0))
+                text = f.read()
+            done = text.rfind("\n") + 1  # complete lines only
+            if done:
+                self.offsets[log] = self.offsets.get(log, 0) + len(text[:done].encode("utf-8"))
+                sys.__stderr__.write(text[:done])
+                sys.__stderr__.flush()
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.5):
+            self.poll()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=2)
+        self.poll()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    folder = getattr(node.config, "_mi_atlas_progress_dir", None)
+    if folder is not None:
+        node.workerinput[PROGRESS_DIR] = str(folder)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and (getattr(config.option, "numprocesses", None)
+                                               or getattr(config.option, "dist", "no") != "no"):  # xdist controller
+        config._mi_atlas_progress_dir = Path(tempfile.mkdtemp(prefix="mi-atlas-progress-"))  # type: ignore
+        config._mi_atlas_tail = Tail(config._mi_atlas_progress_dir)  # type: ignore[attr-defined]
+        config._mi_atlas_tail.start()  # type: ignore[attr-defined]
+    listener = Progress(config)
+    config.stash[LEDGER] = []
+    config._mi_atlas_progress = listener  # type: ignore[attr-defined]
+    progress.subscribe(listener)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    listener = getattr(config, "_mi_atlas_progress", None)
+    if listener is not None:
+        progress.unsubscribe(listener)
+    tail = getattr(config, "_mi_atlas_tail", None)
+    if tail is not None:
+        tail.stop()
+        shutil.rmtree(tail.folder, ignore_errors=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    from claims.plugin import TARGET
+
+    target = item.stash.get(TARGET, None)
+    name = f"{target.claim.id}[{target.model}]" if target is not None else item.nodeid.split("::")[-1]
+    if target is not None:
+        item.config._mi_atlas_claims_ran = True  # type: ignore[attr-defined]
+    with progress.context(name):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    """Measurements made by fixtures (e.g. a LoRA bench) count for the claim too."""
+    from claims.plugin import TARGET
+
+    target = item.stash.get(TARGET, None)
+    name = f"{target.claim.id}[{target.model}]" if target is not None else item.nodeid.split("::")[-1]
+    with progress.context(name):
+        return (yield)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    entries = [e.to_dict() for e in progress.ledger()]
+    if hasattr(config, "workeroutput"):  # xdist worker: the controller prints and writes
+        config.workeroutput["mi_atlas_ledger"] = json.dumps(entries)
+        config.workeroutput["mi_atlas_claims_ran"] = getattr(config, "_mi_atlas_claims_ran", False)
+        return
+    config.stash[LEDGER].extend(entries)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    data = getattr(node, "workeroutput", {}).get("mi_atlas_ledger")
+    if data:
+        node.config.stash[LEDGER].extend(json.loads(data))
+    if getattr(node, "workeroutput", {}).get("mi_atlas_claims_ran"):
+        node.config._mi_atlas_claims_ran = True
+
+
+def _entries(config: pytest.Config) -> list[progress.Entry]:
+    return [progress.Entry(**e) for e in config.stash.get(LEDGER, [])]
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    entries = _entries(config)
+    if not _claims_ran(entries):
+        return
+    tab = progress.table(entries)
+    tr = terminalreporter
+    tr.section("mi-atlas measurements")
+    computed = [m for m in tab["measurements"] if m["computed"]]
+    total = sum(m["seconds"] for m in computed if m["computed"])
+    twice = [m for m in tab["measurements"] if m["computed"] > 1]
+    tr.write_line(f"{len(tab['measurements'])} measurement(s): {len(computed)} computed ({_duration(total)}), "
+                  f"{sum(m['cached'] for m in tab['measurements'])} cache hit(s); plan {_plan(config)}"
+                  + (f"; computed more than once: {len(twice)}" if twice else ""))
+    tr.write_line(f"{'measurement':<44} {'computed':>8} {'cached':>6} {'seconds':>9}  claims")
+    for m in sorted(tab["measurements"], key=lambda m: -m["seconds"]):
+        tr.write_line(f"{m['what']:<44} {m['computed']:>8} {m['cached']:>6} {m['seconds']:>9.1f}  "
+                      f"{', '.join(m['claims'])}")
+    tr.write_line(f"{'claim':<44} {'computed':>8} {'cached':>6} {'seconds':>9}")
+    for c in tab["claims"]:
+        tr.write_line(f"{c['claim']:<44} {c['computed']:>8} {c['cached']:>6} {c['seconds']:>9.1f}")
+    if computed and getattr(config, "_mi_atlas_claims_ran", False):  # a claims session (never the unit tests)
+        path = _timings_path(config)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps({"plan": _plan(config), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                          time.gmtime()),
+                                           **tab}, indent=1, sort_keys=True))
+            tr.write_line(f"timings of plan {_plan(config)}: {path}")
+        except OSError as exc:
+            tr.write_line(f"timings not written ({path}: {exc.strerror or exc})")
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

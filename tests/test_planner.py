@@ -1,0 +1,180 @@
+"""Measurements are computed once per session and a person can follow them (issue: measurement plans).
+
+* The ledger (engine/progress.py) sees every cache request: computed once, then served from the cache.
+* No measurement is computed twice across claims that share it: counted as the model's *forward passes* per
+  measurement key (a forward hook on the model), not as planner calls.
+* An interrupted plan resumes from the cache and ends with the same figures.
+* The progress lines are visible in default pytest output (no ``-s``), and the time table is printed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from engine import cache, models, progress
+from engine.studies import atlas as A
+
+pytest_plugins = ["pytester"]
+
+SIZES = A.Sizes(seed_per_family=1, rigorous_per_family=2, nl_per_family=2, noop_examples=2, skip_single_layers=1,
+                n_resamples=200, batch_size=8)
+
+
+@pytest.fixture
+def results_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MI_ATLAS_RESULTS_CACHE", str(tmp_path / "results-cache"))
+    progress.reset()
+    yield tmp_path / "results-cache"
+    progress.reset()
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return models.tiny("qwen2", n_layers=3, seed=0)
+
+
+class ForwardCounter:
+    """Counts the model's forward passes per measurement being computed (None: outside any measurement)."""
+
+    def __init__(self, lm):
+        self.counts: Counter = Counter()
+        self.handle = lm.model.register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        entry = progress.current()
+        self.counts[entry.digest if entry is not None else None] += 1
+
+    def close(self):
+        self.handle.remove()
+
+
+def test_the_ledger_notes_a_computation_once_and_then_cache_hits(results_cache):
+    calls = []
+    with progress.context("HUB-SMOL[tiny]"):
+        first = cache.cached({"kind": "toy", "model": "tiny", "n_examples": 3}, lambda: calls.append(1) or [1, 2])
+    with progress.context("HUB-SEEDS[tiny]"):
+        again = cache.cached({"kind": "toy", "model": "tiny", "n_examples": 3}, lambda: calls.append(1) or [9])
+    assert first == again == [1, 2] and len(calls) == 1
+    entries = progress.ledger()
+    assert [(e.source, e.context, e.what) for e in entries] == [
+        ("computed", "HUB-SMOL[tiny]", "toy tiny n=3"), ("cached", "HUB-SEEDS[tiny]", "toy tiny n=3")]
+    tab = progress.table()
+    [m] = tab["measurements"]
+    assert (m["computed"], m["cached"], m["claims"]) == (1, 1, ["HUB-SMOL[tiny]", "HUB-SEEDS[tiny]"])
+    assert [c["claim"] for c in tab["claims"]] == ["HUB-SMOL[tiny]", "HUB-SEEDS[tiny]"]
+
+
+def test_a_failed_computation_is_noted_as_failed_and_not_stored(results_cache):
+    with pytest.raises(RuntimeError):
+        cache.cached({"kind": "toy", "model": "tiny"}, lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert [e.source for e in progress.ledger()] == ["failed"]
+    assert cache.cached({"kind": "toy", "model": "tiny"}, lambda: 5) == 5
+    assert [e.source for e in progress.ledger()] == ["failed", "computed"]
+
+
+def test_claims_that_share_a_measurement_run_its_forward_passes_once(results_cache, lm):
+    """HUB-SMOL's hub, HUB-SEEDS and HUB-BREADTH ask for the same atlases (the seed sweep, seed 42's stratified
+    sample): the second and third claim add no forward pass to a measurement the first one computed."""
+    counter = ForwardCounter(lm)
+    try:
+        with progress.context("HUB-SMOL[tiny]"):
+            A.hub(lm, SIZES)
+        after_first = Counter(counter.counts)
+        with progress.context("HUB-SEEDS[tiny]"):
+            A.hub_seeds(lm, SIZES)
+        with progress.context("HUB-BREADTH[tiny]"):
+            A.hub_breadth(lm, SIZES)
+    finally:
+        counter.close()
+    entries = progress.ledger()
+    computed = Counter(e.digest for e in entries if e.source == "computed")
+    assert computed and max(computed.values()) == 1, f"computed twice: {computed}"
+    shared = {e.digest for e in entries if e.source == "cached"}
+    assert shared, "the claims share no measurement"
+    for digest in shared & set(after_first):
+        assert counter.counts[digest] == after_first[digest] > 0, f"{digest[:12]}: forward passes after its first"
+    # every forward pass belongs to exactly one computed measurement: none is recomputed outside the cache
+    assert set(counter.counts) - {None} <= set(computed)
+
+
+def test_an_interrupted_plan_resumes_from_the_cache_with_the_same_figures(results_cache, lm, monkeypatch):
+    """Seeds 42 and 137 are measured, then the session is interrupted before seed 256: the rerun reads the
+    first two from the cache and ends with the figures of an uninterrupted run."""
+    from engine.studies.atlas import common, hubs
+
+    seeds, done, real = A.SEEDS, [], common.rigorous_atlas
+
+    def interrupted(lm_, sizes, seed=seeds[0], **kw):
+        if seed == seeds[-1]:
+            raise KeyboardInterrupt("plan interrupted")
+        done.append(seed)
+        return real(lm_, sizes, seed, **kw)
+
+    uninterrupted = A.hub_seeds(lm, SIZES)
+    progress.reset()
+    for entry in results_cache.rglob("*.json"):
+        entry.unlink()  # an empty cache: the interrupted session starts from nothing
+    with monkeypatch.context() as patch:
+        patch.setattr(common, "rigorous_atlas", interrupted)
+        if hasattr(hubs, "rigorous_atlas"):  # the name the hub studies call
+            patch.setattr(hubs, "rigorous_atlas", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            A.hub_seeds(lm, SIZES)
+    assert done, "nothing was measured before the interruption"
+    progress.reset()
+    resumed = A.hub_seeds(lm, SIZES)
+    sources = Counter(e.source for e in progress.ledger())
+    assert sources["cached"] >= 1, f"the resumed plan recomputed everything: {sources}"
+    for a, b in zip(uninterrupted, resumed):
+        assert json.dumps(a.figures, sort_keys=True, default=str) == json.dumps(b.figures, sort_keys=True,
+                                                                                 default=str)
+
+
+def test_progress_lines_and_the_time_table_show_without_dash_s(pytester, tmp_path, monkeypatch):
+    pytester.makeconftest('pytest_plugins = ["claims.plugin", "claims.xdist_groups", "claims.progress"]\n')
+    pytester.makepyfile(test_measure="""
+        from engine import cache, progress
+
+        def test_one():
+            with progress.context("TOY-CLAIM[tiny]"):  # what the plugin sets around a claim test
+                cache.cached({"kind": "toy-sweep", "model": "tiny", "n_examples": 4}, lambda: [1])
+                cache.cached({"kind": "toy-sweep", "model": "tiny", "n_examples": 4}, lambda: [1])
+
+        def test_unit():
+            cache.cached({"kind": "quiet", "model": "tiny"}, lambda: [2])
+    """)
+    env_cache = tmp_path / "rc"
+    monkeypatch.setenv("MI_ATLAS_RESULTS_CACHE", str(env_cache))
+    result = pytester.runpytest("-p", "no:cacheprovider", "--claims-results", str(tmp_path / "res"))
+    result.assert_outcomes(passed=2)
+    out = result.stdout.str()
+    assert "quiet" not in out.split("mi-atlas measurements")[0], "a unit test's measurement printed a line"
+    assert "[measure] start  toy-sweep tiny n=4" in out
+    assert "[measure] computed toy-sweep tiny n=4" in out
+    assert "[measure] cached toy-sweep tiny n=4" in out
+    assert "mi-atlas measurements" in out and "2 computed" in out and "1 cache hit(s)" in out
+    assert not (tmp_path / "res" / "bench").exists(), "a session without claim tests wrote a plan's timings"
+
+
+def test_under_xdist_the_workers_progress_lines_reach_the_terminal(pytester, tmp_path, monkeypatch):
+    pytester.makeconftest('pytest_plugins = ["claims.plugin", "claims.xdist_groups", "claims.progress"]\n')
+    pytester.makepyfile(test_measure="""
+        import pytest
+        from engine import cache, progress
+
+        @pytest.mark.parametrize("model", ["a", "b"])
+        def test_model(model):
+            with progress.context(f"TOY-CLAIM[{model}]"):
+                cache.cached({"kind": "toy-sweep", "model": model, "n_examples": 2}, lambda: [1])
+    """)
+    monkeypatch.setenv("MI_ATLAS_RESULTS_CACHE", str(tmp_path / "rc"))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--claims-results",
+                                           str(tmp_path / "res"))
+    result.assert_outcomes(passed=2)
+    err = result.stderr.str()
+    assert "] [measure] computed toy-sweep a n=2" in err and "] [measure] computed toy-sweep b n=2" in err, err
+    out = result.stdout.str()
+    assert "2 measurement(s): 2 computed" in out, out
