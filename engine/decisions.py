@@ -26,7 +26,7 @@ per-example data and the parameters it was decided with, so :func:`recompute` re
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any, Mapping, Sequence
 
@@ -163,32 +163,40 @@ def bootstrap(values: Sequence | np.ndarray, groups: Sequence[str], *, level: fl
 
 def greater(diffs: Sequence[float], groups: Sequence[str], *, delta: float, label: str = "A - B",
             level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = 0,
-            rationale: str = "", min_n: int = MIN_N) -> Evidence:
+            rationale: str = "", min_n: int = MIN_N, precondition: str = "") -> Evidence:
     """"A > B" on per-example paired differences ``diffs`` (A - B), stratified by ``groups``.
 
-    for: CI lower > 0; against: CI upper < ``delta``; else undecided (with the projected n per family).
+    for: CI lower > 0; against: CI upper < ``delta``; else undecided (with the projected n per family). Below
+    ``min_n`` examples in some family: undecided "below the rule's minimum n" (also where no CI can be formed).
+    ``precondition``: non-empty when a control or precondition of the rule did not hold (e.g. too few control
+    vectors): undecided for that reason whatever the CI says (stored, so :func:`recompute` decides the same).
     """
     if not delta > 0:
         raise ValueError(f"greater({label}): delta must be > 0 (the smallest effect of interest), got {delta}")
     diffs = np.asarray(diffs, dtype=np.float64)
     boot = bootstrap(diffs, groups, level=level, n_resamples=n_resamples, seed=seed)
     params = {"delta": delta, "level": level, "n_resamples": n_resamples, "seed": seed, "rationale": rationale,
-              "min_n": min_n}
+              "min_n": min_n} | ({"precondition": precondition} if precondition else {})
     data = {"values": diffs.tolist(), "groups": [str(g) for g in groups]}
     est = float(boot.estimate)
     common = dict(primitive="greater", label=label, estimate=est, n=boot.n, n_strata=boot.n_strata,
                   params=params, data=data)
+    smallest = _smallest_stratum(groups)
+    ci = None if boot.low is None else (float(boot.low), float(boot.high))
+    ci_text = (f"{label} = {est:.4g}, no CI" if ci is None else
+               f"{label} = {est:.4g}, {level:.0%} CI [{ci[0]:.4g}, {ci[1]:.4g}] (delta {delta:g})")
+    if precondition:
+        return Evidence(outcome=Outcome.UNDECIDED, ci=ci, statement=f"{ci_text}; {precondition}",
+                        undecided=precondition, n_to_decide=None if smallest >= min_n else min_n, **common)
+    if smallest < min_n:
+        return Evidence(outcome=Outcome.UNDECIDED, ci=ci, statement=f"{ci_text}; below the rule's minimum n",
+                        undecided=f"below the rule's minimum n ({min_n} per family; the smallest family has "
+                                  f"{smallest})", n_to_decide=min_n, **common)
     if boot.low is None:
         return Evidence(outcome=Outcome.UNDECIDED, ci=None, statement=f"{label} = {est:.4g}, no CI",
                         undecided=f"no CI: fewer than {MIN_PER_STRATUM} examples in {', '.join(boot.short_strata)}",
                         n_to_decide=max(min_n, MIN_PER_STRATUM), **common)
-    lo, hi = float(boot.low), float(boot.high)
-    ci_text = f"{label} = {est:.4g}, {level:.0%} CI [{lo:.4g}, {hi:.4g}] (delta {delta:g})"
-    smallest = _smallest_stratum(groups)
-    if smallest < min_n:
-        return Evidence(outcome=Outcome.UNDECIDED, ci=(lo, hi), statement=f"{ci_text}; below the rule's minimum n",
-                        undecided=f"below the rule's minimum n ({min_n} per family; the smallest family has "
-                                  f"{smallest})", n_to_decide=min_n, **common)
+    lo, hi = ci
     if lo > 0:
         return Evidence(outcome=Outcome.FOR, ci=(lo, hi), statement=f"{ci_text}: lower bound > 0", **common)
     if hi < delta:
@@ -253,9 +261,12 @@ def argmax(values: Sequence | np.ndarray, groups: Sequence[str], *, claimed: int
                         statement=f"{label}: exact tie of {len(tied)} units at {means[top]:.4g} (no single argmax); "
                                   f"claim: {claim_text}", **common)
     if boot.distribution is None:
+        smallest = _smallest_stratum(groups)
+        why = (f"below the rule's minimum n ({min_n} per family; the smallest family has {smallest}): no CI"
+               if smallest < min_n else
+               f"no CI: fewer than {MIN_PER_STRATUM} examples in {', '.join(boot.short_strata)}")
         return Evidence(outcome=Outcome.UNDECIDED, estimate=units[top], details={"runner_up": units[second]},
-                        statement=f"{label} = {units[top]} (runner-up {units[second]}), no CI",
-                        undecided=f"no CI: fewer than {MIN_PER_STRATUM} examples in {', '.join(boot.short_strata)}",
+                        statement=f"{label} = {units[top]} (runner-up {units[second]}), no CI", undecided=why,
                         n_to_decide=max(min_n, MIN_PER_STRATUM), **common)
     winners = np.argmax(boot.distribution, axis=0)
     counts = np.bincount(winners, minlength=len(units)) / winners.size
@@ -399,13 +410,22 @@ FALSE_CONFIRM_BOUND = {"greater": 0.05, "for_every": 0.05, "argmax": 0.05}
 
 
 def recompute(evidence: Evidence | Mapping[str, Any]) -> Evidence:
-    """Decide again from the evidence's stored data and parameters (the same call the claim made)."""
+    """Decide again from the evidence's stored data and parameters (the same call the claim made).
+
+    ``params["negated"]``: the claim read the primitive's decision for the opposite statement (e.g. "the argmax
+    is the other suite's layer" decided *for* is "the hubs differ" decided *against*): the outcome is flipped back.
+    """
     ev = evidence if isinstance(evidence, Evidence) else Evidence.from_dict(evidence)
+    if ev.params.get("negated"):
+        raw = recompute(replace(ev, params={k: v for k, v in ev.params.items() if k != "negated"}))
+        flip = {Outcome.FOR: Outcome.AGAINST, Outcome.AGAINST: Outcome.FOR}
+        return replace(raw, outcome=flip.get(raw.outcome, raw.outcome), label=ev.label, statement=ev.statement,
+                       params=ev.params)
     p, d = dict(ev.params), ev.data
     if ev.primitive == "greater":
         return greater(d["values"], d["groups"], delta=p["delta"], label=ev.label, level=p["level"],
                        n_resamples=p["n_resamples"], seed=p["seed"], rationale=p.get("rationale", ""),
-                       min_n=p.get("min_n", MIN_N))
+                       min_n=p.get("min_n", MIN_N), precondition=p.get("precondition", ""))
     if ev.primitive == "argmax":
         return argmax(d["values"], d["groups"], claimed=p.get("claimed"), units=d.get("units"), label=ev.label,
                       level=p["level"], n_resamples=p["n_resamples"], seed=p["seed"], min_n=p.get("min_n", MIN_N))

@@ -507,7 +507,7 @@ class Recorder:
         """
         self._check_protocol(protocol)
         holds, evidence, from_evidence, parts, n_to_decide = _read_holds(holds, self.claim.id)
-        undecided = from_evidence or undecided
+        undecided = "; ".join(t for t in dict.fromkeys((undecided, from_evidence)) if t)  # the test's reason first
         if revised and not reason:
             raise ClaimError(f"{self.claim.id}: revised=True needs a reason (the documented revision)")
         measurement = Measurement(

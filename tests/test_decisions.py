@@ -51,6 +51,20 @@ def test_greater_gives_no_ci_below_two_per_family_and_is_undecided_below_the_min
     small = D.greater(_values(5.0, 0.1, 3), _groups(3), delta=0.3)  # a clear effect on too little data
     assert small.outcome is Outcome.UNDECIDED and "below the rule's minimum n" in small.undecided
     assert small.ci is not None and small.ci[0] > 0 and small.n_to_decide == D.MIN_N
+    # one example per family: no CI, and the reason given is the rule's minimum n (not just "no CI")
+    single = D.greater([1.0, 1.2, 0.9], ["a", "b", "c"], delta=0.3)
+    assert single.ci is None and "below the rule's minimum n" in single.undecided
+    lone = D.argmax([[1.0, 0.0], [2.0, 0.5]], ["a", "b"])
+    assert lone.outcome is Outcome.UNDECIDED and "below the rule's minimum n" in lone.undecided
+
+
+def test_a_failed_precondition_is_undecided_whatever_the_ci_and_recomputes_the_same():
+    n = D.MIN_N
+    ev = D.greater(_values(1.0, 0.5, n), _groups(n), delta=0.3, precondition="below the rule's minimum n (controls)")
+    assert ev.outcome is Outcome.UNDECIDED and ev.undecided.startswith("below the rule's minimum n (controls")
+    assert ev.ci is not None and ev.ci[0] > 0  # the figures stay
+    again = D.recompute(json.loads(json.dumps(ev.to_dict())))
+    assert again.outcome is Outcome.UNDECIDED and again.undecided == ev.undecided
 
 
 def test_argmax_reaches_for_against_tie_and_undecided():
@@ -263,3 +277,14 @@ def test_a_planted_hub_is_confirmed_at_its_layer_and_its_unplanted_twin_is_not()
     twin = D.argmax(*_planted_atlas(1.0), claimed=2)
     assert planted.outcome is Outcome.FOR and planted.estimate == 2, planted.statement
     assert twin.outcome is not Outcome.FOR, twin.statement  # its own argmax is another layer
+
+
+def test_a_negated_reading_recomputes_to_the_same_outcome():
+    """HUB-BREADTH / HUB-CODER read "the argmax is the other suite's layer" for as "the hubs differ" against."""
+    from engine.studies.atlas.common import negate
+
+    n = D.MIN_N
+    ev = D.greater(_values(1.0, 0.5, n), _groups(n), delta=0.3)
+    flipped = negate(ev, "the hubs differ")
+    assert (ev.outcome, flipped.outcome) == (Outcome.FOR, Outcome.AGAINST)
+    assert D.recompute(json.loads(json.dumps(flipped.to_dict()))).outcome is Outcome.AGAINST

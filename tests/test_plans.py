@@ -14,63 +14,43 @@ from engine.studies import quant as Q
 from engine.studies import steer as S
 from engine.verdicts import load_catalogue, parse_catalogue
 
-# ------------------------------------------------------------------------------------------------ the oracle
-# The tables as they were hard-coded before they moved to engine/data/plans.toml (atlas SIZES, steer SIZES,
-# quant QUANT_SIZES, lora CPU_PLAN / GPU_PLAN), every field written out. The data must reproduce them exactly.
-
-OLD_ATLAS = {
-    "gpu": dict(seed_per_family=5, rigorous_per_family=10, nl_per_family=50, noop_examples=24,
-                skip_single_layers=None, n_resamples=2000, batch_size=32),
-    "cpu": dict(seed_per_family=1, rigorous_per_family=2, nl_per_family=2, noop_examples=4,
-                skip_single_layers=5, n_resamples=2000, batch_size=4),
-}
-_STEER_CPU = dict(family="uncertainty_expression", n_positive=6, per_negative_family=1, n_select=4, n_test=6,
-                  scales=(-1.0, 0.5, 1.0), units="relative", n_random=32, percentile=95.0, n_seed_prompts=3,
-                  n_seed_random=16, seed_scale=-4.0, n_pairs=36, template="none", seed=0)
-OLD_STEER = {
-    "cpu": _STEER_CPU,
-    "gpu": _STEER_CPU | dict(n_positive=24, per_negative_family=4, n_select=24, n_test=48,
-                             scales=(-8.0, -4.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 4.0, 8.0), n_random=200,
-                             n_seed_prompts=15, n_seed_random=64, n_pairs=400),
-}
-_QUANT_CPU = dict(n_eval=4, scale=-4.0, units="absolute", seed_layer=2, seed_n_layers=24,
-                  precisions=("fp32", "bf16", "fp16", "nf4-bf16", "nf4-fp16", "int8"), reference="bf16",
-                  speed_batch=4, rounds=3, warmup=1)
-OLD_QUANT = {"cpu": _QUANT_CPU, "gpu": _QUANT_CPU | dict(n_eval=24, speed_batch=8, rounds=20, warmup=3)}
-_LORA_CPU = dict(tier="cpu", families=("json_schema", "factual_recall", "code_syntax"), split="short", n_train=4,
-                 n_eval=3, data_seed=0, max_len=40, steps=12, batch_size=4, lr=2e-3, warmup_steps=2, train_seed=0,
-                 r=8, alpha=16, k=3, n_random=3, checkpoints=(0.1, 0.25, 0.5, 1.0),
-                 sweep_modules=("o", "v", "q", "k", "gate", "up", "down"), atlas_per_family=1,
-                 seed_atlas_per_family=1, lock_per_family=2, lock_k=5, skip_fraction=0.1, n_skip_random=2,
-                 generate=True)
-OLD_LORA = {
-    "cpu": _LORA_CPU,
-    "gpu": _LORA_CPU | dict(tier="gpu", n_train=6, n_eval=4, max_len=256, steps=100, batch_size=4, lr=2e-4,
-                            warmup_steps=10, n_random=8, atlas_per_family=5, seed_atlas_per_family=5,
-                            lock_per_family=5, n_skip_random=5),
-}
+# ------------------------------------------------------------------------------------------------ the plans
+# The redesign moved the hard-coded tables here unchanged (an oracle test held them equal then); verdicts v2 and
+# the measurement plans have since changed sizes on purpose. What must hold now: every plan loads for every block
+# on the tiers it declares, and the powered plan ("full") reaches every rule's minimum n, so a verdict of the full
+# plan is never "below the rule's minimum n" by construction.
 
 SIZES_FOR = {"atlas": A.sizes_for, "steer": S.sizes_for, "quant": Q.quant_sizes_for, "lora": lora.plan_for}
-OLD = {"atlas": OLD_ATLAS, "steer": OLD_STEER, "quant": OLD_QUANT, "lora": OLD_LORA}
 CLASSES = {"atlas": A.Sizes, "steer": S.SteerSizes, "quant": Q.QuantSizes, "lora": lora.LoraPlan}
 PLANS_TOML = Path(plans.__file__).parent / "data" / "plans.toml"
+PLAN_TIERS = {"default": plans.TIERS, "full": plans.TIERS, "smoke": ("cpu",)}
 
 
-def typed(values: dict) -> dict:
-    """Values with their types, so 4 and 4.0 (or a list and a tuple) do not compare equal."""
-    return {k: (type(v).__name__, tuple((type(x).__name__, x) for x in v) if isinstance(v, tuple) else v)
-            for k, v in values.items()}
+@pytest.mark.parametrize("block", list(SIZES_FOR))
+@pytest.mark.parametrize("plan", list(PLAN_TIERS))
+def test_every_plan_loads_for_every_block_on_its_tiers(plan, block):
+    assert set(PLAN_TIERS) <= set(plans.read()[1]), "a plan the suite documents is missing"
+    for tier in PLAN_TIERS[plan]:
+        sizes = SIZES_FOR[block](tier, {"plan": plan})
+        assert isinstance(sizes, CLASSES[block]) and sizes.name == plan
+        assert plans.values(sizes) == {k: v for k, v in dataclasses.asdict(sizes).items() if k != "name"}
 
 
-@pytest.mark.parametrize("block", list(OLD))
 @pytest.mark.parametrize("tier", plans.TIERS)
-def test_the_plans_data_reproduces_the_old_tables_exactly(block, tier):
-    sizes = SIZES_FOR[block](tier)
-    got = dataclasses.asdict(sizes)
-    assert got.pop("name") == "default"
-    assert typed(got) == typed(OLD[block][tier])
-    assert plans.values(sizes) == got  # what the studies' cache keys hold: the numbers, not the plan's name
-    assert sizes == CLASSES[block](**OLD[block][tier])  # the dataclass default for ``name`` is the default plan
+def test_the_full_plan_reaches_every_rules_minimum_n(tier):
+    from engine.decisions import MIN_N
+
+    catalogue = load_catalogue()
+    atlas = A.sizes_for(tier, {"plan": "full"})
+    assert atlas.rigorous_per_family >= MIN_N and atlas.nl_per_family >= MIN_N
+    steer = S.sizes_for(tier, {"plan": "full"})
+    assert steer.n_random >= int(catalogue["STEER-RANDOM"].params.get("min_random", 100))
+    plan = lora.plan_for(tier, {"plan": "full"})
+    assert plan.n_train_seeds >= 3 and plan.n_random >= 10 and plan.n_skip_random >= 10
+    assert set(plan.sweep_modules) >= {"o", "q", "k", "v", "gate", "up", "down"}  # LORA-OPROJ: every module
+    for smaller in ("default", "smoke"):
+        if tier in PLAN_TIERS[smaller]:
+            assert A.sizes_for(tier, {"plan": smaller}).rigorous_per_family <= atlas.rigorous_per_family
 
 
 def test_the_module_tables_are_the_default_plan():
@@ -87,7 +67,6 @@ def test_no_claim_of_the_catalogue_overrides_a_size():
     for claim in catalogue:
         for tier in claim.tiers:
             assert SIZES_FOR[claim.block](tier, claim.params) == SIZES_FOR[claim.block](tier), claim.id
-    assert lora.plan_for("cpu", catalogue["LOCKIN"].params).lock_k == 5  # top_k is LOCKIN's threshold, not lock_k
 
 
 # ------------------------------------------------------------------------------------------------ overrides
@@ -152,7 +131,7 @@ def test_the_plan_is_named_and_a_claim_may_select_another(tmp_path):
 
 
 def _atlas_table(**changes) -> str:
-    values = OLD_ATLAS["cpu"] | changes
+    values = plans.values(A.SIZES["cpu"]) | changes
     return "".join(f"{k} = {v}\n" for k, v in values.items() if v is not None)
 
 
@@ -188,13 +167,13 @@ def test_an_unknown_tier_block_or_table_is_an_error_naming_the_file_and_key(tmp_
 
 
 def test_a_missing_field_or_a_wrong_type_is_an_error(tmp_path):
-    path = _broken(tmp_path, "n_select = 4\n", "")
+    path = _broken(tmp_path, f"n_select = {S.SIZES['cpu'].n_select}\n", "")
     with pytest.raises(plans.PlanError, match=r"missing key 'plans.default.cpu.steer.n_select'"):
         plans.load("steer", S.SteerSizes, "cpu", path=path)
-    path = _broken(tmp_path, "steps = 12\n", 'steps = "twelve"\n')
+    path = _broken(tmp_path, f"steps = {lora.CPU_PLAN.steps}\n", 'steps = "twelve"\n')
     with pytest.raises(plans.PlanError, match=r"'plans.default.cpu.lora.steps': expected int"):
         plans.load("lora", lora.LoraPlan, "cpu", path=path)
-    path = _broken(tmp_path, "skip_single_layers = 5", "tier = \"gpu\"")
+    path = _broken(tmp_path, f"skip_single_layers = {A.SIZES['cpu'].skip_single_layers}", "tier = \"gpu\"")
     with pytest.raises(plans.PlanError, match=r"unknown key 'plans.default.cpu.atlas.tier'"):
         plans.load("atlas", A.Sizes, "cpu", path=path)
     # a field whose default is None may be left out (TOML has no null): the gpu atlas plan does so

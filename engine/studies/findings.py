@@ -14,10 +14,16 @@ protocol that cannot run here, ``untested`` (the reason).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from engine.decisions import Evidence, Outcome
+
+Holds = bool | Evidence | Mapping[str, Evidence]
+"""What decided a rule: a bare bool (legacy v1), one :class:`~engine.decisions.Evidence`, or named parts."""
 
 
 class StudyError(AssertionError):
@@ -42,7 +48,7 @@ class Finding:
 
     protocol: str
     figures: dict[str, Any]
-    holds: bool
+    holds: Holds
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -55,7 +61,7 @@ class Finding:
     skip_test: bool = False  # untested, and the whole claim cannot run here: the test is skipped once recorded
 
     @classmethod
-    def not_run(cls, protocol: str, reason: str, *, skip_test: bool = False) -> "Finding":
+    def not_run(cls, protocol: str, reason: str, *, skip_test: bool = False) -> Finding:
         """A protocol that cannot run here: recorded as UNTESTED with ``reason``. ``skip_test=True``: the claim as
         a whole cannot run here, so after both findings are recorded the test is skipped with this reason."""
         if not reason:
@@ -66,7 +72,8 @@ class Finding:
         """Keyword arguments for ``claim.record`` (unbounded intervals are left out)."""
         if self.untested:
             raise ValueError(f"the {self.protocol} finding is untested ({self.untested}): nothing to record")
-        out: dict[str, Any] = {"protocol": self.protocol, "figures": self.figures, "holds": bool(self.holds),
+        holds = self.holds if isinstance(self.holds, (Evidence, Mapping)) else bool(self.holds)
+        out: dict[str, Any] = {"protocol": self.protocol, "figures": self.figures, "holds": holds,
                                "ci": {k: v for k, v in self.ci.items() if np.isfinite(v).all()},
                                "seeds": self.seeds, "notes": " ".join(self.notes), "suite_hash": self.suite_hash}
         if self.revised:
@@ -78,10 +85,25 @@ class Finding:
         return out
 
 
+def outcome(f: Finding) -> Outcome | None:
+    """The finding's decision: for / against / undecided; None for parts that are decided both ways (REVISED)."""
+    if f.undecided:
+        return Outcome.UNDECIDED
+    if isinstance(f.holds, Evidence):
+        return f.holds.outcome
+    if isinstance(f.holds, Mapping):
+        outcomes = {e.outcome for e in f.holds.values()}
+        if Outcome.UNDECIDED in outcomes:
+            return Outcome.UNDECIDED
+        return outcomes.pop() if len(outcomes) == 1 else None
+    return Outcome.FOR if f.holds else Outcome.AGAINST
+
+
 def contrast(seed: Finding, rigorous: Finding, why: str) -> None:
     """When the two protocols disagree, say in both findings which step makes the difference."""
     def state(f: Finding) -> str:
-        return "not decided" if f.undecided else ("holds" if f.holds else "falsified")
+        return {Outcome.FOR: "holds", Outcome.AGAINST: "falsified", Outcome.UNDECIDED: "not decided",
+                None: "partly holds"}[outcome(f)]
 
     if state(seed) == state(rigorous) and seed.revised == rigorous.revised:
         return
