@@ -269,7 +269,8 @@ def test_options_are_one_hashable_object_and_define_the_cache_key():
     key = cache_key(lm, PROMPTS[:3], options)
     assert key == cache_key(lm, PROMPTS[:3], method="mean", positions=[-2], heads=[0, 1], layers=[2, 0],
                             n_resamples=50)
-    assert key == {"kind": "atlas", **model_identity(lm), "suite": suite_hash(PROMPTS[:3]), **options.to_json(),
+    assert key == {"kind": "atlas", **model_identity(lm), "suite": suite_hash(PROMPTS[:3]), "n_examples": 3,
+                   **options.to_json(),
                    "reference": None}
     # every option can change the numbers, so every option is in the key (batch size: the guard's prompt pairs)
     assert cache_key(lm, PROMPTS[:3]) == cache_key(lm, PROMPTS[:3], layers=[0, 1, 2])  # the layer axis is explicit

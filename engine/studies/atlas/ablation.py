@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from engine import decisions as D
 from engine import metrics, stats
 from engine.interventions import (
     Site,
@@ -19,6 +21,7 @@ from engine.studies.atlas.common import (
     SEEDS,
     TEMPLATE,
     Sizes,
+    aligned,
     by_length,
     first_examples,
     rigorous_atlas,
@@ -28,9 +31,13 @@ from engine.studies.atlas.common import (
 from engine.studies.findings import Finding, StudyError, contrast, require  # noqa: F401 (re-exported)
 
 
-def residual_mean_ratios(lm, examples, batch_size: int = 16) -> dict[str, list[float]]:
+def residual_mean_ratios(lm, examples, batch_size: int = 16) -> dict[str, Any]:
     """Per layer, ||mean residual|| / mean ||residual|| over real tokens: all tokens (as a single pool), and per
     position class (first token, body, answer position) - the first token often carries a huge constant vector.
+
+    Also, per example (key ``"per_example"``, rows in token-length order, with ``"families"``): the median over
+    layers of ||pooled body mean|| / that prompt's mean body-token norm, the per-prompt reading of the body ratio
+    that the rule's bootstrap resamples (the pooled mean itself is held fixed).
     """
     examples = by_length(lm, examples)
     batch = encode(lm, examples, template=TEMPLATE)
@@ -38,18 +45,31 @@ def residual_mean_ratios(lm, examples, batch_size: int = 16) -> dict[str, list[f
     sums = {k: np.zeros((lm.n_layers, lm.d_model)) for k in ("all", "first", "body", "answer")}
     norms = {k: np.zeros(lm.n_layers) for k in sums}
     counts = dict.fromkeys(sums, 0)
+    body_norm = np.zeros((len(examples), lm.n_layers))  # per example: mean body-token norm per layer
+    row = 0
     for chunk in batch.chunks(batch_size):
         got = capture(lm, chunk, sites)
         cls = chunk.class_ids()
         masks = {"all": cls >= 0, "first": cls == 0, "body": cls == 1, "answer": cls == 2}
+        size = cls.shape[0]
         for key, mask in masks.items():
             counts[key] += int(mask.sum())
             for l, s in enumerate(sites):
-                v = got[s].values.double().cpu()[mask]
-                sums[key][l] += v.sum(0).numpy()
-                norms[key][l] += v.norm(dim=-1).sum().item()
-    return {k: [float(np.linalg.norm(sums[k][l] / max(counts[k], 1)) / max(norms[k][l] / max(counts[k], 1), 1e-30))
-                for l in range(lm.n_layers)] for k in sums}
+                v = got[s].values.double().cpu()
+                sums[key][l] += v[mask].sum(0).numpy()
+                token_norms = v.norm(dim=-1)
+                norms[key][l] += token_norms[mask].sum().item()
+                if key == "body":
+                    m = mask.double()
+                    body_norm[row:row + size, l] = ((token_norms * m).sum(-1) / m.sum(-1).clamp(min=1.0)).numpy()
+        row += size
+    out: dict[str, Any] = {
+        k: [float(np.linalg.norm(sums[k][l] / max(counts[k], 1)) / max(norms[k][l] / max(counts[k], 1), 1e-30))
+            for l in range(lm.n_layers)] for k in sums}
+    body_mean = np.linalg.norm(sums["body"] / max(counts["body"], 1), axis=-1)  # [n_layers]
+    out["per_example"] = np.median(body_mean[None, :] / np.maximum(body_norm, 1e-30), axis=1).tolist()
+    out["families"] = [ex.family for ex in examples]
+    return out
 
 
 def seed_mean_ablation_effects(lm, examples) -> tuple[list[float], int, int]:
@@ -90,25 +110,56 @@ def seed_mean_ablation_effects(lm, examples) -> tuple[list[float], int, int]:
     return effects, fired, changed
 
 
-def abl_parts(ratio: float, mean_max: float, rho_min: float | None, destructive: float | None,
-               params: Mapping[str, Any]) -> dict[str, bool]:
-    return {
-        "near_zero_mean": ratio < params["near_zero_mean_ratio"],
-        "mean_ablation_all_zero": mean_max <= params["zero_effect_tolerance"],
-        "zero_ablation_valid": (rho_min is not None and rho_min >= params["rank_rho_threshold"]
-                                and destructive is not None and destructive <= params["destructive_ratio"]),
-    }
+def per_example_spearman(a: np.ndarray, b: np.ndarray) -> list[float]:
+    """Per example (row), the Spearman rho of two layer profiles; an undefined rho (a constant profile) is 0.0
+    ("no rank agreement"), so the rule's bootstrap sees finite values."""
+    out = []
+    for x, y in zip(np.asarray(a), np.asarray(b)):
+        rho = stats.rank_rho(x, y)
+        out.append(0.0 if rho is None else float(rho))
+    return out
 
 
-def _parts_text(parts: Mapping[str, bool]) -> str:
-    held = [k for k, v in parts.items() if v]
-    failed = [k for k, v in parts.items() if not v]
-    return f"Parts that hold: {', '.join(held) or 'none'}; parts that do not: {', '.join(failed) or 'none'}."
+def decide_abl_parts(ratios: Sequence[float], ratio_groups: Sequence[str], mean_effects: Sequence[float] | None,
+                     rhos: Sequence[float] | None, groups: Sequence[str], params: Mapping[str, Any],
+                     seed: int = SEEDS[0]) -> dict[str, D.Evidence]:
+    """ABL-MEAN's three parts, each by :func:`engine.decisions.greater` on per-example values:
+
+    * near_zero_mean: ``near_zero_mean_ratio - ratio`` > 0 (the ratio's CI upper below the threshold);
+    * mean_ablation_all_zero: ``zero_effect_tolerance - max-over-layers mean-ablation KL`` > 0;
+    * zero_ablation_valid: ``Spearman(zero, mean) - rank_rho_threshold`` > 0 (the rho's CI lower above it).
+
+    A part whose values are None (a method that cannot measure it) is left out.
+    """
+    parts = {"near_zero_mean": D.greater([params["near_zero_mean_ratio"] - r for r in ratios], ratio_groups,
+                                         delta=params["near_zero_mean_delta"],
+                                         rationale=params["near_zero_mean_delta_rationale"],
+                                         label="near-zero threshold - residual mean ratio", seed=seed)}
+    if mean_effects is not None:
+        parts["mean_ablation_all_zero"] = D.greater(
+            [params["zero_effect_tolerance"] - m for m in mean_effects], groups,
+            delta=params["zero_effect_delta"], rationale=params["zero_effect_delta_rationale"],
+            label="zero-effect tolerance - max mean-ablation KL", seed=seed)
+    if rhos is not None:
+        parts["zero_ablation_valid"] = D.greater(
+            [r - params["rank_rho_threshold"] for r in rhos], groups, delta=params["rank_rho_delta"],
+            rationale=params["rank_rho_delta_rationale"], label="Spearman(zero, mean) - threshold", seed=seed)
+    return parts
+
+
+def _parts_text(parts: Mapping[str, D.Evidence]) -> str:
+    return " ".join(f"{name}: {ev.outcome.value} ({ev.statement})." for name, ev in parts.items())
+
+
+NOOP = ("precondition failed: the seed's mean hook changed the activations at {changed}/{n} layers (no means were "
+        "passed: it returned its input), so its all-zero effects are no evidence; parts not decided: "
+        "mean_ablation_all_zero, zero_ablation_valid")
 
 
 def seed_protocol_mean_ablation(lm, sizes: Sizes, params: Mapping[str, Any]) -> Finding:
     """The seed: "mean" ablation returned its input (all effects exactly 0), zero ablation = residual zeroing,
-    residual mean taken over all tokens."""
+    residual mean taken over all tokens. A hook that changes nothing is a precondition failure: INCONCLUSIVE
+    with the near-zero part (the one its method measures) recorded."""
     sample = first_examples(sizes.seed_per_family)
     effects, fired, changed = seed_mean_ablation_effects(lm, sample[: sizes.noop_examples])
     zero = seed_atlas(lm, sizes)
@@ -116,57 +167,65 @@ def seed_protocol_mean_ablation(lm, sizes: Sizes, params: Mapping[str, Any]) -> 
     ratio = float(np.median(ratios["all"]))
     zero_profile = np.asarray(zero.layer_effect)
     mean_max = float(np.max(np.abs(effects)))
-    rho = stats.rank_rho(zero_profile, effects)
-    parts = abl_parts(ratio, mean_max, rho, None, params)
+    parts = decide_abl_parts(ratios["per_example"], ratios["families"], None, None, [], params)
+    undecided = NOOP.format(changed=changed, n=lm.n_layers) if changed == 0 else ""
+    holds = parts["near_zero_mean"] if undecided else parts
     figures = {"mean_ablation_effect": mean_max, "mean_hook_fired_layers": fired,
                "mean_hook_changed_layers": changed, "residual_mean_ratio": ratio,
                "residual_mean_ratio_per_layer": ratios["all"], "zero_effects": zero_profile.tolist(),
-               "rank_rho_zero_mean": rho, "parts": parts, "n_examples": zero.n_examples}
-    notes = [f"Seed protocol: the 'mean' hook fired at {fired}/{lm.n_layers} layers and changed the activations at "
+               "rank_rho_zero_mean": stats.rank_rho(zero_profile, effects),
+               "parts": {k: e.outcome.value for k, e in parts.items()}, "n_examples": zero.n_examples,
+               "precondition_failed": undecided or None}
+    notes = [(undecided + ". ") if undecided else "", f"Seed protocol: the 'mean' hook fired at {fired}/{lm.n_layers} layers and changed the activations at "
              f"{changed} (no means were passed: it returned its input), so every mean-ablation effect is at most "
-             f"{mean_max:.3g} (float noise of re-running the same layers) and no rank order exists to compare; zero "
-             f"ablation = residual zeroing (first {sizes.seed_per_family}/family, {zero.n_examples} prompts; no-op "
-             f"check on {min(len(sample), sizes.noop_examples)} prompts); "
-             f"residual mean over all tokens: median ||mean||/mean||x|| = {ratio:.3g}. " + _parts_text(parts)]
-    holds = all(parts.values())
-    return Finding("seed", figures, holds=holds, seeds=[SEEDS[0]], notes=notes, suite_hash=zero.suite_hash)
+             f"{mean_max:.3g} (float noise of re-running the same layers); zero ablation = residual zeroing (first "
+             f"{sizes.seed_per_family}/family, {zero.n_examples} prompts; no-op check on "
+             f"{min(len(sample), sizes.noop_examples)} prompts); residual mean over all tokens: median "
+             f"||mean||/mean||x|| = {ratio:.3g}. " + _parts_text(parts)]
+    return Finding("seed", figures, holds=holds, seeds=[SEEDS[0]], notes=[n for n in notes if n],
+                   suite_hash=zero.suite_hash, undecided=undecided)
 
 
 def rigorous_mean_ablation(lm, sizes: Sizes, params: Mapping[str, Any], seed: int = SEEDS[0]) -> Finding:
     """Real mean ablation (per layer and position class over the sample), resample and noise, against zero
-    (layer-contribution) ablation on the same prompts; residual mean norm per position class; Spearman rank
-    order of the layer profiles. Runs on the NL stratified sample (short prompts; the HUB-NL zero atlas is reused).
+    (layer-contribution) ablation on the same prompts; residual mean norm per position class; per-prompt
+    Spearman rank order of the layer profiles. Runs on the NL stratified sample (the HUB-NL zero atlas is reused).
     """
-    profiles = {m: np.asarray(rigorous_atlas(lm, sizes, seed, suite="nl", method=m).layer_effect)
-                for m in ablation_methods.names()}  # every registered method (built-ins: zero, mean, resample, noise)
+    atlases = {m: rigorous_atlas(lm, sizes, seed, suite="nl", method=m)
+               for m in ablation_methods.names()}  # every registered method (built-ins: zero, mean, resample, noise)
+    profiles = {m: np.asarray(a.layer_effect) for m, a in atlases.items()}
     sample = stratified_sample(seed, sizes.nl_per_family, suite="nl")
     ratios = residual_mean_ratios(lm, sample, sizes.batch_size)
-    # the first token is one vector per prompt (often a near-constant attention sink): judged apart
+    zero_x, mean_x, groups = aligned(atlases["zero"], atlases["mean"])
+    _, resample_x, _ = aligned(atlases["zero"], atlases["resample"])
+    rho_mean = per_example_spearman(zero_x, mean_x)
+    parts = decide_abl_parts(ratios["per_example"], ratios["families"], mean_x.max(axis=1).tolist(), rho_mean,
+                             groups, params, seed)
     body_ratio = float(np.median(ratios["body"]))
     mean_max = float(profiles["mean"].max())
     rhos = {m: stats.rank_rho(profiles["zero"], profiles[m]) for m in profiles if m != "zero"}
-    rho_min = None if rhos["mean"] is None or rhos["resample"] is None else min(rhos["mean"], rhos["resample"])
     destructive = float(profiles["zero"].sum() / profiles["mean"].sum()) if profiles["mean"].sum() > 0 else None
-    parts = abl_parts(body_ratio, mean_max, rho_min, destructive, params)
     figures = {"mean_ablation_effect": mean_max, "residual_mean_ratio": body_ratio,
                "residual_mean_ratio_first": float(np.median(ratios["first"])),
                "residual_mean_ratio_answer": float(np.median(ratios["answer"])),
                "residual_mean_ratio_all": float(np.median(ratios["all"])),
                "residual_mean_ratio_per_layer": ratios["body"],
                "rank_rho_zero_mean": rhos["mean"], "rank_rho_zero_resample": rhos["resample"],
-               "rank_rho_zero_noise": rhos["noise"], "zero_over_mean_effect": destructive,
+               "rank_rho_zero_noise": rhos.get("noise"), "zero_over_mean_effect": destructive,
+               "mean_prompt_rho_zero_mean": float(np.mean(rho_mean)),
+               "mean_prompt_rho_zero_resample": float(np.mean(per_example_spearman(zero_x, resample_x))),
                "effects": {m: p.tolist() for m, p in profiles.items()},
-               "top_layer": {m: int(np.argmax(p)) for m, p in profiles.items()}, "parts": parts,
-               "n_examples": len(sample)}
+               "top_layer": {m: int(np.argmax(p)) for m, p in profiles.items()},
+               "parts": {k: e.outcome.value for k, e in parts.items()}, "n_examples": len(sample)}
     notes = [f"Rigorous protocol: layer-contribution ablation by zero / mean (per position class over the sample) / "
              f"resample (another prompt's activation) / noise (Gaussian at the activation's std) on {len(sample)} NL "
              f"prompts ({sizes.nl_per_family}/family, seed {seed}). Residual ||mean||/mean||x|| (median over layers): "
              f"body {body_ratio:.3g}, first token {figures['residual_mean_ratio_first']:.3g}, all tokens pooled "
-             f"{figures['residual_mean_ratio_all']:.3g}. Mean-ablation max effect {mean_max:.4g}; Spearman vs zero: "
-             + ", ".join(f"{m} {('n/a' if r is None else f'{r:.2f}')}" for m, r in rhos.items())
+             f"{figures['residual_mean_ratio_all']:.3g}. Mean-ablation max effect {mean_max:.4g}; Spearman vs zero "
+             "(mean profiles): " + ", ".join(f"{m} {('n/a' if r is None else f'{r:.2f}')}" for m, r in rhos.items())
              + (f"; zero/mean total effect {destructive:.3g}" if destructive is not None else "") + ". "
              + _parts_text(parts)]
-    return Finding("rigorous", figures, holds=all(parts.values()), seeds=[seed], notes=notes)
+    return Finding("rigorous", figures, holds=parts, seeds=[seed], notes=notes)
 
 
 def mean_ablation_contrast(seed: Finding, rigorous: Finding) -> None:
@@ -177,8 +236,8 @@ def mean_ablation_contrast(seed: Finding, rigorous: Finding) -> None:
 
 
 def abl_mean(lm, sizes: Sizes, params: Mapping[str, Any]) -> tuple[Finding, Finding]:
-    """ABL-MEAN: near-zero residual mean, all-zero mean-ablation effects, zero ablation valid (every part must
-    hold; thresholds from ``params``). Checks that the seed's mean hook fired at every layer."""
+    """ABL-MEAN: near-zero residual mean, all-zero mean-ablation effects, zero ablation valid (three parts, each
+    decided; thresholds from ``params``). Checks that the seed's mean hook fired at every layer."""
     seed = seed_protocol_mean_ablation(lm, sizes, params)
     rigorous = rigorous_mean_ablation(lm, sizes, params)
     require(seed.figures["mean_hook_fired_layers"] == lm.n_layers, "the seed's mean hook must fire at every layer")

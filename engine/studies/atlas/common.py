@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
-from engine import plans, stats, tasks
+from engine import decisions as D
+from engine import plans, tasks
 from engine.atlas import Atlas, atlas
 from engine.studies.findings import Finding, StudyError, contrast, require  # noqa: F401 (re-exported)
 
@@ -105,11 +107,16 @@ def seed_atlas(lm, sizes: Sizes, *, suite="synthetic", families=None, per_family
 
 
 def rigorous_atlas(lm, sizes: Sizes, seed: int = SEEDS[0], *, suite="synthetic", families=None,
-                   method: str = "zero", positions: Any = "all", per_family: int | None = None) -> Atlas:
-    """Layer-contribution ablation (output := input) on that seed's stratified sample; KL at the answer."""
+                   method: str = "zero", positions: Any = "all", per_family: int | None = None,
+                   component: str = "layer") -> Atlas:
+    """Layer-contribution ablation (output := input) on that seed's stratified sample; KL at the answer.
+
+    Every claim that reads a model's seed-``seed`` atlas (HUB-Q05/Q15/Q3/SMOL, HUB-SEEDS, HUB-BREADTH, OWN-ATLAS,
+    HUB-NL's synthetic side) calls this with the same arguments, so the content-addressed cache computes it once.
+    ``component="resid"``: residual zeroing on the same stratified sample (POS-ANSWER's position sets)."""
     examples = stratified_sample(seed, per_family or (sizes.nl_per_family if suite == "nl"
                                                       else sizes.rigorous_per_family), families, suite)
-    return _atlas(lm, examples, sizes, method=method, component="layer", positions=positions, measure="answer",
+    return _atlas(lm, examples, sizes, method=method, component=component, positions=positions, measure="answer",
                   seed=seed)
 
 
@@ -148,39 +155,6 @@ def exact_tie(a: Atlas, family: str | None = None) -> bool:
     return top_two_tie(a.layer_effect if family is None else a.effects[family])
 
 
-@dataclass(frozen=True)
-class HubReading:
-    """The hub of one atlas as the claims read it."""
-
-    hub: int | None  # separated hub (gap CI above 0), or None
-    argmax: int  # what a bare argmax says (the seed's hub)
-    runner_up: int
-    depth: float | None  # hub / (n_layers - 1)
-    argmax_depth: float
-    gap: stats.Interval
-    exact_tie: bool
-    erasing: bool
-    n_layers: int
-    profile: list[float]
-
-    @classmethod
-    def of(cls, a: Atlas) -> "HubReading":
-        return cls(a.hub, a.argmax_layer, a.runner_up, a.hub_depth, a.argmax_depth, a.gap, exact_tie(a),
-                   a.information_erasing, a.n_layers, [float(x) for x in a.layer_effect])
-
-    def text(self) -> str:
-        if self.hub is None:
-            kind = "an exact tie" if self.exact_tie else "not separated"
-            return (f"no hub: argmax L{self.argmax} vs runner-up L{self.runner_up} is {kind} (gap "
-                    f"{self.gap.estimate:.4g}, CI [{self.gap.low:.4g}, {self.gap.high:.4g}])")
-        return (f"hub L{self.hub} (depth {self.depth:.2f}), runner-up L{self.runner_up}, gap {self.gap.estimate:.4g} "
-                f"CI [{self.gap.low:.4g}, {self.gap.high:.4g}]")
-
-
-def ci_pair(interval: stats.Interval) -> tuple[float, float]:
-    return (float(interval.low), float(interval.high))
-
-
 def erasing_note(a: Atlas) -> str:
     if not a.information_erasing:
         return ""
@@ -192,3 +166,77 @@ def erasing_note(a: Atlas) -> str:
 
 
 Loader = Callable[[str], Any]
+
+
+# ------------------------------------------------------------------------------------------------ v2 decisions
+
+
+def argmax_evidence(a: Atlas, claimed: int | None = None, label: str = "argmax layer") -> D.Evidence:
+    """Catalogue v2 "the argmax is layer L" on the atlas's per-example layer effects (families as strata): the
+    argmax re-selected in every resample; ``claimed`` None asks "does an argmax layer exist"."""
+    return D.argmax(a.per_example, a.example_families, claimed=claimed, units=a.layers, label=label,
+                    n_resamples=a.n_resamples, seed=a.seed)
+
+
+def argmax_of(ev: D.Evidence) -> int | None:
+    """The layer an "argmax exists" evidence decided for (None: none decided)."""
+    return int(ev.estimate) if ev.outcome is D.Outcome.FOR and ev.estimate is not None else None
+
+
+def negate(ev: D.Evidence, label: str) -> D.Evidence:
+    """The same evidence read for the opposite statement (``for`` <-> ``against``; undecided stays): e.g. "the
+    4-family argmax is the 12-family layer" decided for is "the hubs differ" decided against. ``params.negated``
+    says so, so that an offline recompute flips it back."""
+    flip = {D.Outcome.FOR: D.Outcome.AGAINST, D.Outcome.AGAINST: D.Outcome.FOR}
+    return replace(ev, outcome=flip.get(ev.outcome, ev.outcome), label=label,
+                   statement=f"{label}: not ({ev.statement})", params={**ev.params, "negated": True})
+
+
+def same_argmax(atlases: Mapping[str, Atlas], label: str) -> tuple[dict[str, D.Evidence], dict[str, D.Evidence]]:
+    """"Every atlas has an argmax layer, and it is the same one" (HUB-SEEDS, HUB-NL, the cpu-tier hub rule).
+
+    Returns (each atlas's "an argmax exists" evidence, the evidence that decides): an exact tie anywhere -> that
+    tie (against: no single argmax); two atlases decided for different layers -> the later ones re-decided as
+    "the argmax is the first one's layer" (against); else every atlas's evidence (all for: the same layer in
+    all; some undecided: not decided).
+    """
+    exists = {k: argmax_evidence(a, label=f"{label} ({k})") for k, a in atlases.items()}
+    ties = {k: e for k, e in exists.items() if e.outcome is D.Outcome.AGAINST}
+    if ties:
+        return exists, ties
+    found = {k: argmax_of(e) for k, e in exists.items() if argmax_of(e) is not None}
+    if len(set(found.values())) > 1:
+        first = next(iter(found))
+        ref = found[first]
+        return exists, {k: argmax_evidence(atlases[k], claimed=ref, label=f"{label} ({k}) is L{ref}, the {first} "
+                                                                            "argmax")
+                        for k, layer in found.items() if layer != ref}
+    return exists, exists
+
+
+def argmax_figures(evidence: Mapping[str, D.Evidence]) -> dict[str, Any]:
+    """Per atlas: the argmax layer, runner-up, P(argmax = best) and the outcome, for the record's figures."""
+    return {k: {"argmax": e.estimate, "runner_up": e.details.get("runner_up"), "p_best": e.details.get("p_best"),
+                "p_argmax": e.details.get("p_argmax"), "top_two_gap": e.details.get("top_two_gap"),
+                "tied_units": e.details.get("tied_units"), "outcome": e.outcome.value, "n": e.n}
+            for k, e in evidence.items()}
+
+
+def evidence_text(evidence: Mapping[str, D.Evidence]) -> str:
+    return "; ".join(e.statement + (f" [{e.undecided}]" if e.undecided else "") for e in evidence.values())
+
+
+def aligned(a: Atlas, b: Atlas) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per-example effects of two atlases of the same examples, rows in ``a``'s order (paired by example id)."""
+    index = {ex: i for i, ex in enumerate(b.example_ids)}
+    missing = [ex for ex in a.example_ids if ex not in index]
+    if missing or len(a.example_ids) != len(b.example_ids):
+        raise ValueError(f"aligned: the atlases were not measured on the same examples ({missing[:3]} ...)")
+    rows = [index[ex] for ex in a.example_ids]
+    return a.per_example, b.per_example[rows], list(a.example_families)
+
+
+def argmax_depths(a: Atlas) -> dict[str, float]:
+    """Per example (by id): the depth fraction of that prompt's own argmax layer (OWN-ATLAS, HUB-MIGRATE)."""
+    layers = np.asarray(a.layers)[np.argmax(a.per_example, axis=1)]
+    return {ex: float(l) / max(a.n_layers - 1, 1) for ex, l in zip(a.example_ids, layers)}

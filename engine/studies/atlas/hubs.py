@@ -1,167 +1,201 @@
-"""The hub claims: HUB-Q05/Q15/Q3/SMOL (the hub layer), HUB-SEEDS, HUB-NL, HUB-BREADTH, HUB-CODER, HUB-MIGRATE, OWN-ATLAS."""
+"""The hub claims: HUB-Q05/Q15/Q3/SMOL (the hub layer), HUB-SEEDS, HUB-NL, HUB-BREADTH, HUB-CODER, HUB-MIGRATE, OWN-ATLAS.
+
+Every rule is decided by :mod:`engine.decisions` (catalogue v2) on the atlases' per-example layer effects, families
+as strata: "the argmax is layer L" by :func:`engine.decisions.argmax` (re-selected in every resample), depth
+differences by :func:`~engine.decisions.greater` / :func:`~engine.decisions.for_every`. Each measurement is one
+function of ``(lm, sizes)`` returning atlases (through :mod:`.common`, so shared atlases are computed once); each
+decision is one function of atlases (``decide_*``), so a unit test reaches every outcome from constructed data.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from itertools import combinations, pairwise
+from typing import Any
 
 import numpy as np
 
+from engine import decisions as D
 from engine import models, stats, tasks
 from engine.atlas import Atlas, prompt_overlap
 from engine.studies.atlas.common import (
     SEEDS,
-    HubReading,
     Loader,
     Sizes,
-    ci_pair,
+    argmax_depths,
+    argmax_evidence,
+    argmax_figures,
+    argmax_of,
     erasing_note,
+    evidence_text,
     exact_tie,
     first_examples,
-    reseeded,
+    negate,
     restrict,
     rigorous_atlas,
+    same_argmax,
     seed_atlas,
     sizes_for,
     stratified_sample,
 )
 from engine.studies.findings import Finding, StudyError, contrast, require  # noqa: F401 (re-exported)
 
-
-def _hub_figures(r: HubReading) -> dict[str, Any]:
-    return {"hub_layer": r.hub, "hub_depth": r.depth, "argmax_layer": r.argmax, "argmax_depth": r.argmax_depth,
-            "runner_up": r.runner_up, "gap": r.gap.estimate, "exact_tie": r.exact_tie,
-            "information_erasing": r.erasing, "n_layers": r.n_layers, "layer_effects": r.profile}
+NOT_RESAMPLED = ("seeds change nothing: the seed protocol's seeds {seeds} reuse the same examples (Jaccard overlap "
+                 "{overlap:.2f}) and zero ablation has no randomness, so stability across seeds is not decided")
 
 
-def seed_protocol_hub(lm, sizes: Sizes, *, families=None, per_family: int | None = None) -> Finding:
-    """Hub as the seed found it (residual zeroing, first k per family, one deterministic sweep for all seeds).
+def _profile_figures(a: Atlas) -> dict[str, Any]:
+    return {"layer_effects": [float(x) for x in a.layer_effect], "n_layers": a.n_layers, "n_examples": a.n_examples,
+            "exact_tie": exact_tie(a), "information_erasing": a.information_erasing, "template": a.template,
+            "method": a.method, "component": a.component}
 
-    Rule (HUB-Q05 and the like): a hub is the argmax *separated* from the runner-up; a tie means no hub.
-    """
+
+def _text(holds) -> str:
+    return evidence_text(holds if isinstance(holds, Mapping) else {"": holds})
+
+
+def _depth(layer: int | None, n_layers: int) -> float | None:
+    return None if layer is None else layer / max(n_layers - 1, 1)
+
+
+# ------------------------------------------------------------------------------------------------ HUB-Q05 and co.
+
+
+def decide_hub(atlases: Mapping[str, Atlas], claimed: int | None) -> tuple[dict, dict[str, D.Evidence]]:
+    """HUB-Q05/Q15/Q3/SMOL on one atlas per seed: with a ``claimed`` layer, "the argmax is L" in every seed (a
+    seed decided against -> FAILED); without one (the cpu tier), "an argmax layer exists, the same in every seed".
+    Returns (figures, holds)."""
+    if claimed is None:
+        per_seed, holds = same_argmax(atlases, "argmax layer")
+    else:
+        per_seed = {k: argmax_evidence(a, claimed=claimed, label=f"argmax layer ({k}) is L{claimed}")
+                    for k, a in atlases.items()}
+        against = {k: e for k, e in per_seed.items() if e.outcome is D.Outcome.AGAINST}
+        holds = against or per_seed
+    layers = [e.estimate for e in per_seed.values()]
+    decided = all(e.outcome is D.Outcome.FOR for e in per_seed.values()) and len(set(layers)) == 1
+    first = next(iter(atlases.values()))
+    hub = int(layers[0]) if decided else None
+    figures = {"hub_layer": hub, "hub_depth": _depth(hub, first.n_layers), "argmax_layer": layers[0],
+               "argmax_layers": layers, "argmax_depth": _depth(layers[0], first.n_layers), "claimed_layer": claimed,
+               "per_seed": argmax_figures(per_seed), **_profile_figures(first)}
+    return figures, holds
+
+
+def seed_protocol_hub(lm, sizes: Sizes, *, claimed: int | None = None, families=None,
+                      per_family: int | None = None) -> Finding:
+    """The seed's hub: residual zeroing, first k per family, one deterministic sweep (its seeds never resample, so
+    "in every seed" reduces to that sweep; the stability part is named as not decided)."""
     a = seed_atlas(lm, sizes, families=families, per_family=per_family)
-    r = HubReading.of(a)
-    figures = _hub_figures(r) | {"hub_std": 0.0, "n_examples": a.n_examples}
-    notes = [f"Seed protocol: residual zeroing, KL at the last position, first {per_family or sizes.seed_per_family} "
-             f"examples/family ({a.n_examples} prompts); the seeds {list(SEEDS)} do not change the examples, so "
-             f"one sweep serves all three and hub std 0.0 is by construction. {r.text()}.", erasing_note(a)]
-    return Finding("seed", figures, holds=r.hub is not None, ci={"gap": ci_pair(r.gap)}, seeds=list(SEEDS),
-                   notes=[n for n in notes if n], suite_hash=a.suite_hash)
+    figures, holds = decide_hub({f"seed {SEEDS[0]}": a}, claimed)
+    notes = [(f"Seed protocol: residual zeroing, KL at the last position, first {per_family or sizes.seed_per_family} "
+             f"examples/family ({a.n_examples} prompts); the seeds {list(SEEDS)} do not change the examples, so one "
+             f"sweep serves all three and stability across seeds is not decided here (HUB-SEEDS). "
+             f"{evidence_text(holds)}."), erasing_note(a)]
+    return Finding("seed", figures, holds=holds, seeds=list(SEEDS), notes=[n for n in notes if n],
+                   suite_hash=a.suite_hash)
 
 
-def rigorous_hub(lm, sizes: Sizes, seeds: Sequence[int] = SEEDS, *, families=None) -> Finding:
-    """Hub under layer-contribution ablation on a fresh stratified sample per seed; holds when every seed has a
-    separated hub and they agree (the falsifier: the hub differs in >= 1 seed, or there is none)."""
-    atlases = [rigorous_atlas(lm, sizes, s, families=families) for s in seeds]
-    readings = [HubReading.of(a) for a in atlases]
-    hubs = [r.hub for r in readings]
-    stable = all(h is not None for h in hubs) and len(set(hubs)) == 1
-    main = readings[0]
-    figures = _hub_figures(main) | {
-        "hubs": hubs, "argmax_layers": [r.argmax for r in readings],
-        "hub_std": float(np.std(hubs)) if all(h is not None for h in hubs) else None,
-        "gaps": [r.gap.estimate for r in readings], "stable": stable,
-        "prompt_overlap": prompt_overlap([a.example_ids for a in atlases]),
-        "n_examples": atlases[0].n_examples,
-    }
-    if stable:
-        figures["hub_layer"], figures["hub_depth"] = hubs[0], readings[0].depth
-    ci = {"gap": ci_pair(main.gap)} | {f"gap_seed{s}": ci_pair(r.gap) for s, r in zip(seeds, readings)}
-    notes = [f"Rigorous protocol: layer-contribution ablation, {sizes.rigorous_per_family} examples/family drawn "
-             f"per seed ({atlases[0].n_examples} prompts/seed), stratified bootstrap CI of the top-two gap "
-             f"({sizes.n_resamples} resamples). " + "; ".join(f"seed {s}: {r.text()}" for s, r in zip(seeds, readings))
-             + "."]
-    return Finding("rigorous", figures, holds=stable, ci=ci, seeds=list(seeds), notes=notes,
-                   suite_hash=atlases[0].suite_hash)
+def rigorous_hub(lm, sizes: Sizes, seeds: Sequence[int] = SEEDS, *, claimed: int | None = None,
+                 families=None) -> Finding:
+    """Layer-contribution ablation on a fresh stratified sample per seed; the v2 argmax rule in every seed."""
+    atlases = {f"seed {s}": rigorous_atlas(lm, sizes, s, families=families) for s in seeds}
+    figures, holds = decide_hub(atlases, claimed)
+    figures["prompt_overlap"] = prompt_overlap([a.example_ids for a in atlases.values()])
+    notes = [(f"Rigorous protocol: layer-contribution ablation, {sizes.rigorous_per_family} examples/family drawn "
+             f"per seed ({figures['n_examples']} prompts/seed, Jaccard overlap {figures['prompt_overlap']:.2f}), "
+             f"argmax re-selected in {sizes.n_resamples} stratified resamples per seed. {evidence_text(holds)}.")]
+    return Finding("rigorous", figures, holds=holds, seeds=list(seeds), notes=notes,
+                   suite_hash=next(iter(atlases.values())).suite_hash)
 
 
 def hub_contrast(seed: Finding, rigorous: Finding) -> None:
     why = []
     if seed.figures.get("exact_tie") or seed.figures.get("information_erasing"):
-        why.append("residual zeroing erases the prompt (every layer gives the same KL, an exact tie whose argmax "
-                   "is L0); removing only the layer's contribution separates the layers")
-    if seed.figures.get("hub_layer") != rigorous.figures.get("hub_layer"):
+        why.append("residual zeroing erases the prompt (every layer gives the same KL: an exact tie, no single "
+                   "argmax); removing only the layer's contribution separates the layers")
+    if seed.figures.get("argmax_layer") != rigorous.figures.get("argmax_layer"):
         why.append(f"the ablation step (residual zeroing -> contribution removal) and the resampled stratified "
-                   f"sample move the hub from {seed.figures.get('hub_layer')} to {rigorous.figures.get('hub_layer')}")
-    if rigorous.figures.get("hubs") and not rigorous.figures.get("stable"):
-        why.append(f"seeds that resample the prompts disagree (hubs {rigorous.figures['hubs']}), which the seed's "
-                   "identical-input seeds could not show")
-    contrast(seed, rigorous, "; ".join(why) or "the ablation step and the sample differ")
+                   f"sample move the argmax from L{seed.figures.get('argmax_layer')} to "
+                   f"L{rigorous.figures.get('argmax_layer')}")
+    why.append(f"the seed's sample ({seed.figures.get('n_examples')} prompts) vs {rigorous.figures.get('n_examples')} "
+               "per seed decides whether the argmax can be decided at all")
+    contrast(seed, rigorous, "; ".join(why))
+
+
+# ------------------------------------------------------------------------------------------------ HUB-SEEDS
+
+
+def decide_hub_seeds(atlases: Mapping[str, Atlas], samples_differ: bool, overlap: float) -> Finding:
+    """HUB-SEEDS: every seed has an argmax layer and it is the same (CONFIRMED); two seeds decided for different
+    layers, or an exact tie (no single hub to be stable) (FAILED); else INCONCLUSIVE. Precondition: the seeds'
+    samples differ, else INCONCLUSIVE "seeds change nothing" (the decided parts are still recorded)."""
+    per_seed, holds = same_argmax(atlases, "argmax layer")
+    layers = [e.estimate for e in per_seed.values()]
+    found = [argmax_of(e) for e in per_seed.values()]
+    std = float(np.std(found)) if all(f is not None for f in found) else None
+    figures = {"hub_std": std, "argmax_layers": layers, "argmax_std": float(np.std([x or 0 for x in layers])),
+               "hubs": found, "samples_differ": samples_differ, "prompt_overlap": overlap,
+               "per_seed": argmax_figures(per_seed), "n_examples": next(iter(atlases.values())).n_examples}
+    undecided = "" if samples_differ else NOT_RESAMPLED.format(seeds=list(SEEDS), overlap=overlap)
+    if undecided:
+        holds = next(iter(per_seed.values()))  # the one sweep's evidence, recorded; the precondition decides
+    return Finding("", figures, holds=holds, undecided=undecided)
 
 
 def seed_protocol_hub_seeds(lm, sizes: Sizes, seeds: Sequence[int] = SEEDS) -> Finding:
-    """The seed's seeds: identical examples for every seed, deterministic zero ablation.
-
-    Rule: seeds must resample the prompt set, and the hub must not move (std 0). Here they do not resample
-    (the samples are identical), so std 0.0 is guaranteed, not measured: the rule's precondition fails.
-    """
+    """The seed's seeds: identical examples for every seed, deterministic residual zeroing: one sweep, reseeded
+    for the bootstrap only. The rule's precondition (the seeds resample the prompts) does not hold."""
     samples = [first_examples(sizes.seed_per_family) for _ in seeds]
     base = seed_atlas(lm, sizes)
-    atlases = [reseeded(base, s) for s in seeds]
-    readings = [HubReading.of(a) for a in atlases]
-    hubs = [r.hub for r in readings]
-    argmaxes = [r.argmax for r in readings]
     overlap = prompt_overlap(samples)
-    resampled = overlap < 1.0
-    has_hub = all(h is not None for h in hubs)
-    figures = {"hubs": hubs, "argmax_layers": argmaxes, "hub_std": float(np.std(argmaxes)),
-               "samples_differ": resampled, "prompt_overlap": overlap,
-               "suite_hashes": [tasks.suite_hash(s)[:12] for s in samples], "exact_tie": readings[0].exact_tie,
-               "gaps": [r.gap.estimate for r in readings], "n_examples": base.n_examples}
-    ci = {f"gap_seed{s}": ci_pair(r.gap) for s, r in zip(seeds, readings)}
-    notes = [f"Seed protocol: the first {sizes.seed_per_family} examples/family ({base.n_examples} prompts) for "
-             f"every seed (identical suite hashes, Jaccard overlap {overlap:.2f}); zero ablation has no randomness, "
-             f"so one sweep gives all three seeds and hub std {np.std(argmaxes):.1f} is guaranteed, not measured. "
-             f"Argmax per seed {argmaxes}; {readings[0].text()}.", erasing_note(base)]
-    return Finding("seed", figures, holds=resampled and has_hub and len(set(hubs)) == 1, ci=ci, seeds=list(seeds),
-                   notes=[n for n in notes if n], suite_hash=base.suite_hash)
+    finding = decide_hub_seeds({f"seed {seeds[0]}": base}, overlap < 1.0, overlap)
+    finding.protocol = "seed"
+    finding.figures["suite_hashes"] = [tasks.suite_hash(s)[:12] for s in samples]
+    finding.seeds, finding.suite_hash = list(seeds), base.suite_hash
+    finding.notes = [n for n in (
+        (f"Seed protocol: the first {sizes.seed_per_family} examples/family ({base.n_examples} prompts) for every "
+        f"seed (identical suite hashes, Jaccard overlap {overlap:.2f}); zero ablation has no randomness, so one "
+        f"sweep gives all three seeds and their std 0 is guaranteed, not measured. "
+        f"{_text(finding.holds)}."),
+        erasing_note(base)) if n]
+    return finding
 
 
 def rigorous_hub_seeds(lm, sizes: Sizes, seeds: Sequence[int] = SEEDS) -> Finding:
-    """Three seeds, three stratified samples (the test checks they differ), layer-contribution ablation; hub per
-    seed, its std and the bootstrap CI of each seed's top-two gap. Falsified if the hub std > 0 (or a seed finds
-    no separated hub, so the std is undefined)."""
+    """Three seeds, three stratified samples (checked to differ), layer-contribution ablation; the argmax rule
+    per seed (the same atlases as HUB-SMOL / HUB-Q05 on this model: cached)."""
     samples = [stratified_sample(s, sizes.rigorous_per_family) for s in seeds]
-    atlases = [rigorous_atlas(lm, sizes, s) for s in seeds]
-    readings = [HubReading.of(a) for a in atlases]
-    hubs = [r.hub for r in readings]
-    has_hub = all(h is not None for h in hubs)
+    atlases = {f"seed {s}": rigorous_atlas(lm, sizes, s) for s in seeds}
     overlap = prompt_overlap(samples)
-    std = float(np.std(hubs)) if has_hub else None
-    figures = {"hubs": hubs, "argmax_layers": [r.argmax for r in readings], "hub_std": std,
-               "argmax_std": float(np.std([r.argmax for r in readings])), "samples_differ": overlap < 1.0,
-               "prompt_overlap": overlap, "suite_hashes": [tasks.suite_hash(s)[:12] for s in samples],
-               "gaps": [r.gap.estimate for r in readings], "n_examples": atlases[0].n_examples}
-    ci = {f"gap_seed{s}": ci_pair(r.gap) for s, r in zip(seeds, readings)}
-    notes = [f"Rigorous protocol: {sizes.rigorous_per_family} examples/family drawn per seed "
-             f"({atlases[0].n_examples} prompts/seed, Jaccard overlap {overlap:.2f}), layer-contribution ablation, "
-             f"bootstrap CI of the top-two gap ({sizes.n_resamples} resamples). "
-             + "; ".join(f"seed {s}: {r.text()}" for s, r in zip(seeds, readings)) + "."]
-    return Finding("rigorous", figures, holds=overlap < 1.0 and has_hub and std == 0.0, ci=ci, seeds=list(seeds),
-                   notes=notes, suite_hash=atlases[0].suite_hash)
+    finding = decide_hub_seeds(atlases, overlap < 1.0, overlap)
+    finding.protocol = "rigorous"
+    finding.figures["suite_hashes"] = [tasks.suite_hash(s)[:12] for s in samples]
+    finding.seeds, finding.suite_hash = list(seeds), next(iter(atlases.values())).suite_hash
+    finding.notes = [(f"Rigorous protocol: {sizes.rigorous_per_family} examples/family drawn per seed "
+                     f"({finding.figures['n_examples']} prompts/seed, Jaccard overlap {overlap:.2f}), "
+                     f"layer-contribution ablation, argmax re-selected in {sizes.n_resamples} resamples per seed. "
+                     f"{_text(finding.holds)}.")]
+    return finding
 
 
 def hub_seeds_contrast(seed: Finding, rigorous: Finding) -> None:
-    why = []
-    if not seed.figures["samples_differ"]:
-        why.append("the seed's seeds never resampled the prompts (overlap 1.0), so its std 0.0 is guaranteed")
-    if seed.figures.get("exact_tie"):
-        why.append("residual zeroing gives an exact tie at every layer (no hub to be stable)")
-    if rigorous.figures["hub_std"] is None:
-        why.append("under the rigorous protocol at least one seed has no separated hub")
-    elif rigorous.figures["hub_std"] > 0:
-        why.append(f"resampled prompts move the hub ({rigorous.figures['hubs']})")
+    why = ["the seed's seeds never resample the prompts (its stability is guaranteed, not measured)"]
+    if rigorous.figures.get("hubs") and len(set(rigorous.figures["argmax_layers"])) > 1:
+        why.append(f"resampled prompts move the argmax ({rigorous.figures['argmax_layers']})")
     contrast(seed, rigorous, "; ".join(why))
+
+
+# ------------------------------------------------------------------------------------------------ HUB-NL
 
 
 def family_agreement(a: Atlas, b: Atlas) -> tuple[float, list[str], int]:
     """Fraction of the shared families whose per-family argmax layers agree, an exact tie counting as "no hub"
-    (never agreeing); also the agreeing families and how many family pairs are both CI-separated."""
+    (never agreeing); also the agreeing families and how many family pairs are both CI-separated (a figure)."""
     shared = [f for f in a.families if f in b.families]
     agree, separated = [], 0
     for f in shared:
-        tie_a = exact_tie(a, f)
-        tie_b = exact_tie(b, f)
-        if not tie_a and not tie_b and a.family_argmax[f] == b.family_argmax[f]:
+        if not exact_tie(a, f) and not exact_tie(b, f) and a.family_argmax[f] == b.family_argmax[f]:
             agree.append(f)
         separated += int(a.family_hubs[f] is not None and b.family_hubs[f] is not None)
     return (len(agree) / len(shared) if shared else 0.0), agree, separated
@@ -173,67 +207,90 @@ def nl_suite_counts() -> dict[str, int]:
             "min_per_family": min(sum(ex.family == f for ex in nl) for f in {ex.family for ex in nl})}
 
 
-def _nl_finding(protocol: str, syn: Atlas, nl: Atlas, threshold: float, sizes_text: str) -> Finding:
+def decide_nl(protocol: str, syn: Atlas, nl: Atlas, sizes_text: str) -> Finding:
+    """HUB-NL: the NL suite's argmax layer equals the synthetic suite's (CONFIRMED); both exist and differ
+    (FAILED); else (an undecided argmax, or an exact tie: no argmax to compare) INCONCLUSIVE. Per-family
+    agreement is a figure."""
+    per_suite, holds = same_argmax({"synthetic": syn, "nl": nl}, "argmax layer")
+    ties = [k for k, e in per_suite.items() if e.outcome is D.Outcome.AGAINST]
+    undecided = (f"no argmax layer exists in the {' and the '.join(ties)} suite (an exact tie): nothing to compare"
+                 if ties else "")
+    if ties:
+        holds = per_suite[ties[0]]  # one evidence: the precondition (an argmax to compare) decides, not its parts
     agreement, agree, separated = family_agreement(syn, nl)
-    rs, rn = HubReading.of(syn), HubReading.of(nl)
     figures = {"family_agreement": agreement, "agreeing_families": agree, "families_separated_both": separated,
-               "hub_layer": rn.hub, "hub_layer_synthetic": rs.hub, "argmax_nl": rn.argmax,
-               "argmax_synthetic": rs.argmax, "profile_spearman": stats.rank_rho(rs.profile, rn.profile),
+               "hub_layer": argmax_of(per_suite["nl"]), "hub_layer_synthetic": argmax_of(per_suite["synthetic"]),
+               "argmax_nl": per_suite["nl"].estimate, "argmax_synthetic": per_suite["synthetic"].estimate,
+               "per_suite": argmax_figures(per_suite),
+               "profile_spearman": stats.rank_rho(syn.layer_effect, nl.layer_effect),
                "n_nl_examples": nl.n_examples, "n_synthetic_examples": syn.n_examples,
                "family_argmax_nl": nl.family_argmax, "family_argmax_synthetic": syn.family_argmax,
-               "information_erasing": nl.information_erasing or syn.information_erasing, **nl_suite_counts()}
-    notes = [f"{sizes_text} Per-family argmax agreement {agreement:.2f} ({len(agree)}/{len(syn.families)}; an exact "
-             f"tie counts as no hub); families with a CI-separated hub in both suites: {separated}. NL: {rn.text()}; "
-             f"synthetic: {rs.text()}.", erasing_note(nl)]
-    return Finding(protocol, figures, holds=agreement >= threshold, seeds=[nl.seed],
-                   notes=[n for n in notes if n], suite_hash=nl.suite_hash)
+               "information_erasing": nl.information_erasing or syn.information_erasing, "template": nl.template,
+               **nl_suite_counts()}
+    notes = [(f"{sizes_text} Per-family argmax agreement {agreement:.2f} ({len(agree)}/{len(syn.families)}; an exact "
+             f"tie counts as no hub), a figure. {_text(holds)}."), erasing_note(nl)]
+    return Finding(protocol, figures, holds=holds, seeds=[nl.seed], notes=[n for n in notes if n],
+                   suite_hash=nl.suite_hash, undecided=undecided)
 
 
-def seed_protocol_nl_agreement(lm, sizes: Sizes, threshold: float) -> Finding:
-    syn = seed_atlas(lm, sizes)
-    nl = seed_atlas(lm, sizes, suite="nl")
-    return _nl_finding("seed", syn, nl, threshold,
-                       f"Seed protocol: residual zeroing, first {sizes.seed_per_family} prompts/family of each "
-                       f"suite.")
+def seed_protocol_nl_agreement(lm, sizes: Sizes) -> Finding:
+    return decide_nl("seed", seed_atlas(lm, sizes), seed_atlas(lm, sizes, suite="nl"),
+                     f"Seed protocol: residual zeroing, first {sizes.seed_per_family} prompts/family of each suite.")
 
 
-def rigorous_nl_agreement(lm, sizes: Sizes, threshold: float, seed: int = SEEDS[0]) -> Finding:
-    syn = rigorous_atlas(lm, sizes, seed)
-    nl = rigorous_atlas(lm, sizes, seed, suite="nl")
-    return _nl_finding("rigorous", syn, nl, threshold,
-                       f"Rigorous protocol: layer-contribution ablation, stratified samples (seed {seed}): "
-                       f"{sizes.rigorous_per_family}/family synthetic, {sizes.nl_per_family}/family NL.")
+def rigorous_nl_agreement(lm, sizes: Sizes, seed: int = SEEDS[0]) -> Finding:
+    return decide_nl("rigorous", rigorous_atlas(lm, sizes, seed), rigorous_atlas(lm, sizes, seed, suite="nl"),
+                     f"Rigorous protocol: layer-contribution ablation, stratified samples (seed {seed}): "
+                     f"{sizes.rigorous_per_family}/family synthetic, {sizes.nl_per_family}/family NL.")
 
 
 def nl_contrast(seed: Finding, rigorous: Finding) -> None:
     contrast(seed, rigorous,
-             f"per-family argmax agreement {seed.figures['family_agreement']:.2f} (seed) vs "
-             f"{rigorous.figures['family_agreement']:.2f} (rigorous): "
-             + ("residual zeroing erases the prompt, so every family profile is an exact tie (no family hub to "
-                "agree on)" if seed.figures["information_erasing"]
-                else "the ablation step (residual zeroing -> contribution removal) and the resampled sample"))
+             f"argmax layers (synthetic, NL) {seed.figures['argmax_synthetic']}, {seed.figures['argmax_nl']} (seed) vs "
+             f"{rigorous.figures['argmax_synthetic']}, {rigorous.figures['argmax_nl']} (rigorous): "
+             + ("residual zeroing erases the prompt, so every profile is an exact tie" if
+                seed.figures["information_erasing"] else
+                "the ablation step (residual zeroing -> contribution removal) and the sample size"))
+
+
+# ------------------------------------------------------------------------------------------------ HUB-BREADTH
+
+
+def decide_differ(atlases: Mapping[str, Atlas], label: str) -> tuple[dict[str, D.Evidence], Any, str]:
+    """"Both atlases have an argmax layer and they differ" (HUB-BREADTH, HUB-CODER). Returns (each atlas's
+    "an argmax exists" evidence, holds, undecided):
+
+    * both decided for, different layers: both (CONFIRMED);
+    * both decided for, the same layer: "the second's argmax is the first's layer" decided for, negated (FAILED);
+    * an exact tie (no argmax exists, so nothing to compare) or an undecided argmax: INCONCLUSIVE.
+    """
+    (ka, _a), (kb, b) = list(atlases.items())
+    exists = {k: argmax_evidence(x, label=f"{label} ({k})") for k, x in atlases.items()}
+    la, lb = argmax_of(exists[ka]), argmax_of(exists[kb])
+    if la is not None and lb is not None:
+        if la != lb:
+            return exists, exists, ""
+        same = argmax_evidence(b, claimed=la, label=f"{label} ({kb}) is L{la}, the {ka} argmax")
+        return exists, negate(same, f"{label}: {kb} and {ka} differ"), ""
+    ties = {k: e for k, e in exists.items() if e.outcome is D.Outcome.AGAINST}
+    if ties:
+        return exists, next(iter(ties.values())), (f"no argmax layer exists in {' and '.join(ties)} (an exact tie: "
+                                                   "nothing to compare)")
+    return exists, exists, ""
 
 
 def _breadth_finding(protocol: str, full: Atlas, narrow_families: Sequence[str], text: str) -> Finding:
     narrow = restrict(full, narrow_families)
-    r12, r4 = HubReading.of(full), HubReading.of(narrow)
-    same = r4.hub == r12.hub
-    figures = {"hub_layer_12fam": r12.hub, "hub_layer_4fam": r4.hub, "argmax_12fam": r12.argmax,
-               "argmax_4fam": r4.argmax, "gap_12fam": r12.gap.estimate, "gap_4fam": r4.gap.estimate,
-               "hubs_identical": same, "families_4": list(narrow_families), "n_examples_12fam": full.n_examples,
-               "n_examples_4fam": narrow.n_examples}
-    ci = {"gap_12fam": ci_pair(r12.gap), "gap_4fam": ci_pair(r4.gap)}
-    notes = [f"{text} 12 families: {r12.text()}; 4 families ({', '.join(narrow_families)}): {r4.text()}. The "
-             "4-family atlas is the same sweep restricted to those families' prompts."]
-    # Catalogue v2: both suites have a hub and they differ -> for; both have one and it is the same -> against
-    # (breadth does not move the hub on this model); a suite without a separated hub -> not decided.
-    missing = [name for name, r in (("12-family", r12), ("4-family", r4)) if r.hub is None]
-    undecided = ""
-    if missing:
-        kinds = "; ".join(f"{name}: {r.text()}" for name, r in (("12-family", r12), ("4-family", r4)) if r.hub is None)
-        undecided = f"no separated hub in the {' and the '.join(missing)} suite ({kinds}): nothing to compare"
-    return Finding(protocol, figures, holds=not missing and not same, ci=ci, seeds=[full.seed], notes=notes,
-                   suite_hash=full.suite_hash, undecided=undecided)
+    per_suite, holds, undecided = decide_differ({"12-family": full, "4-family": narrow}, "argmax layer")
+    l12, l4 = argmax_of(per_suite["12-family"]), argmax_of(per_suite["4-family"])
+    figures = {"hub_layer_12fam": l12, "hub_layer_4fam": l4, "argmax_12fam": per_suite["12-family"].estimate,
+               "argmax_4fam": per_suite["4-family"].estimate, "hubs_identical": l12 is not None and l12 == l4,
+               "per_suite": argmax_figures(per_suite), "families_4": list(narrow_families),
+               "n_examples_12fam": full.n_examples, "n_examples_4fam": narrow.n_examples, "template": full.template}
+    notes = [(f"{text} The 4-family atlas is the same sweep restricted to those families' prompts. "
+             f"{_text(holds)}.")]
+    return Finding(protocol, figures, holds=holds, seeds=[full.seed], notes=notes, suite_hash=full.suite_hash,
+                   undecided=undecided)
 
 
 def seed_protocol_breadth(lm, sizes: Sizes) -> Finding:
@@ -247,95 +304,142 @@ def rigorous_breadth(lm, sizes: Sizes, seed: int = SEEDS[0]) -> Finding:
                             f"(seed {seed}).")
 
 
-def _depths_differ(depths: Sequence[float | None], tol: float) -> bool:
-    known = [d for d in depths if d is not None]
-    if len(known) != len(depths):  # "no hub" differs from a hub; all "no hub" is no difference
-        return len(known) > 0
-    return max(known) - min(known) > tol
+# ------------------------------------------------------------------------------------------------ OWN-ATLAS, MIGRATE
 
 
-def own_atlas_finding(readings: Mapping[str, HubReading], protocol: str, tol: float, text: str) -> Finding:
-    """Hubs (depth fractions) of several models; the rule holds when they are not all equal (beyond ``tol``)."""
-    keys = list(readings)
-    depths = [readings[k].depth for k in keys]
-    figures = {"models": keys, "hub_layers": [readings[k].hub for k in keys], "hub_depths": depths,
-               "argmax_layers": [readings[k].argmax for k in keys],
-               "argmax_depths": [readings[k].argmax_depth for k in keys],
-               "exact_ties": [readings[k].exact_tie for k in keys]}
-    notes = [text + " " + "; ".join(f"{k}: {readings[k].text()}" for k in keys) + "."]
-    ci = {f"gap[{k}]": ci_pair(readings[k].gap) for k in keys}
-    return Finding(protocol, figures, holds=_depths_differ(depths, tol), ci=ci, seeds=[SEEDS[0]], notes=notes)
+def _paired_depths(atlases: Mapping[str, Atlas], a: str, b: str) -> tuple[list[float], list[str]]:
+    """Per prompt (shared by both models' samples): depth(b's argmax) - depth(a's argmax), with its family."""
+    da, db = argmax_depths(atlases[a]), argmax_depths(atlases[b])
+    family = dict(zip(atlases[a].example_ids, atlases[a].example_families))
+    shared = [ex for ex in atlases[a].example_ids if ex in db]
+    require(shared, f"{a} and {b} share no prompts: depth differences need paired samples")
+    return [db[ex] - da[ex] for ex in shared], [family[ex] for ex in shared]
 
 
-def hub_migration(readings: Mapping[str, HubReading], protocol: str, text: str) -> Finding:
-    """Hub depth strictly increases along ``readings`` (models in scale order)."""
-    keys = list(readings)
-    depths = [readings[k].depth for k in keys]
-    rising = all(d is not None for d in depths) and all(a < b for a, b in zip(depths, depths[1:]))
-    figures = {"models": keys, "hub_depths": depths, "hub_layers": [readings[k].hub for k in keys],
-               "argmax_depths": [readings[k].argmax_depth for k in keys],
-               "argmax_layers": [readings[k].argmax for k in keys]}
-    notes = [text + " " + "; ".join(f"{k}: {readings[k].text()}" for k in keys) + "."]
-    ci = {f"gap[{k}]": ci_pair(readings[k].gap) for k in keys}
-    return Finding(protocol, figures, holds=rising, ci=ci, seeds=[SEEDS[0]], notes=notes)
+def decide_own_atlas(protocol: str, atlases: Mapping[str, Atlas], delta: float, rationale: str,
+                     text: str) -> Finding:
+    """OWN-ATLAS: some pair of models' per-prompt argmax depths differs, the CI of the paired depth difference
+    (deeper - shallower model) above 0 (CONFIRMED); every pair's CI upper below ``delta`` (FAILED); else
+    INCONCLUSIVE."""
+    keys = list(atlases)
+    require(len(keys) >= 2, f"OWN-ATLAS needs at least two models, got {keys}")
+    mean_depth = {k: float(np.mean(list(argmax_depths(a).values()))) for k, a in atlases.items()}
+    pairs = {}
+    for a, b in combinations(keys, 2):
+        lo, hi = (a, b) if mean_depth[a] <= mean_depth[b] else (b, a)
+        diffs, groups = _paired_depths(atlases, lo, hi)
+        pairs[f"{hi} - {lo}"] = D.greater(diffs, groups, delta=delta, rationale=rationale,
+                                          label=f"argmax depth {hi} - {lo}", n_resamples=atlases[a].n_resamples,
+                                          seed=atlases[a].seed)
+    confirmed = {k: e for k, e in pairs.items() if e.outcome is D.Outcome.FOR}
+    holds = confirmed or pairs
+    exists = {k: argmax_evidence(a) for k, a in atlases.items()}
+    figures = {"models": keys, "hub_layers": [argmax_of(exists[k]) for k in keys],
+               "argmax_layers": [exists[k].estimate for k in keys],
+               "hub_depths": [_depth(argmax_of(exists[k]), atlases[k].n_layers) for k in keys],
+               "argmax_depths": [_depth(exists[k].estimate, atlases[k].n_layers) for k in keys],
+               "mean_prompt_argmax_depths": [mean_depth[k] for k in keys], "per_model": argmax_figures(exists),
+               "depth_differences": {k: e.estimate for k, e in pairs.items()}}
+    ci = {f"depth[{k}]": e.ci for k, e in pairs.items() if e.ci is not None}
+    return Finding(protocol, figures, holds=holds, ci=ci, seeds=[SEEDS[0]],
+                   notes=[f"{text} {evidence_text(pairs)}."])
 
 
-def code_moves_hub(coder: HubReading, base: HubReading, protocol: str, text: str) -> Finding:
-    """HUB-CODER: the hubs of the coder and the base model differ (both must be separated hubs: a tie is no hub)."""
-    figures = {"hub_layer": coder.hub, "hub_depth": coder.depth, "base_hub_layer": base.hub,
-               "base_hub_depth": base.depth, "argmax_layer": coder.argmax, "base_argmax_layer": base.argmax,
-               "gap": coder.gap.estimate, "base_gap": base.gap.estimate}
-    holds = coder.hub is not None and base.hub is not None and coder.hub != base.hub
-    notes = [f"{text} Coder: {coder.text()}; base: {base.text()}."]
-    return Finding(protocol, figures, holds=holds, ci={"gap": ci_pair(coder.gap), "base_gap": ci_pair(base.gap)},
-                   seeds=[SEEDS[0]], notes=notes)
+def decide_migration(protocol: str, atlases: Mapping[str, Atlas], delta: float, rationale: str,
+                     text: str) -> Finding:
+    """HUB-MIGRATE: along the models in scale order, every next model's per-prompt argmax depth exceeds the
+    previous one's (for_every over the consecutive pairs, Holm): CONFIRMED; some pair below ``delta``: FAILED."""
+    keys = list(atlases)
+    members = {f"{b} - {a}": _paired_depths(atlases, a, b) for a, b in pairwise(keys)}
+    holds = D.for_every(members, delta=delta, rationale=rationale, label="argmax depth rises with scale",
+                        n_resamples=atlases[keys[0]].n_resamples, seed=atlases[keys[0]].seed)
+    exists = {k: argmax_evidence(a) for k, a in atlases.items()}
+    figures = {"models": keys, "hub_depths": [_depth(argmax_of(exists[k]), atlases[k].n_layers) for k in keys],
+               "hub_layers": [argmax_of(exists[k]) for k in keys], "argmax_layers": [exists[k].estimate for k in keys],
+               "per_model": argmax_figures(exists)}
+    return Finding(protocol, figures, holds=holds, seeds=[SEEDS[0]], notes=[f"{text} {holds.statement}."])
 
 
-def hub(lm, sizes: Sizes) -> tuple[Finding, Finding]:
-    """HUB-Q05 / HUB-Q15 / HUB-Q3 / HUB-SMOL: the model's hub (a separated argmax; a tie is no hub), seed protocol
-    vs rigorous protocol."""
-    seed, rigorous = seed_protocol_hub(lm, sizes), rigorous_hub(lm, sizes)
+def decide_coder(protocol: str, coder: Atlas, base: Atlas, text: str) -> Finding:
+    """HUB-CODER: both models have an argmax layer and they differ (CONFIRMED); the same layer (FAILED)."""
+    per_model, holds, undecided = decide_differ({"coder": coder, "base": base}, "argmax layer")
+    figures = {"hub_layer": argmax_of(per_model["coder"]), "base_hub_layer": argmax_of(per_model["base"]),
+               "hub_depth": _depth(argmax_of(per_model["coder"]), coder.n_layers),
+               "argmax_layer": per_model["coder"].estimate, "base_argmax_layer": per_model["base"].estimate,
+               "per_model": argmax_figures(per_model)}
+    return Finding(protocol, figures, holds=holds, seeds=[SEEDS[0]], undecided=undecided,
+                   notes=[f"{text} {evidence_text(per_model)}."])
+
+
+# ------------------------------------------------------------------------------------------------ claim procedures
+
+
+def claimed_layer(tier: str, seed_figures: Mapping[str, Any]) -> int | None:
+    """The layer a hub claim names on this tier: the seed's figure on the gpu tier; none on the cpu tier (the
+    rule there is "an argmax layer exists")."""
+    layer = seed_figures.get("hub_layer") if tier == "gpu" else None
+    return None if layer is None else int(layer)
+
+
+def hub(lm, sizes: Sizes, claimed: int | None = None) -> tuple[Finding, Finding]:
+    """HUB-Q05 / HUB-Q15 / HUB-Q3 / HUB-SMOL: the argmax layer (``claimed``, or "one exists" on the cpu tier) in
+    every seed, seed protocol vs rigorous protocol."""
+    seed, rigorous = seed_protocol_hub(lm, sizes, claimed=claimed), rigorous_hub(lm, sizes, claimed=claimed)
     hub_contrast(seed, rigorous)
     return seed, rigorous
 
 
-def hub_coder(load_model: Loader, keys: Sequence[str], sizes: Sizes) -> tuple[Finding, Finding]:
-    """HUB-CODER: the coder's hub (``keys[0]``) differs from the base model's (``keys[1]``); the models are loaded
-    one at a time. Seed protocol as the seed ran the coder: 4 families x 10 prompts, residual zeroing; the base
-    model from the 12-family seed sweep."""
+SEVERAL_SIZES = "needs models of several sizes of one family (the cpu tier has one model per family)"
+NO_CODER = "needs a code-trained model and its base model (the cpu tier has neither pair)"
+
+
+def _untested(reason: str) -> tuple[Finding, Finding]:
+    return Finding.not_run("seed", reason), Finding.not_run("rigorous", reason, skip_test=True)
+
+
+def hub_coder(load_model: Loader, keys: Sequence[str], sizes: Sizes, tier: str = "gpu") -> tuple[Finding, Finding]:
+    """HUB-CODER: the coder's (``keys[0]``) argmax layer differs from the base model's (``keys[1]``); the models
+    are loaded one at a time. On the cpu tier: UNTESTED (no coder/base pair). Seed protocol as the seed ran the
+    coder: 4 families x 10 prompts, residual zeroing; the base model from the 12-family seed sweep."""
+    if tier != "gpu":
+        return _untested(NO_CODER)
     coder_key, base_key = keys
     coder = load_model(coder_key)
-    coder_seed = HubReading.of(seed_atlas(coder, sizes, families=tasks.BREADTH_FAMILIES, per_family=10))
-    coder_rig = HubReading.of(rigorous_atlas(coder, sizes))
+    coder_seed = seed_atlas(coder, sizes, families=tasks.BREADTH_FAMILIES, per_family=10)
+    coder_rig = rigorous_atlas(coder, sizes)
     load_model.release(coder_key)
     base = load_model(base_key)
-    base_seed, base_rig = HubReading.of(seed_atlas(base, sizes)), HubReading.of(rigorous_atlas(base, sizes))
-    seed = code_moves_hub(coder_seed, base_seed, "seed", "Seed protocol: residual zeroing; coder 4 families x 10 "
-                          f"prompts, base first {sizes.seed_per_family}/family.")
-    rigorous = code_moves_hub(coder_rig, base_rig, "rigorous", "Rigorous protocol: layer-contribution ablation, "
-                              f"{sizes.rigorous_per_family}/family, seed 42, separated hubs only.")
+    seed = decide_coder("seed", coder_seed, seed_atlas(base, sizes), "Seed protocol: residual zeroing; coder 4 "
+                        f"families x 10 prompts, base first {sizes.seed_per_family}/family.")
+    rigorous = decide_coder("rigorous", coder_rig, rigorous_atlas(base, sizes), "Rigorous protocol: "
+                            f"layer-contribution ablation, {sizes.rigorous_per_family}/family, seed {SEEDS[0]}.")
     contrast(seed, rigorous, "the coder's seed-protocol hub is a narrow margin (1.9% in the seed) over 4 families; "
-             "with contribution ablation over 12 families and a CI on the gap the comparison changes")
+             "with contribution ablation over 12 families and the argmax re-selected per resample it changes")
     return seed, rigorous
 
 
-def hub_migrate(load_model: Loader, keys: Sequence[str], sizes: Sizes) -> tuple[Finding, Finding]:
-    """HUB-MIGRATE: hub depth strictly rises along ``keys`` (models in scale order, loaded one at a time)."""
-    seed_readings, rigorous_readings = {}, {}
+def hub_migrate(load_model: Loader, keys: Sequence[str], sizes: Sizes, params: Mapping[str, Any],
+                tier: str = "gpu") -> tuple[Finding, Finding]:
+    """HUB-MIGRATE: argmax depth rises along ``keys`` (models in scale order, loaded one at a time). On the cpu
+    tier: UNTESTED (one model per family)."""
+    if tier != "gpu":
+        return _untested(SEVERAL_SIZES)
+    seed_atlases, rigorous_atlases = {}, {}
     for key in keys:
         lm = load_model(key)
-        seed_readings[key] = HubReading.of(seed_atlas(lm, sizes))
-        rigorous_readings[key] = HubReading.of(rigorous_atlas(lm, sizes))
+        seed_atlases[key], rigorous_atlases[key] = seed_atlas(lm, sizes), rigorous_atlas(lm, sizes)
         load_model.release(key)
-    seed = hub_migration(seed_readings, "seed", "Seed protocol: residual zeroing, argmax must be separated.")
-    rigorous = hub_migration(rigorous_readings, "rigorous", "Rigorous protocol: layer-contribution ablation, seed 42.")
-    contrast(seed, rigorous, "the ablation step (residual zeroing -> contribution removal) changes the hubs")
+    delta, why = params["depth_delta"], params["depth_delta_rationale"]
+    seed = decide_migration("seed", seed_atlases, delta, why, "Seed protocol: residual zeroing.")
+    rigorous = decide_migration("rigorous", rigorous_atlases, delta, why,
+                                f"Rigorous protocol: layer-contribution ablation, seed {SEEDS[0]}.")
+    contrast(seed, rigorous, "the ablation step (residual zeroing -> contribution removal) changes the argmax")
     return seed, rigorous
 
 
 def hub_seeds(lm, sizes: Sizes) -> tuple[Finding, Finding]:
-    """HUB-SEEDS: the hub does not move across seeds 42, 137, 256. Checks first that the seed protocol's seeds
-    reuse the same examples and the rigorous seeds resample them (else the procedure fails)."""
+    """HUB-SEEDS: the argmax layer does not move across seeds 42, 137, 256 that resample the prompts. Checks that
+    the rigorous seeds draw different samples (else the procedure fails)."""
     seed, rigorous = seed_protocol_hub_seeds(lm, sizes), rigorous_hub_seeds(lm, sizes)
     require(not seed.figures["samples_differ"], "the seed protocol's seeds must reuse the same examples")
     require(rigorous.figures["samples_differ"] and rigorous.figures["prompt_overlap"] < 1.0,
@@ -346,11 +450,9 @@ def hub_seeds(lm, sizes: Sizes) -> tuple[Finding, Finding]:
     return seed, rigorous
 
 
-def hub_nl(lm, sizes: Sizes, params: Mapping[str, Any]) -> tuple[Finding, Finding]:
-    """HUB-NL: NL and synthetic prompts agree on the per-family hubs (>= ``params["agreement_threshold"]``)."""
-    threshold = params["agreement_threshold"]
-    seed = seed_protocol_nl_agreement(lm, sizes, threshold)
-    rigorous = rigorous_nl_agreement(lm, sizes, threshold)
+def hub_nl(lm, sizes: Sizes) -> tuple[Finding, Finding]:
+    """HUB-NL: the NL suite's argmax layer equals the synthetic suite's."""
+    seed, rigorous = seed_protocol_nl_agreement(lm, sizes), rigorous_nl_agreement(lm, sizes)
     require(rigorous.figures["n_unique_prompts"] <= rigorous.figures["n_prompts"],
             "the NL suite cannot have more unique prompts than prompts")
     nl_contrast(seed, rigorous)
@@ -358,8 +460,8 @@ def hub_nl(lm, sizes: Sizes, params: Mapping[str, Any]) -> tuple[Finding, Findin
 
 
 def hub_breadth(lm, sizes: Sizes) -> tuple[Finding, Finding]:
-    """HUB-BREADTH: the 4-family and the 12-family hub both exist and differ (CONFIRMED); the same layer (FAILED);
-    a suite without a separated hub (INCONCLUSIVE)."""
+    """HUB-BREADTH: the 4-family and the 12-family argmax layers both exist and differ (CONFIRMED); the same layer
+    (FAILED); no argmax decided in a suite (INCONCLUSIVE)."""
     seed, rigorous = seed_protocol_breadth(lm, sizes), rigorous_breadth(lm, sizes)
     contrast(seed, rigorous, "residual zeroing ties every layer in both suites; contribution removal separates them")
     return seed, rigorous
@@ -367,24 +469,23 @@ def hub_breadth(lm, sizes: Sizes) -> tuple[Finding, Finding]:
 
 def own_atlas(load_model: Loader, keys: Sequence[str], sizes: Sizes,
               params: Mapping[str, Any]) -> tuple[Finding, Finding]:
-    """OWN-ATLAS: the hubs (depth fractions) of the models ``keys`` are not all equal (beyond
-    ``params["depth_tolerance"]``). Each model is measured with its own tier's sizes (the same ``params``); a
-    gpu-tier model is released after its sweeps."""
-    seed_readings, rigorous_readings = {}, {}
+    """OWN-ATLAS: some two of the models ``keys`` have different argmax depths (paired per prompt: the stratified
+    sample is the same for every model). Each model is measured with its own tier's sizes; a gpu-tier model is
+    released after its sweeps. The rigorous atlas is the HUB-SEEDS / HUB-SMOL seed-42 atlas (cached)."""
+    seed_atlases, rigorous_atlases = {}, {}
     for key in keys:
         lm = load_model(key)
         tier = models.spec_for(key).tier
         key_sizes = sizes_for(tier, params)
-        seed_readings[key] = HubReading.of(seed_atlas(lm, key_sizes))
-        rigorous_readings[key] = HubReading.of(rigorous_atlas(lm, key_sizes))
+        seed_atlases[key], rigorous_atlases[key] = seed_atlas(lm, key_sizes), rigorous_atlas(lm, key_sizes)
         if tier == "gpu":
             load_model.release(key)
-    tol = params["depth_tolerance"]
-    seed = own_atlas_finding(seed_readings, "seed", tol, "Seed protocol: residual zeroing, first "
-                             f"{sizes.seed_per_family}/family; hub = separated argmax.")
-    rigorous = own_atlas_finding(rigorous_readings, "rigorous", tol, "Rigorous protocol: layer-contribution "
-                                 f"ablation, {sizes.rigorous_per_family}/family, seed 42 (the HUB-SEEDS seed-42 "
-                                 "atlas, cached).")
-    contrast(seed, rigorous, "residual zeroing gives every bias-free model the same exact tie (argmax L0, no hub); "
-             "contribution removal gives each model its own profile")
+    delta, why = params["depth_tolerance"], params["depth_tolerance_rationale"]
+    seed = decide_own_atlas("seed", seed_atlases, delta, why, "Seed protocol: residual zeroing, first "
+                            f"{sizes.seed_per_family}/family.")
+    rigorous = decide_own_atlas("rigorous", rigorous_atlases, delta, why, "Rigorous protocol: layer-contribution "
+                                f"ablation, {sizes.rigorous_per_family}/family, seed {SEEDS[0]}.")
+    contrast(seed, rigorous, "residual zeroing gives every bias-free model the same exact tie; contribution removal "
+             "gives each model its own profile")
     return seed, rigorous
+

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
+from engine import decisions as D
 from engine import metrics
 from engine.interventions import (
     Ablate,
@@ -15,7 +18,7 @@ from engine.interventions import (
     encode,
     run_from,
 )
-from engine.studies.atlas.common import SEEDS, TEMPLATE, Sizes, by_length, first_examples
+from engine.studies.atlas.common import SEEDS, TEMPLATE, Sizes, by_length, first_examples, stratified_sample
 from engine.studies.findings import Finding, StudyError, contrast, require  # noqa: F401 (re-exported)
 
 
@@ -30,7 +33,7 @@ def skip_configs(n_layers: int, singles: int | None = None) -> dict[str, list[in
         single_layers = sorted({round(i * (n_layers - 1) / (singles - 1)) for i in range(singles)})
     configs = {f"skip_L{l}": [l] for l in single_layers}
     configs.update({
-        "skip_early_third": list(range(0, third)),
+        "skip_early_third": list(range(third)),
         "skip_mid_third": list(range(third, 2 * third)),
         "skip_late_third": list(range(n_layers - third, n_layers)),
         "skip_mid_5": list(range(max(0, mid - 2), min(n_layers, mid + 3))),
@@ -41,15 +44,16 @@ def skip_configs(n_layers: int, singles: int | None = None) -> dict[str, list[in
 
 @torch.no_grad()
 def skip_overlaps(lm, examples, configs: Mapping[str, Sequence[int]], component: str, k: int = 5,
-                  batch_size: int = 16) -> dict[str, float]:
-    """Mean top-k next-token overlap with the full model (answer position) per skip configuration.
+                  batch_size: int = 16) -> tuple[dict[str, list[float]], list[str]]:
+    """Per-example top-k next-token overlap with the full model (answer position) per skip configuration, and
+    the examples' families (rows in token-length order).
 
     ``component="resid"``: the seed's skip (the residual after each skipped layer is zeroed; the layers still
     run). ``"layer"``: the layer's contribution is removed (output := input), i.e. the layer is skipped.
     """
     examples = by_length(lm, examples)
     batch = encode(lm, examples, template=TEMPLATE)
-    sums = dict.fromkeys(configs, 0.0)
+    values: dict[str, list[float]] = {name: [] for name in configs}
     for chunk in batch.chunks(batch_size):
         run = clean_run(lm, chunk)
         for name, layers in configs.items():
@@ -60,42 +64,56 @@ def skip_overlaps(lm, examples, configs: Mapping[str, Sequence[int]], component:
                 raise InterventionError(f"skip {name}: the first edit changed nothing")
             rest = [Ablate(component, l) for l in layers[1:]]
             edited = run_from(lm, run, layers[0] + 1, hidden, *rest)
-            sums[name] += float(metrics.topk_overlap(run.logits, edited, k).sum())
-    return {name: round(total / len(batch), 6) for name, total in sums.items()}  # float sums of k-ths
+            values[name].extend(float(x) for x in metrics.topk_overlap(run.logits, edited, k).tolist())
+    return values, [ex.family for ex in examples]
 
 
-def _skip_finding(protocol: str, overlaps: Mapping[str, float], keep_threshold: float, text: str,
-                  n: int) -> Finding:
-    worst = max(overlaps, key=overlaps.get)
-    figures = {"max_top5_overlap": overlaps[worst], "max_config": worst, "overlaps": dict(overlaps),
-               "configs_keeping_1of5": [c for c, v in overlaps.items() if v >= keep_threshold], "n_examples": n}
-    notes = [f"{text} Highest mean top-5 overlap: {overlaps[worst]:.2f} ({worst}); configurations keeping >= "
-             f"{keep_threshold:g} (1 of 5): {len(figures['configs_keeping_1of5'])}/{len(overlaps)}."]
-    return Finding(protocol, figures, holds=overlaps[worst] < keep_threshold, seeds=[SEEDS[0]], notes=notes)
+def decide_skip(protocol: str, overlaps: Mapping[str, Sequence[float]], groups: Sequence[str],
+                params: Mapping[str, Any], text: str) -> Finding:
+    """SKIP-ALL (catalogue v2) per configuration on the per-example top-5 overlaps, Holm across configurations
+    (:func:`engine.decisions.for_every` on ``keep_threshold - overlap``): every configuration's overlap CI upper
+    below ``keep_threshold`` -> CONFIRMED; some configuration's overlap CI lower above 0 (it keeps top-5 tokens)
+    -> FAILED; else INCONCLUSIVE."""
+    keep = params["keep_threshold"]
+    members = {name: ([keep - v for v in vals], groups) for name, vals in overlaps.items()}
+    holds = D.for_every(members, delta=keep, rationale=params["keep_threshold_rationale"],
+                        label=f"{keep:g} - top-5 overlap, every skip configuration", seed=SEEDS[0])
+    means = {name: float(np.mean(vals)) for name, vals in overlaps.items()}
+    worst = max(means, key=means.get)
+    figures = {"max_top5_overlap": means[worst], "max_config": worst, "overlaps": means,
+               "configs_keeping_1of5": [c for c, v in means.items() if v >= keep], "n_examples": len(groups)}
+    notes = [(f"{text} Highest mean top-5 overlap: {means[worst]:.2f} ({worst}); configurations keeping >= "
+              f"{keep:g} (1 of 5) on average: {len(figures['configs_keeping_1of5'])}/{len(means)}. "
+              f"{holds.statement}.")]
+    return Finding(protocol, figures, holds=holds, seeds=[SEEDS[0]], notes=notes)
 
 
-def _skip_protocol(lm, sizes: Sizes, keep_threshold: float, protocol: str, component: str) -> Finding:
-    """SKIP-ALL under one protocol: the same prompts and configurations, only the skip operation differs."""
-    sample = first_examples(sizes.seed_per_family)
+def _skip_protocol(lm, sizes: Sizes, params: Mapping[str, Any], protocol: str, component: str) -> Finding:
+    """SKIP-ALL under one protocol: the seed's first k per family with residual zeroing, or the stratified sample
+    with the layers' contributions removed."""
+    if protocol == "seed":
+        sample = first_examples(sizes.seed_per_family)
+    else:
+        sample = stratified_sample(SEEDS[0], sizes.rigorous_per_family)
     configs = skip_configs(lm.n_layers, sizes.skip_single_layers)
-    overlaps = skip_overlaps(lm, sample, configs, component, batch_size=sizes.batch_size)
+    overlaps, groups = skip_overlaps(lm, sample, configs, component, batch_size=sizes.batch_size)
     if protocol == "seed":
         notes = (f"Seed protocol: 'skip' zeroes the residual after each skipped layer (the layers still "
                  f"run); first {sizes.seed_per_family}/family ({len(sample)} prompts), {len(configs)} "
                  "configurations.")
     else:
-        notes = (f"Rigorous protocol: skipping = removing the layer's contribution (output := input), same "
-                 f"{len(sample)} prompts and {len(configs)} configurations as the seed protocol, so a "
-                 "disagreement is due to the skip operation alone.")
-    return _skip_finding(protocol, overlaps, keep_threshold, notes, len(sample))
+        notes = (f"Rigorous protocol: skipping = removing the layer's contribution (output := input), "
+                 f"{sizes.rigorous_per_family}/family stratified (seed {SEEDS[0]}, {len(sample)} prompts), "
+                 f"{len(configs)} configurations.")
+    return decide_skip(protocol, overlaps, groups, params, notes)
 
 
-def seed_protocol_skip(lm, sizes: Sizes, keep_threshold: float) -> Finding:
-    return _skip_protocol(lm, sizes, keep_threshold, "seed", "resid")
+def seed_protocol_skip(lm, sizes: Sizes, params: Mapping[str, Any]) -> Finding:
+    return _skip_protocol(lm, sizes, params, "seed", "resid")
 
 
-def rigorous_skip(lm, sizes: Sizes, keep_threshold: float) -> Finding:
-    return _skip_protocol(lm, sizes, keep_threshold, "rigorous", "layer")
+def rigorous_skip(lm, sizes: Sizes, params: Mapping[str, Any]) -> Finding:
+    return _skip_protocol(lm, sizes, params, "rigorous", "layer")
 
 
 def skip_contrast(seed: Finding, rigorous: Finding) -> None:
@@ -107,7 +125,6 @@ def skip_contrast(seed: Finding, rigorous: Finding) -> None:
 
 def skip_all(lm, sizes: Sizes, params: Mapping[str, Any]) -> tuple[Finding, Finding]:
     """SKIP-ALL: no skip configuration keeps ``params["keep_threshold"]`` of the full model's top-5 tokens."""
-    keep = params["keep_threshold"]
-    seed, rigorous = seed_protocol_skip(lm, sizes, keep), rigorous_skip(lm, sizes, keep)
+    seed, rigorous = seed_protocol_skip(lm, sizes, params), rigorous_skip(lm, sizes, params)
     skip_contrast(seed, rigorous)
     return seed, rigorous
