@@ -16,8 +16,11 @@ QUANT-KL runs *one* procedure on every precision, so the report can say what cau
 * rigorous: one difference-of-means direction (computed once, on the fp32 model, at the steering layer),
   added with the same signed scale at every real prompt token of every precision; per example
   ``KL(unsteered_P || steered_P)`` at the answer position (fp32 softmax), where both runs use precision P.
-  The quantisation noise floor ``KL(fp32 unsteered || P unsteered)`` is reported next to it. Ratios are
-  ratios of mean KLs over the same prompts, with paired bootstrap CIs.
+  The quantisation noise floor ``KL(fp32 unsteered || P unsteered)`` is reported next to it (for NF4 it is the
+  Q4 (GGUF) -> NF4 requantisation error: the embedded models are dequantised 4-bit GGUFs). The same is measured
+  at each of ``rigorous_scales`` (per example, ``PrecisionKL.kl_by_scale``), so a decision can pick a scale where
+  the steering effect stands above the noise floor. Ratios here are ratios of mean KLs (descriptive); the
+  claim's decision and its CI are ``engine.studies.quant``'s, through ``engine.decisions``.
 * seed: :func:`engine.steering.seed_protocol_steer` on every precision (the prompt's own mean activation,
   norm ``|s|``, sign dropped, all positions, fp16-softmax abs(KL)), and the seed's headline ratio rebuilt as
   it was made: seed procedure on NF4 with fp16 compute divided by :func:`engine.steering.seed_reference_steer`
@@ -127,7 +130,8 @@ class PrecisionKL:
     precision: str
     ok: bool
     error: str = ""
-    kl: list[float] = field(default_factory=list)  # rigorous, per example
+    kl: list[float] = field(default_factory=list)  # rigorous, per example, at (scale, units)
+    kl_by_scale: dict[str, list[float]] = field(default_factory=dict)  # rigorous at each rigorous scale ("%g")
     noise_kl: list[float] = field(default_factory=list)  # KL(fp32 unsteered || this precision unsteered)
     seed_kl: list[float] = field(default_factory=list)  # seed protocol, per example
     load_s: float = 0.0
@@ -161,6 +165,8 @@ class QuantKLReport:
     seed_reference: st.SeedSteerResult | None = None
     seed_reference_layer: int | None = None
     device: str = "cpu"
+    rigorous_scales: tuple[float, ...] = ()
+    rigorous_units: str = "relative"
 
     def ratio(self, num: str, den: str, protocol: str = "rigorous") -> float:
         a, b = self.rows.get(num), self.rows.get(den)
@@ -168,18 +174,6 @@ class QuantKLReport:
             return float("nan")
         x, y = (a.kl, b.kl) if protocol == "rigorous" else (a.seed_kl, b.seed_kl)
         return float(np.mean(x) / np.mean(y)) if np.mean(y) > 0 else float("inf")
-
-    def ratio_ci(self, num: str, den: str, protocol: str = "rigorous", n_boot: int = 2000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-        """Paired bootstrap CI (examples resampled) of mean KL(num) / mean KL(den)."""
-        a, b = self.rows[num], self.rows[den]
-        x = np.asarray(a.kl if protocol == "rigorous" else a.seed_kl)
-        y = np.asarray(b.kl if protocol == "rigorous" else b.seed_kl)
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, len(x), size=(n_boot, len(x)))
-        ratios = x[idx].mean(1) / np.maximum(y[idx].mean(1), 1e-30)
-        lo, hi = np.percentile(ratios, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-        return float(lo), float(hi)
 
     @property
     def seed_amplification(self) -> float:
@@ -219,19 +213,19 @@ class QuantKLReport:
             if num in self.rows and den in self.rows:
                 ratios[f"{num}/{den}"] = {"rigorous": self.ratio(num, den), "seed": self.ratio(num, den, "seed")}
         for name, r in self.rows.items():
-            rows[name].update(kl_per_example=[round(x, 8) for x in r.kl], seed_kl_per_example=[round(x, 8) for x in r.seed_kl])
-        cis = {}
-        for num, den in (("nf4-bf16", "bf16"), ("nf4-fp16", "fp16"), ("int8", "fp16")):
-            a, b = self.rows.get(num), self.rows.get(den)
-            if a and b and a.ok and b.ok and len(a.kl) > 1:
-                cis[f"{num}/{den}"] = list(self.ratio_ci(num, den))
+            rows[name].update(kl_per_example=[round(x, 10) for x in r.kl],
+                              seed_kl_per_example=[round(x, 10) for x in r.seed_kl],
+                              noise_kl_per_example=[round(x, 10) for x in r.noise_kl],
+                              kl_by_scale={k: [round(x, 10) for x in v] for k, v in r.kl_by_scale.items()})
         return {"model": self.model, "layer": self.layer, "scale": self.scale, "units": self.units,
-                "attribution": self.attribution(), "ratio_ci": cis,
+                "rigorous_scales": list(self.rigorous_scales), "rigorous_units": self.rigorous_units,
+                "attribution": self.attribution(),
                 "vector_to_resid": self.vector_norm / self.resid_norm if self.resid_norm else None,
                 "vector_norm": self.vector_norm, "resid_norm": self.resid_norm, "contrast": self.contrast,
                 "n_examples": self.n_examples, "device": self.device, "precisions": rows, "ratios": ratios,
                 "seed_reference_layer": self.seed_reference_layer,
                 "seed_reference_kl": self.seed_reference.mean_kl if self.seed_reference else None,
+                "seed_reference_kl_per_example": list(self.seed_reference.kls) if self.seed_reference else None,
                 "seed_amplification": self.seed_amplification}
 
 
@@ -240,7 +234,8 @@ def quant_kl(key: str, *, contrast: st.Contrast, eval_examples: Sequence, layer:
              units: str = "absolute", precisions: Sequence[str] = KL_PRECISIONS,
              protocols: Sequence[str] = ("seed", "rigorous"), seed_reference_layer: int | None = None,
              device=None, loader: Callable[[str, str], models.LoadedModel] | None = None, template: str = "auto",
-             on_loaded: Callable[[models.LoadedModel, str], None] | None = None) -> QuantKLReport:
+             on_loaded: Callable[[models.LoadedModel, str], None] | None = None,
+             rigorous_scales: Sequence[float] = (), rigorous_units: str = "relative") -> QuantKLReport:
     """QUANT-KL on ``key``: the same steering at every precision, one model in memory at a time.
 
     The rigorous direction is the difference of means of ``contrast`` at ``layer`` on the fp32 model; ``scale``
@@ -248,7 +243,8 @@ def quant_kl(key: str, *, contrast: st.Contrast, eval_examples: Sequence, layer:
     in units of the fp32 residual norm). ``seed_reference_layer`` (default: the layer at the relative depth of
     the seed's L23 of 24) is where :func:`engine.steering.seed_reference_steer` runs on fp32.
     ``on_loaded(lm, precision)`` runs on each loaded precision after its KL (e.g. a speed measurement on the
-    same load); its exceptions propagate.
+    same load); its exceptions propagate. ``rigorous_scales`` (in ``rigorous_units``): the rigorous KL is also
+    measured at each of these signed scales (same direction, layer, positions and prompts).
     """
     load = loader or (lambda k, name: load_precision(k, name, device=device))
     bad = [p for p in precisions if p not in PRECISIONS]
@@ -260,6 +256,7 @@ def quant_kl(key: str, *, contrast: st.Contrast, eval_examples: Sequence, layer:
     st.check_layer(base, layer)
     directions = st.diff_of_means(base, contrast, [layer], template=template)
     vector = directions.vector(layer, scale, units).cpu()
+    by_scale = {f"{float(s):g}": directions.vector(layer, float(s), rigorous_units).cpu() for s in rigorous_scales}
     batch = iv.encode(base, list(eval_examples), template=template)
     ref_logits = iv.clean_run(base, batch).logits.cpu()
     ref_layer = seed_reference_layer if seed_reference_layer is not None else st.relative_layer(23, 24, base.n_layers)
@@ -296,10 +293,13 @@ def quant_kl(key: str, *, contrast: st.Contrast, eval_examples: Sequence, layer:
                     steered = run.rerun(iv.AddVector(layer, vector, 1.0))
                     row.kl = iv.kl(run.logits, steered).cpu().tolist()
                     row.noise_kl = iv.kl(ref_logits, run.logits.cpu()).tolist()
+                    row.kl_by_scale = {k: iv.kl(run.logits, run.rerun(iv.AddVector(layer, v, 1.0))).cpu().tolist()
+                                       for k, v in by_scale.items()}
                     del run
                 if "seed" in protocols:
                     row.seed_kl = st.seed_protocol_steer(lm, eval_examples, layer, scale, template=template).kls
-            row.ok = bool(np.isfinite(row.kl).all() and np.isfinite(row.seed_kl).all())
+            row.ok = bool(np.isfinite(row.kl).all() and np.isfinite(row.seed_kl).all()
+                          and all(np.isfinite(v).all() for v in row.kl_by_scale.values()))
             if not row.ok:
                 row.error = "non-finite logits/KL (overflow in this precision)"
         except _RUNTIME_FAILURES as exc:
@@ -318,7 +318,8 @@ def quant_kl(key: str, *, contrast: st.Contrast, eval_examples: Sequence, layer:
     return QuantKLReport(key, layer, float(scale), units, float(vector.norm()),
                          float(directions.resid_norm[0]), contrast.name, len(eval_examples), rows, reference,
                          ref_layer if reference else None,
-                         device=str(device or models.default_device()))
+                         device=str(device or models.default_device()),
+                         rigorous_scales=tuple(float(s) for s in rigorous_scales), rigorous_units=rigorous_units)
 
 
 # --------------------------------------------------------------------------------------------- QUANT-SPEED

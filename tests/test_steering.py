@@ -306,6 +306,23 @@ def test_seed_protocol_sweep_matches_the_single_layer_procedure(tiny_llama):
     np.testing.assert_allclose(sw[2], single.kls, rtol=1e-3, atol=1e-6)
 
 
-def test_bootstrap_ci_brackets_the_mean():
-    lo, hi = steer_studies.bootstrap_ci([1.0, 2.0, 3.0, 4.0])
-    assert lo <= 2.5 <= hi
+def test_off_target_directions_are_the_other_families_at_the_directions_norm(tiny_llama):
+    """Off-target control: one direction per other family (that family minus the remaining ones, the target
+    family left out), rescaled to the given norm, steered on the same prepared prompts."""
+    examples = POS + NEG + _examples("delta", ["Zebra one", "Zebra two"])
+    prepared = st.prepare(tiny_llama, EVAL)
+    effects = st.off_target_effects(prepared, examples, "alpha", 1, 3.0)
+    families = {ex.family for ex in examples} - {"alpha"}
+    assert set(effects) == families and all(np.isfinite(v) for v in effects.values())
+    # the same vector steered by hand gives the same effect
+    res = st.pooled_residuals(tiny_llama, examples, [1])[:, 0].double()
+    fams = np.asarray([ex.family for ex in examples])
+    f = min(families)
+    v = res[torch.as_tensor(fams == f)].mean(0) - res[torch.as_tensor((fams != f) & (fams != "alpha"))].mean(0)
+    by_hand = st.steer(prepared, (v / v.norm() * 3.0).float(), 1).effect
+    assert effects[f] == pytest.approx(by_hand, rel=1e-5, abs=1e-6)
+
+
+def test_steering_studies_keep_no_bootstrap_of_their_own():
+    """One bootstrap (engine.decisions): the block's own resampling helpers are gone."""
+    assert not hasattr(steer_studies, "bootstrap_ci")

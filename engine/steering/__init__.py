@@ -36,6 +36,14 @@ never installs one itself, so a failed forward cannot leave a vector attached to
 
 from __future__ import annotations
 
+from .cross_model import (
+    LinearMap,
+    MemoryReport,
+    TransferResult,
+    fit_linear_map,
+    relative_layer,
+    transfer,
+)
 from .directions import (
     DEFAULT_SCALES,
     POOLINGS,
@@ -51,18 +59,12 @@ from .directions import (
     pooled_residuals,
     residual_norms,
 )
-from .seed import (
-    SeedSteerResult,
-    seed_protocol_steer,
-    seed_protocol_sweep,
-    seed_random_control,
-    seed_reference_steer,
-)
 from .rigorous import (
     Prepared,
     RandomControl,
     SteerResult,
     Sweep,
+    off_target_effects,
     prepare,
     random_control,
     random_directions,
@@ -70,15 +72,14 @@ from .rigorous import (
     steer_direction,
     sweep,
 )
-from .targets import family_target_set, set_logprob, target_matrix, target_token_ids
-from .cross_model import (
-    LinearMap,
-    MemoryReport,
-    TransferResult,
-    fit_linear_map,
-    relative_layer,
-    transfer,
+from .seed import (
+    SeedSteerResult,
+    seed_protocol_steer,
+    seed_protocol_sweep,
+    seed_random_control,
+    seed_reference_steer,
 )
+from .targets import family_target_set, set_logprob, target_matrix, target_token_ids
 
 __all__ = [
     "SCALE_UNITS",
@@ -108,6 +109,7 @@ __all__ = [
     "random_directions",
     "RandomControl",
     "random_control",
+    "off_target_effects",
     "LinearMap",
     "fit_linear_map",
     "MemoryReport",

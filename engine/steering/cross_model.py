@@ -162,7 +162,8 @@ def transfer(source: str, target: str, *, fit_examples: Sequence, pairing_exampl
     3. Same width: the direction is used as it is. Different widths: a least-squares map fitted on the pairs
        (``heldout_fraction`` of them held out to report R^2) maps the direction.
     4. In the target: the mapped direction's effect on ``eval_examples`` (targets: the family answer tokens
-       of the contrast), the target's own direction for comparison, and random vectors of the same norm.
+       of the contrast), the target's own direction for comparison, and mapped random controls (random source
+       directions through the same map) of the same norm.
     The pairing prompts must not overlap the contrast or eval prompts (else the map can memorise them).
     """
     from engine import models
@@ -222,7 +223,12 @@ def transfer(source: str, target: str, *, fit_examples: Sequence, pairing_exampl
     mapped_result = steer(prepared, vec, t_layer)
     mapped_result.scale, mapped_result.units = float(scale), units
     native_result = steer_direction(prepared, native, t_layer, scale, units)
-    rand = random_directions(vec.shape[0], n_random, float(vec.norm()), seed)
+    # mapped random controls: random unit directions of the *source* space through the same map (identity or
+    # least squares), rescaled to the mapped direction's norm, so the control shares the map's distortions
+    rand_src = random_directions(src_width, n_random, 1.0, seed)
+    if method == "lstsq":
+        rand_src = full.map_direction(rand_src)
+    rand = rand_src / rand_src.norm(dim=-1, keepdim=True) * float(vec.norm())
     rand_effects = np.array([steer(prepared, r, t_layer).effect for r in rand])
     control = RandomControl(t_layer, float(scale), units, float(vec.norm()), mapped_result.effect, rand_effects,
                             95.0, seed)

@@ -263,3 +263,30 @@ def random_control(prepared: Prepared, directions: Directions, layer: int, scale
     rand = random_directions(vec.shape[0], n_random, norm, seed)
     effects = np.array([steer(prepared, r, layer).effect for r in rand])
     return RandomControl(layer, float(scale), units, norm, own, effects, float(percentile), seed)
+
+
+@torch.no_grad()
+def off_target_effects(prepared: Prepared, examples: Sequence, family: str, layer: int, norm: float,
+                       template: str = "auto") -> dict[str, float]:
+    """The off-target control of a ``family`` direction: every other family's difference-of-means direction at
+    ``layer`` (that family's mean answer residual minus the mean of the remaining families, the target family's
+    prompts left out), rescaled to ``norm`` (the direction's own norm) and steered on ``prepared`` (the same
+    prompts and target set): ``{family: mean change of log P(target set)}``."""
+    from engine.steering.directions import pooled_residuals
+
+    lm = prepared.lm
+    check_layer(lm, layer)
+    res = pooled_residuals(lm, list(examples), [layer], "answer", template=template)[:, 0].double()
+    fams = np.asarray([ex.family for ex in examples])
+    others = [f for f in dict.fromkeys(fams.tolist()) if f != family]
+    out = {}
+    for f in others:
+        own, rest = fams == f, (fams != f) & (fams != family)
+        if not rest.any():
+            raise SteeringError(f"off_target_effects: no prompts besides {f!r} and {family!r}")
+        v = res[torch.as_tensor(own)].mean(0) - res[torch.as_tensor(rest)].mean(0)
+        size = float(v.norm())
+        if not size > 0:
+            raise SteeringError(f"off_target_effects: the {f!r} direction at layer {layer} has norm {size}")
+        out[f] = steer(prepared, (v / size * float(norm)).float(), layer).effect
+    return out

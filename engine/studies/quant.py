@@ -11,22 +11,25 @@ cached study per model.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
-from engine import cache, plans
+from engine import cache, models, plans
+from engine import decisions as D
 from engine import interventions as iv
-from engine import models
 from engine import quant as quant_engine
 from engine import steering as st
 from engine.quant import KL_PRECISIONS, SpeedReport, SpeedRow, time_precision
 from engine.quant import quant_kl as measure_quant_kl
 from engine.studies import steer
-from engine.studies.findings import Finding, r4, require
+from engine.studies.findings import Finding, StudyError, r4, require
 from engine.studies.steer import SteerSizes, steer_data
+
+TINY_KL = 1e-12  # a KL below this (an unsteered-equal output) counts as this in a log-ratio
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,10 @@ class QuantSizes:
     contrast's difference of means at the seed's layer (L2 of 24, at the same relative depth)."""
 
     n_eval: int = 4
-    scale: float = -4.0
+    scale: float = -4.0  # the seed protocol's s (absolute: norm |s|)
     units: str = "absolute"
+    rigorous_scales: tuple[float, ...] = (-0.25, -0.5, -1.0)  # QUANT-KL rigorous: the candidate scales
+    rigorous_units: str = "relative"
     seed_layer: int = 2
     seed_n_layers: int = 24
     precisions: tuple[str, ...] = KL_PRECISIONS
@@ -48,7 +53,8 @@ class QuantSizes:
     name: str = plans.DEFAULT_PLAN  # the plan these sizes come from (engine/data/plans.toml; set by the loader)
 
     def describe(self) -> str:
-        return (f"{self.n_eval} prompts, s={self.scale} ({self.units}) at L{self.seed_layer}/{self.seed_n_layers} "
+        return (f"{self.n_eval} prompts, seed s={self.scale} ({self.units}), rigorous s in "
+                f"{list(self.rigorous_scales)} ({self.rigorous_units}) at L{self.seed_layer}/{self.seed_n_layers} "
                 f"relative depth, precisions {list(self.precisions)}; speed: batch {self.speed_batch}, "
                 f"{self.warmup} warm-up + {self.rounds} rounds, logits at the last position, vs {self.reference}")
 
@@ -91,7 +97,8 @@ def quant_study(key: str, sizes: QuantSizes, steer_sizes: SteerSizes, device=Non
 
     report = measure_quant_kl(key, contrast=data.contrast, eval_examples=evals, layer=layer, scale=sizes.scale,
                       units=sizes.units, precisions=sizes.precisions, device=device, loader=loader,
-                      template=steer_sizes.template, on_loaded=time_it)
+                      template=steer_sizes.template, on_loaded=time_it, rigorous_scales=sizes.rigorous_scales,
+                      rigorous_units=sizes.rigorous_units)
     for name, row in report.rows.items():  # a precision that failed to load has no speed row either
         speed_rows.setdefault(name, SpeedRow(name, ok=False, error=row.error))
     batch = state.get("batch")
@@ -99,6 +106,7 @@ def quant_study(key: str, sizes: QuantSizes, steer_sizes: SteerSizes, device=Non
                         len(batch) if batch is not None else 0, batch.seq_len if batch is not None else 0,
                         sizes.rounds, sizes.warmup, sizes.reference, speed_rows)
     return {"kl": report.to_dict(), "speed": speed.to_dict(), "sizes": sizes.describe(),
+            "groups": [ex.family for ex in evals],
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -110,7 +118,7 @@ def quant_study(key: str, sizes: QuantSizes, steer_sizes: SteerSizes, device=Non
 
 def cached_quant_study(key: str, sizes: QuantSizes, steer_sizes: SteerSizes) -> dict:
     """The cached QUANT-KL / QUANT-SPEED study of ``key`` (:func:`quant_study`, stamped with its time)."""
-    parts = {"kind": "quant-study", "model": key, "weights": quant_engine.weights_fingerprint(key),
+    parts = {"kind": "quant-study-v2", "model": key, "weights": quant_engine.weights_fingerprint(key),
              "sizes": plans.values(sizes), "steer_sizes": plans.values(steer_sizes),
              "device": str(models.default_device()),
              "versions": quant_engine.backend_versions()}
@@ -118,51 +126,128 @@ def cached_quant_study(key: str, sizes: QuantSizes, steer_sizes: SteerSizes) -> 
                                         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
+def amplification_rule(num: Sequence[float], den: Sequence[float], groups: Sequence[str],
+                       params: Mapping[str, Any], *, label: str = "log(KL NF4 / KL bf16)") -> D.Evidence:
+    """QUANT-KL's ratio test on paired per-prompt KLs (the same prompts, vector and layer at both precisions).
+
+    The CI of the ratio is that of the per-prompt log-ratio log(num_i / den_i) (:func:`engine.decisions.greater`,
+    stratified by family): the log makes a ratio a paired difference, which the one "A > B" primitive decides, and
+    its bootstrap is symmetric where the ratio of means is skewed by a few large KLs; exp of its CI is the CI of the
+    (family-balanced) geometric mean ratio. for: ratio CI above 1 (CONFIRMED); against: upper bound below
+    1 + ``params["delta"]`` (FAILED); else undecided."""
+    delta, why, min_n = steer.rule_params(params)
+    a = np.log(np.maximum(np.asarray(num, dtype=np.float64), TINY_KL))
+    b = np.log(np.maximum(np.asarray(den, dtype=np.float64), TINY_KL))
+    ev = D.greater(D.paired(a, b), groups, delta=float(np.log1p(delta)), label=label, rationale=why, min_n=min_n)
+    return steer.min_n_guard(ev, groups, min_n)
+
+
+def pick_scale(rows: Mapping[str, Mapping[str, Any]], multiple: float, reference: str = "bf16",
+               ) -> tuple[str | None, dict[str, float]]:
+    """The smallest |scale| at which ``reference``'s mean steering KL is >= ``multiple`` x its noise floor (mean
+    KL(fp32 unsteered || reference unsteered)), or None; and each scale's effect / noise-floor ratio."""
+    ref = rows[reference]
+    noise = float(np.mean(ref["noise_kl_per_example"]))
+    ratios = {}
+    for key in sorted(ref["kl_by_scale"], key=lambda k: abs(float(k))):
+        effect = float(np.mean(ref["kl_by_scale"][key]))
+        ratios[key] = effect / noise if noise > 0 else float("inf")
+    chosen = next((k for k, r in ratios.items() if r >= multiple), None)
+    return chosen, ratios
+
+
+def rigorous_kl_decision(kl: Mapping[str, Any], groups: Sequence[str], params: Mapping[str, Any],
+                         num: str = "nf4-bf16", den: str = "bf16") -> tuple[D.Evidence, str, dict[str, float]]:
+    """QUANT-KL rigorous: pick the scale (:func:`pick_scale`, ``params["noise_multiple"]``), then
+    :func:`amplification_rule` on NF4 (bf16 compute) vs bf16 there; no scale above the noise floor: undecided
+    ("no scale above the noise floor"), decided at no scale. Returns (evidence, scale key, effect/noise ratios)."""
+    rows = kl["precisions"]
+    multiple = float(params.get("noise_multiple", 10))
+    chosen, ratios = pick_scale(rows, multiple, den)
+    if not ratios:
+        raise StudyError("QUANT-KL: the study measured no rigorous scale")
+    key = chosen if chosen is not None else max(ratios, key=ratios.get)
+    ev = amplification_rule(rows[num]["kl_by_scale"][key], rows[den]["kl_by_scale"][key], groups, params,
+                            label=f"log(KL {num} / KL {den}) at s={key} ({kl['rigorous_units']})")
+    if chosen is None:
+        ev = steer.undecided(ev, f"no scale above the noise floor ({den}'s steering KL / its noise floor: "
+                                 + ", ".join(f"s={k}: {v:.3g}x" for k, v in ratios.items())
+                                 + f"; the rule needs >= {multiple:g}x)")
+    return ev, key, ratios
+
+
 def quant_kl_findings(study: dict, params: Mapping[str, Any]) -> tuple[Finding, Finding]:
-    """QUANT-KL from a study. Rigorous: NF4 (bf16 compute) / bf16 steering KL under one procedure, holds when the
-    ratio's paired-bootstrap CI is above 1. Seed: the seed's mismatched ratio (NF4 fp16-compute procedure over a
-    separate fp32 run), holds when > 1. A precision that could not run here leaves its protocol untested. Fails
-    when the study ran at another scale than ``params["steering_scale"]`` (default -4.0)."""
+    """QUANT-KL from a study (catalogue v2). Rigorous: :func:`rigorous_kl_decision` (NF4 with bf16 compute vs
+    bf16, one procedure, at a scale above bf16's noise floor). Seed: the seed's mismatched ratio (its procedure on
+    NF4 fp16-compute over a separate fp32 run, the 476x) decided by the same :func:`amplification_rule`; the
+    noise-floor part is not decided there (the seed has no bf16 run of its procedure). A precision that could not
+    run here leaves its protocol untested. Fails when the seed protocol ran at another scale than
+    ``params["steering_scale"]`` (default -4.0)."""
     kl = study["kl"]
     rows = kl["precisions"]
+    groups = study["groups"]
     scale = float(params.get("steering_scale", -4.0))
     require(kl["scale"] == scale, f"the study ran at s={kl['scale']}, the catalogue says {scale}")
-    common = {"layer": kl["layer"], "scale": kl["scale"], "vector_to_resid": r4(kl["vector_to_resid"]),
-              "errors": {n: r["error"] for n, r in rows.items() if not r["ok"]}}
+    errors = {n: r["error"] for n, r in rows.items() if not r["ok"]}
+    provenance = ("the embedded models are dequantised 4-bit GGUFs (Q4 -> fp32): NF4 here re-quantises an already "
+                  "4-bit model; 'requantisation_kl' = KL(fp32 || NF4), unsteered, is that Q4 -> NF4 error")
 
     def ok(name):
         return rows.get(name, {}).get("ok", False)
 
     if ok("nf4-bf16") and ok("bf16"):
-        amp = kl["ratios"]["nf4-bf16/bf16"]["rigorous"]
-        ci = kl["ratio_ci"].get("nf4-bf16/bf16", [amp, amp])
+        ev, key, ratios = rigorous_kl_decision(kl, groups, params)
+        means = {n: float(np.mean(r["kl_by_scale"][key])) for n, r in rows.items() if r["ok"]}
+        requant = D.bootstrap(rows["nf4-bf16"]["noise_kl_per_example"], groups)
         rigorous = Finding(
             "rigorous",
-            figures={"amplification": r4(amp), "kl_nf4": r4(rows["nf4-bf16"]["kl"]), "kl_bf16": r4(rows["bf16"]["kl"]),
-                     "kl_by_precision": {n: r4(r["kl"]) for n, r in rows.items() if r["ok"]},
+            figures={"amplification": r4(means["nf4-bf16"] / means["bf16"]) if means["bf16"] > 0 else None,
+                     "geometric_amplification": r4(float(np.exp(ev.estimate))),
+                     "amplification_ci": None if ev.ci is None else [r4(float(np.exp(c))) for c in ev.ci],
+                     "scale": float(key), "scale_units": kl["rigorous_units"], "layer": kl["layer"],
+                     "effect_over_noise": {k: r4(v) for k, v in ratios.items()},
+                     "noise_multiple": float(params.get("noise_multiple", 10)), "n_prompts": ev.n,
+                     "delta": float(params["delta"]), "kl_nf4": r4(means["nf4-bf16"]), "kl_bf16": r4(means["bf16"]),
+                     "kl_by_precision": {n: r4(v) for n, v in means.items()},
                      "noise_kl_vs_fp32": {n: r4(r["noise_kl"]) for n, r in rows.items() if r["ok"]},
-                     "attribution": {k: r4(v) for k, v in kl["attribution"].items()}, **common},
-            holds=bool(ci[0] > 1), ci={"amplification": ci},
-            notes=[f"{study['sizes']}; amplification = mean KL(NF4 bf16-compute) / mean KL(bf16), same direction "
-                   "(difference of means on fp32), layer, positions and prompts; KL(unsteered || steered) within "
-                   "each precision (fp32 softmax); the rule holds only if the paired-bootstrap CI is above 1"],
+                     "requantisation_kl": r4(float(requant.estimate)),
+                     "requantisation_kl_ci": None if requant.low is None else [r4(float(requant.low)),
+                                                                               r4(float(requant.high))],
+                     "errors": errors},
+            holds=ev, ci={} if ev.ci is None else {"log_amplification": ev.ci},
+            notes=[(f"{study['sizes']}; same direction (difference of means on fp32), layer, positions and prompts at "
+                   "every precision; KL(unsteered || steered) within each precision (fp32 softmax); scale = the "
+                   f"smallest |s| where bf16's KL >= {params.get('noise_multiple', 10)}x its noise floor "
+                   f"KL(fp32 || bf16); {ev.statement}; {provenance}")],
         )
     else:
-        rigorous = Finding.not_run("rigorous", f"NF4 (bf16 compute) or bf16 could not run here: {common['errors']}")
-    if ok("nf4-fp16") and kl["seed_reference_kl"]:
-        amp = kl["seed_amplification"]
+        rigorous = Finding.not_run("rigorous", f"NF4 (bf16 compute) or bf16 was not measured or could not run here "
+                                               f"(measured: {', '.join(rows)}; errors: {errors})")
+    if ok("nf4-fp16") and kl.get("seed_reference_kl_per_example"):
+        nf4 = rows["nf4-fp16"]["seed_kl_per_example"]
+        ref = kl["seed_reference_kl_per_example"]
+        sev = amplification_rule(nf4, ref, groups, params, label="log(seed KL NF4-fp16 / fp32 reference KL)")
         seed = Finding(
             "seed",
-            figures={"amplification": r4(amp), "kl_nf4": r4(rows["nf4-fp16"]["seed_kl"]),
-                     "kl_bf16": r4(kl["seed_reference_kl"]), "reference_layer": kl["seed_reference_layer"],
-                     "seed_kl_by_precision": {n: r4(r["seed_kl"]) for n, r in rows.items() if r["ok"]}, **common},
-            holds=bool(amp > 1),
-            notes=["the seed's ratio as it was made: its steering procedure on NF4 (fp16 compute) divided by a "
-                   "separate fp32 run (5-pair difference-of-means vector at a late layer, last position only); "
-                   "'kl_bf16' is that fp32 reference, as in the seed"],
+            figures={"amplification": r4(kl["seed_amplification"]),
+                     "geometric_amplification": r4(float(np.exp(sev.estimate))),
+                     "amplification_ci": None if sev.ci is None else [r4(float(np.exp(c))) for c in sev.ci],
+                     "kl_nf4": r4(rows["nf4-fp16"]["seed_kl"]), "kl_bf16": r4(kl["seed_reference_kl"]),
+                     "reference_layer": kl["seed_reference_layer"], "layer": kl["layer"], "scale": kl["scale"],
+                     "n_prompts": sev.n, "delta": float(params["delta"]),
+                     "seed_kl_by_precision": {n: r4(r["seed_kl"]) for n, r in rows.items() if r["ok"]},
+                     "not_decided": ["the noise-floor precondition (the seed has no bf16 run of its procedure)"],
+                     "errors": errors},
+            holds=sev, ci={} if sev.ci is None else {"log_amplification": sev.ci},
+            notes=[("the seed's ratio as it was made: its steering procedure (sign dropped, norm |s|) on NF4 (fp16 "
+                   "compute) divided by a separate fp32 run (5-pair difference-of-means vector at a late layer, "
+                   f"last position only), per prompt; 'kl_bf16' is that fp32 reference, as in the seed; "
+                   f"{sev.statement}; {provenance}")],
         )
     else:
-        seed = Finding.not_run("seed", f"NF4 (fp16 compute) could not run here: {common['errors']}")
+        why = (f"could not run here: {errors}" if "nf4-fp16" in rows else
+               f"is not among this plan's precisions ({', '.join(rows)})")
+        seed = Finding.not_run("seed", f"NF4 (fp16 compute), the seed's NF4, {why}")
     return seed, rigorous
 
 

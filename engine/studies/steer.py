@@ -5,18 +5,26 @@ study, and the claims' procedures (:func:`steer_all`, :func:`steer_random`, :fun
 Sizes per tier: ``[plans.default.<tier>.steer]`` in ``engine/data/plans.toml`` (:func:`sizes_for`; :data:`SIZES` holds
 the default plan). The studies are cached by content (``engine.cache``): STEER-ALL and STEER-RANDOM share one study
 per model.
+
+Catalogue v2: every rule is decided by :mod:`engine.decisions` on per-prompt values stratified by family (the block
+has no bootstrap of its own): :func:`gap_rule` (STEER-ALL, "best > guess" with an equivalence margin) and
+:func:`control_rule` (STEER-RANDOM, STEER-TRANSFER: the direction against its controls' 95th percentile). A
+finding's ``holds`` is the rule's :class:`~engine.decisions.Evidence`. The seed never ran C4 or G1: their seed
+protocol is UNTESTED ("the seed never ran this").
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
 from engine import cache, plans, quant
+from engine import decisions as D
 from engine.steering import (
     Contrast,
     SteeringError,
@@ -25,27 +33,16 @@ from engine.steering import (
     diff_of_means,
     family_contrast,
     family_target_set,
+    off_target_effects,
     prepare,
     random_control,
     relative_layer,
     seed_protocol_sweep,
-    seed_random_control,
     steer_direction,
     sweep,
     transfer,
 )
-from engine.studies.findings import Finding, r4
-
-
-def bootstrap_ci(values: Iterable[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean."""
-    arr = np.asarray(list(values), dtype=np.float64)
-    if arr.size == 0:
-        raise SteeringError("bootstrap_ci: no values")
-    rng = np.random.default_rng(seed)
-    means = arr[rng.integers(0, arr.size, size=(n_boot, arr.size))].mean(1)
-    lo, hi = np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return float(lo), float(hi)
+from engine.studies.findings import Finding, StudyError, r4, require
 
 
 @dataclass(frozen=True)
@@ -68,7 +65,6 @@ class SteerSizes:
     n_random: int = 32
     percentile: float = 95.0
     n_seed_prompts: int = 3
-    n_seed_random: int = 16
     seed_scale: float = -4.0
     n_pairs: int = 36
     template: str = "none"
@@ -79,7 +75,7 @@ class SteerSizes:
         return (f"contrast {self.family}-vs-rest ({self.n_positive} vs {self.per_negative_family}/other family), "
                 f"select {self.n_select} + test {self.n_test} prompts of other families, scales {list(self.scales)} "
                 f"({self.units}), {self.n_random} random vectors (seed {self.seed}), seed protocol on "
-                f"{self.n_seed_prompts} prompts at s={self.seed_scale} with {self.n_seed_random} random vectors, "
+                f"{self.n_seed_prompts} prompts at s={self.seed_scale}, "
                 f"{self.n_pairs} pairing prompts, template {self.template!r}")
 
 
@@ -134,18 +130,21 @@ def hub_guess_layer(n_layers: int, seed_layer: int = 2, seed_n_layers: int = 24)
 
 
 def steer_study(lm, sizes: SteerSizes, guess_layer: int | None = None, heatmap_dir: str | Path | None = None,
-                progress: bool = True) -> dict:
-    """Everything STEER-ALL and STEER-RANDOM need on one model, under both protocols, as a JSON-able dict.
+                progress: bool = True, data: SteerData | None = None) -> dict:
+    """Everything STEER-ALL and STEER-RANDOM need on one model, under both protocols, as a JSON-able dict with the
+    per-prompt values every decision uses (and the prompts' families, the strata of the bootstrap).
 
-    rigorous: difference-of-means directions at every layer; a layers x scales sweep on the select prompts (target
-    set = the family's distinctive answer tokens); the best positive (layer, scale) measured on held-out test
-    prompts against the hub-only guess layer (paired bootstrap CI of the per-prompt gap) and against
-    ``n_random`` random vectors of equal norm at the same layer and scale.
-    seed: the seed's procedure (prompt's own mean activation, norm |s|, sign dropped, all positions, abs KL in fp16)
-    at every layer; its vector vs random vectors of norm |s| at the hub-guess layer.
+    rigorous: difference-of-means directions at every layer; a layers x scales sweep on the *select* prompts
+    (target set = the family's distinctive answer tokens); the best positive (layer, scale) of the sweep, then, on
+    the disjoint held-out *test* prompts: its per-prompt effect, the hub-only guess layer's at the same scale,
+    ``n_random`` random vectors of equal norm and the other families' difference-of-means directions (off-target,
+    equal norm) at the same layer and scale.
+    seed: the seed's procedure (prompt's own mean activation, norm |s|, sign dropped, all positions, abs KL in
+    fp16) at every layer on the first ``n_seed_prompts`` test prompts (per prompt). The seed never ran C4, so no
+    seed random control is measured. ``data``: the prompt sets (default :func:`steer_data` of ``sizes``).
     """
     started = time.perf_counter()
-    data = steer_data(sizes)
+    data = steer_data(sizes) if data is None else data
     guess = hub_guess_layer(lm.n_layers) if guess_layer is None else check_layer(lm, guess_layer)
     tpl = sizes.template
     directions = diff_of_means(lm, data.contrast, template=tpl)
@@ -156,17 +155,17 @@ def steer_study(lm, sizes: SteerSizes, guess_layer: int | None = None, heatmap_d
     test = prepare(lm, data.test, targets, template=tpl)
     best = steer_direction(test, directions, best_layer, best_scale, sizes.units)
     at_guess = steer_direction(test, directions, guess, best_scale, sizes.units)
-    gap = (best.dlogp - at_guess.dlogp).numpy()
     all_layers = steer_direction(test, directions, "all", best_scale / lm.n_layers, sizes.units)
     control = random_control(test, directions, best_layer, best_scale, sizes.units, sizes.n_random,
                              sizes.percentile, sizes.seed)
+    off_target = off_target_effects(test, data.contrast.positive + data.contrast.negative, sizes.family, best_layer,
+                                    best.vector_norm, tpl)
     rigorous_s = time.perf_counter() - started
 
     seed_started = time.perf_counter()
     seed_prompts = data.test[:sizes.n_seed_prompts]
     seed_sweep = seed_protocol_sweep(lm, seed_prompts, list(range(lm.n_layers)), sizes.seed_scale, tpl)
     seed_kl = np.array([np.mean(seed_sweep[l]) for l in range(lm.n_layers)])
-    own, rand = seed_random_control(lm, seed_prompts, guess, sizes.seed_scale, sizes.n_seed_random, sizes.seed, tpl)
     seed_s = time.perf_counter() - seed_started
 
     heatmaps = {}
@@ -180,20 +179,20 @@ def steer_study(lm, sizes: SteerSizes, guess_layer: int | None = None, heatmap_d
         "rigorous": {
             "sweep": grid.to_dict(), "best_layer": best_layer, "best_scale": best_scale,
             "best_select_effect": best_select_effect, "best_test_effect": best.effect,
-            "guess_test_effect": at_guess.effect, "gap": float(gap.mean()), "gap_ci": list(bootstrap_ci(gap)),
-            "best_test_kl": best.mean_kl, "vector_norm": best.vector_norm,
+            "guess_test_effect": at_guess.effect, "best_test_kl": best.mean_kl, "vector_norm": best.vector_norm,
             "resid_norm": float(directions.resid_norm[directions.index(best_layer)]),
             "all_layers_scale": best_scale / lm.n_layers, "all_layers_effect": all_layers.effect,
             "all_layers_kl": all_layers.mean_kl, "random": control.to_dict(),
-            "random_effects": control.random_effects.round(6).tolist(),
-            "direction_ci": list(bootstrap_ci(best.dlogp.numpy())), "seconds": round(rigorous_s, 1),
+            "random_effects": control.random_effects.round(6).tolist(), "off_target_effects": off_target,
+            "test_groups": [ex.family for ex in data.test], "best_dlogp": best.dlogp.numpy().round(6).tolist(),
+            "guess_dlogp": at_guess.dlogp.numpy().round(6).tolist(), "seconds": round(rigorous_s, 1),
         },
         "seed": {
             "scale": sizes.seed_scale, "kl_by_layer": seed_kl.round(6).tolist(),
+            "kl_per_prompt": [[round(float(x), 8) for x in seed_sweep[l]] for l in range(lm.n_layers)],
+            "groups": [ex.family for ex in seed_prompts],
             "best_layer": int(np.argmax(seed_kl)), "guess_kl": float(seed_kl[guess]),
-            "best_kl": float(seed_kl.max()), "own_kl": float(np.mean(own)), "random_kl": rand.round(6).tolist(),
-            "random_threshold": float(np.percentile(rand, sizes.percentile)),
-            "beats": bool(np.mean(own) > np.percentile(rand, sizes.percentile)), "seconds": round(seed_s, 1),
+            "best_kl": float(seed_kl.max()), "seconds": round(seed_s, 1),
         },
         "heatmaps": heatmaps,
         "seconds": round(time.perf_counter() - started, 1),
@@ -202,7 +201,8 @@ def steer_study(lm, sizes: SteerSizes, guess_layer: int | None = None, heatmap_d
 
 def transfer_study(source: str, target: str, sizes: SteerSizes, source_layer: int, scale: float,
                    loader: Callable[[str], object] | None = None) -> dict:
-    """STEER-TRANSFER: :func:`transfer` with the steering claims' prompt sets, as a JSON-able dict."""
+    """STEER-TRANSFER: :func:`transfer` with the steering claims' prompt sets, as a JSON-able dict (with the
+    mapped and native directions' per-prompt effects and the test prompts' families)."""
     data = steer_data(sizes)
     family = sizes.family
     result = transfer(source, target, fit_examples=list(data.contrast.positive + data.contrast.negative),
@@ -211,11 +211,95 @@ def transfer_study(source: str, target: str, sizes: SteerSizes, source_layer: in
                       scale=scale, units=sizes.units, n_random=sizes.n_random, seed=sizes.seed, loader=loader,
                       template=sizes.template)
     out = result.to_dict()
-    out["mapped_ci"] = list(bootstrap_ci(result.mapped.dlogp.numpy()))
-    out["native_ci"] = list(bootstrap_ci(result.native.dlogp.numpy()))
+    out["mapped_dlogp"] = result.mapped.dlogp.numpy().round(6).tolist()
+    out["native_dlogp"] = result.native.dlogp.numpy().round(6).tolist()
+    out["test_groups"] = [ex.family for ex in data.test]
     out["random_effects"] = result.random.random_effects.round(6).tolist()
     out["sizes"] = sizes.describe()
     return out
+
+
+# --------------------------------------------------------------------------------------------- the v2 rules
+#
+# Each rule is one function of per-prompt measurements (what the studies store) and the claim's [claim.params]
+# (engine/data/claims.toml): the claim procedures below and the unit tests call the same functions.
+
+SEED_NEVER_RAN = "the seed never ran this"
+
+
+def undecided(evidence: D.Evidence, why: str, n_to_decide: int | None = None) -> D.Evidence:
+    """``evidence`` with its outcome replaced by undecided for ``why`` (a precondition or control of the rule that
+    did not hold, e.g. too few controls): the figures and data stay, the verdict is INCONCLUSIVE."""
+    return replace(evidence, outcome=D.Outcome.UNDECIDED, undecided=why, statement=f"{evidence.statement}; {why}",
+                   n_to_decide=n_to_decide if n_to_decide is not None else evidence.n_to_decide,
+                   params={**evidence.params, "precondition": why})  # recompute() decides it the same way
+
+
+def min_n_guard(evidence: D.Evidence, groups: Sequence[str], min_n: int) -> D.Evidence:
+    """A sample with fewer than ``min_n`` examples in some family is "below the rule's minimum n" (INCONCLUSIVE),
+    also where the primitive stopped earlier at "no CI" (fewer than 2 per family)."""
+    counts: dict[str, int] = {}
+    for g in groups:
+        counts[str(g)] = counts.get(str(g), 0) + 1
+    smallest = min(counts.values()) if counts else 0
+    if smallest >= min_n or "below the rule's minimum n" in evidence.undecided:
+        return evidence
+    return undecided(evidence, f"below the rule's minimum n ({min_n} per family; the smallest family has "
+                               f"{smallest})", n_to_decide=min_n)
+
+
+def rule_params(params: Mapping[str, Any], key: str = "delta") -> tuple[float, str, int]:
+    """(delta, its rationale, the minimum n per family) of a rule from its [claim.params]."""
+    delta, why = _delta(params, key)
+    return delta, why, int(params.get("min_n", D.MIN_N))
+
+
+def _delta(params: Mapping[str, Any], key: str = "delta") -> tuple[float, str]:
+    if key not in params or f"{key}_rationale" not in params:
+        raise StudyError(f"[claim.params] needs {key} and {key}_rationale (v2: every delta has its reason)")
+    return float(params[key]), str(params[key + "_rationale"])
+
+
+def gap_rule(a: Sequence[float], b: Sequence[float], groups: Sequence[str], params: Mapping[str, Any], *,
+             key: str = "delta", label: str = "best - guess") -> D.Evidence:
+    """STEER-ALL's rule on paired per-prompt values: "A > B" (:func:`engine.decisions.greater` on A - B) with the
+    equivalence margin ``params[key]``: for when the CI of the gap is above 0 (CONFIRMED); against when its upper
+    bound is below delta (FAILED: the margin's side the claim needs is excluded; a gap CI within [-delta, delta]
+    is the case the catalogue names, and a CI below -delta, the guess beating the sweep's pick on held-out
+    prompts, is against the claim as well); else undecided."""
+    delta, why, min_n = rule_params(params, key)
+    ev = D.greater(D.paired(a, b), groups, delta=delta, label=label, rationale=why, min_n=min_n)
+    return min_n_guard(ev, groups, min_n)
+
+
+def control_rule(effects: Sequence[float], groups: Sequence[str], controls: Mapping[str, Sequence[float]],
+                 params: Mapping[str, Any], *, label: str = "direction - controls' p95") -> D.Evidence:
+    """STEER-RANDOM's (and STEER-TRANSFER's) rule: the direction's per-prompt target effect against the
+    ``params["random_percentile"]`` (95) percentile of each control set's effects (random equal-norm vectors,
+    off-target directions, ...). "A > B" (:func:`engine.decisions.greater`) on the per-prompt effect minus the
+    highest control percentile: for when the direction's CI lower bound is above it (CONFIRMED), against when the
+    CI upper bound is below it + delta (FAILED), else undecided. A control set below its minimum count
+    (``params["min_<name>"]``) leaves the rule undecided: "below the rule's minimum n"."""
+    delta, why, min_n = rule_params(params)
+    p = float(params.get("random_percentile", 95))
+    if not controls:
+        raise StudyError(f"{label}: no control set")
+    thresholds = {name: float(np.percentile(np.asarray(v, dtype=np.float64), p)) if len(v) else float("nan")
+                  for name, v in controls.items()}
+    known = [t for t in thresholds.values() if np.isfinite(t)]
+    threshold = max(known) if known else 0.0
+    ev = D.greater(np.asarray(effects, dtype=np.float64) - threshold, groups, delta=delta, label=label,
+                   rationale=why, min_n=min_n)
+    counts = {name: len(v) for name, v in controls.items()}
+    minimum = {name: int(params.get(f"min_{name}", 1)) for name in controls}
+    details = {"percentile": p, "thresholds": thresholds, "threshold": threshold, "control_counts": counts,
+               "control_minimum": minimum, "controls": {k: [float(x) for x in v] for k, v in controls.items()},
+               "direction_ci": None if ev.ci is None else [ev.ci[0] + threshold, ev.ci[1] + threshold]}
+    ev = replace(ev, details={**ev.details, **details}, params={**ev.params, "percentile": p, "min_controls": minimum})
+    short = [f"{name}: {counts[name]} < {minimum[name]}" for name in controls if counts[name] < minimum[name]]
+    if short:
+        return undecided(ev, f"below the rule's minimum n (controls {', '.join(short)})")
+    return min_n_guard(ev, groups, min_n)
 
 
 # --------------------------------------------------------------------------------------------- claim procedures
@@ -234,132 +318,140 @@ def cached_steer_study(load_model: Callable[[str], Any], key: str, sizes: SteerS
                        guess: int | None = None) -> dict:
     """The cached STEER-ALL / STEER-RANDOM study of ``key`` (:func:`steer_study`; the model is loaded only when
     the study is not cached)."""
-    parts = {"kind": "steer-study", "model": key, "weights": quant.weights_fingerprint(key),
+    parts = {"kind": "steer-study-v2", "model": key, "weights": quant.weights_fingerprint(key),
              "sizes": plans.values(sizes), "guess": guess}
     return cache.cached(parts, lambda: steer_study(load_model(key), sizes, guess_layer=guess))
 
 
-def steer_all_findings(study: dict, sizes: SteerSizes, heatmap_dir: str | Path,
+def _ci(ev: D.Evidence) -> dict[str, tuple[float, float]]:
+    return {ev.label: ev.ci} if ev.ci is not None else {}
+
+
+def steer_all_findings(study: dict, sizes: SteerSizes, heatmap_dir: str | Path, params: Mapping[str, Any],
                        key: str | None = None) -> tuple[Finding, Finding]:
-    """STEER-ALL from a study: the sweep is complete at every layer (rigorous: revised when the best layer is not
-    separated from the hub-only guess; seed: revised when its largest KL is at the guess itself). Writes the
-    sweep's heatmaps to ``heatmap_dir`` (named after ``key``, default the study's model)."""
+    """STEER-ALL from a study (catalogue v2): on held-out prompts the full sweep's best layer (selected on the
+    disjoint select prompts) beats the hub-only guess layer: :func:`gap_rule` on the per-prompt Δlog P(targets)
+    (``params["delta"]``). Seed: the same rule on the seed procedure's per-prompt KL at its largest-KL layer vs
+    the guess layer (``params["seed_delta"]``); the seed picks and scores the layer on the same prompts, so the
+    held-out part is not decided there. Writes the sweep's heatmaps to ``heatmap_dir``."""
     n_layers, guess = study["n_layers"], study["hub_guess_layer"]
     rig, seed = study["rigorous"], study["seed"]
     model = study["model"] if key is None else key
     sweep_ = Sweep.from_dict(rig["sweep"])
     heatmaps = [str(sweep_.heatmap(Path(heatmap_dir) / f"steer-{model}-{m}.png", m)) for m in ("effect", "kl")]
-    complete = sweep_.layers == list(range(n_layers)) and bool(np.isfinite(sweep_.effect).all())
-    same = rig["best_layer"] == guess or rig["gap_ci"][0] <= 0
+    require(sweep_.layers == list(range(n_layers)) and bool(np.isfinite(sweep_.effect).all()),
+            f"the sweep must cover every layer with finite effects (layers {sweep_.layers})")
+    ev = gap_rule(rig["best_dlogp"], rig["guess_dlogp"], rig["test_groups"], params,
+                  label=f"Δlog P(targets) at L{rig['best_layer']} - at guess L{guess} (held-out)")
     rigorous = Finding(
         "rigorous",
         figures={"best_layer": rig["best_layer"], "best_scale": rig["best_scale"], "hub_guess_layer": guess,
                  "best_depth": r4(rig["best_layer"] / (n_layers - 1)), "best_effect": r4(rig["best_test_effect"]),
-                 "guess_effect": r4(rig["guess_test_effect"]), "gap": r4(rig["gap"]),
+                 "guess_effect": r4(rig["guess_test_effect"]), "gap": r4(ev.estimate), "n_test": ev.n,
+                 "delta": ev.params["delta"],
                  "effect_by_layer": [r4(x) for x in sweep_.layer_effects(rig["best_scale"])],
                  "all_layers_effect": r4(rig["all_layers_effect"]), "layers_swept": len(sweep_.layers),
                  "targets": study["targets"]},
-        holds=complete, ci={"gap": rig["gap_ci"]}, seeds=[sizes.seed],
-        revised=complete and same,
-        reason=(f"the best steering layer (L{rig['best_layer']}) is not separated from the hub-only guess "
-                f"L{guess} on held-out prompts (gap CI {rig['gap_ci'][0]:.3g}..{rig['gap_ci'][1]:.3g}); the full "
-                "sweep is shown" if same else ""),
-        notes=[f"{study['sizes']}; best (layer, scale) chosen on the select prompts, gap = Δlog P(targets) at "
-               f"the best layer minus at the guess layer on the test prompts; heatmaps: {', '.join(heatmaps)}"],
+        holds=ev, ci=_ci(ev), seeds=[sizes.seed],
+        notes=[(f"{study['sizes']}; best (layer, scale) chosen on the select prompts, scored on the disjoint test "
+               f"prompts: gap = Δlog P(targets) at the best layer minus at the guess layer, per prompt, bootstrap "
+               f"stratified by family; {ev.statement}; heatmaps: {', '.join(heatmaps)}")],
     )
-    seed_complete = len(seed["kl_by_layer"]) == n_layers and bool(np.isfinite(seed["kl_by_layer"]).all())
-    seed_same = seed["best_layer"] == guess
+    kl = np.asarray(seed["kl_per_prompt"], dtype=np.float64)
+    sev = gap_rule(kl[seed["best_layer"]], kl[guess], seed["groups"], params, key="seed_delta",
+                   label=f"seed KL at L{seed['best_layer']} - at guess L{guess}")
     seed_finding = Finding(
         "seed",
         figures={"best_layer": seed["best_layer"], "hub_guess_layer": guess, "best_kl": r4(seed["best_kl"]),
-                 "guess_kl": r4(seed["guess_kl"]), "kl_by_layer": [r4(x) for x in seed["kl_by_layer"]]},
-        holds=seed_complete, revised=seed_complete and seed_same,
-        reason=f"the seed procedure's largest KL is at the hub-guess layer L{guess} itself" if seed_same else "",
-        notes=[f"seed procedure (own mean activation, norm |s|={abs(seed['scale'])}, sign dropped, all positions, "
-               "abs KL fp16) at every layer; 'best' = largest KL, which is not a target effect"],
+                 "guess_kl": r4(seed["guess_kl"]), "gap_kl": r4(sev.estimate), "n_prompts": sev.n,
+                 "kl_by_layer": [r4(x) for x in seed["kl_by_layer"]],
+                 "not_decided": ["held-out prompts (the seed selects and scores its layer on the same prompts)",
+                                 "a target effect (the seed's only metric is abs KL, sign dropped)"]},
+        holds=sev, ci=_ci(sev), seeds=[sizes.seed],
+        notes=[(f"seed procedure (own mean activation, norm |s|={abs(seed['scale'])}, sign dropped, all positions, "
+               f"abs KL fp16) at every layer on {sev.n} prompts; 'best' = largest mean KL; {sev.statement}")],
     )
     return seed_finding, rigorous
 
 
-def steer_all(load_model: Callable[[str], Any], key: str, sizes: SteerSizes, *, guess: int | None = None,
-              heatmap_dir: str | Path) -> tuple[Finding, Finding]:
-    """STEER-ALL: sweep every layer and compare the best layer with the hub-only guess."""
-    return steer_all_findings(cached_steer_study(load_model, key, sizes, guess), sizes, heatmap_dir, key)
+def steer_all(load_model: Callable[[str], Any], key: str, sizes: SteerSizes, params: Mapping[str, Any], *,
+              guess: int | None = None, heatmap_dir: str | Path) -> tuple[Finding, Finding]:
+    """STEER-ALL: sweep every layer and compare the best layer with the hub-only guess on held-out prompts."""
+    return steer_all_findings(cached_steer_study(load_model, key, sizes, guess), sizes, heatmap_dir, params, key)
 
 
 def steer_random_findings(study: dict, sizes: SteerSizes, params: Mapping[str, Any]) -> tuple[Finding, Finding]:
-    """STEER-RANDOM from a study: the direction's effect exceeds the ``params["random_percentile"]`` (default 95)
-    percentile of random vectors of equal norm (seed: its vector's KL vs random vectors' KL)."""
-    p = float(params.get("random_percentile", 95))
-    rig, seed = study["rigorous"], study["seed"]
+    """STEER-RANDOM (block C4) from a study: :func:`control_rule` with two control sets, ``random`` (equal-norm
+    random vectors) and ``off_target`` (the other families' difference-of-means directions at equal norm), at the
+    best layer and scale, on the held-out prompts. The seed never ran C4: its protocol is UNTESTED."""
+    rig = study["rigorous"]
+    controls = {"random": rig["random_effects"], "off_target": list(rig["off_target_effects"].values())}
+    ev = control_rule(rig["best_dlogp"], rig["test_groups"], controls, params,
+                      label=f"direction effect - controls' p{float(params.get('random_percentile', 95)):g}")
     rand = np.asarray(rig["random_effects"])
-    threshold = float(np.percentile(rand, p))
-    effect = rig["best_test_effect"]
+    d = ev.details
     rigorous = Finding(
         "rigorous",
-        figures={"direction_effect": r4(effect), f"random_p{p:g}": r4(threshold), "random_mean": r4(rand.mean()),
-                 "random_max": r4(rand.max()), "rank": r4(float((rand < effect).mean())), "n_random": len(rand),
-                 "layer": rig["best_layer"], "scale": rig["best_scale"], "vector_norm": r4(rig["vector_norm"]),
-                 "vector_to_resid": r4(rig["vector_norm"] / rig["resid_norm"]), "targets": study["targets"]},
-        holds=bool(effect > threshold), ci={"direction_effect": rig["direction_ci"]}, seeds=[sizes.seed],
-        notes=[f"{study['sizes']}; effect = mean Δlog P(target tokens) on held-out prompts of other families; "
-               "layer and scale chosen on separate select prompts"],
+        figures={"direction_effect": r4(rig["best_test_effect"]), "direction_ci": d["direction_ci"],
+                 "random_p95": r4(d["thresholds"]["random"]), "off_target_p95": r4(d["thresholds"]["off_target"]),
+                 "random_mean": r4(rand.mean()), "random_max": r4(rand.max()), "n_random": len(rand),
+                 "n_off_target": len(controls["off_target"]),
+                 "off_target_effects": {k: r4(v) for k, v in rig["off_target_effects"].items()},
+                 "rank_vs_random": r4(float((rand < rig["best_test_effect"]).mean())), "n_test": ev.n,
+                 "delta": ev.params["delta"], "layer": rig["best_layer"], "scale": rig["best_scale"],
+                 "vector_norm": r4(rig["vector_norm"]), "vector_to_resid": r4(rig["vector_norm"] / rig["resid_norm"]),
+                 "targets": study["targets"]},
+        holds=ev, ci=_ci(ev), seeds=[sizes.seed],
+        notes=[(f"{study['sizes']}; effect = Δlog P(target tokens) per held-out prompt of other families; layer and "
+               f"scale chosen on separate select prompts; controls at the same layer, scale and norm; "
+               f"{ev.statement}")],
     )
-    srand = np.asarray(seed["random_kl"])
-    sthreshold = float(np.percentile(srand, p))
-    seed_finding = Finding(
-        "seed",
-        figures={"own_vector_kl": r4(seed["own_kl"]), f"random_p{p:g}_kl": r4(sthreshold),
-                 "random_mean_kl": r4(srand.mean()), "n_random": len(srand), "layer": study["hub_guess_layer"],
-                 "norm": abs(seed["scale"])},
-        holds=bool(seed["own_kl"] > sthreshold), seeds=[sizes.seed],
-        notes=["the seed never ran C4; this is its steering procedure (the prompt's own mean activation, norm |s|) "
-               "against random vectors of norm |s| at its hub layer, metric abs KL (its only metric)"],
-    )
-    return seed_finding, rigorous
+    return Finding.not_run("seed", f"{SEED_NEVER_RAN} (block C4)"), rigorous
 
 
 def steer_random(load_model: Callable[[str], Any], key: str, sizes: SteerSizes, params: Mapping[str, Any], *,
                  guess: int | None = None) -> tuple[Finding, Finding]:
-    """STEER-RANDOM (block C4): the difference-of-means direction beats random vectors of equal norm."""
+    """STEER-RANDOM (block C4): the difference-of-means direction beats random and off-target controls."""
     return steer_random_findings(cached_steer_study(load_model, key, sizes, guess), sizes, params)
 
 
-def steer_transfer_findings(t: dict, sizes: SteerSizes) -> tuple[Finding, Finding]:
-    """STEER-TRANSFER from a transfer study: the mapped direction's effect CI is above 0 and the source model was
-    released before the target was loaded. The seed never ran block G1: its protocol is untested."""
-    positive = t["mapped_ci"][0] > 0
-    memory_ok = bool(t["source_released"])
+def steer_transfer_findings(t: dict, sizes: SteerSizes, params: Mapping[str, Any]) -> tuple[Finding, Finding]:
+    """STEER-TRANSFER (block G1) from a transfer study: :func:`control_rule` on the mapped direction's per-prompt
+    effect against the mapped random controls (random source directions through the same map), held-out R^2 of
+    the map reported. Requires that the source model was released before the target was loaded. The seed never
+    ran G1: its protocol is UNTESTED."""
+    require(bool(t["source_released"]), "the source model must be released before the target is loaded")
+    ev = control_rule(t["mapped_dlogp"], t["test_groups"], {"random": t["random_effects"]}, params,
+                      label="mapped direction effect - mapped random p95")
     rigorous = Finding(
         "rigorous",
-        figures={"mapped_effect": r4(t["mapped_effect"]), "native_effect": r4(t["native_effect"]),
-                 "random_p95": r4(t["random_threshold"]), "mapped_beats_random": t["mapped_beats_random"],
+        figures={"mapped_effect": r4(t["mapped_effect"]), "mapped_ci": ev.details["direction_ci"],
+                 "native_effect": r4(t["native_effect"]), "random_p95": r4(ev.details["threshold"]),
+                 "n_random": len(t["random_effects"]), "n_test": ev.n, "delta": ev.params["delta"],
                  "cosine_to_native": r4(t["cosine_to_native"]), "method": t["method"], "fit_r2": r4(t["fit_r2"]),
                  "heldout_r2": r4(t["heldout_r2"]), "n_pairs": t["n_pairs"], "source_layer": t["source_layer"],
                  "target_layer": t["target_layer"], "widths": [t["width_source"], t["width_target"]],
                  "peak_rss_mb": t["peak_rss_mb"], "peak_rss_delta_mb": t["peak_rss_delta_mb"],
                  "source_mb": t["source_mb"], "target_mb": t["target_mb"], "both_models_mb": t["both_models_mb"],
-                 "source_released_before_target_load": memory_ok, "peak_is_reset": t["peak_is_reset"]},
-        holds=positive and memory_ok, ci={"mapped_effect": t["mapped_ci"], "native_effect": t["native_ci"]},
-        seeds=[sizes.seed],
-        notes=[f"{t['sizes']}; direction = the source's best layer/scale from its STEER-ALL sweep, mapped to the "
-               "same relative depth; effect = Δlog P(the family's answer tokens) on held-out prompts of other "
-               "families; the source model is freed (checked by weak reference) before the target is loaded; "
-               "peak RSS is the process's (other models of the session included), the delta is over the transfer"],
+                 "source_released_before_target_load": True, "peak_is_reset": t["peak_is_reset"]},
+        holds=ev, ci=_ci(ev), seeds=[sizes.seed],
+        notes=[(f"{t['sizes']}; direction = the source's best layer/scale from its STEER-ALL sweep, mapped to the "
+               "same relative depth; effect = Δlog P(the family's answer tokens) per held-out prompt of other "
+               "families; controls: random source directions mapped the same way, at the mapped norm; held-out R^2 "
+               "of the map on held-out pairing prompts; the source model is freed (checked by weak reference) "
+               f"before the target is loaded; {ev.statement}")],
     )
-    seed = Finding.not_run("seed", "the seed never ran block G1 (its two-model load ran out of memory), so there "
-                                   "is no seed procedure to reproduce")
-    return seed, rigorous
+    return Finding.not_run("seed", f"{SEED_NEVER_RAN} (block G1: its two-model load ran out of memory)"), rigorous
 
 
-def steer_transfer(load_model: Callable[[str], Any], source: str, target: str, sizes: SteerSizes, *,
-                   guess: int | None = None) -> tuple[Finding, Finding]:
+def steer_transfer(load_model: Callable[[str], Any], source: str, target: str, sizes: SteerSizes,
+                   params: Mapping[str, Any], *, guess: int | None = None) -> tuple[Finding, Finding]:
     """STEER-TRANSFER (block G1): the source's best direction (its cached STEER-ALL study), mapped into the target
-    (least squares on paired activations when the widths differ), still steers there; one model in memory at a
-    time."""
+    (least squares on paired activations when the widths differ), still steers there beyond mapped random
+    controls; one model in memory at a time."""
     src = cached_steer_study(load_model, source, sizes, guess)["rigorous"]
-    parts = {"kind": "steer-transfer", "source": source, "target": target, "sizes": plans.values(sizes),
+    parts = {"kind": "steer-transfer-v2", "source": source, "target": target, "sizes": plans.values(sizes),
              "weights": [quant.weights_fingerprint(source), quant.weights_fingerprint(target)],
              "layer": src["best_layer"], "scale": src["best_scale"]}
     t = cache.cached(parts, lambda: transfer_study(source, target, sizes, src["best_layer"], src["best_scale"]))
-    return steer_transfer_findings(t, sizes)
+    return steer_transfer_findings(t, sizes, params)
