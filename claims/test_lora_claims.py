@@ -2,10 +2,12 @@
 
 Each test measures with :class:`engine.lora.LoraBench` (one per model and plan, shared by the tests: the all-linear
 adapter, the atlases and every training run are computed once and cached on disk) and records one verdict per
-protocol; the rules are the procedures of ``engine.studies.lora``. Sizes and budgets are the tier's plan
-(``[plans.default.<tier>.lora]`` in ``engine/data/plans.toml``, ``engine.studies.lora.plan_for``); rule thresholds
-come from ``[claim.params]`` in ``engine/data/claims.toml``. On the gpu tier the seed's figures are compared by the
-framework; on the cpu tier the rule decides and the figures are pinned as baselines.
+protocol; the rules are the catalogue's v2 rules, decided by ``engine.decisions`` in the procedures of
+``engine.studies.lora`` (``holds`` is the decision's evidence). Sizes and budgets are the plan's
+(``[plans.<plan>.<tier>.lora]`` in ``engine/data/plans.toml``, ``--plan``); deltas with their rationale and the
+rules' minimum numbers of training seeds and random draws come from ``[claim.params]`` in
+``engine/data/claims.toml``. A plan below a rule's minimum gives INCONCLUSIVE "below the rule's minimum n". The
+seed never ran G3 and G4: their seed-protocol records are UNTESTED.
 """
 
 from __future__ import annotations

@@ -267,6 +267,33 @@ def expected_parameters(lm: LoadedModel, target: LoraTarget) -> tuple[int, int]:
     return total, count
 
 
+def matched_ranks(lm: LoadedModel, modules: Sequence[str], layers: Sequence[int], *, reference: str = "o",
+                  r: int = 8, tolerance: float = 0.05, max_r: int | None = None) -> tuple[dict[str, int], dict[str, int]]:
+    """Ranks per module so that the modules' adapters on ``layers`` (and ``reference``'s) have the same trainable
+    parameter count within ``tolerance`` (the largest at most 1 + tolerance times the smallest): (ranks, counts by
+    the hand formula r * (in + out)).
+
+    The reference rank starts at ``r`` and rises (up to ``max_r``, default 4 r) until every module has an integer
+    rank within the tolerance of the reference count (LORA-OPROJ's "matched trainable parameters"): e.g. on
+    SmolLM2-135M o_proj at r=8 (9,216 per layer) has no MLP rank within 5% (r=4: 8,448; r=5: 10,560), at r=9 it has.
+    """
+    layers = tuple(layers)
+    blocks = lm.adapter.layers(lm.model)
+
+    def per_rank(name: str) -> int:
+        return sum(sum(_features(lm.adapter.module(blocks[i], name), f"{lm.key} layer {i} {name}")) for i in layers)
+
+    unit = {m: per_rank(m) for m in dict.fromkeys([reference, *modules])}
+    for r0 in range(r, (max_r or 4 * r) + 1):
+        budget = r0 * unit[reference]
+        ranks = {m: max(1, round(budget / unit[m])) for m in unit}
+        counts = {m: ranks[m] * unit[m] for m in unit}
+        if max(counts.values()) <= (1 + tolerance) * min(counts.values()):  # every pair, o_proj included
+            return {m: ranks[m] for m in modules}, {m: counts[m] for m in modules}
+    raise LoraError(f"{lm.key}: no reference rank in {r}..{max_r or 4 * r} gives every module of {list(modules)} "
+                    f"a parameter count within {tolerance:.0%} of {reference}'s")
+
+
 def count_parameters(alm: LoadedModel, target: LoraTarget) -> ParamCount:
     """PEFT's count for an attached adapter, checked against the hand formula (a mismatch is an error).
 

@@ -31,7 +31,7 @@ from .adapters import LoraError, LoraTarget, adapted, adapter_disabled_at, from_
 from .evaluation import EvalResult, answer_logits, evaluate, kl_divergence
 from .training import LoraRun, TrainConfig, train, train_cached
 
-ImportanceFn = Callable[[LoadedModel], Sequence[float]]
+ImportanceFn = Callable[[LoadedModel], "np.ndarray | Sequence[float]"]  # [n_layers] or per prompt [n, n_layers]
 
 
 # ------------------------------------------------------------------------------------------------ deciles
@@ -70,26 +70,6 @@ class Localisation:
     def largest_mean_decile(self) -> int:
         """argmax of decile_mean: the decile whose layers have the largest mean effect (fair to unequal sizes)."""
         return int(np.argmax(self.decile_mean))
-
-    def last_decile_gap(self, *, statistic: str = "mean", seed: int = 0, n_resamples: int = 2000):
-        """Stratified bootstrap CI (over examples, within families) of the last decile's mean per-layer effect
-        minus the largest other decile's (``statistic="share"``: the same for the decile sums)."""
-        if not self.per_example:
-            raise LoraError("last_decile_gap needs the per-example effects (localise keeps them)")
-        values = np.asarray(self.per_example, dtype=float)
-        weights = np.zeros((10, values.shape[1]))
-        for d, group in enumerate(self.deciles):
-            for layer in group:
-                weights[d, layer] = 1.0 / len(group) if statistic == "mean" else 1.0
-        filled = [d for d, group in enumerate(self.deciles) if group]
-        others = [d for d in filled if d != 9]
-
-        def gap(m):
-            per_decile = m @ weights.T  # [..., 10]
-            return per_decile[..., 9] - per_decile[..., others].max(-1)
-
-        return stats.stratified_bootstrap(values, self.families or ["all"] * len(values), gap, seed=seed,
-                                          n_resamples=n_resamples)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -157,6 +137,10 @@ class LockIn:
     base_spearman: float
     threshold: float
     lock_in_fraction: float | None  # earliest fraction from which every later checkpoint agrees (>= threshold)
+    # per prompt (the importance function's rows): top-k overlap of each checkpoint's / the base model's
+    # per-prompt atlas with the final checkpoint's on the same prompt ([n_checkpoints][n_prompts], [n_prompts])
+    prompt_overlap: list[list[float]] = dataclasses.field(default_factory=list)
+    base_prompt_overlap: list[float] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -175,18 +159,26 @@ def lock_in(lm: LoadedModel, run: LoraRun, importance_fn: ImportanceFn, *, k: in
     fractions = sorted(run.checkpoints)
     if fractions[-1] != 1.0:
         raise LoraError(f"lock_in: the last checkpoint must be the final one (fraction 1.0), got {fractions}")
-    importance = []
+    def rows(alm) -> np.ndarray:
+        values = np.atleast_2d(np.asarray(importance_fn(alm), dtype=np.float64))
+        if values.shape[1] != lm.n_layers:
+            raise LoraError(f"importance_fn returned {values.shape[1]} values per prompt for {lm.n_layers} layers")
+        return values
+
+    per_prompt = []
     for fraction in fractions:
         with from_saved(lm, run.checkpoints[fraction]) as alm:
-            values = [float(v) for v in importance_fn(alm)]
-        if len(values) != lm.n_layers:
-            raise LoraError(f"importance_fn returned {len(values)} values for {lm.n_layers} layers")
-        importance.append(values)
-    base = [float(v) for v in importance_fn(lm)]
+            per_prompt.append(rows(alm))
+    base_rows = rows(lm)
+    importance = [[float(v) for v in m.mean(0)] for m in per_prompt]
+    base = [float(v) for v in base_rows.mean(0)]
     final = importance[-1]
     pairs = [overlap_at_k(values, final, k) for values in importance]
     overlap = [p[0] for p in pairs]
     base_pair = overlap_at_k(base, final, k)
+
+    def prompt_overlaps(m: np.ndarray) -> list[float]:
+        return [overlap_at_k(a, b, k)[0] for a, b in zip(m, per_prompt[-1])]
     lock = None
     for index in range(len(fractions)):
         if all(o >= threshold for o in overlap[index:]):
@@ -201,7 +193,8 @@ def lock_in(lm: LoadedModel, run: LoraRun, importance_fn: ImportanceFn, *, k: in
                   top=[top_k(v, k) for v in importance], overlap=overlap, jaccard=[p[1] for p in pairs],
                   spearman=[rho(v) for v in importance], base_overlap=base_pair[0],
                   base_jaccard=base_pair[1], base_spearman=rho(base), threshold=threshold,
-                  lock_in_fraction=lock)
+                  lock_in_fraction=lock, prompt_overlap=[prompt_overlaps(m) for m in per_prompt],
+                  base_prompt_overlap=prompt_overlaps(base_rows))
 
 
 # ------------------------------------------------------------------------------------------------ skipping
@@ -272,6 +265,11 @@ class Recovery:
     train_skipped_loss: float | None = None
     train_recovered_loss: float | None = None
     train_recovered_fraction: float | None = None
+    # per held-out example (the order of the eval examples): what SKIP-RECOVER's decision resamples
+    full_losses: list[float] = dataclasses.field(default_factory=list)
+    skipped_losses: list[float] = dataclasses.field(default_factory=list)
+    recovered_losses: list[float] = dataclasses.field(default_factory=list)
+    families: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -325,7 +323,9 @@ def skip_recover(lm: LoadedModel, train_examples: Sequence[Example], eval_exampl
                     train_full_loss=full_train.loss(), train_skipped_loss=before_train.loss(),
                     train_recovered_loss=after_train.loss(),
                     train_recovered_fraction=recovered_fraction(full_train.loss(), before_train.loss(),
-                                                                after_train.loss()))
+                                                                after_train.loss()),
+                    full_losses=full.losses(), skipped_losses=before.losses(), recovered_losses=after.losses(),
+                    families=[s.family for s in after.scores])
 
 
 def _with_fingerprint(lm: LoadedModel, tag: str) -> LoadedModel:

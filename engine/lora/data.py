@@ -161,6 +161,29 @@ def collate(items: Sequence[Encoded], pad: int) -> TokenBatch:
                       families=tuple(i.family for i in items))
 
 
+def with_padding_labels(batch: TokenBatch, pad: int, width: int | None = None) -> TokenBatch:
+    """The seed protocol's labels: ``batch`` right-padded to ``width`` (default: its own width) with the padding
+    positions carrying a loss (predicting the pad token), as the seed's unmasked ``labels = input_ids`` did; the
+    prompt stays masked, the attention mask still excludes the padding."""
+    n, current = batch.input_ids.shape
+    width = max(int(width or current), current)
+    input_ids = torch.full((n, width), pad, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    input_ids[:, :current] = batch.input_ids
+    attention[:, :current] = batch.attention_mask
+    lengths = batch.attention_mask.sum(1)
+    predict = torch.zeros((n, width), dtype=torch.bool)
+    text = torch.zeros((n, width), dtype=torch.bool)
+    predict[:, :current] = batch.predict_mask
+    text[:, :current] = batch.text_mask
+    for row in range(n):
+        predict[row, int(lengths[row]) - 1:width - 1] = True  # the last real token predicts the first pad, ...
+    labels = torch.where(predict.roll(1, dims=1), input_ids, torch.full_like(input_ids, IGNORE))
+    return TokenBatch(input_ids=input_ids, attention_mask=attention, labels=labels, predict_mask=predict,
+                      text_mask=text, answer_pos=batch.answer_pos, example_ids=batch.example_ids,
+                      families=batch.families)
+
+
 def check_families(examples: Sequence[Example], families: Sequence[str] | None) -> list[Example]:
     """The examples of ``families`` (all when None); an empty list or a family without examples is an error."""
     if not examples:

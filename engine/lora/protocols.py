@@ -16,17 +16,18 @@ have in common: the training/held-out examples, the model's own atlas (layer con
 importance) and the seed's atlas (residual zeroed), and the all-linear adapter trained with checkpoints (used by
 LORA-ATLAS, LORA-LATE, LOCKIN and as SKIP-RECOVER's reference). Training runs are cached by content on disk.
 
-Seed vs rigorous, per claim (``seed-protocols.md``):
+Seed vs rigorous, per claim (``seed-protocols.md``; the decisions are :mod:`engine.studies.lora`):
 
-* LORA-ATLAS: seed = layers [2, 7, 9] (clipped), one random draw (seed 42), final training loss; rigorous = top-k
-  of the model's own atlas, random-matched as a distribution (the seed's draw first), held-out loss + scorer.
-* LORA-OPROJ: seed = training loss, MLP = mean of gate/up/down; rigorous = held-out loss, MLP = its best module.
-* LORA-LATE: seed = share of the summed per-layer adapter effect per decile on the training prompts; rigorous =
-  mean per-layer effect per decile (deciles differ in size) on held-out prompts with a bootstrap CI.
-* LOCKIN: seed = the seed's atlas (residual zeroed) of each checkpoint; rigorous = contribution atlas on held-out
-  prompts, with the base model's agreement as the control (a finetune that never moved the atlas "locks in"
-  trivially).
-* SKIP-RECOVER: see :class:`~engine.lora.studies.SkipStudy`.
+* LORA-ATLAS: seed = layers [2, 7, 9] (clipped) vs one random draw (seed 42), one training seed, padding labels
+  unmasked, final training loss; rigorous = top-k of the model's own atlas vs ``n_random`` random-matched draws,
+  ``n_train_seeds`` training seeds, held-out loss.
+* LORA-OPROJ: seed = rank r for every module, training loss, loss reduction per parameter; rigorous = ranks
+  matched to o_proj's parameter count (within 5%), every training seed, held-out loss.
+* LORA-LATE: the all-linear adapter's per-layer effect, share per depth decile per example: training prompts
+  (seed) or held-out prompts (rigorous).
+* LOCKIN (G3) and SKIP-RECOVER (G4): the seed never ran these blocks, so only the rigorous protocol measures:
+  per-prompt own atlases of the checkpoints and the base model (LOCKIN); the own-atlas skip vs ``n_skip_random``
+  random skips (SKIP-RECOVER, :class:`~engine.lora.studies.SkipStudy`).
 """
 
 from __future__ import annotations
@@ -63,20 +64,23 @@ class LoraPlan:
     lr: float = 2e-3
     warmup_steps: int = 2
     train_seed: int = 0
+    n_train_seeds: int = 1  # training seeds train_seed, train_seed + 1, ... (LORA-ATLAS's rule needs >= 3)
     r: int = 8
     alpha: int = 16
     k: int = 3  # atlas-guided / random-matched layers
-    n_random: int = 3  # random-matched draws (rigorous); the first is the seed's draw
+    n_random: int = 3  # random-matched draws (rigorous; the rule needs >= 10); the first is the seed's draw
     checkpoints: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
     sweep_modules: tuple[str, ...] = ("o", "v", "q", "k", "gate", "up", "down")
     atlas_per_family: int = 1  # the model's own atlas: this many prompts of each of the 12 families
-    seed_atlas_per_family: int = 1  # the seed's atlas (residual zeroed), over the LoRA families
     lock_per_family: int = 2  # LOCKIN's per-checkpoint atlases: held-out prompts of the LoRA families
-    lock_k: int = 5
     skip_fraction: float = 0.1  # SKIP-RECOVER skips this share of the layers (at least 1)
-    n_skip_random: int = 2
+    n_skip_random: int = 2  # random skips of the same count (SKIP-RECOVER's rule needs >= 10)
     generate: bool = True  # greedy generation scored by the suite (held-out) for LORA-ATLAS
     name: str = plans.DEFAULT_PLAN  # the plan of engine/data/plans.toml this was read from (set by the loader)
+
+    @property
+    def train_seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.train_seed, self.train_seed + self.n_train_seeds))
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
@@ -91,7 +95,7 @@ class LoraPlan:
         return {"tier": self.tier, "families": list(self.families), "n_train_per_family": self.n_train,
                 "n_eval_per_family": self.n_eval, "steps": self.steps, "batch_size": self.batch_size, "lr": self.lr,
                 "warmup_steps": self.warmup_steps, "max_len": self.max_len, "r": self.r, "alpha": self.alpha,
-                "train_seed": self.train_seed, "data_seed": self.data_seed}
+                "train_seeds": list(self.train_seeds), "data_seed": self.data_seed}
 
 
 def plan_for(tier: str, params: Mapping | None = None) -> LoraPlan:
@@ -123,8 +127,8 @@ class LoraBench:
         self.lm = lm
         self.plan = plan
         self.config = plan.train_config()
-        self._lock: dict[str, LockIn] = {}
         self._loc: dict[str, Localisation] = {}
+        self._lock: dict[int, LockIn] = {}
 
     # ----- data and atlases
 
@@ -151,21 +155,9 @@ class LoraBench:
 
         return atlas(lm or self.lm, examples or self.atlas_examples, method="zero", component="layer", cache=True)
 
-    def seed_atlas(self, lm: LoadedModel | None = None, examples: list[Example] | None = None):
-        """The seed's atlas: the residual stream after the layer zeroed (everything downstream erased)."""
-        from engine.atlas import atlas
-
-        examples = examples or sample(list(self.plan.families), per_family=self.plan.seed_atlas_per_family,
-                                      seed=self.plan.data_seed, split=self.plan.split)
-        return atlas(lm or self.lm, examples, method="zero", component="resid", cache=True)
-
     @cached_property
     def importance(self) -> list[float]:
         return [float(v) for v in self.own_atlas().layer_effect]
-
-    @cached_property
-    def seed_importance(self) -> list[float]:
-        return [float(v) for v in self.seed_atlas().layer_effect]
 
     def common_figures(self) -> dict:
         return {**self.plan.describe(), "suite_train": suite_hash(self.train_examples)[:12],
@@ -184,15 +176,17 @@ class LoraBench:
 
     @cached_property
     def targeting(self) -> TargetingStudy:
-        self.all_linear  # trained with checkpoints first, so the study's all-linear run is the shared one
+        _ = self.all_linear  # trained with checkpoints first, so the study's all-linear run is the shared one
         return targeting_study(self.lm, self.train_examples, self.eval_examples, importance=self.importance,
-                               config=self.config, k=self.plan.k, n_random=self.plan.n_random, r=self.plan.r,
-                               alpha=self.plan.alpha, generate=self.plan.generate, random_seed=self.plan.data_seed)
+                               config=self.config, k=self.plan.k, n_random=self.plan.n_random,
+                               seeds=self.plan.train_seeds, r=self.plan.r, alpha=self.plan.alpha,
+                               generate=self.plan.generate, random_seed=self.plan.data_seed)
 
     @cached_property
     def sweep(self) -> ModuleSweep:
         return module_sweep(self.lm, self.train_examples, self.eval_examples, config=self.config,
-                            modules=self.plan.sweep_modules, r=self.plan.r, alpha=self.plan.alpha)
+                            modules=self.plan.sweep_modules, r=self.plan.r, alpha=self.plan.alpha,
+                            seeds=self.plan.train_seeds)
 
     def localisation(self, protocol: str) -> Localisation:
         """The all-linear adapter's per-layer effect: training prompts (seed) or held-out prompts (rigorous)."""
@@ -204,29 +198,34 @@ class LoraBench:
                 self._loc[protocol] = localise(alm, examples)
         return self._loc[protocol]
 
-    def lock_in(self, protocol: str, *, threshold: float, k: int | None = None) -> LockIn:
-        """Atlas of each checkpoint of the all-linear adapter vs the final one (and the base model's)."""
-        if protocol not in self._lock:
-            k = k or self.plan.lock_k
-            if protocol == "seed":
-                def importance(alm):
-                    return self.seed_atlas(alm).layer_effect
-            else:
-                prompts = sample(list(self.plan.families), per_family=self.plan.lock_per_family,
-                                 seed=self.plan.data_seed + 2, split=self.plan.split)
-                train_ids = {ex.id for ex in self.train_examples}
-                prompts = [ex for ex in prompts if ex.id not in train_ids] or prompts
+    @cached_property
+    def lock_prompts(self) -> list[Example]:
+        """LOCKIN's atlas prompts: ``lock_per_family`` prompts per LoRA family that the adapter never trained on."""
+        train_ids = {ex.id for ex in self.train_examples}
+        pool = sample(list(self.plan.families), per_family=self.plan.lock_per_family + self.plan.n_train,
+                      seed=self.plan.data_seed + 2, split=self.plan.split)
+        out: list[Example] = []
+        for family in self.plan.families:
+            out.extend([ex for ex in pool if ex.family == family and ex.id not in train_ids][:self.plan.lock_per_family])
+        return out
 
-                def importance(alm):
-                    return self.own_atlas(alm, prompts).layer_effect
-            self._lock[protocol] = lock_in(self.lm, self.all_linear, importance, k=k, threshold=threshold)
-        return self._lock[protocol]
+    def lock(self, k: int) -> LockIn:
+        """Per-prompt own atlases (layer contribution removed) of each checkpoint of the all-linear adapter, of
+        the final one and of the base model, on :attr:`lock_prompts`, compared by top-``k`` overlap (LOCKIN's
+        ``top_k``)."""
+        if k not in self._lock:
+            prompts = self.lock_prompts
+
+            def importance(alm):
+                return self.own_atlas(alm, prompts).per_example
+
+            self._lock[k] = lock_in(self.lm, self.all_linear, importance, k=k, threshold=1.0)
+        return self._lock[k]
 
     @cached_property
     def skip(self) -> SkipStudy:
-        self.all_linear
+        _ = self.all_linear
         k = max(1, round(self.plan.skip_fraction * self.lm.n_layers))
         return skip_study(self.lm, self.train_examples, self.eval_examples, importance=self.importance,
-                          seed_importance=self.seed_importance, config=self.config, k=k,
-                          n_random=self.plan.n_skip_random, r=self.plan.r, alpha=self.plan.alpha,
-                          random_seed=self.plan.data_seed)
+                          config=self.config, k=k, n_random=self.plan.n_skip_random, r=self.plan.r,
+                          alpha=self.plan.alpha, random_seed=self.plan.data_seed)

@@ -24,16 +24,16 @@ from pathlib import Path
 
 import torch
 
-from engine import models
+from engine import models, progress
 from engine.models import LoadedModel
 from engine.provenance import code_fingerprint
 from engine.tasks import Example, suite_hash
 
 from .adapters import LoraError, LoraTarget, ParamCount, adapter_state, attached, count_parameters
-from .data import make_loader
+from .data import make_loader, pad_id, with_padding_labels
 from .evaluation import batch_loss
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 SCHEDULES = ("linear", "constant_with_warmup", "cosine")
 
 
@@ -54,6 +54,9 @@ class TrainConfig:
     max_len: int | None = None
     checkpoints: tuple[float, ...] = ()  # fractions of `steps` at which to save_pretrained (e.g. 0.1, 0.25, 0.5, 1)
     gradient_checkpointing: bool = False
+    # the seed protocol's data: padding positions carry a loss too (the seed's labels were input_ids padded to
+    # max_len with the pad token, unmasked); the prompt stays masked. False: loss on the target tokens only.
+    pad_labels: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -151,7 +154,10 @@ def train(lm: LoadedModel, examples: Sequence[Example], target: LoraTarget, conf
         peft_model.train()
         batches = _cycle(loader)
         for step in range(1, config.steps + 1):
-            batch = next(batches).to(lm.device)
+            batch = next(batches)
+            if config.pad_labels:
+                batch = with_padding_labels(batch, pad_id(lm.tokenizer), config.max_len)
+            batch = batch.to(lm.device)
             loss = batch_loss(peft_model, batch)
             if not torch.isfinite(loss):
                 raise LoraError(f"{lm.key}: training loss is {loss.item()} at step {step} "
@@ -226,12 +232,15 @@ def train_cached(lm: LoadedModel, examples: Sequence[Example], target: LoraTarge
     key = cache_key(lm, examples, target, config)
     entry = root / f"{lm.key}-{key}"
     root.mkdir(parents=True, exist_ok=True)
+    what = {"kind": "lora-train", "model": lm.key, "n_examples": len(examples)}  # the ledger's description
     with FileLock(str(entry) + ".lock"):
         if (entry / "run.json").is_file():
+            progress.hit(what, key)
             return load_run(entry)
         staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=root))
         try:
-            run = train(lm, examples, target, config, out_dir=staging)
+            with progress.computing(what, key):
+                run = train(lm, examples, target, config, out_dir=staging)
             (staging / "run.json").write_text(json.dumps(run.summary(), indent=1))
             if entry.exists():
                 shutil.rmtree(entry)
@@ -254,7 +263,7 @@ def load_run(entry: str | Path) -> LoraRun:
         raise LoraError(f"{entry}: stored LoRA run is unreadable ({exc}); delete the directory to retrain") from exc
     target = LoraTarget(**{**data["target"], "layers": tuple(data["target"]["layers"]),
                            "modules": tuple(data["target"]["modules"])})
-    config = TrainConfig(**{**data["config"], "checkpoints": tuple(data["config"]["checkpoints"])})
+    config = TrainConfig(**{"pad_labels": False, **data["config"], "checkpoints": tuple(data["config"]["checkpoints"])})
     params = ParamCount(**{k: v for k, v in data["params"].items() if k != "percent"})
     checkpoints = {float(f): entry / name for f, name in data["checkpoints"].items()}
     return LoraRun(target=target, config=config, params=params, losses=data["losses"], lrs=data["lrs"], state=state,
