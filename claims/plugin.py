@@ -65,17 +65,25 @@ xdist: verdict records travel on the test reports (attribute ``claim_records``, 
 the controller alone appends them to ``registry.jsonl``, prints the summary table and writes the run files.
 
 Results (``--claims-results DIR``, default ``<rootdir>/results``): ``runs/<timestamp>-<commit>/claims.json`` and
-``report.md``, ``latest``, ``registry.jsonl`` (one locked, fsynced line per verdict as it arrives) and
-``baselines/<model>.json``. JUnit XML (``--junitxml``) gets ``verdict[ID|model|protocol]`` and ``claim_record``
+``report.md``, ``latest``, ``registry.jsonl`` (one locked, fsynced line per verdict as it arrives). Baselines are
+read from ``--claims-baselines DIR`` (default ``<results root>/baselines``): ``<plan>/<model>.json`` per plan.
+JUnit XML (``--junitxml``) gets ``verdict[ID|model|protocol]`` and ``claim_record``
 properties per test case.
 
-Regressions: every run is compared with ``results/baselines/<model>.json``. A verdict flip or a figure that
-moved beyond its tolerance is reported in the summary and in report.md with the commit it was pinned at, but it
-does not fail the session unless ``--claims-baseline-gate`` (alias ``--claims-fail-on-regression``) is given.
-Why: each verdict already fails or passes its own test, and a figure that moves on another machine or GPU, or
-after a deliberate method change, is information for a researcher, not a broken build. CI that guards a pinned
-machine opts in: ``pytest claims -m cpu --claims-baseline-gate`` exits 1 on any flip or moved figure;
-``--claims-update-baseline`` re-pins deliberately (and never fails on the changes it pins).
+Regressions: every run is compared with the baselines of its plan (``--plan``, default ``default``):
+``<baselines>/<plan>/<model>.json`` (``engine.results``: gated figures = each record's verdict and each decision's
+outcome, estimate and CI bounds; timings and memory are reported, never gated; each gated figure reproduces
+bit-for-bit or within the tolerance its spread across the pinned runs gave). A verdict flip, a figure moved
+beyond its tolerance or a pinned record not measured is reported in the summary and in report.md with the commit
+it was pinned at, but it does not fail the session unless ``--claims-baseline-gate`` (alias
+``--claims-fail-on-regression``) is given. Why: each verdict already fails or passes its own test, and a figure
+that moves after a deliberate method change is information for a researcher, not a broken build. CI opts in:
+``pytest claims -m cpu --plan smoke --claims-baseline-gate --claims-results $TMP --claims-baselines
+results/baselines`` exits 1 on any flip, moved figure or missing record, and is a usage error (one line, before
+anything runs) when the plan has no baselines. Re-pinning is deliberate and needs a reason:
+``mi-atlas baselines pin --plan smoke --reason "..." RUN_DIR [RUN_DIR ...]`` (several runs: spread ->
+tolerance), or ``--claims-update-baseline --claims-pin-reason "..."`` (this run alone: bit-for-bit; it never fails
+on the changes it pins).
 """
 
 from __future__ import annotations
@@ -117,12 +125,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="claims catalogue TOML (default: the packaged engine/data/claims.toml)")
     group.addoption("--claims-strict", action="store_true",
                     help="a REVISED or INCONCLUSIVE verdict fails its test")
+    group.addoption("--claims-baselines", metavar="DIR", default=None,
+                    help="where baselines are read and pinned: <DIR>/<plan>/<model>.json (default: "
+                         "<results root>/baselines)")
     group.addoption("--claims-update-baseline", action="store_true",
-                    help="re-pin results/baselines/<model>.json with this run's figures")
+                    help="re-pin the session plan's baselines from this run alone (bit-for-bit; needs "
+                         "--claims-pin-reason)")
+    group.addoption("--claims-pin-reason", metavar="TEXT", default=None,
+                    help="why the baselines are re-pinned (stored in the baseline file with the commit)")
     group.addoption("--claims-baseline-gate", "--claims-fail-on-regression", action="store_true",
                     dest="claims_baseline_gate",
-                    help="fail the session when a verdict flipped or a figure moved beyond its tolerance since "
-                         "results/baselines (for CI on a pinned machine)")
+                    help="fail the session when a verdict flipped, a gated figure moved beyond its tolerance or "
+                         "a pinned record was not measured, against the plan's baselines (CI)")
     group.addoption("--plan", metavar="NAME", default=None,
                     help="measurement plan whose sample sizes every claim uses (engine/data/plans.toml: default, "
                          "smoke, ...); shown in every record (default: each claim's own, usually 'default')")
@@ -145,6 +159,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if plan is not None and plan not in plans.read()[1]:
         raise pytest.UsageError(f"--plan {plan}: no such plan in {plans.PLANS_FILE} "
                                 f"(plans: {', '.join(plans.read()[1])})")
+    _check_baseline_options(config)
     for name, text in BASE_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     for scale, text in catalogue.scales.items():
@@ -153,6 +168,35 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{block}: claims of the {block} block")
     if not hasattr(config, "workerinput"):  # the xdist controller or a plain session writes the results
         config.pluginmanager.register(ClaimsSession(config), "mi-atlas-claims-session")
+
+
+def session_plan(config: pytest.Config) -> str:
+    return config.getoption("--plan") or plans.DEFAULT_PLAN
+
+
+def baselines_dir(config: pytest.Config) -> Path:
+    option = config.getoption("--claims-baselines")
+    if option:
+        return Path(option).expanduser().resolve()
+    results_option = config.getoption("--claims-results")
+    root = Path(results_option).expanduser().resolve() if results_option else config.rootpath / "results"
+    return root / results.BASELINES_DIR
+
+
+def _check_baseline_options(config: pytest.Config) -> None:
+    """Usage errors (one line, before anything runs): a re-pin without a reason, a gate without baselines."""
+    if config.getoption("--claims-update-baseline") and not (config.getoption("--claims-pin-reason") or "").strip():
+        raise pytest.UsageError("--claims-update-baseline needs --claims-pin-reason \"why\" (stored in the baseline)")
+    if config.getoption("claims_baseline_gate") and not config.getoption("--claims-update-baseline"):
+        plan, where = session_plan(config), baselines_dir(config)
+        if not results.baseline_files(where, plan):
+            raise pytest.UsageError(
+                f"--claims-baseline-gate: no baselines pinned for plan {plan!r} under {where}: pin them with "
+                f"`mi-atlas baselines pin --plan {plan} --reason \"...\" RUN_DIR [RUN_DIR ...]`")
+        try:
+            results.load_plan_baselines(where, plan)
+        except results.BaselineError as exc:
+            raise pytest.UsageError(f"--claims-baseline-gate: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------------ collection
@@ -426,7 +470,11 @@ class ClaimsSession:
         self.started = results.utc_now()
         self.clock = time.perf_counter()
         self.commit = results.git_commit(str(config.rootpath))
-        self.unpinned: list[tuple[str, str, str]] = []
+        self.plan = session_plan(config)
+        self.baselines = baselines_dir(config)
+        self.gate: results.GateReport | None = None
+        self.gate_failed = False
+        self.baseline_error = ""
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for record in _records_of(report):
@@ -437,36 +485,69 @@ class ClaimsSession:
             results.append_registry(self.root, record)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        update = self.config.getoption("--claims-update-baseline")
+        try:
+            pinned = results.load_plan_baselines(self.baselines, self.plan)
+        except results.BaselineError as exc:  # a malformed file without the gate: reported, nothing compared
+            pinned, self.baseline_error = {}, str(exc)
+        if pinned:
+            self.gate = results.gate(pinned, self.records, plan=self.plan, baselines=self.baselines)
         if not self.records:
+            if self.fail_on_regression and self.gate is not None:  # the gate compared nothing: not a pass
+                self.gate_failed = True
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
             return
         catalogue = self.config.stash[CATALOGUE]
-        baselines = results.load_baselines(self.root, {r.model for r in self.records})
-        changes = results.compare(baselines, self.records, catalogue.tolerance_for)
-        self.unpinned = sorted({(r.claim_id, r.model, r.protocol) for r in self.records
-                                if r.verdict is not Verdict.UNTESTED
-                                and (r.claim_id, r.model, r.protocol) not in baselines})
-        update = self.config.getoption("--claims-update-baseline")
-        if update:
-            results.pin_baselines(self.root, self.records, self.run_dir.name)
         meta = {
             "run": self.run_dir.name, "git_commit": self.commit, "started": self.started.isoformat(timespec="seconds"),
             "duration_s": round(time.perf_counter() - self.clock, 1), "args": list(self.config.invocation_params.args),
-            "catalogue": catalogue.path, "baseline_updated": bool(update), "exit_status": int(exitstatus),
-            **results.provenance(),
+            "catalogue": catalogue.path, "plan": self.plan, "baseline_updated": bool(update),
+            "exit_status": int(exitstatus), "torch_threads": _torch_threads(), **results.provenance(),
         }
+        if self.gate is not None:
+            meta["gate"] = self.gate.to_dict()
+        changes = self.gate.changes if self.gate is not None else []
         self.run = results.Run(self.run_dir.name, meta, self.records, changes)
+        if update:
+            results.pin_plan_baselines(self.baselines, self.plan, [self.run], self.config.getoption(
+                "--claims-pin-reason"), pinned_by="pytest --claims-update-baseline")
         results.write_run(self.run_dir, self.run)
-        # A deliberate re-pin never fails; otherwise changes fail the session only when asked to.
-        if changes and self.fail_on_regression and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        # A deliberate re-pin never fails; otherwise a gate that did not pass fails the session only when asked.
+        if self.gate is not None and not self.gate.passed and self.fail_on_regression:
+            self.gate_failed = True
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     @property
     def fail_on_regression(self) -> bool:
         return (self.config.getoption("claims_baseline_gate")
                 and not self.config.getoption("--claims-update-baseline"))
 
+    def _write_gate(self, tr) -> None:
+        """The gate's counts, the table of what moved (claim, model, protocol, figure, baseline, new, tolerance,
+        verdicts, pinned commit) and the flagged figures."""
+        if self.gate is None:
+            why = self.baseline_error or f"no baselines pinned under {self.baselines / self.plan}"
+            tr.write_line(f"gate [plan {self.plan}]: {why} (nothing compared)", yellow=bool(self.baseline_error))
+            return
+        failing = not self.gate.passed
+        lines = self.gate.lines()
+        tr.write_line(lines[0], bold=True, **({"yellow": True} if failing else {"green": True}))
+        for line in lines[1:]:
+            tr.write_line("  " + line, yellow=failing or line.startswith("flag:"))
+        if failing and self.fail_on_regression:
+            tr.write_line("  --claims-baseline-gate: the session fails because of these changes", red=True)
+        elif failing and not self.config.getoption("--claims-update-baseline"):
+            tr.write_line("  (reported only; --claims-baseline-gate makes them fail the session)")
+
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
         if self.run is None:
+            if self.gate_failed:
+                terminalreporter.write_sep("=", "MI-Atlas claims")
+                for line in self.gate.lines():
+                    terminalreporter.write_line(line, red=True)
+                terminalreporter.write_line("--claims-baseline-gate: no claim record was measured: the session fails",
+                                            red=True)
             return
         tr = terminalreporter
         tr.write_sep("=", "MI-Atlas claims")
@@ -483,22 +564,19 @@ class ClaimsSession:
         tr.write_line("claims: " + ", ".join(f"{n} {v}" for v, n in counts.items())
                       + " (per claim x model x protocol)")
         tr.write_line(results.decision_summary(self.run.records))
-        if self.run.changes:
-            tr.write_line(f"changes since the baseline ({self.root / results.BASELINES_DIR}):", yellow=True,
-                          bold=True)
-            for change in self.run.changes:
-                tr.write_line("  " + change.describe(), yellow=True)
-            if self.fail_on_regression:
-                tr.write_line("  --claims-baseline-gate: the session fails because of these changes", red=True)
-            else:
-                tr.write_line("  (reported only; --claims-baseline-gate makes them fail the session)")
-        if self.unpinned and not self.run.meta.get("baseline_updated"):
-            tr.write_line(f"{len(self.unpinned)} verdict(s) have no baseline to compare with "
-                          "(pin them with --claims-update-baseline)")
+        self._write_gate(tr)
         if self.run.meta.get("baseline_updated"):
-            tr.write_line(f"baselines re-pinned at {self.commit} (--claims-update-baseline)")
+            tr.write_line(f"baselines of plan {self.plan} re-pinned at {self.commit} under {self.baselines} "
+                          "(--claims-update-baseline)")
         tr.write_line(f"run: {self.run_dir} (claims.json, report.md)")
         tr.write_line(f"registry: {self.root / results.REGISTRY_FILE}")
+
+
+def _torch_threads() -> int | None:
+    import sys
+
+    torch = sys.modules.get("torch")  # recorded when the session used torch; never imported for it
+    return torch.get_num_threads() if torch is not None else None
 
 
 VERDICT_MARKUP = {

@@ -61,14 +61,26 @@ class Progress:
     def __init__(self, config: pytest.Config):
         self.config = config
         self.worker = getattr(config, "workerinput", {}).get("workerid")
-        self.expected: dict[str, float] = {}
+        self.expected: dict[str, float] = {}  # what -> seconds it took when the plan last computed it
+        self.users: dict[str, list[str]] = {}  # what -> the claims that asked for it then
         self.done: set[str] = set()
         try:
             data = json.loads(_timings_path(config).read_text(encoding="utf-8"))
-            self.expected = {m["what"]: float(m["seconds"]) for m in data.get("measurements", []) if m["computed"]}
-        except (OSError, ValueError, KeyError, TypeError):
-            self.expected = {}
+            for m in data.get("measurements", []):
+                if m["computed"]:
+                    self.expected[m["what"]] = float(m["seconds"])
+                    self.users[m["what"]] = list(m.get("claims", []))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self.expected, self.users = {}, {}
         self.show = not config.getoption("--no-progress")
+
+    def select(self, claims: set[str]) -> str:
+        """Keep the expected measurements of the collected claims; the plan's header line."""
+        if self.expected:
+            self.expected = {w: s for w, s in self.expected.items() if set(self.users.get(w, ())) & claims}
+        known = (f"{len(self.expected)} measurement(s) to compute, {_duration(sum(self.expected.values()))} when "
+                 f"last timed" if self.expected else "no timings yet (the ETA starts with the next run)")
+        return f"[measure] plan {_plan(self.config)}: {len(claims)} claim test(s); {known}"
 
     def eta(self) -> str:
         if not self.expected:
@@ -168,26 +180,35 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(tail.folder, ignore_errors=True)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item):
+def _claim_name(item: pytest.Item) -> str | None:
     from claims.plugin import TARGET
 
     target = item.stash.get(TARGET, None)
-    name = f"{target.claim.id}[{target.model}]" if target is not None else item.nodeid.split("::")[-1]
-    if target is not None:
-        item.config._mi_atlas_claims_ran = True  # type: ignore[attr-defined]
-    with progress.context(name):
-        return (yield)
+    return f"{target.claim.id}[{target.model}]" if target is not None else None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    listener = getattr(session.config, "_mi_atlas_progress", None)
+    claims = {name for name in map(_claim_name, session.items) if name}
+    if listener is not None and claims and listener.show:
+        line = listener.select(claims)
+        if listener.worker is None or listener.worker == "gw0":  # one header line under xdist
+            listener.write(line)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item):
     """Measurements made by fixtures (e.g. a LoRA bench) count for the claim too."""
-    from claims.plugin import TARGET
+    with progress.context(_claim_name(item) or item.nodeid.split("::")[-1]):
+        return (yield)
 
-    target = item.stash.get(TARGET, None)
-    name = f"{target.claim.id}[{target.model}]" if target is not None else item.nodeid.split("::")[-1]
-    with progress.context(name):
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    name = _claim_name(item)
+    if name is not None:
+        item.config._mi_atlas_claims_ran = True  # type: ignore[attr-defined]
+    with progress.context(name or item.nodeid.split("::")[-1]):
         return (yield)
 
 

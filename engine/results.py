@@ -6,7 +6,8 @@ Layout under the results root (default ``<rootdir>/results``)::
     runs/<timestamp>-<commit>/report.md     the table and one paragraph per claim x model
     latest                                  symlink to the newest run (a text file naming it where symlinks fail)
     registry.jsonl                          one JSON line per verdict, appended as verdicts arrive
-    baselines/<model>.json                  the pinned figures of each claim x protocol, with the commit
+    baselines/<plan>/<model>.json           a plan's pinned gated figures per claim x protocol, with their spread,
+                                            the commit and the reason of the pin (see the gate section below)
 
 Durability: registry lines are appended under a file lock, each with one write + flush + fsync, so parallel
 writers never interleave and a killed run loses at most the verdict being written (a torn last line is cut off
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -189,6 +191,8 @@ class Change:
     tolerance: str = ""
     pinned_commit: str = ""
     pinned_run: str = ""
+    verdict_before: str = ""
+    verdict_after: str = ""
 
     def describe(self) -> str:
         where = f"{self.claim_id} {self.model} [{self.protocol}]"
@@ -329,6 +333,8 @@ def compare(before: Mapping[tuple[str, str, str], Mapping[str, Any]], records: I
         if entry["verdict"] != record.verdict.value:
             changes.append(Change(*base, "flip", "", entry["verdict"], record.verdict.value, **pinned))
         for name, old in entry.get("figures", {}).items():
+            if reported_only(name):  # timings and memory: machine-dependent, reported, never a change
+                continue
             new = record.figures.get(name)
             tolerance = tolerance_for(record.claim_id, name)
             if name not in record.figures:
@@ -357,48 +363,320 @@ def diff_runs(a: Run, b: Run, catalogue: Catalogue) -> list[Change]:
     return compare(_entries(a.records, a.name), b.records, catalogue.tolerance_for)
 
 
-def baseline_path(root: Path, model: str) -> Path:
-    return Path(root) / BASELINES_DIR / f"{model}.json"
+# ------------------------------------------------------------------------------------------------ baselines + gate
+#
+# A plan's baselines live in ``baselines/<plan>/<model>.json`` (format 2). Each entry (claim/protocol) holds the
+# gated figures of that record, every one with its observed values across the pinned runs, the baseline value and
+# a tolerance taken from that spread (0: it must reproduce bit-for-bit), plus the reported-only figures (timings,
+# memory) for information. Gated: the record's verdict and, per decision (``record.evidence``), its outcome, its
+# estimate and its CI bounds. A record decided without evidence (a legacy bool rule) gates its figures instead,
+# minus the reported-only ones.
+
+BASELINE_FORMAT = 2
+# tolerance = SPREAD_FACTOR x (max - min) of a figure across the pinned runs, around the midpoint of that range:
+# a new run may land half a range beyond either observed extreme (k runs see most, not all, of the spread).
+SPREAD_FACTOR = 1.0
+# Timing and memory figures are machine-dependent: reported, never gated. Matched per name token.
+REPORTED_ONLY = re.compile(r"(?:^|[_.\-\[\]])(?:seconds|secs|sec|s|ms|mb|mib|gb|gib|kb|bytes|rss|memory|"
+                           r"throughput|duration|elapsed|wall|latency|time|timing|speedup|slowdown|"
+                           r"tokens_per_s|per_s|per_second)(?:$|[_.\-\[\]])", re.IGNORECASE)
 
 
-def load_baselines(root: Path, models: Iterable[str]) -> dict[tuple[str, str, str], dict]:
-    """Baseline entries of ``models`` keyed (claim, model, protocol)."""
+def reported_only(name: str) -> bool:
+    """A timing or memory figure (``train_seconds``, ``peak_rss_mb``, ``throughput``, ...): never gated."""
+    return bool(REPORTED_ONLY.search(name))
+
+
+def _flatten(value: Any, name: str) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{name}.{key}"))
+        return out
+    return {name: value}
+
+
+def split_figures(record: VerdictRecord) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+    """(gated, reported_only, delta per gated figure) of one record, with flat names.
+
+    Gated: ``verdict``; per evidence ``evidence[<part or label>].outcome | .estimate[.member] | .ci_low |
+    .ci_high``. Reported-only: every figure of ``record.figures`` a decision does not use (all of them for an
+    evidence-decided record; the timing and memory ones for a legacy record, whose other figures are gated).
+    """
+    gated: dict[str, Any] = {"verdict": record.verdict.value}
+    deltas: dict[str, float] = {}
+    figures = _flatten(record.figures, "figures") if record.figures else {}
+    if record.evidence:
+        reported = figures
+        seen: Counter = Counter()
+        for e in record.evidence:
+            label = str(e.get("part") or e.get("label") or e.get("primitive") or "decision")
+            seen[label] += 1
+            prefix = f"evidence[{label}]" + (f"#{seen[label]}" if seen[label] > 1 else "")
+            ci = e.get("ci") or [None, None]
+            parts = {f"{prefix}.outcome": e.get("outcome"), **_flatten(e.get("estimate"), f"{prefix}.estimate"),
+                     f"{prefix}.ci_low": ci[0], f"{prefix}.ci_high": ci[1]}
+            gated.update(parts)
+            delta = (e.get("params") or {}).get("delta")
+            if is_number(delta):
+                deltas.update({name: float(delta) for name in parts if not name.endswith(".outcome")})
+    else:
+        reported = {n: v for n, v in figures.items() if reported_only(n)}
+        gated.update({n: v for n, v in figures.items() if not reported_only(n)})
+    return gated, reported, deltas
+
+
+def _numeric(values: list[Any]) -> bool:
+    return all(is_number(v) for v in values) or (
+        all(is_number_list(v) for v in values) and len({len(v) for v in values}) == 1)
+
+
+def pinned_figure(values: list[Any], delta: float | None = None) -> dict[str, Any]:
+    """One gated figure pinned from its values across runs: value, tolerance (from the spread), flag."""
+    entry: dict[str, Any] = {"runs": values}
+    if all(v == values[0] for v in values):
+        entry.update(value=values[0], tolerance=0.0)
+    elif _numeric(values):
+        columns = list(zip(*values)) if is_number_list(values[0]) else [values]
+        spread = max(max(c) - min(c) for c in columns)
+        mid = [(max(c) + min(c)) / 2 for c in columns]
+        entry.update(value=mid if is_number_list(values[0]) else mid[0], tolerance=SPREAD_FACTOR * spread)
+    else:
+        entry.update(value=values[0], allowed=[v for i, v in enumerate(values) if v not in values[:i]],
+                     tolerance=None, flag="varies across the pinned runs (not a number): any observed value passes")
+    tolerance = entry["tolerance"]
+    if delta is not None and tolerance and tolerance >= delta:
+        entry["flag"] = (f"spread swamps the claim's delta: tolerance {fmt(tolerance)} >= delta {fmt(delta)} "
+                         "(this figure cannot show a move of the decision's size)")
+    if delta is not None:
+        entry["delta"] = delta
+    return entry
+
+
+def figure_within(entry: Mapping[str, Any], new: Any) -> bool:
+    """Whether a new value of a pinned figure is within its baseline's tolerance."""
+    if entry.get("allowed") is not None:
+        return new in entry["allowed"]
+    old, tolerance = entry["value"], entry.get("tolerance") or 0.0
+    if (is_number(old) or is_number_list(old)) and (is_number(new) or is_number_list(new)):
+        return Tolerance(abs=float(tolerance)).within(new, old)
+    return new == old
+
+
+def describe_tolerance(entry: Mapping[str, Any]) -> str:
+    if entry.get("allowed") is not None:
+        return "one of " + ", ".join(fmt(v, 20) for v in entry["allowed"])
+    return "exact (bit-for-bit)" if not entry.get("tolerance") else f"±{fmt(entry['tolerance'])} (spread)"
+
+
+def plan_dir(baselines: Path, plan: str) -> Path:
+    return Path(baselines) / plan
+
+
+def baseline_files(baselines: Path, plan: str) -> list[Path]:
+    return sorted(plan_dir(baselines, plan).glob("*.json"))
+
+
+class BaselineError(ValueError):
+    """Bad input to pin or gate: one line, naming the file or run."""
+
+
+def load_plan_baselines(baselines: Path, plan: str) -> dict[tuple[str, str, str], dict]:
+    """Every pinned entry of ``plan`` keyed (claim, model, protocol); each carries its file's commit/reason/runs."""
     entries = {}
-    for model in set(models):
-        path = baseline_path(root, model)
-        if not path.exists():
-            continue
+    for path in baseline_files(baselines, plan):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") != BASELINE_FORMAT or data.get("plan") != plan:
+                raise KeyError(f"format {data.get('format')!r}, plan {data.get('plan')!r}; expected format "
+                               f"{BASELINE_FORMAT}, plan {plan!r}")
+            pinned = {"commit": data["commit"], "reason": data["reason"],
+                      "runs": [r["run"] for r in data["runs"]]}
             for key, entry in data["entries"].items():
                 claim_id, protocol = key.split("/")
-                entries[(claim_id, model, protocol)] = entry
-        except (ValueError, KeyError) as exc:
-            raise ValueError(f"{path}: not a baseline file ({exc}); delete it or re-pin with "
-                             "--claims-update-baseline") from exc
+                entries[(claim_id, data["model"], protocol)] = {**entry, **pinned}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BaselineError(f"{path}: not a format-{BASELINE_FORMAT} baseline file ({exc}); re-pin it with "
+                                "`mi-atlas baselines pin`") from exc
     return entries
 
 
-def pin_baselines(root: Path, records: Iterable[VerdictRecord], run: str) -> list[Path]:
-    """Re-pin the measured figures of ``records`` (UNTESTED ones are never pinned); returns the files written."""
-    by_model: dict[str, list[VerdictRecord]] = {}
-    for record in records:
-        if record.verdict is not Verdict.UNTESTED:
-            by_model.setdefault(record.model, []).append(record)
+def run_plan(run: Run) -> str:
+    """The plan a run measured: its session's ``--plan``, else its records' plan, else ``default``."""
+    if run.meta.get("plan"):
+        return str(run.meta["plan"])
+    named = {r.plan for r in run.records if r.plan}
+    return named.pop() if len(named) == 1 else "default"
+
+
+def pin_plan_baselines(baselines: Path, plan: str, runs: list[Run], reason: str, *,
+                       pinned_by: str = "mi-atlas baselines pin") -> list[Path]:
+    """Re-pin every baseline of ``plan`` from one or more runs of one commit (several runs: spread -> tolerance).
+
+    The plan's directory is replaced: a model no longer measured loses its file, so the gate's expected record
+    count is exactly what these runs measured. Raises :class:`BaselineError` on bad input.
+    """
+    if not reason or not reason.strip():
+        raise BaselineError("a re-pin needs a reason (--reason \"...\"): it is stored in the baseline file")
+    if not runs:
+        raise BaselineError("no run to pin from")
+    commits = {str(r.meta.get("git_commit", "?")) for r in runs}
+    if len(commits) > 1:
+        raise BaselineError(f"runs of different commits ({', '.join(sorted(commits))}): pin runs of one commit")
+    keyed: list[dict[tuple[str, str, str], VerdictRecord]] = []
+    for run in runs:
+        if run_plan(run) != plan:
+            raise BaselineError(f"run {run.name} measured plan {run_plan(run)!r}, not {plan!r}")
+        if run.meta.get("interrupted"):
+            raise BaselineError(f"run {run.name} was interrupted: pin complete runs only")
+        own: dict[tuple[str, str, str], VerdictRecord] = {}
+        for r in run.records:
+            key = (r.claim_id, r.model, r.protocol)
+            if key in own:
+                raise BaselineError(f"run {run.name} holds two records of {r.claim_id} {r.model} [{r.protocol}]")
+            own[key] = r
+        if not own:
+            raise BaselineError(f"run {run.name} holds no verdict record")
+        if keyed and own.keys() != keyed[0].keys():
+            odd = min(own.keys() ^ keyed[0].keys())
+            raise BaselineError(f"runs {runs[0].name} and {run.name} measured different records "
+                                f"(e.g. {odd[0]} {odd[1]} [{odd[2]}]): pin runs of the same selection")
+        keyed.append(own)
+    by_model: dict[str, dict[str, dict]] = {}
+    for key in sorted(keyed[0]):
+        records = [k[key] for k in keyed]
+        splits = [split_figures(r) for r in records]
+        names = list(dict.fromkeys(n for gated, _, _ in splits for n in gated))
+        figures = {}
+        for name in names:
+            values = [gated.get(name) for gated, _, _ in splits]
+            figures[name] = pinned_figure(values, splits[0][2].get(name))
+        by_model.setdefault(key[1], {})[f"{key[0]}/{key[2]}"] = {
+            "verdict": records[0].verdict.value, "test": records[0].test, "figures": figures,
+            "reported": splits[0][1]}
+    directory = plan_dir(baselines, plan)
+    directory.mkdir(parents=True, exist_ok=True)
+    provenance_of = [{"run": r.name, "commit": r.meta.get("git_commit"), "machine": r.meta.get("machine"),
+                      "cpu_count": r.meta.get("cpu_count"), "platform": r.meta.get("platform"),
+                      "torch_threads": r.meta.get("torch_threads")} for r in runs]
+    header = {"format": BASELINE_FORMAT, "plan": plan, "commit": commits.pop(), "reason": reason.strip(),
+              "pinned_at": utc_now().isoformat(timespec="seconds"), "pinned_by": pinned_by, "runs": provenance_of,
+              "spread_rule": f"tolerance = {SPREAD_FACTOR:g} x (max - min) across the runs, around the midpoint; "
+                             "0 = reproduces bit-for-bit"}
     written = []
-    for model, model_records in sorted(by_model.items()):
-        path = baseline_path(root, model)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"model": model, "entries": {}}
-            for r in model_records:
-                data["entries"][f"{r.claim_id}/{r.protocol}"] = {
-                    "verdict": r.verdict.value, "figures": r.figures, "key": r.key, "commit": r.git_commit,
-                    "run": run, "pinned": r.timestamp, "engine_version": r.engine_version,
-                }
-            write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-        written.append(path)
+    with FileLock(str(directory) + ".lock"):
+        for stale in set(baseline_files(baselines, plan)) - {directory / f"{m}.json" for m in by_model}:
+            stale.unlink()
+        for model, entries in sorted(by_model.items()):
+            path = directory / f"{model}.json"
+            write_atomic(path, json.dumps({**header, "model": model, "entries": entries}, indent=1,
+                                          sort_keys=True, allow_nan=False) + "\n")
+            written.append(path)
     return written
+
+
+@dataclass
+class GateReport:
+    """What the regression gate compared for one plan, and what moved."""
+
+    plan: str
+    baselines: str
+    expected: int = 0  # records pinned for the plan
+    compared: int = 0
+    gated: int = 0  # figures compared (verdicts included)
+    reported_only: int = 0
+    missing: list = field(default_factory=list)  # (claim, model, protocol) pinned but not measured
+    unpinned: list = field(default_factory=list)  # measured but not pinned (new: not a failure)
+    changes: list = field(default_factory=list)  # Change
+    flags: list = field(default_factory=list)  # "claim model [protocol] figure: flag"
+    commits: list = field(default_factory=list)
+    reasons: list = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.changes and not self.missing and self.compared >= self.expected > 0
+
+    def summary(self) -> str:
+        pinned = ", ".join(f"{c} ({r})" for c, r in zip(self.commits, self.reasons)) or "nothing pinned"
+        return (f"gate [plan {self.plan}]: {self.compared} of {self.expected} pinned record(s) compared, "
+                f"{self.gated} gated figure(s), {self.reported_only} reported-only (timing/memory or not used by a "
+                f"decision); {len(self.changes)} moved, {len(self.missing)} missing, {len(self.unpinned)} "
+                f"unpinned; baselines {self.baselines} pinned at {pinned}")
+
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        return gate_table(self.changes, self.missing)
+
+    def lines(self) -> list[str]:
+        """Summary, the failure table (aligned text) and the flags: what the terminal and report.md show."""
+        out = [self.summary()]
+        if self.compared < self.expected:
+            out.append(f"FAIL: fewer records compared ({self.compared}) than the plan's baselines expect "
+                       f"({self.expected})")
+        header, rows = self.table()
+        if rows:
+            widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+            out += ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+            out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        out += [f"flag: {flag}" for flag in self.flags]
+        return out
+
+    def to_dict(self) -> dict:
+        return {"plan": self.plan, "baselines": self.baselines, "expected": self.expected,
+                "compared": self.compared, "gated": self.gated, "reported_only": self.reported_only,
+                "missing": [list(k) for k in self.missing], "unpinned": [list(k) for k in self.unpinned],
+                "flags": self.flags, "commits": self.commits, "passed": self.passed}
+
+
+GATE_HEADER = ["claim", "model", "protocol", "figure", "baseline", "new", "tolerance", "verdict before",
+               "verdict after", "pinned at"]
+
+
+def gate_table(changes: Iterable[Change], missing: Iterable = ()) -> tuple[list[str], list[list[str]]]:
+    """The table a reviewer acts on: one row per moved figure or flip, and per pinned record not measured."""
+    rows = [[c.claim_id, c.model, c.protocol, c.figure or "verdict", fmt(c.before, 40),
+             "(absent)" if c.after is None and c.kind != "flip" else fmt(c.after, 40), c.tolerance,
+             c.verdict_before, c.verdict_after, c.pinned_commit] for c in changes]
+    rows += [[c, m, p, "(record)", "pinned", "not measured", "-", "", "", ""] for c, m, p in missing]
+    return list(GATE_HEADER), rows
+
+
+def gate(pinned: Mapping[tuple[str, str, str], Mapping[str, Any]], records: Iterable[VerdictRecord], *,
+         plan: str, baselines: str | Path = "") -> GateReport:
+    """Compare ``records`` with a plan's pinned entries: every gated figure within its tolerance, every pinned
+    record measured."""
+    records = list(records)
+    report = GateReport(plan=plan, baselines=str(baselines), expected=len(pinned))
+    report.commits = sorted({e["commit"] for e in pinned.values()})
+    report.reasons = [next(e["reason"] for e in pinned.values() if e["commit"] == c) for c in report.commits]
+    for key, entry in pinned.items():
+        for name, figure in entry["figures"].items():
+            if figure.get("flag"):
+                report.flags.append(f"{key[0]} {key[1]} [{key[2]}] {name}: {figure['flag']}")
+    seen = set()
+    for record in records:
+        key = (record.claim_id, record.model, record.protocol)
+        entry = pinned.get(key)
+        if entry is None:
+            report.unpinned.append(key)
+            continue
+        seen.add(key)
+        report.compared += 1
+        gated, reported, _ = split_figures(record)
+        report.reported_only += len(reported)
+        common = {"pinned_commit": entry["commit"], "pinned_run": ",".join(entry["runs"]),
+                  "verdict_before": entry["verdict"], "verdict_after": record.verdict.value}
+        for name in sorted(entry["figures"], key=lambda n: n != "verdict"):  # the verdict's row first
+            figure = entry["figures"][name]
+            report.gated += 1
+            if name not in gated:
+                report.changes.append(Change(*key, "figure", name, figure["value"], None,
+                                             describe_tolerance(figure), **common))
+            elif not figure_within(figure, gated[name]):
+                report.changes.append(Change(*key, "flip" if name == "verdict" else "figure",
+                                             "" if name == "verdict" else name, figure["value"], gated[name],
+                                             describe_tolerance(figure), **common))
+    report.missing = sorted(set(pinned) - seen)
+    return report
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -531,11 +809,23 @@ def render_markdown(run: Run) -> str:
     if meta.get("baseline_updated"):
         lines.append("Baselines were re-pinned by this run (`--claims-update-baseline`).")
         lines.append("")
-    if run.changes:
-        lines += [f"- {c.describe()}" for c in run.changes]
+    gate_meta = meta.get("gate")
+    if gate_meta:
+        outcome = "passed" if gate_meta.get("passed") else "did not pass"
+        lines += [(f"Gate (plan {gate_meta['plan']}, baselines {gate_meta['baselines']}, pinned at "
+                   f"{', '.join(gate_meta.get('commits', []))}): {gate_meta['compared']} of {gate_meta['expected']} "
+                   f"pinned record(s) compared, {gate_meta['gated']} gated figure(s), {gate_meta['reported_only']} "
+                   f"reported-only; {outcome}."), ""]
+    missing = [tuple(k) for k in (gate_meta or {}).get("missing", [])]
+    if run.changes or missing:
+        header, rows = gate_table(run.changes, missing)
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     else:
         lines.append("None: no verdict flipped and no figure moved beyond its tolerance "
                      "(claims without a baseline are not compared).")
+    lines += [f"- flag: {_md_cell(flag)}" for flag in (gate_meta or {}).get("flags", [])]
     lines += ["", "## Claims", ""]
     for row in summary_rows(run.records):
         any_record = next(iter(row.by_protocol.values()))

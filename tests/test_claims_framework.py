@@ -568,38 +568,43 @@ def test_figure(claim):
 
 
 def test_baseline_flips_and_moved_figures_are_reported(pytester, monkeypatch):
+    """The regression report on the toy catalogue (the gate itself: tests/test_gate.py)."""
     pytester.makepyfile(test_baselined=BASELINED)
     catalogue = write_catalogue(pytester)
     root = pytester.path / "results"
     monkeypatch.setenv("FIGURE", "10.0")
     monkeypatch.setenv("SPREAD", "1.0")
-    assert run_inline(pytester, catalogue, "--claims-update-baseline").ret == 0
-    pinned = json.loads((root / "baselines" / "smollm2-135m.json").read_text())["entries"]["T-FIG/seed"]
-    assert pinned["verdict"] == "CONFIRMED" and pinned["figures"] == {"figure": 10.0, "spread": 1.0}
+    assert run_inline(pytester, catalogue, "--claims-update-baseline").ret == pytest.ExitCode.USAGE_ERROR  # reason?
+    assert run_inline(pytester, catalogue, "--claims-update-baseline", "--claims-pin-reason", "first pin").ret == 0
+    data = json.loads((root / "baselines" / "default" / "smollm2-135m.json").read_text())
+    pinned = data["entries"]["T-FIG/seed"]
+    assert data["reason"] == "first pin" and data["commit"] == "nogit" and pinned["verdict"] == "CONFIRMED"
+    assert {n: f["value"] for n, f in pinned["figures"].items()} == {
+        "verdict": "CONFIRMED", "figures.figure": 10.0, "figures.spread": 1.0}  # one run: bit-for-bit
     first = run_file(root)["run"]
 
-    monkeypatch.setenv("SPREAD", "1.02")  # within the default 5%: not a change
     quiet = run_inline(pytester, catalogue, "--claims-fail-on-regression")
-    assert quiet.ret == 0 and "changes since the baseline" not in quiet.stdout.str()
+    assert quiet.ret == 0, quiet.stdout.str()
+    quiet.stdout.fnmatch_lines(["gate [[]plan default[]]: 1 of 1 pinned record(s) compared, 3 gated figure(s)*"])
 
-    monkeypatch.setenv("FIGURE", "12.5")  # CONFIRMED -> REVISED, and the key figure moved beyond ±1
+    monkeypatch.setenv("FIGURE", "12.5")  # CONFIRMED -> REVISED, and the figure moved
     monkeypatch.setenv("SPREAD", "2.0")
     moved = run_inline(pytester, catalogue)
     assert moved.ret == 0  # reported, not failed, by default
     moved.stdout.fnmatch_lines([
-        "changes since the baseline*",
-        f"  FLIP  T-FIG smollm2-135m [[]seed[]]: CONFIRMED -> REVISED (pinned at nogit, run {first})",
-        "  MOVED T-FIG smollm2-135m [[]seed[]]: figure 10 -> 12.5 (tolerance ±1)*",
-        "  MOVED T-FIG smollm2-135m [[]seed[]]: spread 1 -> 2 (tolerance ±5%)*",
+        "gate [[]plan default[]]: 1 of 1 pinned record(s) compared, 3 gated figure(s)*3 moved*",
+        "*T-FIG*smollm2-135m*seed*verdict*CONFIRMED*REVISED*exact (bit-for-bit)*CONFIRMED*REVISED*nogit*",
+        "*T-FIG*smollm2-135m*seed*figures.figure*10*12.5*exact (bit-for-bit)*",
         "*reported only*",
     ])
-    assert f"FLIP  T-FIG smollm2-135m [seed]: CONFIRMED -> REVISED (pinned at nogit, run {first})" \
+    assert "| T-FIG | smollm2-135m | seed | figures.spread | 1 | 2 | exact (bit-for-bit) |" \
         in (root / "latest" / "report.md").read_text()
     second = run_file(root)["run"]
     gated = run_inline(pytester, catalogue, "--claims-baseline-gate")
     assert gated.ret == pytest.ExitCode.TESTS_FAILED
     gated.stdout.fnmatch_lines(["*--claims-baseline-gate: the session fails because of these changes*"])
-    assert run_inline(pytester, catalogue, "--claims-baseline-gate", "--claims-update-baseline").ret == 0  # re-pin
+    assert run_inline(pytester, catalogue, "--claims-baseline-gate", "--claims-update-baseline",
+                      "--claims-pin-reason", "the figure moved on purpose").ret == 0  # re-pin
     assert run_inline(pytester, catalogue, "--claims-fail-on-regression").ret == 0  # same option, nothing moved
 
     # The CLI re-renders a run and diffs two runs with the same comparison.
@@ -748,4 +753,4 @@ def test_an_unknown_plan_is_a_usage_error(pytester):
     pytester.makepyfile(test_planned=PLANNED)
     result = run_subprocess(pytester, write_catalogue(pytester), "--plan", "nowhere")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--plan nowhere: no such plan in engine/data/plans.toml (plans: default, smoke)*"])
+    result.stderr.fnmatch_lines(["*--plan nowhere: no such plan in engine/data/plans.toml (plans: default, smoke*"])
