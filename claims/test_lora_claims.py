@@ -42,7 +42,7 @@ def bench(claim, load_model):
     plan = L.plan_for(claim.tier, claim.params)
     key = (claim.model, plan)
     if key not in _BENCHES:
-        _BENCHES[key] = lora.LoraBench(load_model(claim.model), plan)
+        _BENCHES[key] = lora.LoraBench(load_model(claim.model), plan, atlas=L.model_atlas(claim.tier, claim.params))
     return _BENCHES[key]
 
 

@@ -32,7 +32,8 @@ Seed vs rigorous, per claim (``seed-protocols.md``; the decisions are :mod:`engi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -123,9 +124,13 @@ def split_examples(plan: LoraPlan) -> tuple[list[Example], list[Example]]:
 class LoraBench:
     """One model's LoRA measurements under a plan, each computed once (see the module docstring)."""
 
-    def __init__(self, lm: LoadedModel, plan: LoraPlan):
+    def __init__(self, lm: LoadedModel, plan: LoraPlan, *, atlas: Callable[[LoadedModel], Any] | None = None):
+        """``atlas(lm)``: the model's atlas the layer choice reads (default: :meth:`own_atlas` on
+        ``atlas_per_family`` prompts); the claims pass the atlas block's rigorous atlas of the same plan, so the
+        hub claims and LORA-ATLAS share one measurement."""
         self.lm = lm
         self.plan = plan
+        self._atlas = atlas
         self.config = plan.train_config()
         self._loc: dict[str, Localisation] = {}
         self._lock: dict[int, LockIn] = {}
@@ -157,7 +162,8 @@ class LoraBench:
 
     @cached_property
     def importance(self) -> list[float]:
-        return [float(v) for v in self.own_atlas().layer_effect]
+        chosen = self._atlas(self.lm) if self._atlas is not None else self.own_atlas()
+        return [float(v) for v in chosen.layer_effect]
 
     def common_figures(self) -> dict:
         return {**self.plan.describe(), "suite_train": suite_hash(self.train_examples)[:12],

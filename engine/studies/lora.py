@@ -33,6 +33,16 @@ from engine.lora import LoraBench, LoraPlan, depth_deciles, plan_for
 from engine.lora.studies import MODULE_LEAF, short
 from engine.studies.findings import Finding
 
+
+def model_atlas(tier: str, params: Mapping[str, Any] | None = None):
+    """``atlas(lm)`` for :class:`~engine.lora.LoraBench`: the model's rigorous atlas under the claim's plan (the
+    atlas block's seed-42 stratified sample, each layer's contribution removed, KL at the answer), i.e. the very
+    measurement HUB-SMOL, HUB-SEEDS, HUB-BREADTH and OWN-ATLAS read, so the session computes it once."""
+    from engine.studies.atlas import common
+
+    sizes = common.sizes_for(tier, params)
+    return lambda lm: common.rigorous_atlas(lm, sizes)
+
 __all__ = ["LoraPlan", "decide_atlas", "decide_late", "decide_lockin", "decide_oproj", "decide_oproj_seed",
            "decide_skip", "lockin", "lora_atlas", "lora_late", "lora_oproj", "note", "plan_for", "skip_recover"]
 

@@ -160,7 +160,7 @@ def seed_protocol_mean_ablation(lm, sizes: Sizes, params: Mapping[str, Any]) -> 
     """The seed: "mean" ablation returned its input (all effects exactly 0), zero ablation = residual zeroing,
     residual mean taken over all tokens. A hook that changes nothing is a precondition failure: INCONCLUSIVE
     with the near-zero part (the one its method measures) recorded."""
-    sample = first_examples(sizes.seed_per_family)
+    sample = first_examples(sizes.seed_per_family, sizes.families)
     effects, fired, changed = seed_mean_ablation_effects(lm, sample[: sizes.noop_examples])
     zero = seed_atlas(lm, sizes)
     ratios = residual_mean_ratios(lm, sample, sizes.batch_size)
@@ -194,7 +194,7 @@ def rigorous_mean_ablation(lm, sizes: Sizes, params: Mapping[str, Any], seed: in
     atlases = {m: rigorous_atlas(lm, sizes, seed, suite="nl", method=m)
                for m in ablation_methods.names()}  # every registered method (built-ins: zero, mean, resample, noise)
     profiles = {m: np.asarray(a.layer_effect) for m, a in atlases.items()}
-    sample = stratified_sample(seed, sizes.nl_per_family, suite="nl")
+    sample = stratified_sample(seed, sizes.nl_per_family, sizes.families, suite="nl")
     ratios = residual_mean_ratios(lm, sample, sizes.batch_size)
     zero_x, mean_x, groups = aligned(atlases["zero"], atlases["mean"])
     _, resample_x, _ = aligned(atlases["zero"], atlases["resample"])

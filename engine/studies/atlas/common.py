@@ -44,6 +44,8 @@ class Sizes:
     skip_single_layers: int | None = None
     n_resamples: int = 2000
     batch_size: int = 16
+    families: tuple[str, ...] | None = None  # the families sampled (None: all 12); smoke: a fixed few
+    layer_stride: int = 1  # ablate every k-th layer (and the last); 1: every layer. Smoke only: a cheaper sweep
     name: str = plans.DEFAULT_PLAN  # the plan these sizes come from (engine/data/plans.toml)
 
 
@@ -91,7 +93,15 @@ def by_length(lm, examples: Sequence[tasks.Example]) -> list[tasks.Example]:
     return [ex for _, _, ex in sorted(zip(lengths, range(len(examples)), examples), key=lambda t: t[:2])]
 
 
+def swept_layers(lm, sizes: Sizes) -> list[int] | None:
+    """The layers a sweep ablates: every layer (None), or every ``layer_stride``-th and the last."""
+    if sizes.layer_stride <= 1:
+        return None
+    return sorted(set(range(0, lm.n_layers, sizes.layer_stride)) | {lm.n_layers - 1})
+
+
 def _atlas(lm, examples, sizes: Sizes, **kwargs) -> Atlas:
+    kwargs.setdefault("layers", swept_layers(lm, sizes))
     return atlas(lm, by_length(lm, examples), template=TEMPLATE, cache=True, batch_size=sizes.batch_size,
                  n_resamples=sizes.n_resamples, **kwargs)
 
@@ -100,7 +110,7 @@ def seed_atlas(lm, sizes: Sizes, *, suite="synthetic", families=None, per_family
                positions: Any = "all") -> Atlas:
     """The seed's layer ablation: zero the residual stream after each layer; KL at the last prompt position;
     the first k examples per family."""
-    examples = first_examples(per_family or sizes.seed_per_family, families, suite,
+    examples = first_examples(per_family or sizes.seed_per_family, families or sizes.families, suite,
                               None if suite == "nl" else SPLIT)
     return _atlas(lm, examples, sizes, method="zero", component="resid", positions=positions, measure="answer",
                   seed=SEEDS[0])
@@ -115,7 +125,8 @@ def rigorous_atlas(lm, sizes: Sizes, seed: int = SEEDS[0], *, suite="synthetic",
     HUB-NL's synthetic side) calls this with the same arguments, so the content-addressed cache computes it once.
     ``component="resid"``: residual zeroing on the same stratified sample (POS-ANSWER's position sets)."""
     examples = stratified_sample(seed, per_family or (sizes.nl_per_family if suite == "nl"
-                                                      else sizes.rigorous_per_family), families, suite)
+                                                      else sizes.rigorous_per_family), families or sizes.families,
+                                  suite)
     return _atlas(lm, examples, sizes, method=method, component=component, positions=positions, measure="answer",
                   seed=seed)
 

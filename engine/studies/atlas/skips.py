@@ -92,9 +92,9 @@ def _skip_protocol(lm, sizes: Sizes, params: Mapping[str, Any], protocol: str, c
     """SKIP-ALL under one protocol: the seed's first k per family with residual zeroing, or the stratified sample
     with the layers' contributions removed."""
     if protocol == "seed":
-        sample = first_examples(sizes.seed_per_family)
+        sample = first_examples(sizes.seed_per_family, sizes.families)
     else:
-        sample = stratified_sample(SEEDS[0], sizes.rigorous_per_family)
+        sample = stratified_sample(SEEDS[0], sizes.rigorous_per_family, sizes.families)
     configs = skip_configs(lm.n_layers, sizes.skip_single_layers)
     overlaps, groups = skip_overlaps(lm, sample, configs, component, batch_size=sizes.batch_size)
     if protocol == "seed":
