@@ -357,7 +357,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         # for every protocol the test had not recorded yet.
         Recorder.untested(recorder, _skip_reason(rep))
     if call.when == "call" and (rep.passed or rep.skipped):
-        _apply_verdicts(rep, recorder, item.config.getoption("--claims-strict"))
+        _apply_verdicts(rep, recorder, item.config.getoption("--claims-strict"),
+                        gated=item.config.getoption("claims_baseline_gate"))
     start = item.stash[REPORTED]
     rep.claim_records = [json.dumps(r.to_dict()) for r in recorder.records[start:]]
     item.stash[REPORTED] = len(recorder.records)
@@ -373,7 +374,10 @@ def _skip_reason(rep: pytest.TestReport) -> str:
     return reason.removeprefix("Skipped: ").removeprefix("UNTESTED: ") or "skipped without a reason"
 
 
-def _apply_verdicts(rep: pytest.TestReport, recorder: Recorder, strict: bool) -> None:
+def _apply_verdicts(rep: pytest.TestReport, recorder: Recorder, strict: bool, gated: bool = False) -> None:
+    """A FAILED verdict (or, strictly, REVISED / INCONCLUSIVE) fails its test. Under ``--claims-baseline-gate``
+    the session asks "did a verdict or figure move?", not "does the claim hold?": verdicts keep their words and
+    letters, and the gate alone decides the exit status (a FAILED that is the pinned verdict is no regression)."""
     records = recorder.records
     if not records:
         rep.outcome = "failed"
@@ -389,7 +393,7 @@ def _apply_verdicts(rep: pytest.TestReport, recorder: Recorder, strict: bool) ->
         return
     strict_fail = (Verdict.REVISED, Verdict.INCONCLUSIVE)
     failing = [r for r in records if r.verdict is Verdict.FAILED or (strict and r.verdict in strict_fail)]
-    if failing:
+    if failing and not gated:
         rep.outcome = "failed"
         rep.longrepr = "\n".join(_failure_text(r) for r in failing)
 
@@ -416,11 +420,13 @@ def _records_of(rep) -> list[VerdictRecord]:
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
     """Status words of claim tests: INCONCLUSIVE (its own count and letter: not a pass), REVISED (yellow) or
-    CONFIRMED for a pass, UNTESTED for a skip."""
+    CONFIRMED for a pass, UNTESTED for a skip; under the gate a FAILED verdict keeps its word (letter ``f``)."""
     verdicts = {r.verdict for r in _records_of(report)}
     if not verdicts:
         return None
     if report.when == "call" and report.passed:
+        if Verdict.FAILED in verdicts:  # only under --claims-baseline-gate: the gate, not the verdict, decides
+            return "failed verdict", "f", ("FAILED (gated)", {"red": True})
         if Verdict.INCONCLUSIVE in verdicts:
             return "inconclusive", "I", ("INCONCLUSIVE", {"cyan": True})
         if Verdict.REVISED in verdicts:

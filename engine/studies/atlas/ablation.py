@@ -173,7 +173,7 @@ def seed_protocol_mean_ablation(lm, sizes: Sizes, params: Mapping[str, Any]) -> 
     figures = {"mean_ablation_effect": mean_max, "mean_hook_fired_layers": fired,
                "mean_hook_changed_layers": changed, "residual_mean_ratio": ratio,
                "residual_mean_ratio_per_layer": ratios["all"], "zero_effects": zero_profile.tolist(),
-               "rank_rho_zero_mean": stats.rank_rho(zero_profile, effects),
+               "rank_rho_zero_mean": stats.rank_rho(zero_profile, np.asarray(effects)[list(zero.layers)]),
                "parts": {k: e.outcome.value for k, e in parts.items()}, "n_examples": zero.n_examples,
                "precondition_failed": undecided or None}
     notes = [(undecided + ". ") if undecided else "", f"Seed protocol: the 'mean' hook fired at {fired}/{lm.n_layers} layers and changed the activations at "
