@@ -120,8 +120,10 @@ def test_gated_figures_are_verdict_outcome_estimate_and_ci_bounds_timings_are_re
 def test_spread_across_runs_gives_the_tolerance_and_a_figure_swamping_delta_is_flagged():
     exact = results.pinned_figure([0.3, 0.3, 0.3], delta=0.05)
     assert exact["value"] == 0.3 and exact["tolerance"] == 0.0 and "flag" not in exact
-    assert results.describe_tolerance(exact) == "exact (bit-for-bit)"
-    assert results.figure_within(exact, 0.3) and not results.figure_within(exact, 0.3 + 1e-12)
+    assert results.describe_tolerance(exact).startswith("bit-for-bit here")
+    # reproduced exactly here: another CPU may move the last bits (relative floor), a real move fails
+    assert results.figure_within(exact, 0.3) and results.figure_within(exact, 0.3 * (1 + 0.5 * results.FLOAT_REL))
+    assert not results.figure_within(exact, 0.3 * (1 + 2 * results.FLOAT_REL))
     spread = results.pinned_figure([0.30, 0.31, 0.32], delta=0.05)
     assert spread["value"] == pytest.approx(0.31) and spread["tolerance"] == pytest.approx(0.02)
     assert results.figure_within(spread, 0.329) and not results.figure_within(spread, 0.335)
@@ -160,7 +162,7 @@ def test_pin_from_several_runs_then_gate_passes_within_spread_and_names_what_mov
     assert header == ["claim", "model", "protocol", "figure", "baseline", "new", "tolerance", "verdict before",
                       "verdict after", "pinned at"]
     row = next(r for r in rows if r[3] == "evidence[A - B].estimate")
-    assert row[:3] == ["G-EV", "smollm2-135m", "seed"] and row[6].endswith("(spread)")
+    assert row[:3] == ["G-EV", "smollm2-135m", "seed"] and row[6].endswith("(other CPUs)")
     assert row[7:] == ["CONFIRMED", "CONFIRMED", "abc123"]
     text = "\n".join(moved.lines())
     assert "evidence[A - B].estimate" in text and "pinned at" in text
