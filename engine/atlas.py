@@ -247,17 +247,18 @@ def _tolist(x):
 
 
 def _gap(values: np.ndarray, groups: list[str], a: int, b: int, seed: int, n_resamples: int) -> stats.Interval:
-    """Bootstrap CI of effect[a] - effect[b]; an interval of (-inf, inf) when there is nothing to resample."""
-    if values.shape[1] < 2:
-        est = float(values[:, a].mean())
-        return stats.Interval(est, est, est)
-    if values.shape[0] < 2:
-        est = float(values[0, a] - values[0, b])
+    """The paired difference effect[a] - effect[b] with its stratified bootstrap CI (:func:`engine.decisions.bootstrap`,
+    the one bootstrap): (-inf, inf), "no CI", below 2 examples in some family, never a zero-width interval. A
+    figure for the CLI and plots: the claims decide with :func:`engine.decisions.argmax`, which re-selects the
+    argmax in every resample (this gap keeps the argmax chosen on the same data)."""
+    from engine import decisions
+
+    diffs = values[:, a] - values[:, b] if values.shape[1] > 1 else values[:, a]
+    boot = decisions.bootstrap(diffs, groups, n_resamples=n_resamples, seed=seed)
+    est = float(boot.estimate)
+    if boot.low is None:
         return stats.Interval(est, float("-inf"), float("inf"))
-    index = stats.group_indices(groups)
-    if all(len(v) < 2 for v in index.values()):  # one example per family: resample examples, unstratified
-        groups = ["all"] * values.shape[0]
-    return stats.gap_ci(values, groups, a, b, n_resamples=n_resamples, seed=seed)
+    return stats.Interval(est, float(boot.low), float(boot.high))
 
 
 # --------------------------------------------------------------------------------------------- options
