@@ -593,11 +593,11 @@ def test_baseline_flips_and_moved_figures_are_reported(pytester, monkeypatch):
     assert moved.ret == 0  # reported, not failed, by default
     moved.stdout.fnmatch_lines([
         "gate [[]plan default[]]: 1 of 1 pinned record(s) compared, 3 gated figure(s)*3 moved*",
-        "*T-FIG*smollm2-135m*seed*verdict*CONFIRMED*REVISED*exact (bit-for-bit)*CONFIRMED*REVISED*nogit*",
-        "*T-FIG*smollm2-135m*seed*figures.figure*10*12.5*exact (bit-for-bit)*",
+        "*T-FIG*smollm2-135m*seed*verdict*CONFIRMED*REVISED*bit-for-bit here, rel 0.0001 (other CPUs)*CONFIRMED*REVISED*nogit*",
+        "*T-FIG*smollm2-135m*seed*figures.figure*10*12.5*bit-for-bit here*",
         "*reported only*",
     ])
-    assert "| T-FIG | smollm2-135m | seed | figures.spread | 1 | 2 | exact (bit-for-bit) |" \
+    assert "| T-FIG | smollm2-135m | seed | figures.spread | 1 | 2 | bit-for-bit here, rel 0.0001 (other CPUs) |" \
         in (root / "latest" / "report.md").read_text()
     second = run_file(root)["run"]
     gated = run_inline(pytester, catalogue, "--claims-baseline-gate")
