@@ -84,9 +84,11 @@ CASES = {
                          "test_skipping_any_layers_loses_the_top5_tokens and smollm2", r"."),
     "mean_reference_dropped": ("ABL-MEAN", "claims/test_atlas_claims.py",
                                "test_mean_ablation_and_zero_ablation and smollm2", r"."),
-    "bootstrap_unstratified": ("HUB-BREADTH", "claims/test_atlas_claims.py",
-                               "test_hub_location_depends_on_suite_breadth and smollm2",
-                               r"^evidence\[.*\]\.(ci_low|ci_high|estimate.*)$|^verdict$"),
+    # the one smoke decision with a CI (>= 2 held-out prompts per family): 1-per-family atlas samples form no CI,
+    # so an unstratified resampling could not move them (measured: HUB-BREADTH's figures did not move)
+    "bootstrap_unstratified": ("SKIP-RECOVER", "claims/test_lora_claims.py",
+                               "test_atlas_guided_skip_recovers_more_than_random_skip and smollm2",
+                               r"^evidence\[.*\]\.(ci_low|ci_high)$"),
 }
 
 
