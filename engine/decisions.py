@@ -412,10 +412,15 @@ FALSE_CONFIRM_BOUND = {"greater": 0.05, "for_every": 0.05, "argmax": 0.05}
 def recompute(evidence: Evidence | Mapping[str, Any]) -> Evidence:
     """Decide again from the evidence's stored data and parameters (the same call the claim made).
 
+    ``params["precondition"]``: a precondition or control of the rule did not hold (set by the primitive or by the
+    Recorder from the test's ``undecided``): undecided whatever the data say.
     ``params["negated"]``: the claim read the primitive's decision for the opposite statement (e.g. "the argmax
     is the other suite's layer" decided *for* is "the hubs differ" decided *against*): the outcome is flipped back.
     """
     ev = evidence if isinstance(evidence, Evidence) else Evidence.from_dict(evidence)
+    if ev.params.get("precondition") and ev.primitive != "greater":  # greater() takes it itself
+        raw = recompute(replace(ev, params={k: v for k, v in ev.params.items() if k != "precondition"}))
+        return replace(raw, outcome=Outcome.UNDECIDED, undecided=ev.params["precondition"], params=ev.params)
     if ev.params.get("negated"):
         raw = recompute(replace(ev, params={k: v for k, v in ev.params.items() if k != "negated"}))
         flip = {Outcome.FOR: Outcome.AGAINST, Outcome.AGAINST: Outcome.FOR}

@@ -507,6 +507,8 @@ class Recorder:
         """
         self._check_protocol(protocol)
         holds, evidence, from_evidence, parts, n_to_decide = _read_holds(holds, self.claim.id)
+        if undecided and evidence:  # a precondition the test reports travels with the evidence: recompute() agrees
+            evidence = [{**e, "params": {**(e.get("params") or {}), "precondition": undecided}} for e in evidence]
         undecided = "; ".join(t for t in dict.fromkeys((undecided, from_evidence)) if t)  # the test's reason first
         if revised and not reason:
             raise ClaimError(f"{self.claim.id}: revised=True needs a reason (the documented revision)")

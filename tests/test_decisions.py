@@ -288,3 +288,19 @@ def test_a_negated_reading_recomputes_to_the_same_outcome():
     flipped = negate(ev, "the hubs differ")
     assert (ev.outcome, flipped.outcome) == (Outcome.FOR, Outcome.AGAINST)
     assert D.recompute(json.loads(json.dumps(flipped.to_dict()))).outcome is Outcome.AGAINST
+
+
+def test_a_precondition_the_test_reports_makes_the_recomputed_verdict_inconclusive_too():
+    """HUB-SEEDS' seed protocol: the argmax evidence is an exact tie (against), but the seeds change nothing
+    (the test's precondition): INCONCLUSIVE when recorded, and when decided again offline."""
+    from engine.verdicts import Recorder, Target, Verdict, load_catalogue, recompute
+
+    tie = D.argmax([[1.0, 1.0]] * 20, ["a"] * 10 + ["b"] * 10)
+    assert tie.outcome is Outcome.AGAINST
+    recorder = Recorder(Target(claim=load_catalogue()["HUB-SEEDS"], model="smollm2-135m", tier="cpu"))
+    record = recorder.record("seed", {"x": 1}, tie, undecided="seeds change nothing")
+    assert record.verdict is Verdict.INCONCLUSIVE
+    again = json.loads(json.dumps(record.to_dict()))
+    from engine.verdicts import VerdictRecord
+
+    assert recompute(VerdictRecord.from_dict(again), load_catalogue()["HUB-SEEDS"]) is Verdict.INCONCLUSIVE
