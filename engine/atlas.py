@@ -112,6 +112,8 @@ class Atlas:
     fast: bool = True
     engine_version: str = ENGINE_VERSION
     n_resamples: int = stats.DEFAULT_RESAMPLES
+    logit_effect: np.ndarray | None = None  # like per_example: drop of the answer token's centred logit
+    correct: list[bool] | None = None  # per example: the clean model's top-1 at the answer is the target's token
     # derived (filled by __post_init__)
     families: list[str] = field(default_factory=list)
     effects: dict[str, np.ndarray] = field(default_factory=dict)
@@ -133,6 +135,11 @@ class Atlas:
     def __post_init__(self):
         self.per_example = np.asarray(self.per_example, dtype=float)
         n = self.per_example.shape[0]
+        if self.logit_effect is not None:
+            self.logit_effect = np.asarray(self.logit_effect, dtype=float)
+            if self.logit_effect.shape != self.per_example.shape or self.correct is None or len(self.correct) != n:
+                raise AtlasError(f"logit_effect {self.logit_effect.shape} / correct do not match per_example "
+                                 f"{self.per_example.shape}")
         if self.layers is None:
             self.layers = list(range(self.n_layers))
         if self.per_example.shape[1] != len(self.layers):
@@ -208,6 +215,9 @@ class Atlas:
             "unchanged": self.unchanged, "n_resamples": self.n_resamples,
             "example_ids": self.example_ids, "example_families": self.example_families,
             "per_example": _tolist(self.per_example),
+            "logit_metric": "centred_answer_logit_drop",
+            "logit_effect": None if self.logit_effect is None else _tolist(self.logit_effect),
+            "correct": self.correct,
         }
 
     @classmethod
@@ -222,6 +232,7 @@ class Atlas:
             raise AtlasError(f"atlas JSON is missing fields {missing}")
         kwargs = {k: data[k] for k in keys}
         kwargs["erase_ratio"] = [float("nan") if r is None else r for r in data.get("erase_ratio", [])]
+        kwargs["logit_effect"], kwargs["correct"] = data.get("logit_effect"), data.get("correct")
         return cls(**kwargs)
 
     def summary(self) -> str:
@@ -413,18 +424,24 @@ class CellResult:
     js_ablated: np.ndarray  # [len(layers), n_units] the same for the ablated outputs
     unchanged: list[int]  # per layer: batches where the ablation left the residual unchanged
     seconds: float = 0.0
+    logit_effect: np.ndarray | None = None  # like per_example: the centred answer logit's drop (metrics.logit_drop)
+    correct: list[bool] | None = None  # per row: the clean top-1 at the answer position is the target's first token
 
     def to_json(self) -> dict:
         return {"rows": list(self.rows), "layers": list(self.layers), "per_example": _tolist(self.per_example),
                 "js_clean": float(self.js_clean), "js_ablated": _tolist(self.js_ablated),
-                "unchanged": list(self.unchanged), "seconds": float(self.seconds)}
+                "unchanged": list(self.unchanged), "seconds": float(self.seconds),
+                "logit_effect": None if self.logit_effect is None else _tolist(self.logit_effect),
+                "correct": None if self.correct is None else [bool(c) for c in self.correct]}
 
     @classmethod
     def from_json(cls, data: dict) -> CellResult:
         return cls(rows=list(data["rows"]), layers=list(data["layers"]),
                    per_example=np.asarray(data["per_example"], dtype=float), js_clean=float(data["js_clean"]),
                    js_ablated=np.asarray(data["js_ablated"], dtype=float), unchanged=list(data["unchanged"]),
-                   seconds=float(data.get("seconds", 0.0)))
+                   seconds=float(data.get("seconds", 0.0)),
+                   logit_effect=None if data.get("logit_effect") is None else np.asarray(data["logit_effect"], float),
+                   correct=data.get("correct"))
 
 
 def plan_cells(examples: Sequence, layers: Sequence[int], *, by_family: bool = False,
@@ -493,6 +510,8 @@ def compute_cell(lm, examples: Sequence, cell: Cell, options: AtlasOptions | Non
     order = sorted(range(len(rows)), key=lambda i: (int(lengths[i]), i))  # length buckets: less padding
     n, L, U = len(rows), len(layer_list), len(unit_ids)
     per_example = np.zeros((n, L, U))
+    logit_effect = np.zeros((n, L, U))  # the logit-linear figure beside KL (metrics.logit_drop at the answer)
+    correct = np.zeros(n, dtype=bool)  # the clean top-1 at the answer is the target's first token
     js_clean, js_abl = 0.0, np.zeros((L, U))
     unchanged = np.zeros(L, dtype=int)
     for lo in range(0, n, max(1, batch_size)):
@@ -501,6 +520,9 @@ def compute_cell(lm, examples: Sequence, cell: Cell, options: AtlasOptions | Non
         pairs = _erase_pairs(chunk)
         run = clean_run(lm, chunk, positions=measure) if fast else None
         clean = run.logits if fast else next_token_logits(lm, chunk, positions=measure)
+        clean_answer = _answer_logits(chunk, clean, measure)
+        read = metrics.answer_ids(clean_answer, chunk.target_ids)
+        correct[picked] = (clean_answer.argmax(-1).cpu() == chunk.target_ids.cpu()).numpy()
         if pairs:
             js_clean += float(_pair_js(_answer_logits(chunk, clean, measure), pairs).sum())
         for li, layer in enumerate(layer_list):
@@ -519,6 +541,8 @@ def compute_cell(lm, examples: Sequence, cell: Cell, options: AtlasOptions | Non
                 else:
                     effect = metrics.kl_over_positions(clean, edited, chunk.real_mask())
                 per_example[picked, li, ui] = effect.double().cpu().numpy()
+                logit_effect[picked, li, ui] = metrics.logit_drop(
+                    clean_answer, _answer_logits(chunk, edited, measure), read).double().cpu().numpy()
                 if pairs:
                     js_abl[li, ui] += float(_pair_js(_answer_logits(chunk, edited, measure), pairs).sum())
             if progress is not None:
@@ -526,7 +550,8 @@ def compute_cell(lm, examples: Sequence, cell: Cell, options: AtlasOptions | Non
     if not np.isfinite(per_example).all():
         raise InterventionError("atlas: non-finite effects (NaN/inf logits); check the model's dtype")
     return CellResult(rows=rows, layers=layer_list, per_example=per_example, js_clean=js_clean, js_ablated=js_abl,
-                      unchanged=unchanged.tolist(), seconds=time.perf_counter() - start_time)
+                      unchanged=unchanged.tolist(), seconds=time.perf_counter() - start_time,
+                      logit_effect=logit_effect, correct=correct.tolist())
 
 
 def model_meta(lm) -> dict:
@@ -550,12 +575,19 @@ def merge_cells(model, examples: Sequence, results: Sequence[CellResult | dict],
     n, L = len(examples), len(layer_list)
     U = results[0].per_example.shape[-1] if results else 1
     per_example = np.full((n, L, U), np.nan)
+    with_logits = all(r.logit_effect is not None and r.correct is not None for r in results)
+    logit_effect = np.full((n, L, U), np.nan)
+    correct: list[bool | None] = [None] * n
     covered = np.zeros((n, L), dtype=int)
     js_clean, js_abl = np.zeros(L), np.zeros((L, U))
     unchanged = np.zeros(L, dtype=int)
     for r in results:
         cols = [col[l] for l in r.layers]
         per_example[np.ix_(r.rows, cols)] = r.per_example
+        if with_logits:
+            logit_effect[np.ix_(r.rows, cols)] = r.logit_effect
+            for row, ok in zip(r.rows, r.correct):
+                correct[row] = bool(ok)
         covered[np.ix_(r.rows, cols)] += 1
         js_clean[cols] += r.js_clean
         js_abl[cols] += r.js_ablated
@@ -568,6 +600,7 @@ def merge_cells(model, examples: Sequence, results: Sequence[CellResult | dict],
     ids = [getattr(ex, "id", None) or f"prompt{i}" for i, ex in enumerate(examples)]
     fams = [getattr(ex, "family", "") or "prompts" for ex in examples]
     values = per_example[:, :, 0] if units is None else per_example
+    logits = (logit_effect[:, :, 0] if units is None else logit_effect) if with_logits else None
     total = float(sum(r.seconds for r in results)) if seconds is None else float(seconds)
     return Atlas(
         model=meta["model"], fingerprint=meta["fingerprint"], arch=meta["arch"], n_layers=meta["n_layers"],
@@ -575,7 +608,7 @@ def merge_cells(model, examples: Sequence, results: Sequence[CellResult | dict],
         measure=options.measure, template=options.template, seed=options.seed, example_ids=ids,
         example_families=fams, per_example=values, units=units, erase_ratio=[float(x) for x in ratio],
         unchanged=unchanged.tolist(), seconds=total, suite_hash=suite_hash(examples), fast=options.fast,
-        n_resamples=options.n_resamples,
+        n_resamples=options.n_resamples, logit_effect=logits, correct=correct if with_logits else None,
     )
 
 

@@ -64,6 +64,25 @@ def logprob_change(clean_logits: Tensor, edited_logits: Tensor, target_ids: Tens
     return target_logprob(edited_logits, target_ids) - target_logprob(clean_logits, target_ids)
 
 
+def centred_logit(logits: Tensor, ids: Tensor) -> Tensor:
+    """The logit of token ``ids`` minus the mean logit, per row ([n, V] logits, [n] ids >= 0): linear in the final
+    (normed) residual and blind to the constant shift that softmax ignores."""
+    ids = ids.to(logits.device).long()
+    return logits.gather(-1, ids[:, None])[:, 0].float() - logits.float().mean(-1)
+
+
+def answer_ids(clean_logits: Tensor, target_ids: Tensor) -> Tensor:
+    """Per row the token a logit metric reads: the target's first token, or the clean top-1 where there is none."""
+    ids = target_ids.to(clean_logits.device).long()
+    return torch.where(ids >= 0, ids, clean_logits.argmax(-1))
+
+
+def logit_drop(clean_logits: Tensor, edited_logits: Tensor, ids: Tensor) -> Tensor:
+    """Clean minus edited centred logit of ``ids`` (:func:`centred_logit`; positive: the edit lowered the answer's
+    logit): the logit-linear effect reported beside KL."""
+    return centred_logit(clean_logits, ids) - centred_logit(edited_logits, ids)
+
+
 def prob_change(clean_logits: Tensor, edited_logits: Tensor, target_ids: Tensor) -> Tensor:
     """edited minus clean probability of the target's first token."""
     return target_logprob(edited_logits, target_ids).exp() - target_logprob(clean_logits, target_ids).exp()

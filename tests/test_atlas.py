@@ -101,6 +101,8 @@ def test_fast_atlas_equals_plain_atlas(arch, prompts, layers, component, method,
     plain = atlas(lm, prompts, fast=False, **options)
     assert fast.per_example.shape == plain.per_example.shape
     assert np.abs(fast.per_example - plain.per_example).max() <= TOL
+    assert np.abs(fast.logit_effect - plain.logit_effect).max() <= 10 * TOL  # logits, not probabilities
+    assert fast.correct == plain.correct
 
 
 def test_fast_atlas_equals_plain_loop_on_real_smollm(smollm):
@@ -126,6 +128,31 @@ def test_effects_alone_equal_effects_in_a_padded_batch(arch):
             alone = compute_cell(lm, PROMPTS, Cell((i,), (0, 1, 2)), component=component, method=method, heads=[1])
             assert np.abs(alone.per_example[0].reshape(together.per_example[i].shape)
                           - together.per_example[i]).max() <= 1e-5, (component, p)
+
+
+def test_the_logit_metric_and_correctness_are_read_from_the_same_forward_passes():
+    """Beside KL every atlas keeps the drop of the answer token's centred logit (the target's first token) and
+    whether the clean model's top-1 is that token: checked against a direct computation, kept by JSON and by
+    restrict."""
+    from engine.studies.atlas.common import restrict
+
+    lm = tiny("llama")
+    examples = _examples(n_families=2, per_family=3)
+    a = atlas(lm, examples, layers=[0, 2], n_resamples=50)
+    batch = encode(lm, examples)
+    clean = next_token_logits(lm, batch)
+    assert a.correct == (clean.argmax(-1) == batch.target_ids).tolist()
+    for li, layer in enumerate((0, 2)):
+        edited = next_token_logits(lm, batch, Ablate("layer", layer, "zero"))
+        want = metrics.logit_drop(clean, edited, batch.target_ids)
+        assert np.abs(a.logit_effect[:, li] - want.numpy()).max() <= 1e-3
+    back = Atlas.from_json(json.loads(json.dumps(a.to_json())))
+    assert np.array_equal(back.logit_effect, a.logit_effect) and back.correct == a.correct
+    sub = restrict(a, [examples[0].family])
+    assert sub.correct == a.correct[:3] and np.array_equal(sub.logit_effect, a.logit_effect[:3])
+    # the centred logit ignores a constant shift of every logit (softmax's invariance)
+    assert torch.allclose(metrics.centred_logit(clean + 5.0, batch.target_ids),
+                          metrics.centred_logit(clean, batch.target_ids), atol=1e-4)
 
 
 def test_all_positions_flag_averages_kl_over_real_tokens():

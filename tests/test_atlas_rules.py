@@ -319,7 +319,45 @@ def test_a_planted_hub_is_confirmed_end_to_end_and_its_unplanted_twin_is_not(iso
     assert record.verdict is Verdict.CONFIRMED and planted.figures["hub_layer"] == 3, record.reason
     assert verdict(A.rigorous_hub(_planted(3, 2.0), sizes, seeds=A.SEEDS[:1], claimed=3), "HUB-SMOL").verdict \
         is Verdict.CONFIRMED
+    robust = planted.figures["robustness"][f"seed {A.SEEDS[0]}"]  # mean / resample on the same prompts
+    assert set(robust["ablation_methods"]) == {"mean", "resample"} and robust["logit_metric"]["n"] == 120
+    print("planted robustness:", {k: robust[k] for k in ("logit_metric", "hub_on_correct", "accuracy")},
+          {m: (v["argmax"], v["outcome"]) for m, v in robust["ablation_methods"].items()})
     twin = A.rigorous_hub(_planted(None, 1.0), sizes, seeds=A.SEEDS[:1])
     assert twin.figures["argmax_layer"] != 3 and twin.figures["n_examples"] == planted.figures["n_examples"]
     twin_claimed = A.rigorous_hub(_planted(None, 1.0), sizes, seeds=A.SEEDS[:1], claimed=3)
     assert verdict(twin_claimed, "HUB-SMOL").verdict is Verdict.FAILED
+
+
+# ------------------------------------------------------------------------------------------------ robustness
+
+
+def _with_logits(a: Atlas, logit_values, correct) -> Atlas:
+    return dataclasses.replace(a, logit_effect=np.asarray(logit_values), correct=list(correct))
+
+
+def test_robustness_figures_say_where_another_metric_method_or_subset_moves_the_argmax():
+    """The robustness readings are the argmax rule on other data of the same prompts: they agree with KL when the
+    logit metric, the correct prompts and the mean ablation peak at the KL layer, and say so when they do not."""
+    values, groups = effects(HUB)
+    n = len(groups)
+    correct = [i % 2 == 0 for i in range(n)]  # half the prompts answered
+    agreeing = _with_logits(atlas_of(values, groups), effects(HUB, seed=1)[0], correct)
+    mean_twin = atlas_of(effects(HUB, seed=2)[0], groups)
+    r = A.robustness(agreeing, {"mean": mean_twin})
+    assert r["kl_argmax"] == 2 and r["template"] == "none"
+    assert r["logit_metric"]["argmax"] == 2 and r["logit_metric"]["agrees_with_kl"] is True
+    assert r["hub_on_correct"]["n"] == sum(correct) and r["hub_on_correct"]["agrees_with_kl"] is True
+    assert r["accuracy"] == 0.5 and set(r["family_accuracy"]) == set(FAMILIES)
+    assert r["ablation_methods"]["mean"]["agrees_with_kl"] is True
+    moved = [0.2, 0.2, 0.2, 0.2, 1.0, 0.2]
+    disagreeing = _with_logits(atlas_of(values, groups), effects(moved, seed=1)[0], correct)
+    r = A.robustness(disagreeing, {"resample": atlas_of(effects(moved, seed=3)[0], groups)})
+    assert r["logit_metric"]["argmax"] == 4 and r["logit_metric"]["agrees_with_kl"] is False
+    assert r["ablation_methods"]["resample"]["agrees_with_kl"] is False
+    none_correct = A.robustness(_with_logits(atlas_of(values, groups), values, [False] * n))
+    assert none_correct["hub_on_correct"]["n"] == 0 and none_correct["hub_on_correct"]["argmax"] is None
+    assert none_correct["accuracy"] == 0.0
+    with pytest.raises(ValueError, match="other prompts"):
+        A.robustness(agreeing, {"mean": atlas_of(values, groups, ids=[f"x{i}" for i in range(n)])})
+    assert "not measured" in A.robustness(atlas_of(values, groups))["logit_metric"]["undecided"]

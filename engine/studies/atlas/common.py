@@ -150,7 +150,9 @@ def restrict(a: Atlas, families: Sequence[str]) -> Atlas:
         raise ValueError(f"restrict: none of {list(families)} in the atlas")
     data = a.to_json()
     data.update(example_ids=[a.example_ids[i] for i in rows], example_families=[a.example_families[i] for i in rows],
-                per_example=a.per_example[rows].tolist(), erase_ratio=[])
+                per_example=a.per_example[rows].tolist(), erase_ratio=[],
+                logit_effect=None if a.logit_effect is None else a.logit_effect[rows].tolist(),
+                correct=None if a.correct is None else [a.correct[i] for i in rows])
     return Atlas.from_json(data)
 
 
@@ -251,3 +253,89 @@ def argmax_depths(a: Atlas) -> dict[str, float]:
     """Per example (by id): the depth fraction of that prompt's own argmax layer (OWN-ATLAS, HUB-MIGRATE)."""
     layers = np.asarray(a.layers)[np.argmax(a.per_example, axis=1)]
     return {ex: float(l) / max(a.n_layers - 1, 1) for ex, l in zip(a.example_ids, layers)}
+
+
+# ------------------------------------------------------------------------------------------------ robustness
+
+ROBUSTNESS_METHODS = ("mean", "resample")  # beside zero ablation of the contribution (seed SEEDS[0]'s sample)
+
+
+def _argmax_figure(values: np.ndarray, groups: Sequence[str], a: Atlas, kl_argmax: int | None,
+                   label: str) -> dict[str, Any]:
+    """One robustness reading: the argmax rule ("an argmax exists") on other per-example values of the same
+    prompts, and whether its layer is the KL atlas's argmax."""
+    if values.shape[0] == 0:
+        return {"n": 0, "argmax": None, "outcome": "undecided", "agrees_with_kl": None, "undecided": "no prompts"}
+    ev = D.argmax(values, list(groups), units=a.layers, label=label, n_resamples=a.n_resamples, seed=a.seed)
+    means = values.mean(0)
+    return {"n": ev.n, "argmax": ev.estimate, "outcome": ev.outcome.value, "p_best": ev.details.get("p_best"),
+            "layer_effects": [float(x) for x in means], "undecided": ev.undecided,
+            "agrees_with_kl": None if ev.estimate is None or kl_argmax is None else int(ev.estimate) == kl_argmax}
+
+
+def accuracy_figures(a: Atlas) -> dict[str, Any]:
+    """Per family the share of prompts whose clean top-1 at the answer is the target's first token (the model
+    answers), overall, and how many; empty where the atlas has no correctness data."""
+    if a.correct is None:
+        return {}
+    correct, groups = np.asarray(a.correct, dtype=bool), np.asarray(a.example_families)
+    return {"family_accuracy": {f: float(correct[groups == f].mean()) for f in a.families},
+            "accuracy": float(correct.mean()) if len(correct) else None, "n_correct": int(correct.sum())}
+
+
+def logit_profile(a: Atlas) -> np.ndarray | None:
+    """[n_layers] the mean over families of the centred answer-logit drop (None: not measured)."""
+    if a.logit_effect is None:
+        return None
+    from engine import stats
+
+    m = np.asarray(stats.mean_over_families(a.logit_effect, a.example_families))
+    return m if m.ndim == 1 else m.max(-1)
+
+
+def robustness(a: Atlas, methods: Mapping[str, Atlas] | None = None) -> dict[str, Any]:
+    """The catalogue's robustness figures of one rigorous atlas (figures beside the verdict, never deciding it):
+
+    * ``logit_metric``: the argmax rule on the drop of the answer token's centred logit (logit-linear) beside KL;
+    * ``family_accuracy``: per family, the share of prompts whose clean top-1 is the target's first token;
+    * ``hub_on_correct``: the argmax rule on the correctly answered prompts only;
+    * ``ablation_methods``: the argmax rule under ``methods`` (mean / resample of the contribution, same prompts);
+    * ``template``: the prompt template the atlas used.
+    Each reading says whether its argmax layer is the KL atlas's (``agrees_with_kl``).
+    """
+    kl = argmax_evidence(a, label="argmax layer (KL)")
+    kl_argmax = None if kl.estimate is None else int(kl.estimate)
+    out: dict[str, Any] = {"template": a.template, "metric": "kl_clean_vs_ablated_nats", "kl_argmax": kl_argmax,
+                           "kl_outcome": kl.outcome.value}
+    groups = np.asarray(a.example_families)
+    if a.logit_effect is not None and a.correct is not None:
+        out["logit_metric"] = {"metric": "centred_answer_logit_drop",
+                               **_argmax_figure(a.logit_effect, groups, a, kl_argmax, "argmax layer (logit drop)")}
+        correct = np.asarray(a.correct, dtype=bool)
+        out.update(accuracy_figures(a))
+        out["hub_on_correct"] = _argmax_figure(a.per_example[correct], groups[correct], a, kl_argmax,
+                                               "argmax layer (correct prompts)")
+    else:
+        out["logit_metric"] = out["hub_on_correct"] = {"undecided": "not measured (atlas without logit data)"}
+    out["ablation_methods"] = {}
+    for method, other in (methods or {}).items():
+        if other.example_ids != a.example_ids:
+            raise ValueError(f"robustness: the {method} atlas was measured on other prompts")
+        out["ablation_methods"][method] = _argmax_figure(other.per_example, groups, a, kl_argmax,
+                                                         f"argmax layer ({method} ablation)")
+    return out
+
+
+def robustness_figures(lm, sizes: Sizes, atlases: Mapping[str, Atlas]) -> dict[str, dict[str, Any]]:
+    """:func:`robustness` of each rigorous atlas of ``lm``; the one measured on seed ``SEEDS[0]``'s default sample
+    also under mean and resample ablation of the contribution (the same prompts, through the cache: every claim
+    reading that atlas shares these two sweeps). Other seeds' samples report the KL-side figures only."""
+    out = {}
+    for name, a in atlases.items():
+        methods = {}
+        if a.method == "zero" and a.component == "layer" and a.seed == SEEDS[0]:
+            default = stratified_sample(SEEDS[0], sizes.rigorous_per_family, sizes.families)
+            if [ex.id for ex in by_length(lm, default)] == a.example_ids:
+                methods = {m: rigorous_atlas(lm, sizes, SEEDS[0], method=m) for m in ROBUSTNESS_METHODS}
+        out[name] = robustness(a, methods)
+    return out

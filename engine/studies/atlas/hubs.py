@@ -33,6 +33,7 @@ from engine.studies.atlas.common import (
     negate,
     restrict,
     rigorous_atlas,
+    robustness_figures,
     same_argmax,
     seed_atlas,
     sizes_for,
@@ -102,6 +103,7 @@ def rigorous_hub(lm, sizes: Sizes, seeds: Sequence[int] = SEEDS, *, claimed: int
     atlases = {f"seed {s}": rigorous_atlas(lm, sizes, s, families=families) for s in seeds}
     figures, holds = decide_hub(atlases, claimed)
     figures["prompt_overlap"] = prompt_overlap([a.example_ids for a in atlases.values()])
+    figures["robustness"] = robustness_figures(lm, sizes, atlases)
     notes = [(f"Rigorous protocol: layer-contribution ablation, {sizes.rigorous_per_family} examples/family drawn "
              f"per seed ({figures['n_examples']} prompts/seed, Jaccard overlap {figures['prompt_overlap']:.2f}), "
              f"argmax re-selected in {sizes.n_resamples} stratified resamples per seed. {evidence_text(holds)}.")]
@@ -165,12 +167,13 @@ def seed_protocol_hub_seeds(lm, sizes: Sizes, seeds: Sequence[int] = SEEDS) -> F
 def rigorous_hub_seeds(lm, sizes: Sizes, seeds: Sequence[int] = SEEDS) -> Finding:
     """Three seeds, three stratified samples (checked to differ), layer-contribution ablation; the argmax rule
     per seed (the same atlases as HUB-SMOL / HUB-Q05 on this model: cached)."""
-    samples = [stratified_sample(s, sizes.rigorous_per_family) for s in seeds]
+    samples = [stratified_sample(s, sizes.rigorous_per_family, sizes.families) for s in seeds]
     atlases = {f"seed {s}": rigorous_atlas(lm, sizes, s) for s in seeds}
     overlap = prompt_overlap(samples)
     finding = decide_hub_seeds(atlases, overlap < 1.0, overlap)
     finding.protocol = "rigorous"
     finding.figures["suite_hashes"] = [tasks.suite_hash(s)[:12] for s in samples]
+    finding.figures["robustness"] = robustness_figures(lm, sizes, atlases)
     finding.seeds, finding.suite_hash = list(seeds), next(iter(atlases.values())).suite_hash
     finding.notes = [(f"Rigorous protocol: {sizes.rigorous_per_family} examples/family drawn per seed "
                      f"({finding.figures['n_examples']} prompts/seed, Jaccard overlap {overlap:.2f}), "
@@ -239,9 +242,11 @@ def seed_protocol_nl_agreement(lm, sizes: Sizes) -> Finding:
 
 
 def rigorous_nl_agreement(lm, sizes: Sizes, seed: int = SEEDS[0]) -> Finding:
-    return decide_nl("rigorous", rigorous_atlas(lm, sizes, seed), rigorous_atlas(lm, sizes, seed, suite="nl"),
-                     f"Rigorous protocol: layer-contribution ablation, stratified samples (seed {seed}): "
-                     f"{sizes.rigorous_per_family}/family synthetic, {sizes.nl_per_family}/family NL.")
+    syn, nl = rigorous_atlas(lm, sizes, seed), rigorous_atlas(lm, sizes, seed, suite="nl")
+    finding = decide_nl("rigorous", syn, nl, f"Rigorous protocol: layer-contribution ablation, stratified samples "
+                        f"(seed {seed}): {sizes.rigorous_per_family}/family synthetic, {sizes.nl_per_family}/family NL.")
+    finding.figures["robustness"] = robustness_figures(lm, sizes, {"synthetic": syn, "nl": nl})
+    return finding
 
 
 def nl_contrast(seed: Finding, rigorous: Finding) -> None:
@@ -299,9 +304,11 @@ def seed_protocol_breadth(lm, sizes: Sizes) -> Finding:
 
 
 def rigorous_breadth(lm, sizes: Sizes, seed: int = SEEDS[0]) -> Finding:
-    return _breadth_finding("rigorous", rigorous_atlas(lm, sizes, seed), tasks.BREADTH_FAMILIES,
-                            f"Rigorous protocol: layer-contribution ablation, {sizes.rigorous_per_family}/family "
-                            f"(seed {seed}).")
+    full = rigorous_atlas(lm, sizes, seed)
+    finding = _breadth_finding("rigorous", full, tasks.BREADTH_FAMILIES, f"Rigorous protocol: layer-contribution "
+                               f"ablation, {sizes.rigorous_per_family}/family (seed {seed}).")
+    finding.figures["robustness"] = robustness_figures(lm, sizes, {f"seed {seed}": full})
+    return finding
 
 
 # ------------------------------------------------------------------------------------------------ OWN-ATLAS, MIGRATE
@@ -407,12 +414,16 @@ def hub_coder(load_model: Loader, keys: Sequence[str], sizes: Sizes, tier: str =
     coder = load_model(coder_key)
     coder_seed = seed_atlas(coder, sizes, families=tasks.BREADTH_FAMILIES, per_family=10)
     coder_rig = rigorous_atlas(coder, sizes)
+    robust = {coder_key: robustness_figures(coder, sizes, {f"seed {SEEDS[0]}": coder_rig})}
     load_model.release(coder_key)
     base = load_model(base_key)
+    base_rig = rigorous_atlas(base, sizes)
+    robust[base_key] = robustness_figures(base, sizes, {f"seed {SEEDS[0]}": base_rig})
     seed = decide_coder("seed", coder_seed, seed_atlas(base, sizes), "Seed protocol: residual zeroing; coder 4 "
                         f"families x 10 prompts, base first {sizes.seed_per_family}/family.")
-    rigorous = decide_coder("rigorous", coder_rig, rigorous_atlas(base, sizes), "Rigorous protocol: "
+    rigorous = decide_coder("rigorous", coder_rig, base_rig, "Rigorous protocol: "
                             f"layer-contribution ablation, {sizes.rigorous_per_family}/family, seed {SEEDS[0]}.")
+    rigorous.figures["robustness"] = robust
     contrast(seed, rigorous, "the coder's seed-protocol hub is a narrow margin (1.9% in the seed) over 4 families; "
              "with contribution ablation over 12 families and the argmax re-selected per resample it changes")
     return seed, rigorous
@@ -424,15 +435,17 @@ def hub_migrate(load_model: Loader, keys: Sequence[str], sizes: Sizes, params: M
     tier: UNTESTED (one model per family)."""
     if tier != "gpu":
         return _untested(SEVERAL_SIZES)
-    seed_atlases, rigorous_atlases = {}, {}
+    seed_atlases, rigorous_atlases, robust = {}, {}, {}
     for key in keys:
         lm = load_model(key)
         seed_atlases[key], rigorous_atlases[key] = seed_atlas(lm, sizes), rigorous_atlas(lm, sizes)
+        robust[key] = robustness_figures(lm, sizes, {f"seed {SEEDS[0]}": rigorous_atlases[key]})
         load_model.release(key)
     delta, why = params["depth_delta"], params["depth_delta_rationale"]
     seed = decide_migration("seed", seed_atlases, delta, why, "Seed protocol: residual zeroing.")
     rigorous = decide_migration("rigorous", rigorous_atlases, delta, why,
                                 f"Rigorous protocol: layer-contribution ablation, seed {SEEDS[0]}.")
+    rigorous.figures["robustness"] = robust
     contrast(seed, rigorous, "the ablation step (residual zeroing -> contribution removal) changes the argmax")
     return seed, rigorous
 
@@ -472,12 +485,13 @@ def own_atlas(load_model: Loader, keys: Sequence[str], sizes: Sizes,
     """OWN-ATLAS: some two of the models ``keys`` have different argmax depths (paired per prompt: the stratified
     sample is the same for every model). Each model is measured with its own tier's sizes; a gpu-tier model is
     released after its sweeps. The rigorous atlas is the HUB-SEEDS / HUB-SMOL seed-42 atlas (cached)."""
-    seed_atlases, rigorous_atlases = {}, {}
+    seed_atlases, rigorous_atlases, robust = {}, {}, {}
     for key in keys:
         lm = load_model(key)
         tier = models.spec_for(key).tier
         key_sizes = sizes_for(tier, params)
         seed_atlases[key], rigorous_atlases[key] = seed_atlas(lm, key_sizes), rigorous_atlas(lm, key_sizes)
+        robust[key] = robustness_figures(lm, key_sizes, {f"seed {SEEDS[0]}": rigorous_atlases[key]})
         if tier == "gpu":
             load_model.release(key)
     delta, why = params["depth_tolerance"], params["depth_tolerance_rationale"]
@@ -485,6 +499,7 @@ def own_atlas(load_model: Loader, keys: Sequence[str], sizes: Sizes,
                             f"{sizes.seed_per_family}/family.")
     rigorous = decide_own_atlas("rigorous", rigorous_atlases, delta, why, "Rigorous protocol: layer-contribution "
                                 f"ablation, {sizes.rigorous_per_family}/family, seed {SEEDS[0]}.")
+    rigorous.figures["robustness"] = robust
     contrast(seed, rigorous, "residual zeroing gives every bias-free model the same exact tie; contribution removal "
              "gives each model its own profile")
     return seed, rigorous

@@ -13,7 +13,15 @@ import numpy as np
 
 from engine import decisions as D
 from engine.atlas import Atlas
-from engine.studies.atlas.common import SEEDS, Sizes, aligned, rigorous_atlas, seed_atlas
+from engine.studies.atlas.common import (
+    SEEDS,
+    Sizes,
+    accuracy_figures,
+    aligned,
+    logit_profile,
+    rigorous_atlas,
+    seed_atlas,
+)
 from engine.studies.findings import Finding, StudyError, contrast, require  # noqa: F401 (re-exported)
 
 
@@ -32,11 +40,24 @@ def decide_positions(protocol: str, answer: Atlas, bos: Atlas, params: Mapping[s
                "layers_answer_larger": int(np.sum(ea > eb)), "n_layers": len(ea), "answer_profile": ea.tolist(),
                "bos_profile": eb.tolist(), "margins": margins,
                "weakest_margin_layer": min(margins, key=margins.get), "n_examples": answer.n_examples,
-               "template": answer.template} | (extra or {})
+               "template": answer.template, "robustness": _robustness(answer, bos, ea, eb)} | (extra or {})
     notes = [(f"{text} Answer set effect {ea.mean():.4g} vs BOS set {eb.mean():.4g} (mean over layers); the answer "
              f"set is larger at {figures['layers_answer_larger']}/{len(ea)} layers, CI-separated (Holm) at "
              f"{figures['layers_answer_dominates']}. {holds.statement}.")]
     return Finding(protocol, figures, holds=holds, seeds=[answer.seed], notes=notes, suite_hash=answer.suite_hash)
+
+
+def _robustness(answer: Atlas, bos: Atlas, ea: np.ndarray, eb: np.ndarray) -> dict[str, Any]:
+    """Beside KL: the same comparison on the centred answer-logit drop (logit-linear), and the family accuracy."""
+    la, lb = logit_profile(answer), logit_profile(bos)
+    out: dict[str, Any] = {"template": answer.template, **accuracy_figures(answer)}
+    if la is None or lb is None:
+        out["logit_metric"] = {"undecided": "not measured (atlas without logit data)"}
+        return out
+    out["logit_metric"] = {"metric": "centred_answer_logit_drop", "answer_effect": float(la.mean()),
+                           "bos_effect": float(lb.mean()), "layers_answer_larger": int(np.sum(la > lb)),
+                           "agrees_with_kl": bool((la.mean() > lb.mean()) == (ea.mean() > eb.mean()))}
+    return out
 
 
 def seed_protocol_positions(lm, sizes: Sizes, params: Mapping[str, Any]) -> Finding:
