@@ -164,3 +164,14 @@ def _warn_unwritable(base: Path, where: Path, exc: OSError) -> None:
     print(f"mi-atlas cache: cannot write {where} ({type(exc).__name__}: {exc.strerror or exc}); results are "
           f"computed but not stored. Set MI_ATLAS_RESULTS_CACHE to a writable directory, or pass --no-cache.",
           file=sys.stderr)
+
+
+def measured(kind: str, lm, examples, compute: Callable[[], Any], **params) -> Any:
+    """:func:`cached` for one measurement of a loaded model on examples: keyed on the model's identity
+    (``engine.atlas.model_identity``: key, weights fingerprint, dtype, quantisation; an adapted or skipped model
+    carries its own fingerprint), the examples' content hash and ``params`` (everything else the numbers depend
+    on). ``compute()`` returns JSON-serialisable data."""
+    from engine.atlas import model_identity, suite_hash
+
+    return cached({"kind": kind, **model_identity(lm), "suite": suite_hash(examples), "n_examples": len(examples),
+                   **params}, compute)

@@ -28,7 +28,7 @@ from engine.models import LoadedModel
 from engine.tasks import Example
 
 from .adapters import LoraError, LoraTarget, adapted, adapter_disabled_at, from_saved, lora_layers_by_layer
-from .evaluation import EvalResult, answer_logits, evaluate, kl_divergence
+from .evaluation import EvalResult, answer_logits, evaluate, evaluate_cached, kl_divergence
 from .training import LoraRun, TrainConfig, train, train_cached
 
 ImportanceFn = Callable[[LoadedModel], "np.ndarray | Sequence[float]"]  # [n_layers] or per prompt [n, n_layers]
@@ -297,22 +297,27 @@ def skip_recover(lm: LoadedModel, train_examples: Sequence[Example], eval_exampl
     unskipped model after the same finetune, held-out) may be passed in to share them between skip configurations.
     """
     kwargs = dict(template=config.template, append_eos=config.append_eos, max_len=config.max_len)
+    score = evaluate_cached if cache else evaluate  # the cached one keys on the (skipped / adapted) model's identity
     if full is None:
-        full = evaluate(lm, eval_examples, **kwargs)
+        full = score(lm, eval_examples, **kwargs)
     if full_train is None:
-        full_train = evaluate(lm, train_examples, **kwargs)
+        full_train = score(lm, train_examples, **kwargs)
     skip = sorted(set(int(l) for l in skip))
     remaining = tuple(l for l in range(lm.n_layers) if l not in set(skip))
     target = LoraTarget(layers=remaining, modules=tuple(modules), r=r, alpha=alpha, label=f"recover-{label}")
     with skipped(lm, skip) as slm:
         # The skipped model is another model for the cache: its fingerprint names the skipped layers.
         slm_cached = _with_fingerprint(slm, f"skip{skip}")
-        before = evaluate(slm_cached, eval_examples, **kwargs)
-        before_train = evaluate(slm_cached, train_examples, **kwargs)
+        before = score(slm_cached, eval_examples, **kwargs)
+        before_train = score(slm_cached, train_examples, **kwargs)
         run = (train_cached if cache else train)(slm_cached, train_examples, target, config)
-        with adapted(slm_cached, run) as alm:
-            after = evaluate(alm, eval_examples, **kwargs)
-            after_train = evaluate(alm, train_examples, **kwargs)
+        if cache:
+            after = evaluate_cached(slm_cached, eval_examples, run=run, **kwargs)
+            after_train = evaluate_cached(slm_cached, train_examples, run=run, **kwargs)
+        else:
+            with adapted(slm_cached, run) as alm:
+                after = evaluate(alm, eval_examples, **kwargs)
+                after_train = evaluate(alm, train_examples, **kwargs)
     fraction = recovered_fraction(full.loss(), before.loss(), after.loss())
     fraction_ref = recovered_fraction(reference.loss(), before.loss(), after.loss()) if reference is not None else None
     return Recovery(label=label, skipped_layers=skip, full_loss=full.loss(), skipped_loss=before.loss(),

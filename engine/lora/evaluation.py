@@ -127,6 +127,11 @@ class EvalResult:
         return {"generated": self.generated, "by_family": self.by_family(),
                 "examples": [asdict(s) for s in self.scores]}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> EvalResult:
+        """The result :meth:`to_dict` wrote (the per-family summaries are recomputed from the examples)."""
+        return cls(scores=tuple(ExampleScore(**s) for s in data["examples"]), generated=bool(data["generated"]))
+
 
 @torch.no_grad()
 def greedy_completions(lm: LoadedModel, examples: Sequence[Example], *, template: str = "auto",
@@ -208,3 +213,21 @@ def kl_divergence(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     ref = F.log_softmax(reference.float(), dim=-1)
     oth = F.log_softmax(other.float(), dim=-1)
     return (ref.exp() * (ref - oth)).sum(-1)
+
+
+def evaluate_cached(lm: LoadedModel, examples: Sequence[Example], *, run=None, **kwargs) -> EvalResult:
+    """:func:`evaluate` through the results cache (``engine.cache.measured``): keyed on ``lm``'s identity (a skipped
+    model carries its own fingerprint) and, with ``run`` (a trained :class:`~engine.lora.training.LoraRun`), on
+    that adapter's weights, which are attached only when the result is computed."""
+    from engine.cache import measured
+
+    from .adapters import adapted, adapter_digest
+
+    def compute() -> dict:
+        if run is None:
+            return evaluate(lm, examples, **kwargs).to_dict()
+        with adapted(lm, run) as alm:
+            return evaluate(alm, examples, **kwargs).to_dict()
+
+    params = dict(kwargs, adapter=None if run is None else adapter_digest(run.state))
+    return EvalResult.from_dict(measured("lora-eval", lm, examples, compute, **params))

@@ -197,11 +197,20 @@ class LoraBench:
     def localisation(self, protocol: str) -> Localisation:
         """The all-linear adapter's per-layer effect: training prompts (seed) or held-out prompts (rigorous)."""
         if protocol not in self._loc:
-            from .adapters import adapted
+            from engine.cache import measured
+
+            from .adapters import adapted, adapter_digest
 
             examples = self.train_examples if protocol == "seed" else self.eval_examples
-            with adapted(self.lm, self.all_linear) as alm:
-                self._loc[protocol] = localise(alm, examples)
+
+            def compute() -> dict:
+                with adapted(self.lm, self.all_linear) as alm:
+                    return localise(alm, examples).to_dict()
+
+            # keyed on the base model and the adapter's own weights, so a hit attaches nothing
+            data = measured("lora-localise", self.lm, examples, compute,
+                            adapter=adapter_digest(self.all_linear.state))
+            self._loc[protocol] = Localisation(**data)
         return self._loc[protocol]
 
     @cached_property

@@ -44,7 +44,7 @@ from .adapters import (
     seed_layers,
 )
 from .analysis import Recovery, skip_recover
-from .evaluation import EvalResult, evaluate
+from .evaluation import EvalResult, evaluate, evaluate_cached
 from .training import LoraRun, TrainConfig, train, train_cached
 
 FAMILY_SHORT = {"json_schema": "json", "factual_recall": "factual", "code_syntax": "code"}
@@ -85,10 +85,12 @@ def run_outcome(lm: LoadedModel, name: str, target: LoraTarget, train_examples: 
     """Train (or fetch) the adapter and evaluate it on the training and the held-out examples."""
     run = (train_cached if cache else train)(lm, train_examples, target, config)
     kwargs = dict(template=config.template, append_eos=config.append_eos, max_len=config.max_len)
-    with adapted(lm, run) as alm:
-        train_eval = evaluate(alm, train_examples, **kwargs)
-        heldout = evaluate(alm, eval_examples, generate=generate, **kwargs)
-    return Outcome(name=name, run=run, train_eval=train_eval, heldout=heldout)
+    if not cache:
+        with adapted(lm, run) as alm:
+            return Outcome(name=name, run=run, train_eval=evaluate(alm, train_examples, **kwargs),
+                           heldout=evaluate(alm, eval_examples, generate=generate, **kwargs))
+    return Outcome(name=name, run=run, train_eval=evaluate_cached(lm, train_examples, run=run, **kwargs),
+                   heldout=evaluate_cached(lm, eval_examples, run=run, generate=generate, **kwargs))
 
 
 def families_of(result: EvalResult) -> list[str]:

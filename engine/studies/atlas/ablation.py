@@ -10,6 +10,7 @@ import torch
 
 from engine import decisions as D
 from engine import metrics, stats
+from engine.cache import measured as cached_measurement
 from engine.interventions import (
     Site,
     capture,
@@ -40,6 +41,12 @@ def residual_mean_ratios(lm, examples, batch_size: int = 16) -> dict[str, Any]:
     that the rule's bootstrap resamples (the pooled mean itself is held fixed).
     """
     examples = by_length(lm, examples)
+    return cached_measurement("residual-mean-ratios", lm, examples,
+                              lambda: _residual_mean_ratios(lm, examples, batch_size), batch_size=batch_size,
+                              template=TEMPLATE)
+
+
+def _residual_mean_ratios(lm, examples, batch_size: int) -> dict[str, Any]:
     batch = encode(lm, examples, template=TEMPLATE)
     sites = [Site("resid", l) for l in range(lm.n_layers)]
     sums = {k: np.zeros((lm.n_layers, lm.d_model)) for k in ("all", "first", "body", "answer")}
@@ -77,6 +84,12 @@ def seed_mean_ablation_effects(lm, examples) -> tuple[list[float], int, int]:
     states unchanged. Returns (mean KL per layer, layers where the hook fired, layers where it changed anything).
     """
     examples = by_length(lm, examples)
+    effects, fired, changed = cached_measurement("seed-mean-hook", lm, examples,
+                                                 lambda: _seed_mean_ablation_effects(lm, examples), template=TEMPLATE)
+    return effects, fired, changed
+
+
+def _seed_mean_ablation_effects(lm, examples) -> tuple[list[float], int, int]:
     batch = encode(lm, examples, template=TEMPLATE)
     run = clean_run(lm, batch)
     layers = lm.adapter.layers(lm.model)

@@ -10,6 +10,7 @@ import torch
 
 from engine import decisions as D
 from engine import metrics
+from engine.cache import measured as cached_measurement
 from engine.interventions import (
     Ablate,
     InterventionError,
@@ -52,6 +53,13 @@ def skip_overlaps(lm, examples, configs: Mapping[str, Sequence[int]], component:
     run). ``"layer"``: the layer's contribution is removed (output := input), i.e. the layer is skipped.
     """
     examples = by_length(lm, examples)
+    return tuple(cached_measurement("skip-overlaps", lm, examples,
+                                    lambda: _skip_overlaps(lm, examples, configs, component, k, batch_size),
+                                    configs={n: list(v) for n, v in configs.items()}, component=component, k=k,
+                                    batch_size=batch_size, template=TEMPLATE))
+
+
+def _skip_overlaps(lm, examples, configs, component, k, batch_size) -> tuple[dict[str, list[float]], list[str]]:
     batch = encode(lm, examples, template=TEMPLATE)
     values: dict[str, list[float]] = {name: [] for name in configs}
     for chunk in batch.chunks(batch_size):
