@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -341,6 +342,10 @@ def test_localise_finds_effects_only_where_the_adapter_is(tiny_llama, examples):
     assert loc.effect[0] == loc.effect[2] == 0.0 and loc.effect[1] > 0 and loc.effect[3] > 0
     assert sum(loc.decile_share) == pytest.approx(1.0)
     assert loc.total > 0 and loc.largest_decile in (3, 8)  # 4 layers: layer 1 is in decile 3, layer 3 in decile 8
+    with lora.adapted(tiny_llama, run) as alm:  # the fast path (suffix re-run) equals one full forward per layer
+        plain = lora.localise(alm, examples, fast=False)
+    assert np.abs(np.asarray(loc.per_example) - np.asarray(plain.per_example)).max() <= 1e-5
+    assert loc.total == pytest.approx(plain.total)
     # the per-layer switch is undone: the adapted model is unchanged after localisation
     with lora.adapted(tiny_llama, run) as alm:
         assert torch.equal(logits_of(alm, examples), after)
