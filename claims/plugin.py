@@ -202,11 +202,13 @@ def _check_baseline_options(config: pytest.Config) -> None:
 # ------------------------------------------------------------------------------------------------ collection
 
 
-def claim_params(claim_id: str, models: list[str] | None = None, *, protocols: tuple[str, ...] | None = None):
+def claim_params(claim_id: str, models: list[str] | None = None, *, protocols: tuple[str, ...] | None = None,
+                 claim_in_id: bool = False):
     """``pytest.param`` per model, each marked ``claim(claim_id, model=...)``: parametrize a claim test with it.
 
     Default models: the claim's gpu-tier models, then its cpu-tier targets (each cpu model, or all cpu models as
-    one "+"-joined group for a multi-model claim), from the packaged catalogue.
+    one "+"-joined group for a multi-model claim), from the packaged catalogue. ``claim_in_id``: the test id is
+    ``<claim>:<model>`` (a test parametrized with several claims' params, which would share a model id).
     """
     catalogue = verdicts.load_catalogue()
     claim = catalogue[claim_id]
@@ -214,7 +216,8 @@ def claim_params(claim_id: str, models: list[str] | None = None, *, protocols: t
         models = (list(claim.models) if "gpu" in claim.tiers else []) + (
             catalogue.cpu_targets(claim) if "cpu" in claim.tiers else [])
     kwargs = {"protocols": tuple(protocols)} if protocols else {}
-    return [pytest.param(model, marks=pytest.mark.claim(claim_id, model=model, **kwargs), id=model)
+    return [pytest.param(model, marks=pytest.mark.claim(claim_id, model=model, **kwargs),
+                         id=f"{claim_id}:{model}" if claim_in_id else model)
             for model in models]
 
 

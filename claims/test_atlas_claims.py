@@ -34,7 +34,7 @@ from engine.studies import atlas as A
 # ------------------------------------------------------------------------------------------------- hubs
 
 
-@pytest.mark.parametrize("model", claim_params("HUB-Q05") + claim_params("HUB-Q15") + claim_params("HUB-Q3"))
+@pytest.mark.parametrize("model", [p for c in ("HUB-Q05", "HUB-Q15", "HUB-Q3") for p in claim_params(c, claim_in_id=True)])
 def test_qwen_hub_sits_at_the_seed_layer_for_every_seed(claim, model, load_model):
     """Qwen2.5-0.5B / 1.5B / 3B: the argmax layer is L2 / L14 / L34 in each of seeds 42, 137, 256 (catalogue v2:
     decisions.argmax per resampled seed). On the cpu tier (every cpu model): "an argmax layer exists, the same in
