@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -69,15 +70,17 @@ class Progress:
     def __init__(self, config: pytest.Config):
         self.config = config
         self.worker = getattr(config, "workerinput", {}).get("workerid")
-        self.expected: dict[str, float] = {}  # what -> seconds it took when the plan last computed it
-        self.users: dict[str, list[str]] = {}  # what -> the claims that asked for it then
-        self.done: set[str] = set()
+        # what -> the seconds of each measurement so described when the plan last computed them (several
+        # measurements share a description, e.g. one atlas per seed), and the claims that asked for them then
+        self.expected: dict[str, list[float]] = {}
+        self.users: dict[str, set[str]] = {}
+        self.done: Counter = Counter()  # what -> measurements so described that ended (computed or cached)
         try:
             data = json.loads(_timings_source(config).read_text(encoding="utf-8"))
             for m in data.get("measurements", []):
                 if m["computed"]:
-                    self.expected[m["what"]] = float(m["seconds"])
-                    self.users[m["what"]] = list(m.get("claims", []))
+                    self.expected.setdefault(m["what"], []).append(float(m["seconds"]))
+                    self.users.setdefault(m["what"], set()).update(m.get("claims", []))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self.expected, self.users = {}, {}
         self.show = not config.getoption("--no-progress")
@@ -85,20 +88,21 @@ class Progress:
     def select(self, claims: set[str]) -> str:
         """Keep the expected measurements of the collected claims; the plan's header line."""
         if self.expected:
-            self.expected = {w: s for w, s in self.expected.items() if set(self.users.get(w, ())) & claims}
-        known = (f"{len(self.expected)} measurement(s) to compute, {_duration(sum(self.expected.values()))} when "
+            self.expected = {w: s for w, s in self.expected.items() if self.users.get(w, set()) & claims}
+        count, total = sum(map(len, self.expected.values())), sum(map(sum, self.expected.values()))
+        known = (f"{count} measurement(s) to compute, {_duration(total)} when "
                  f"last timed" if self.expected else "no timings yet (the ETA starts with the next run)")
         return f"[measure] plan {_plan(self.config)}: {len(claims)} claim test(s); {known}"
 
     def eta(self) -> str:
         if not self.expected:
             return f"plan {_plan(self.config)}: ETA unknown (no timings yet)"
-        left = sum(s for what, s in self.expected.items() if what not in self.done)
+        left = sum(sum(sorted(s)[:max(0, len(s) - self.done[what])]) for what, s in self.expected.items())
         return f"plan {_plan(self.config)}: ETA {_duration(left)}"
 
     def __call__(self, event: str, entry: progress.Entry) -> None:
         if event == "end" and entry.source in ("computed", "cached"):
-            self.done.add(entry.what)
+            self.done[entry.what] += 1
         if not self.show or not _CLAIM_CONTEXT.match(entry.context):  # unit tests' measurements stay quiet
             return
         pad = "  " * entry.depth
@@ -202,6 +206,23 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         line = listener.select(claims)
         if listener.worker is None or listener.worker == "gw0":  # one header line under xdist
             listener.write(line)
+            listener.write(session_plan(session).summary())
+
+
+def session_plan(session: pytest.Session):
+    """The planner's view of the collected claim tests (``engine.planner``): every declared measurement once, the
+    claims reading each; with the session's ``--plan``."""
+    from claims.plugin import TARGET
+    from engine import planner
+
+    plan_name = _plan(session.config)
+    tests = []
+    for item in session.items:
+        target = item.stash.get(TARGET, None)
+        if target is not None:
+            params = {**target.claim.params, "plan": plan_name}
+            tests.append((target.claim.id, list(target.models), target.tier, params))
+    return planner.plan(plan_name, tests)
 
 
 @pytest.hookimpl(wrapper=True)

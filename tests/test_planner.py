@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -178,3 +179,66 @@ def test_under_xdist_the_workers_progress_lines_reach_the_terminal(pytester, tmp
     assert "] [measure] computed toy-sweep a n=2" in err and "] [measure] computed toy-sweep b n=2" in err, err
     out = result.stdout.str()
     assert "2 measurement(s): 2 computed" in out, out
+
+
+# ------------------------------------------------------------------------------------------------ declarations
+
+
+def _last_smoke_ledger():
+    """Per claim test of the committed smoke run's timings: the measurements (ledger descriptions) it read, and
+    every measurement's claims."""
+    from collections import defaultdict
+
+    data = json.loads((Path(__file__).resolve().parents[1] / "results" / "bench" / "plan-smoke-timings.json")
+                      .read_text(encoding="utf-8"))
+    per_claim: dict[str, Counter] = defaultdict(Counter)
+    for m in data["measurements"]:
+        for claim in set(m["claims"]):
+            per_claim[claim][m["what"].strip()] += 1
+    return per_claim, data["measurements"]
+
+
+def _split(label: str) -> tuple[str, list[str]]:
+    return label.split("[")[0], label[label.index("[") + 1:-1].split("+")
+
+
+def test_each_claims_declared_measurements_are_what_it_measured_in_the_last_smoke_run():
+    """The planner's declarations (engine/studies/needs.py) against the ledger of a real run: for every declared
+    claim test the multiset of measurements it read is exactly the declared one (a procedure that starts asking
+    for another sweep, or stops, fails here until its declaration follows)."""
+
+
+    from engine import planner
+    from engine.verdicts import load_catalogue
+
+    catalogue = load_catalogue()
+    per_claim, _ = _last_smoke_ledger()
+    checked, dynamic = [], []
+    for label, measured in sorted(per_claim.items()):
+        claim_id, models = _split(label)
+        got = planner.needs_of(claim_id, models, "cpu", {**catalogue[claim_id].params, "plan": "smoke"})
+        if got.why:
+            dynamic.append(claim_id)
+            continue
+        assert Counter(n.what.strip() for n in got.needs) == measured, label
+        checked.append(label)
+    assert len(checked) >= 28 and set(dynamic) <= {"LORA-ATLAS", "LORA-OPROJ", "LORA-LATE", "LOCKIN", "SKIP-RECOVER"}
+
+
+def test_the_plan_merges_shared_measurements_once_and_orders_them_by_model():
+    """The collected cpu smoke claims: the plan's distinct measurements are as many as the run computed for the
+    declared claims; most are read by several claims; grouped model by model."""
+    from engine import planner
+    from engine.verdicts import load_catalogue
+
+    catalogue = load_catalogue()
+    per_claim, measurements = _last_smoke_ledger()
+    tests = [(c, m, "cpu", {**catalogue[c].params, "plan": "smoke"}) for c, m in map(_split, sorted(per_claim))]
+    plan = planner.plan("smoke", tests)
+    declared = {label for label in per_claim if not planner.needs_of(*_split(label), "cpu", {}).why}
+    run_distinct = [m for m in measurements if set(m["claims"]) & declared]
+    assert len(plan.users) == len(run_distinct)
+    assert plan.requests > len(plan.users) and plan.shared >= 6
+    models = [n.model for n in plan.measurements if n.model]
+    assert models == sorted(models, key=models.index)  # each model's measurements together
+    assert "decided at run time" in plan.summary() and "LORA-ATLAS" in plan.summary()
