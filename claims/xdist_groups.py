@@ -63,3 +63,34 @@ def pytest_collection_modifyitems_loadgroup(config: pytest.Config, items: list[p
             [m.args[0] if m.args else m.kwargs.get("name", "default") for m in item.iter_markers("xdist_group")])
         if suffix and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
             item._id = type(item._id).parse(item.nodeid + suffix)
+    items[:] = longest_groups_first(config, items)
+
+
+def _group(item: pytest.Item) -> str:
+    marks = [m.args[0] if m.args else m.kwargs.get("name", "default") for m in item.iter_markers("xdist_group")]
+    return marks[0] if marks else item.nodeid
+
+
+def longest_groups_first(config: pytest.Config, items: list[pytest.Item]) -> list[pytest.Item]:
+    """The items regrouped so that the groups that took longest in the plan's last timed run come first (xdist's
+    loadgroup hands groups out in order of first appearance: longest first leaves no long group for the end, when
+    the other worker would idle). Within a group, and without timings, the collection order is kept. Every worker
+    reads the same timings file, so every worker collects the same order."""
+    import json
+
+    from claims.progress import _timings_source
+
+    try:
+        data = json.loads(_timings_source(config).read_text(encoding="utf-8"))
+        seconds = {c["claim"]: float(c["seconds"]) for c in data.get("claims", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return items
+    totals: dict[str, float] = {}
+    for item in items:
+        mark = item.get_closest_marker("claim")
+        model = mark.kwargs.get("model") if mark is not None else None
+        model = model if isinstance(model, str) or model is None else "+".join(model)
+        label = f"{mark.args[0]}[{model}]" if mark is not None and mark.args else ""
+        totals[_group(item)] = totals.get(_group(item), 0.0) + seconds.get(label, 0.0)
+    first = {g: i for i, g in reversed(list(enumerate(map(_group, items))))}
+    return sorted(items, key=lambda it: (-totals[_group(it)], first[_group(it)]))

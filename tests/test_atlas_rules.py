@@ -358,6 +358,9 @@ def test_robustness_figures_say_where_another_metric_method_or_subset_moves_the_
     none_correct = A.robustness(_with_logits(atlas_of(values, groups), values, [False] * n))
     assert none_correct["hub_on_correct"]["n"] == 0 and none_correct["hub_on_correct"]["argmax"] is None
     assert none_correct["accuracy"] == 0.0
+    subset = atlas_of(effects(HUB, seed=4)[0][:24], groups[:24], ids=agreeing.example_ids[:24])
+    sub = A.robustness(agreeing, {"mean": subset})["ablation_methods"]["mean"]  # a subsample of the prompts
+    assert sub["n"] == 24 and sub["zero_argmax_same_prompts"] == 2 and sub["agrees_with_kl"] is True
     with pytest.raises(ValueError, match="other prompts"):
         A.robustness(agreeing, {"mean": atlas_of(values, groups, ids=[f"x{i}" for i in range(n)])})
     assert "not measured" in A.robustness(atlas_of(values, groups))["logit_metric"]["undecided"]

@@ -242,3 +242,35 @@ def test_the_plan_merges_shared_measurements_once_and_orders_them_by_model():
     models = [n.model for n in plan.measurements if n.model]
     assert models == sorted(models, key=models.index)  # each model's measurements together
     assert "decided at run time" in plan.summary() and "LORA-ATLAS" in plan.summary()
+
+
+def test_groups_that_took_longest_are_handed_out_first(tmp_path):
+    """xdist's loadgroup hands groups out in order of first appearance; the items are regrouped longest first by
+    the plan's last timings (a long group left for the end would keep one worker busy while the other idles)."""
+    from types import SimpleNamespace
+
+    from claims.xdist_groups import longest_groups_first
+
+    class Item:
+        def __init__(self, claim, model, group):
+            self.nodeid, self.marks = f"{claim}-{model}", {
+                "claim": SimpleNamespace(args=(claim,), kwargs={"model": model}),
+                "xdist_group": SimpleNamespace(args=(group,), kwargs={})}
+
+        def get_closest_marker(self, name):
+            return self.marks.get(name)
+
+        def iter_markers(self, name):
+            return [self.marks[name]] if name in self.marks else []
+
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "plan-default-timings.json").write_text(json.dumps({"claims": [
+        {"claim": "A[m1]", "seconds": 10.0}, {"claim": "B[m1]", "seconds": 5.0}, {"claim": "C[m2]", "seconds": 100.0}]}))
+    config = SimpleNamespace(getoption=lambda name, default=None: {"--claims-results": tmp_path}.get(name, default),
+                             rootpath=tmp_path)
+    items = [Item("A", "m1", "m1/atlas"), Item("B", "m1", "m1/atlas"), Item("C", "m2", "m2/quant"),
+             Item("D", "m3", "m3/lora")]
+    assert [i.nodeid for i in longest_groups_first(config, items)] == ["C-m2", "A-m1", "B-m1", "D-m3"]
+    config_without = SimpleNamespace(getoption=lambda name, default=None: {"--claims-results": tmp_path / "x"}
+                                     .get(name, default), rootpath=tmp_path / "x")
+    assert longest_groups_first(config_without, items) == items  # no timings: the collection order

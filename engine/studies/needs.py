@@ -44,7 +44,11 @@ def _robustness(model: str, sizes) -> list[Need]:
     """``common.robustness_figures``: mean and resample ablation of the contribution on seed 42's sample."""
     from engine.studies.atlas.common import ROBUSTNESS_METHODS, SEEDS
 
-    return [_rigorous(model, sizes, SEEDS[0], method=m) for m in ROBUSTNESS_METHODS]
+    k = sizes.robust_per_family
+    if k is None:
+        return [_rigorous(model, sizes, SEEDS[0], method=m) for m in ROBUSTNESS_METHODS]
+    return [Need(model, "atlas", f"synthetic seed {SEEDS[0]} first {k}/family", k * _families(sizes), f"{m}/layer")
+            for m in ROBUSTNESS_METHODS]
 
 
 @declares("HUB-Q05", "HUB-Q15", "HUB-Q3", "HUB-SMOL", "HUB-SEEDS")

@@ -46,6 +46,8 @@ class Sizes:
     batch_size: int = 16
     families: tuple[str, ...] | None = None  # the families sampled (None: all 12); smoke: a fixed few
     layer_stride: int = 1  # ablate every k-th layer (and the last); 1: every layer. Smoke only: a cheaper sweep
+    robust_per_family: int | None = None  # mean / resample robustness sweeps on the first k per family of seed
+    # SEEDS[0]'s sample (None: the whole sample); compared with the zero atlas on the same prompts
     name: str = plans.DEFAULT_PLAN  # the plan these sizes come from (engine/data/plans.toml)
 
 
@@ -148,12 +150,7 @@ def restrict(a: Atlas, families: Sequence[str]) -> Atlas:
     rows = [i for i, f in enumerate(a.example_families) if f in set(families)]
     if not rows:
         raise ValueError(f"restrict: none of {list(families)} in the atlas")
-    data = a.to_json()
-    data.update(example_ids=[a.example_ids[i] for i in rows], example_families=[a.example_families[i] for i in rows],
-                per_example=a.per_example[rows].tolist(), erase_ratio=[],
-                logit_effect=None if a.logit_effect is None else a.logit_effect[rows].tolist(),
-                correct=None if a.correct is None else [a.correct[i] for i in rows])
-    return Atlas.from_json(data)
+    return restrict_rows(a, rows)
 
 
 def top_two_tie(values) -> bool:
@@ -319,23 +316,56 @@ def robustness(a: Atlas, methods: Mapping[str, Atlas] | None = None) -> dict[str
         out["logit_metric"] = out["hub_on_correct"] = {"undecided": "not measured (atlas without logit data)"}
     out["ablation_methods"] = {}
     for method, other in (methods or {}).items():
-        if other.example_ids != a.example_ids:
+        index = {ex: i for i, ex in enumerate(a.example_ids)}
+        if any(ex not in index for ex in other.example_ids):
             raise ValueError(f"robustness: the {method} atlas was measured on other prompts")
-        out["ablation_methods"][method] = _argmax_figure(other.per_example, groups, a, kl_argmax,
-                                                         f"argmax layer ({method} ablation)")
+        rows = [index[ex] for ex in other.example_ids]
+        same = a if rows == list(range(a.n_examples)) else restrict_rows(a, rows)  # zero on the same prompts
+        zero = argmax_evidence(same, label="argmax layer (KL, the same prompts)")
+        reading = _argmax_figure(other.per_example, list(other.example_families), same,
+                                 None if zero.estimate is None else int(zero.estimate),
+                                 f"argmax layer ({method} ablation)")
+        out["ablation_methods"][method] = {**reading, "zero_argmax_same_prompts": zero.estimate}
     return out
+
+
+def restrict_rows(a: Atlas, rows: Sequence[int]) -> Atlas:
+    """The atlas of the examples ``rows`` (in that order)."""
+    data = a.to_json()
+    data.update(example_ids=[a.example_ids[i] for i in rows], example_families=[a.example_families[i] for i in rows],
+                per_example=a.per_example[list(rows)].tolist(), erase_ratio=[],
+                logit_effect=None if a.logit_effect is None else a.logit_effect[list(rows)].tolist(),
+                correct=None if a.correct is None else [a.correct[i] for i in rows])
+    return Atlas.from_json(data)
+
+
+def robustness_atlas(lm, sizes: Sizes, method: str) -> Atlas:
+    """``method`` ablation of the layer contribution on seed ``SEEDS[0]``'s sample, or on its first
+    ``sizes.robust_per_family`` examples per family (in the sample's order)."""
+    sample = stratified_sample(SEEDS[0], sizes.rigorous_per_family, sizes.families)
+    if sizes.robust_per_family is not None:
+        taken: dict[str, int] = {}
+        kept = []
+        for ex in sample:
+            if taken.get(ex.family, 0) < sizes.robust_per_family:
+                taken[ex.family] = taken.get(ex.family, 0) + 1
+                kept.append(ex)
+        sample = kept
+    return _atlas(lm, sample, sizes, method=method, component="layer", positions="all", measure="answer",
+                  seed=SEEDS[0])
 
 
 def robustness_figures(lm, sizes: Sizes, atlases: Mapping[str, Atlas]) -> dict[str, dict[str, Any]]:
     """:func:`robustness` of each rigorous atlas of ``lm``; the one measured on seed ``SEEDS[0]``'s default sample
     also under mean and resample ablation of the contribution (the same prompts, through the cache: every claim
-    reading that atlas shares these two sweeps). Other seeds' samples report the KL-side figures only."""
+    reading that atlas shares these two sweeps; ``sizes.robust_per_family`` may take its first k per family).
+    Other seeds' samples report the KL-side figures only."""
     out = {}
     for name, a in atlases.items():
         methods = {}
         if a.method == "zero" and a.component == "layer" and a.seed == SEEDS[0]:
             default = stratified_sample(SEEDS[0], sizes.rigorous_per_family, sizes.families)
             if [ex.id for ex in by_length(lm, default)] == a.example_ids:
-                methods = {m: rigorous_atlas(lm, sizes, SEEDS[0], method=m) for m in ROBUSTNESS_METHODS}
+                methods = {m: robustness_atlas(lm, sizes, m) for m in ROBUSTNESS_METHODS}
         out[name] = robustness(a, methods)
     return out
