@@ -90,15 +90,19 @@ class Progress:
         if self.expected:
             self.expected = {w: s for w, s in self.expected.items() if self.users.get(w, set()) & claims}
         count, total = sum(map(len, self.expected.values())), sum(map(sum, self.expected.values()))
-        known = (f"{count} measurement(s) to compute, {_duration(total)} when "
+        known = (f"{count} measurement(s) to compute, {_duration(total)} of compute when "
                  f"last timed" if self.expected else "no timings yet (the ETA starts with the next run)")
         return f"[measure] plan {_plan(self.config)}: {len(claims)} claim test(s); {known}"
 
     def eta(self) -> str:
         if not self.expected:
             return f"plan {_plan(self.config)}: ETA unknown (no timings yet)"
+        total = sum(map(sum, self.expected.values()))
         left = sum(sum(sorted(s)[:max(0, len(s) - self.done[what])]) for what, s in self.expected.items())
-        return f"plan {_plan(self.config)}: ETA {_duration(left)}"
+        # an xdist worker sees its own measurements end: the others are taken to progress at its pace
+        workers = int(getattr(self.config, "workerinput", {}).get("workercount", 1) or 1)
+        wall = max(0.0, total - workers * (total - left)) / workers
+        return f"plan {_plan(self.config)}: ETA {_duration(wall)}" + (f" ({workers} workers)" if workers > 1 else "")
 
     def __call__(self, event: str, entry: progress.Entry) -> None:
         if event == "end" and entry.source in ("computed", "cached"):
