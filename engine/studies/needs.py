@@ -44,11 +44,18 @@ def _robustness(model: str, sizes) -> list[Need]:
     """``common.robustness_figures``: mean and resample ablation of the contribution on seed 42's sample."""
     from engine.studies.atlas.common import ROBUSTNESS_METHODS, SEEDS
 
-    k = sizes.robust_per_family
+    return [_reported(model, sizes, m) for m in ROBUSTNESS_METHODS]
+
+
+def _reported(model: str, sizes, method: str = "zero", component: str = "layer", positions: str = "all") -> Need:
+    """``common.reported_atlas``: seed 42's sample, or its first ``reported_per_family`` per family."""
+    from engine.studies.atlas.common import SEEDS
+
+    k = sizes.reported_per_family
     if k is None:
-        return [_rigorous(model, sizes, SEEDS[0], method=m) for m in ROBUSTNESS_METHODS]
-    return [Need(model, "atlas", f"synthetic seed {SEEDS[0]} first {k}/family", k * _families(sizes), f"{m}/layer")
-            for m in ROBUSTNESS_METHODS]
+        return _rigorous(model, sizes, SEEDS[0], method=method, component=component, positions=positions)
+    return Need(model, "atlas", f"synthetic seed {SEEDS[0]} first {k}/family", k * _families(sizes),
+                f"{method}/{component}", positions)
 
 
 @declares("HUB-Q05", "HUB-Q15", "HUB-Q3", "HUB-SMOL", "HUB-SEEDS")
@@ -91,7 +98,8 @@ def _positions(model: str, tier: str, params: Mapping[str, Any]) -> list[Need]:
 
     sizes = _atlas_sizes(tier, params)
     return [_seed_sweep(model, sizes, positions="last3"), _seed_sweep(model, sizes, positions="first")] + [
-        _rigorous(model, sizes, SEEDS[0], component="resid", positions=p) for p in ("[-2]", "first", "answer")]
+        _rigorous(model, sizes, SEEDS[0], component="resid", positions=p) for p in ("[-2]", "first")] + [
+        _reported(model, sizes, component="resid", positions="answer")]
 
 
 @declares("ABL-MEAN")

@@ -46,8 +46,9 @@ class Sizes:
     batch_size: int = 16
     families: tuple[str, ...] | None = None  # the families sampled (None: all 12); smoke: a fixed few
     layer_stride: int = 1  # ablate every k-th layer (and the last); 1: every layer. Smoke only: a cheaper sweep
-    robust_per_family: int | None = None  # mean / resample robustness sweeps on the first k per family of seed
-    # SEEDS[0]'s sample (None: the whole sample); compared with the zero atlas on the same prompts
+    reported_per_family: int | None = None  # sweeps whose figures are reported beside a decision, never deciding
+    # it (robustness: mean / resample; POS-ANSWER's measured position), on the first k per family of seed
+    # SEEDS[0]'s sample (None: the whole sample); robustness compares with the zero atlas on the same prompts
     name: str = plans.DEFAULT_PLAN  # the plan these sizes come from (engine/data/plans.toml)
 
 
@@ -339,26 +340,26 @@ def restrict_rows(a: Atlas, rows: Sequence[int]) -> Atlas:
     return Atlas.from_json(data)
 
 
-def robustness_atlas(lm, sizes: Sizes, method: str) -> Atlas:
-    """``method`` ablation of the layer contribution on seed ``SEEDS[0]``'s sample, or on its first
-    ``sizes.robust_per_family`` examples per family (in the sample's order)."""
+def reported_atlas(lm, sizes: Sizes, method: str = "zero", component: str = "layer", positions: Any = "all") -> Atlas:
+    """A sweep reported beside a decision, never deciding it: on seed ``SEEDS[0]``'s sample, or on its first
+    ``sizes.reported_per_family`` examples per family (in the sample's order)."""
     sample = stratified_sample(SEEDS[0], sizes.rigorous_per_family, sizes.families)
-    if sizes.robust_per_family is not None:
+    if sizes.reported_per_family is not None:
         taken: dict[str, int] = {}
         kept = []
         for ex in sample:
-            if taken.get(ex.family, 0) < sizes.robust_per_family:
+            if taken.get(ex.family, 0) < sizes.reported_per_family:
                 taken[ex.family] = taken.get(ex.family, 0) + 1
                 kept.append(ex)
         sample = kept
-    return _atlas(lm, sample, sizes, method=method, component="layer", positions="all", measure="answer",
+    return _atlas(lm, sample, sizes, method=method, component=component, positions=positions, measure="answer",
                   seed=SEEDS[0])
 
 
 def robustness_figures(lm, sizes: Sizes, atlases: Mapping[str, Atlas]) -> dict[str, dict[str, Any]]:
     """:func:`robustness` of each rigorous atlas of ``lm``; the one measured on seed ``SEEDS[0]``'s default sample
     also under mean and resample ablation of the contribution (the same prompts, through the cache: every claim
-    reading that atlas shares these two sweeps; ``sizes.robust_per_family`` may take its first k per family).
+    reading that atlas shares these two sweeps; ``sizes.reported_per_family`` may take its first k per family).
     Other seeds' samples report the KL-side figures only."""
     out = {}
     for name, a in atlases.items():
@@ -366,6 +367,6 @@ def robustness_figures(lm, sizes: Sizes, atlases: Mapping[str, Atlas]) -> dict[s
         if a.method == "zero" and a.component == "layer" and a.seed == SEEDS[0]:
             default = stratified_sample(SEEDS[0], sizes.rigorous_per_family, sizes.families)
             if [ex.id for ex in by_length(lm, default)] == a.example_ids:
-                methods = {m: robustness_atlas(lm, sizes, m) for m in ROBUSTNESS_METHODS}
+                methods = {m: reported_atlas(lm, sizes, m) for m in ROBUSTNESS_METHODS}
         out[name] = robustness(a, methods)
     return out

@@ -19,6 +19,7 @@ from engine.studies.atlas.common import (
     accuracy_figures,
     aligned,
     logit_profile,
+    reported_atlas,
     rigorous_atlas,
     seed_atlas,
 )
@@ -80,15 +81,15 @@ def rigorous_positions(lm, sizes: Sizes, params: Mapping[str, Any], seed: int = 
     """
     pre = rigorous_atlas(lm, sizes, seed, component="resid", positions=[-2])
     bos = rigorous_atlas(lm, sizes, seed, component="resid", positions="first")
-    measured = rigorous_atlas(lm, sizes, seed, component="resid", positions="answer")
+    measured = reported_atlas(lm, sizes, component="resid", positions="answer")  # a figure beside the decision
     pm = np.asarray(measured.layer_effect)
     bos_text = "the BOS token" if _adds_bos(lm) else "the first token (this tokenizer adds no BOS)"
     return decide_positions("rigorous", pre, bos, params,
                             f"Rigorous protocol: residual zeroing of one position each on the stratified sample "
                             f"({sizes.rigorous_per_family}/family, seed {seed}): the token before the measured "
-                            f"position vs {bos_text}; the measured position alone: {pm.mean():.4g} (reported, not "
+                            f"position vs {bos_text}; the measured position alone ({measured.n_examples} prompts): {pm.mean():.4g} (reported, not "
                             f"compared: it is the position whose output is measured).",
-                            extra={"measured_position_effect": float(pm.mean()),
+                            extra={"measured_position_effect": float(pm.mean()), "measured_position_n": measured.n_examples,
                                    "measured_position_profile": pm.tolist(), "bos_is_real_bos": _adds_bos(lm)})
 
 
