@@ -42,7 +42,7 @@ def _rigorous(model: str, sizes, seed: int, method: str = "zero", component: str
 
 def _robustness(model: str, sizes) -> list[Need]:
     """``common.robustness_figures``: mean and resample ablation of the contribution on seed 42's sample."""
-    from engine.studies.atlas.common import ROBUSTNESS_METHODS, SEEDS
+    from engine.studies.atlas.common import ROBUSTNESS_METHODS
 
     return [_reported(model, sizes, m) for m in ROBUSTNESS_METHODS]
 
