@@ -26,6 +26,11 @@ argmax in every stratified resample (an exact tie is decisive: no single argmax,
 across seeds that never resample; a no-op mean hook) is named as not decided; below the rules' minimum n (10 per
 family) every record is INCONCLUSIVE "below the rule's minimum n".
 
+Robustness figures (catalogue v2, beside every rigorous atlas record, never deciding it: ``common.robustness``):
+the argmax rule on the centred answer-logit drop beside KL, on the correctly answered prompts only, and under mean
+and resample ablation of the contribution (seed 42's sample, or its first ``reported_per_family`` per family,
+compared with zero on the same prompts), with the family accuracy and the template.
+
 Atlases go through the engine's content-addressed cache, so an atlas shared by several claims is computed once.
 Sample sizes come from ``[plans.default.<tier>.atlas]`` in ``engine/data/plans.toml`` (:func:`sizes_for`).
 """
