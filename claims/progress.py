@@ -50,7 +50,7 @@ def _timings_path(config: pytest.Config) -> Path:
     return Path(root) / "bench" / f"plan-{_plan(config)}-timings.json"
 
 
-def _timings_source(config: pytest.Config) -> Path:
+def timings_source(config: pytest.Config) -> Path:
     """Where the ETA's timings are read: this results directory's, else the repository's committed ones (a run
     writing to a fresh directory, e.g. CI's, still gets an ETA)."""
     own = _timings_path(config)
@@ -76,7 +76,7 @@ class Progress:
         self.users: dict[str, set[str]] = {}
         self.done: Counter = Counter()  # what -> measurements so described that ended (computed or cached)
         try:
-            data = json.loads(_timings_source(config).read_text(encoding="utf-8"))
+            data = json.loads(timings_source(config).read_text(encoding="utf-8"))
             for m in data.get("measurements", []):
                 if m["computed"]:
                     self.expected.setdefault(m["what"], []).append(float(m["seconds"]))

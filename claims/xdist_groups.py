@@ -78,10 +78,10 @@ def longest_groups_first(config: pytest.Config, items: list[pytest.Item]) -> lis
     reads the same timings file, so every worker collects the same order."""
     import json
 
-    from claims.progress import _timings_source
+    from claims.progress import timings_source
 
     try:
-        data = json.loads(_timings_source(config).read_text(encoding="utf-8"))
+        data = json.loads(timings_source(config).read_text(encoding="utf-8"))
         seconds = {c["claim"]: float(c["seconds"]) for c in data.get("claims", [])}
     except (OSError, ValueError, KeyError, TypeError):
         return items

@@ -49,11 +49,6 @@ class Need:
         kind = f"{self.kind}({self.detail})" if self.detail else self.kind
         return f"{kind} {self.model}" + (f" n={self.n}" if self.n is not None else "")
 
-    @property
-    def label(self) -> str:
-        extra = ", ".join(x for x in (self.sample, self.variant) if x)
-        return f"{self.what} [{extra}]" if extra else self.what
-
 
 Declaration = Callable[[str, str, Mapping[str, Any]], "list[Need] | Dynamic"]
 
@@ -66,17 +61,19 @@ class Dynamic:
     why: str
 
 
-_REGISTRY: dict[str, Declaration] = {}
+_REGISTRY: dict[str, tuple[Declaration, bool]] = {}  # claim id -> (declaration, called once per target member)
 
 
-def declares(*claim_ids: str):
-    """Register ``fn(model, tier, params) -> list[Need] | Dynamic`` as the declaration of ``claim_ids``."""
+def declares(*claim_ids: str, per_member: bool = True):
+    """Register ``fn(model, tier, params) -> list[Need] | Dynamic`` as the declaration of ``claim_ids``: called
+    for each member of a multi-model target; ``per_member=False``: called once with the target's model list
+    (a claim whose members play different parts, e.g. a transfer's source and target)."""
     def register(fn: Declaration) -> Declaration:
         for claim_id in claim_ids:
             if claim_id in _REGISTRY:
-                raise ValueError(f"planner: {claim_id} is declared twice ({_REGISTRY[claim_id].__module__} and "
+                raise ValueError(f"planner: {claim_id} is declared twice ({_REGISTRY[claim_id][0].__module__} and "
                                  f"{fn.__module__})")
-            _REGISTRY[claim_id] = fn
+            _REGISTRY[claim_id] = (fn, per_member)
         return fn
     return register
 
@@ -86,20 +83,15 @@ def _load_declarations() -> None:
     import engine.studies.needs  # noqa: F401
 
 
-def declared(claim_id: str) -> bool:
-    _load_declarations()
-    return claim_id in _REGISTRY
-
-
 def needs_of(claim_id: str, models: Sequence[str], tier: str, params: Mapping[str, Any]) -> Dynamic:
     """What ``claim_id`` measures on each of ``models`` (a multi-model claim: every member)."""
     _load_declarations()
-    fn = _REGISTRY.get(claim_id)
-    if fn is None:
+    entry = _REGISTRY.get(claim_id)
+    if entry is None:
         return Dynamic((), "no declaration")
+    fn, per_member = entry
     out, why = [], ""
-    for model in models:
-        got = fn(model, tier, params)
+    for got in ([fn(model, tier, params) for model in models] if per_member else [fn(list(models), tier, params)]):
         if isinstance(got, Dynamic):
             out.extend(got.needs)
             why = got.why

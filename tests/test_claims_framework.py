@@ -11,12 +11,21 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from toy_catalogue import HEADER
 from typer.testing import CliRunner
 
-from engine import ENGINE_VERSION, models
-from engine import results
-from engine.verdicts import (ClaimError, ClaimRevisedWarning, Recorder, Target, Tolerance, Verdict, VerdictRecord,
-                           load_catalogue, parse_catalogue)
+from engine import ENGINE_VERSION, models, results
+from engine.verdicts import (
+    ClaimError,
+    ClaimRevisedWarning,
+    Recorder,
+    Target,
+    Tolerance,
+    Verdict,
+    VerdictRecord,
+    load_catalogue,
+    parse_catalogue,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -27,14 +36,7 @@ CATALOGUE_IDS = {
 }
 
 # A small catalogue whose claim has a seed figure for a cpu model, so every verdict path runs without a GPU.
-TEST_CATALOGUE = """
-[catalogue]
-cpu_models = ["smollm2-135m", "gemma3-270m"]
-default_tolerance = { rel = 0.05 }
-[scales]
-scale_135m = "SmolLM2-135M"
-scale_270m = "Gemma-3-270M"
-scale_05b = "Qwen2.5-0.5B"
+TEST_CATALOGUE = HEADER + """scale_05b = "Qwen2.5-0.5B"
 
 [[claim]]
 id = "T-FIG"

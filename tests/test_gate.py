@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from toy_catalogue import HEADER
 from typer.testing import CliRunner
 
 from engine import decisions, results
@@ -19,14 +20,7 @@ from engine.verdicts import Recorder, Target, Verdict, parse_catalogue
 
 pytest_plugins = ["pytester"]
 
-CATALOGUE = """
-[catalogue]
-cpu_models = ["smollm2-135m", "gemma3-270m"]
-default_tolerance = { rel = 0.05 }
-[scales]
-scale_135m = "SmolLM2-135M"
-scale_270m = "Gemma-3-270M"
-
+CATALOGUE = HEADER + """
 [[claim]]
 id = "G-EV"
 block = "atlas"

@@ -134,28 +134,18 @@ def _steer(model: str, tier: str, params: Mapping[str, Any]) -> list[Need]:
     return [Need(model, "steer-study-v2", "the steer plan's prompts")]
 
 
-@declares("STEER-TRANSFER")
-def _steer_transfer(model: str, tier: str, params: Mapping[str, Any]) -> list[Need]:
-    """The source model's steering study and the mapped transfer (declared once, on the source model)."""
-    from engine import models
-
-    cpu = [k for k, spec in models.REGISTRY.items() if spec.tier == "cpu"]
-    source = cpu[0] if tier == "cpu" else None
-    if model != source and tier == "cpu":
-        return []
-    return [Need(model, "steer-study-v2", "the steer plan's prompts"), Need("", "steer-transfer-v2", "mapped")]
+@declares("STEER-TRANSFER", per_member=False)
+def _steer_transfer(models: list[str], tier: str, params: Mapping[str, Any]) -> list[Need]:
+    """The source model's (the target's first member) steering study and the mapped transfer."""
+    return [Need(models[0], "steer-study-v2", "the steer plan's prompts"), Need("", "steer-transfer-v2", "mapped")]
 
 
 @declares("QUANT-KL", "QUANT-SPEED")
 def _quant(model: str, tier: str, params: Mapping[str, Any]) -> list[Need]:
-    sizes = plans.load("quant", _quant_sizes_type(), "gpu" if tier == "gpu" else "cpu", params)
-    return [Need(model, "quant-study-v2", "the quant plan's prompts", sizes.n_eval)]
-
-
-def _quant_sizes_type():
     from engine.studies.quant import QuantSizes
 
-    return QuantSizes
+    sizes = plans.load("quant", QuantSizes, "gpu" if tier == "gpu" else "cpu", params)
+    return [Need(model, "quant-study-v2", "the quant plan's prompts", sizes.n_eval)]
 
 
 # ------------------------------------------------------------------------------------------------ lora
