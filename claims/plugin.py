@@ -95,7 +95,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import plans, results, verdicts
+from engine import planner, plans, results, verdicts
 from engine.studies.findings import Finding
 from engine.verdicts import GROUP_SEP, Catalogue, ClaimError, Recorder, Target, Verdict, VerdictRecord
 
@@ -140,6 +140,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--plan", metavar="NAME", default=None,
                     help="measurement plan whose sample sizes every claim uses (engine/data/plans.toml: default, "
                          "smoke, ...); shown in every record (default: each claim's own, usually 'default')")
+    group.addoption("--yes", action="store_true",
+                    help="run a plan whose estimated core time exceeds the limit (engine.planner.check_session)")
     group.addoption("--allow-cpu-gpu-tier", action="store_true",
                     help="run gpu-tier claims on CPU when their weights are present")
     group.addoption("--model-dir", metavar="DIR", default=None,
@@ -150,15 +152,12 @@ def pytest_configure(config: pytest.Config) -> None:
     model_dir = config.getoption("--model-dir")
     if model_dir:
         os.environ["MI_ATLAS_MODEL_DIR"] = str(Path(model_dir).expanduser().resolve())
-    try:
+    try:  # the data files, whole, and the plan's estimated cost: one line each, before anything runs
+        planner.check_session(config.getoption("--plan"), yes=config.getoption("--yes") or config.option.collectonly)
         catalogue = verdicts.load_catalogue(config.getoption("--claims-catalogue"))
-    except ClaimError as exc:
+    except (ClaimError, plans.PlanError) as exc:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[CATALOGUE] = catalogue
-    plan = config.getoption("--plan")
-    if plan is not None and plan not in plans.read()[1]:
-        raise pytest.UsageError(f"--plan {plan}: no such plan in {plans.PLANS_FILE} "
-                                f"(plans: {', '.join(plans.read()[1])})")
     _check_baseline_options(config)
     for name, text in BASE_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")

@@ -16,14 +16,23 @@ change the seeds' batches.
 
 The declarations are checked against what the procedures really measured: ``tests/test_planner.py`` compares
 each claim's declared measurements with the ledger of the last smoke run (``results/bench/plan-smoke-timings.json``).
+
+Before a session runs, :func:`check_session` validates the plans file (``engine.plans.validate``) and prices the
+session's plan: :func:`estimate` scales each block's measured core time of the reference plan (``default``, from
+``results/bench/plan-default-timings.json``) by the ratio of the two plans' work (:func:`block_work`: examples x
+passes from the sizes). A plan estimated above :data:`COST_LIMIT_S` of core time needs ``--yes``.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from engine import plans as plans_data
 
 
 @dataclass(frozen=True)
@@ -151,3 +160,85 @@ def plan(name: str, tests: Iterable[tuple[str, Sequence[str], str, Mapping[str, 
         if got.why:
             out.dynamic[label] = got.why
     return out
+
+
+# ------------------------------------------------------------------------------------------------ cost
+
+COST_LIMIT_S = 4 * 3600  # core time of a plan's cpu tier above which a session asks for --yes
+REFERENCE_PLAN = plans_data.DEFAULT_PLAN  # the plan whose measured timings price every plan
+TIMINGS = Path(__file__).resolve().parents[1] / "results" / "bench" / f"plan-{REFERENCE_PLAN}-timings.json"
+# block_work of the reference plan's cpu tier as it was when TIMINGS were measured (plans.toml at d86816d, timings
+# of run 20261202T001047Z-d86816d9c6e1): kept here, so that editing the reference plan's own sizes is priced too.
+# Re-pin both together.
+REFERENCE_WORK = {"atlas": 96.0, "steer": 261.0, "quant": 168.0, "lora": 18480.0}
+
+
+def block_work(block: str, t: Mapping[str, Any]) -> float:
+    """A block's work on one model, in units its core time is taken to be proportional to (examples x passes), from
+    one plan table of ``engine/data/plans.toml``: only ratios of two plans' works are used."""
+    if block == "atlas":
+        families = len(t.get("families") or ()) or 12
+        per = t["seed_per_family"] + 3 * t["rigorous_per_family"] + t["nl_per_family"]
+        return families * per / t.get("layer_stride", 1)
+    if block == "steer":
+        scales = len(t["scales"])
+        return t["n_select"] * scales + t["n_test"] * (scales + t["n_random"]) + t["n_seed_prompts"] + t["n_pairs"]
+    if block == "quant":
+        precisions = len(t["precisions"])
+        return (t["n_eval"] * precisions * (1 + len(t["rigorous_scales"]))
+                + (t["rounds"] + t["warmup"]) * precisions * t["speed_batch"])
+    if block == "lora":
+        trainings = t["n_train_seeds"] * (2 + t["n_random"] + len(t["sweep_modules"]) + t["n_skip_random"])
+        per = t["steps"] * t["batch_size"] + t["n_eval"] * len(t["families"])
+        return trainings * per * (t.get("max_len") or 256)
+    raise ValueError(f"unknown block {block!r}")
+
+
+def measured_block_seconds(timings: Path = TIMINGS) -> dict[str, float]:
+    """Core seconds per block of the reference plan's last measured session (its claims' computed seconds); empty
+    when there are none."""
+    from engine.verdicts import load_catalogue
+
+    try:
+        data = json.loads(Path(timings).read_text(encoding="utf-8"))
+        rows = [(str(row["claim"]).split("[")[0], float(row["seconds"])) for row in data.get("claims", [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    catalogue = load_catalogue()
+    out: dict[str, float] = {}
+    for claim_id, seconds in rows:
+        if claim_id in catalogue:
+            block = catalogue[claim_id].block
+            out[block] = out.get(block, 0.0) + seconds
+    return out
+
+
+def estimate(plan: str, *, path: str | Path | None = None, timings: Path = TIMINGS) -> float | None:
+    """Estimated core seconds of ``plan``'s cpu tier: each block's measured seconds under the reference plan times
+    the ratio of the plan's :func:`block_work` to the reference's (:data:`REFERENCE_WORK`; a block the plan does
+    not size runs the reference plan's sizes). None without measured timings or a cpu tier."""
+    _, table = plans_data.read(path)
+    measured = measured_block_seconds(timings)
+    mine, ref = table.get(plan, {}).get("cpu", {}), table.get(REFERENCE_PLAN, {}).get("cpu", {})
+    parts = [seconds * (block_work(b, mine[b]) / REFERENCE_WORK[b] if b in mine else 1.0)
+             for b, seconds in measured.items() if b in REFERENCE_WORK and (b in mine or b in ref)]
+    return sum(parts) if parts and mine else None
+
+
+def check_session(plan: str | None, *, yes: bool = False, limit_s: float = COST_LIMIT_S,
+                  timings: Path = TIMINGS) -> None:
+    """Before a session runs: the whole plans file is valid (``engine.plans.validate``), ``plan`` (``--plan``; None:
+    the default) exists, and its estimated cost is within ``limit_s`` of core time unless ``yes``. Each failure is
+    one :class:`engine.plans.PlanError` line."""
+    where, table = plans_data.validate()
+    if plan is not None and plan not in table:
+        raise plans_data.PlanError(f"--plan {plan}: no such plan in {where} (plans: {', '.join(table)})")
+    name = plan or plans_data.DEFAULT_PLAN
+    if yes:
+        return
+    cost = estimate(name, timings=timings)
+    if cost is not None and cost > limit_s:
+        raise plans_data.PlanError(
+            f"--plan {name}: estimated {cost / 3600:.1f} h of core time for its cpu tier ({where}'s sizes priced by "
+            f"the {REFERENCE_PLAN} plan's measured timings, {timings.name}), over the {limit_s / 3600:g} h limit: "
+            "pass --yes to run it anyway, or choose a smaller plan")

@@ -12,6 +12,13 @@ itself, never read from the file: ``name`` (the plan's name: ``sizes.name``, for
 and, where the dataclass has one, ``tier``. Any unknown plan, tier, block or key, a missing field or a value of
 the wrong type is a :class:`PlanError` naming the file and the key.
 
+The whole file is checked when it is read (:func:`read`), every plan, tier and block: a value out of its field's
+range (:data:`RANGES`: sizes and strides >= 1, ``n_resamples`` >= 100, fractions in (0, 1], ...; an absurd count
+above 1,000,000 is a typo) or not finite (NaN, inf) is a :class:`PlanError` naming the file, the table and the key
+with the accepted range. :func:`validate` also loads every table into its block's dataclass (missing keys, wrong
+types, unknown keys), as the pytest plugin does before anything runs. ``MI_ATLAS_PLANS=<file>`` replaces the
+packaged file.
+
 Overrides by a claim's ``[claim.params]`` (:func:`override`), in this order:
 
 1. ``plan = "<name>"`` selects the plan (default ``"default"``);
@@ -27,6 +34,8 @@ Nothing here imports another engine module: the blocks pass their dataclass in.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import tomllib
 from functools import lru_cache
 from importlib import resources
@@ -34,6 +43,7 @@ from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 PLANS_FILE = "engine/data/plans.toml"
+PLANS_ENV = "MI_ATLAS_PLANS"  # a plans file that replaces the packaged one (read by every loader of the process)
 DEFAULT_PLAN = "default"
 TIERS = ("cpu", "gpu")
 BLOCKS = ("atlas", "steer", "quant", "lora")
@@ -50,16 +60,24 @@ class PlanError(ValueError):
 
 
 def read(path: str | Path | None = None) -> tuple[str, dict[str, dict[str, dict[str, dict[str, Any]]]]]:
-    """(where, plans): the parsed plans file, its plan / tier / block structure checked. Default: the packaged
-    ``engine/data/plans.toml``."""
+    """(where, plans): the parsed plans file, its plan / tier / block structure and every value's range checked.
+    Default: ``$MI_ATLAS_PLANS`` if set, else the packaged ``engine/data/plans.toml``."""
     if path is None:
-        return _default()
+        path = os.environ.get(PLANS_ENV) or None
+        if path is None:
+            return _default()
+        return _read_cached(path)
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PlanError(f"plans file {path}: cannot read it ({exc})") from exc
     return str(path), parse(text, str(path))
+
+
+@lru_cache(maxsize=8)
+def _read_cached(path: str):
+    return read(Path(path))
 
 
 @lru_cache(maxsize=1)
@@ -90,7 +108,92 @@ def parse(text: str, where: str = "<plans>") -> dict[str, dict[str, dict[str, di
                     raise PlanError(f"{where}: unknown key 'plans.{name}.{tier}.{block}': a block is one of "
                                     f"{', '.join(BLOCKS)}")
                 _table(fields, f"{where}: [plans.{name}.{tier}.{block}]")
+                for field, value in fields.items():
+                    check_value(field, value, f"{where}: 'plans.{name}.{tier}.{block}.{field}'")
     return plans
+
+
+# ------------------------------------------------------------------------------------------------ ranges
+
+MAX_COUNT = 1_000_000  # above this a count is a typo (the cost estimate, engine.planner, covers the rest)
+# field -> (low, high) of every number of the field (each element of an array); a field not named here (a scale):
+# any finite number. LOW_OPEN: fields whose low bound is excluded.
+RANGES: dict[str, tuple[float, float]] = {
+    # atlas
+    "seed_per_family": (1, MAX_COUNT), "rigorous_per_family": (1, MAX_COUNT), "nl_per_family": (1, MAX_COUNT),
+    "noop_examples": (1, MAX_COUNT), "skip_single_layers": (1, MAX_COUNT), "n_resamples": (100, MAX_COUNT),
+    "batch_size": (1, 4096), "layer_stride": (1, 1000), "reported_per_family": (1, MAX_COUNT),
+    # steer
+    "n_positive": (1, MAX_COUNT), "per_negative_family": (1, MAX_COUNT), "n_select": (1, MAX_COUNT),
+    "n_test": (1, MAX_COUNT), "n_random": (1, MAX_COUNT), "percentile": (0, 100), "n_seed_prompts": (1, MAX_COUNT),
+    "n_pairs": (1, MAX_COUNT),
+    # quant
+    "n_eval": (1, MAX_COUNT), "seed_layer": (0, 10_000), "seed_n_layers": (1, 10_000), "speed_batch": (1, 4096),
+    "rounds": (1, 10_000), "warmup": (0, 10_000),
+    # lora
+    "n_train": (1, MAX_COUNT), "max_len": (1, 1_000_000), "steps": (1, 100_000), "lr": (0, 1),
+    "warmup_steps": (0, 100_000), "n_train_seeds": (1, 1000), "r": (1, 4096), "alpha": (0, 1e6), "k": (1, 10_000),
+    "checkpoints": (0, 1), "atlas_per_family": (1, MAX_COUNT), "lock_per_family": (1, MAX_COUNT),
+    "skip_fraction": (0, 1), "n_skip_random": (1, MAX_COUNT),
+    # random seeds
+    "seed": (0, 2**32 - 1), "data_seed": (0, 2**32 - 1), "train_seed": (0, 2**32 - 1),
+}
+LOW_OPEN = {"lr", "alpha", "checkpoints", "skip_fraction", "percentile"}  # must be > low, not >= low
+
+
+def check_value(field: str, value: Any, where: str) -> None:
+    """A :class:`PlanError` naming ``where`` (file, table and key) unless ``value`` is finite and in ``field``'s
+    range (:data:`RANGES`; every element of an array; an array is never empty)."""
+    if isinstance(value, dict):
+        raise PlanError(f"{where}: expected a value, got a table (a size is a number, a string or an array)")
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise PlanError(f"{where}: an empty array (list at least one value)")
+        for i, item in enumerate(value):
+            check_value(field, item, f"{where[:-1]}[{i}]'" if where.endswith("'") else f"{where}[{i}]")
+        return
+    if isinstance(value, bool) or isinstance(value, str) or not isinstance(value, (int, float)):
+        return  # the type is checked against the dataclass (load)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PlanError(f"{where} = {value}: not a finite number (NaN and inf are refused; write a number)")
+    low, high = RANGES.get(field, (-math.inf, math.inf))
+    open_low = field in LOW_OPEN
+    if value < low or (open_low and value == low) or value > high:
+        left = "(" if open_low else "["
+        bound = f"{left}{_num(low)}, {_num(high)}]"
+        raise PlanError(f"{where} = {_short(value)}: out of range, expected a number in {bound}")
+
+
+def _num(x: float) -> str:
+    return f"{x:,}" if isinstance(x, int) and abs(x) >= 10_000 else f"{x:g}"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def validate(path: str | Path | None = None) -> tuple[str, dict[str, dict[str, dict[str, dict[str, Any]]]]]:
+    """(where, plans) as :func:`read`, after loading every plan's every tier and block into its block's sizes
+    dataclass: a missing key, a wrong type or an unknown key anywhere in the file is a :class:`PlanError`, not
+    only in the tables a run happens to read. Imports the blocks (their dataclasses)."""
+    where, plans = read(path)
+    classes = block_classes()
+    for name, tiers in plans.items():
+        for tier, blocks in tiers.items():
+            for block in blocks:
+                load(block, classes[block], tier, {"plan": name}, path=path)
+    return where, plans
+
+
+def block_classes() -> dict[str, type]:
+    """Each block's sizes dataclass (imported here, on first use: the blocks import this module)."""
+    from engine.lora.protocols import LoraPlan
+    from engine.studies.atlas.common import Sizes
+    from engine.studies.quant import QuantSizes
+    from engine.studies.steer import SteerSizes
+
+    return {"atlas": Sizes, "steer": SteerSizes, "quant": QuantSizes, "lora": LoraPlan}
 
 
 def _table(value: Any, where: str) -> None:
@@ -169,6 +272,8 @@ def override(sizes: T, tier: str | None, params: Mapping[str, Any] | None) -> T:
         changes.update(sub)
     if not changes:
         return sizes
+    for k, v in changes.items():
+        check_value(k, v, f"[claim.params] {k}")
     typed = {k: coerce(v, getattr(sizes, k), f"[claim.params] {k}") for k, v in changes.items()}
     return dataclasses.replace(sizes, **typed)
 

@@ -51,6 +51,11 @@ class ClaimError(ValueError):
     """A claim is misused or the catalogue is malformed; the message names the claim, field or file."""
 
 
+class CatalogueError(ClaimError):
+    """The catalogue's data is out of bounds (a rule parameter of the wrong type, out of range, not finite, or
+    unknown); one line naming the file, the claim's table and the key."""
+
+
 class ClaimRevisedWarning(UserWarning):
     """Emitted for every REVISED verdict, so it shows in pytest's warnings summary."""
 
@@ -167,7 +172,8 @@ DEFAULT_CATALOGUE = "engine/data/claims.toml"
 
 
 def load_catalogue(path: str | Path | None = None) -> Catalogue:
-    """Read and validate a claims catalogue (default: the packaged ``engine/data/claims.toml``)."""
+    """Read and validate a claims catalogue (default: the packaged ``engine/data/claims.toml``), every claim's rule
+    parameters included (:func:`check_catalogue`)."""
     if path is None:
         return _default_catalogue()
     path = Path(path)
@@ -175,13 +181,118 @@ def load_catalogue(path: str | Path | None = None) -> Catalogue:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ClaimError(f"claims catalogue {path}: cannot read it ({exc})") from exc
-    return parse_catalogue(text, str(path))
+    return check_catalogue(parse_catalogue(text, str(path)))
 
 
 @lru_cache(maxsize=1)
 def _default_catalogue() -> Catalogue:
     text = resources.files("engine").joinpath("data/claims.toml").read_text(encoding="utf-8")
-    return parse_catalogue(text, DEFAULT_CATALOGUE)
+    return check_catalogue(parse_catalogue(text, DEFAULT_CATALOGUE))
+
+
+# [claim.params]: every rule parameter a procedure reads, name -> (kind, low, high); kind "number" (a finite int or
+# float) or "int". A key "min_<what>" is a rule's minimum n (an int >= 1), "<what>_delta" / "<what>_tolerance" a
+# finite number >= 0; "<name>_rationale" (a non-empty string) may go with any parameter the claim sets. Other
+# keys: "plan" (a plan of engine/data/plans.toml), a field of the claim's block's sizes (a size override, checked
+# by engine.plans; the fields the plans file lists), "cpu" / "gpu" (tables of size overrides). A new rule parameter
+# of another kind is declared here.
+RULE_PARAMS: dict[str, tuple[str, float, float]] = {
+    **{name: ("number", 0, math.inf) for name in (
+        "delta", "seed_delta", "control_delta", "depth_delta", "near_zero_mean_delta", "zero_effect_delta",
+        "rank_rho_delta", "depth_tolerance", "zero_effect_tolerance", "match_tolerance", "near_zero_mean_ratio",
+        "destructive_ratio", "noise_multiple")},
+    "rank_rho_threshold": ("number", -1, 1),
+    "keep_threshold": ("number", 0, 1),
+    "lock_in_fraction": ("number", 0, 1),
+    "random_percentile": ("number", 0, 100),
+    "steering_scale": ("number", -math.inf, math.inf),
+    "top_k": ("int", 1, 10_000),
+    "last_decile": ("int", 0, 9),
+}
+MIN_N_RANGE = ("int", 1, 1_000_000)
+
+
+def _rule_param(key: str) -> tuple[str, float, float] | None:
+    if key in RULE_PARAMS:
+        return RULE_PARAMS[key]
+    if key.startswith("min_"):
+        return MIN_N_RANGE
+    if key.endswith(("_delta", "_tolerance")):
+        return ("number", 0, math.inf)
+    return None
+
+
+def check_catalogue(catalogue: Catalogue) -> Catalogue:
+    """``catalogue`` once every claim's ``[claim.params]`` is valid (known keys, types, ranges, finite numbers; size
+    overrides as engine.plans checks them) and every tolerance is finite; else a :class:`CatalogueError` naming the
+    file, the claim's table and the key."""
+    from engine import plans
+
+    _, plan_tables = plans.read()  # a fault there is its own PlanError (a ValueError), naming the plans file
+    size_fields: dict[str, set[str]] = {}
+    for tiers in plan_tables.values():
+        for blocks in tiers.values():
+            for block, table in blocks.items():
+                size_fields.setdefault(block, set()).update(set(table) - set(plans.SET_BY_LOADER))
+    tolerances = [("[catalogue] default_tolerance", catalogue.default_tolerance)]
+    for claim in catalogue:
+        where = f"{catalogue.path}: claim {claim.id}"
+        tolerances += [(f"claim {claim.id}: tolerance", claim.tolerance)] + [
+            (f"claim {claim.id}: tolerances.{name}", t) for name, t in claim.tolerances.items()]
+        sizes = size_fields.get(claim.block, set())
+        for key, value in claim.params.items():
+            at = f"{where}: [claim.params] {key}"
+            if key.endswith("_rationale") and key[:-len("_rationale")] in claim.params:
+                if not isinstance(value, str) or not value.strip():
+                    raise CatalogueError(f"{at} = {_short(value)}: expected a non-empty string (why the threshold)")
+            elif _rule_param(key) is not None:
+                _check_param(_rule_param(key), value, at)
+            elif key == "plan":
+                if not isinstance(value, str) or value not in plan_tables:
+                    raise CatalogueError(f"{at} = {_short(value)}: not a plan of the plans file (plans: "
+                                         f"{', '.join(plan_tables)})")
+            elif key in ("cpu", "gpu"):
+                if not isinstance(value, dict):
+                    raise CatalogueError(f"{at} = {_short(value)}: expected a table of {claim.block} size overrides")
+                for field_name, size in value.items():
+                    _check_size(field_name, size, sizes, f"{where}: [claim.params.{key}] {field_name}", claim.block)
+            else:
+                _check_size(key, value, sizes, at, claim.block)
+    for name, tolerance in tolerances:
+        if not (math.isfinite(tolerance.abs) and math.isfinite(tolerance.rel)):
+            raise CatalogueError(f"{catalogue.path}: {name} = {tolerance.to_dict()}: not finite (an infinite "
+                                 "tolerance accepts any figure; write a number)")
+    return catalogue
+
+
+def _check_param(rule: tuple[str, float, float], value: Any, at: str) -> None:
+    kind, low, high = rule
+    if kind == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise CatalogueError(f"{at} = {_short(value)}: expected an integer in [{low:g}, {high:g}]")
+    if not is_number(value):
+        raise CatalogueError(f"{at} = {_short(value)}: expected a number in [{low:g}, {high:g}]")
+    if not math.isfinite(value):
+        raise CatalogueError(f"{at} = {value}: not a finite number (NaN and inf are refused; write a number)")
+    if not low <= value <= high:
+        raise CatalogueError(f"{at} = {_short(value)}: out of range, expected a number in [{low:g}, {high:g}]")
+
+
+def _check_size(key: str, value: Any, sizes: set[str], at: str, block: str) -> None:
+    from engine import plans
+
+    if key not in sizes:
+        raise CatalogueError(f"{at}: unknown key: not a rule parameter (engine/verdicts.py RULE_PARAMS, min_*, "
+                             f"*_delta, *_tolerance, <name>_rationale) nor a size of the {block} block "
+                             f"({', '.join(sorted(sizes))})")
+    try:
+        plans.check_value(key, value, at)
+    except plans.PlanError as exc:
+        raise CatalogueError(str(exc)) from exc
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def parse_catalogue(text: str, where: str = "<catalogue>") -> Catalogue:
