@@ -37,6 +37,10 @@ class CacheError(RuntimeError):
     """A cache key or value cannot be stored (not JSON-serialisable)."""
 
 
+class CacheWarning(UserWarning):
+    """A cache entry failed its integrity check (checksum, manifest) and is recomputed instead of served."""
+
+
 def results_root() -> Path:
     env = os.environ.get("MI_ATLAS_RESULTS_CACHE")
     if env:
@@ -78,8 +82,8 @@ def _read(path: Path, key: dict, warn: bool = True) -> tuple[bool, Any]:
         payload_text = _canonical(entry["payload"])
         ok = (entry.get("key") == json.loads(_canonical(key))
               and entry.get("checksum") == hashlib.sha256(payload_text.encode()).hexdigest())
-    except (OSError, ValueError, KeyError, TypeError):
-        ok = False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, CacheError):
+        ok = False  # RecursionError: a deeply nested entry is a corrupt entry, not a crash
     if not ok:
         if warn:
             print(f"mi-atlas cache: entry {path} is corrupt; recomputing", file=sys.stderr)
@@ -168,9 +172,9 @@ def _warn_unwritable(base: Path, where: Path, exc: OSError) -> None:
 
 def measured(kind: str, lm, examples, compute: Callable[[], Any], **params) -> Any:
     """:func:`cached` for one measurement of a loaded model on examples: keyed on the model's identity
-    (``engine.atlas.model_identity``: key, weights fingerprint, dtype, quantisation; an adapted or skipped model
-    carries its own fingerprint), the examples' content hash and ``params`` (everything else the numbers depend
-    on). ``compute()`` returns JSON-serialisable data."""
+    (``engine.atlas.model_identity``: key, weights fingerprint, dtype, quantisation, library versions and device;
+    an adapted or skipped model carries its own fingerprint), the examples' content hash and ``params``
+    (everything else the numbers depend on). ``compute()`` returns JSON-serialisable data."""
     from engine.atlas import model_identity, suite_hash
 
     return cached({"kind": kind, **model_identity(lm), "suite": suite_hash(examples), "n_examples": len(examples),

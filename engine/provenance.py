@@ -46,3 +46,22 @@ def package_versions(names: Iterable[str], *, missing: str | None = None) -> dic
         except metadata.PackageNotFoundError:
             out[name] = missing
     return out
+
+
+#: The libraries whose kernels and defaults a computed number depends on: part of every cache key that holds
+#: measured numbers (the LoRA adapter cache, the atlas and every ``engine.cache.measured`` entry).
+COMPUTE_LIBRARIES = ("torch", "transformers", "peft")
+
+
+@lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    """``{"torch": ..., "transformers": ..., "peft": ...}`` installed here ("absent" for one that is not)."""
+    return {name: str(version) for name, version in package_versions(COMPUTE_LIBRARIES, missing="absent").items()}
+
+
+def compute_identity(device) -> dict[str, str]:
+    """What a number computed on ``device`` depends on besides the model, the inputs and the engine's code: the
+    versions of :data:`COMPUTE_LIBRARIES` and the device type ("cpu", "cuda", "mps"). One helper for every cache
+    key, so the LoRA key and the atlas key cannot drift apart."""
+    kind = getattr(device, "type", None) or str(device).split(":", 1)[0]
+    return {**library_versions(), "device": kind}

@@ -8,7 +8,10 @@ fractions of the steps, so block G3 (lock-in) can reload them with ``PeftModel.f
 
 :func:`train_cached` stores a run (final adapter, checkpoints, loss curve, parameter counts) under
 ``MI_ATLAS_CACHE/lora/<key>`` where the key hashes everything the result depends on (model fingerprint,
-examples, target, config, library versions); claims that need the same adapter share it.
+examples, target, config, library versions and device: ``engine.provenance.compute_identity``, as in the atlas
+key); claims that need the same adapter share it. Each stored run carries a ``manifest.json`` (the sha256 and size
+of every file: run.json, the final adapter, the checkpoints) written with it; every read checks it, and an entry
+that fails (bytes changed at the same size and mtime, a file missing, no manifest) is retrained, with one warning.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,15 +30,19 @@ from pathlib import Path
 import torch
 
 from engine import models, progress
+from engine.files import PRIVATE, write_atomic
 from engine.models import LoadedModel
-from engine.provenance import code_fingerprint
+from engine.models.integrity import sha256_file
+from engine.provenance import code_fingerprint, compute_identity
 from engine.tasks import Example, suite_hash
 
 from .adapters import LoraError, LoraTarget, ParamCount, adapter_state, attached, count_parameters
 from .data import make_loader, pad_id, with_padding_labels
 from .evaluation import batch_loss
 
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4  # 4: every stored run carries a manifest.json of its files' sha256s
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
 SCHEDULES = ("linear", "constant_with_warmup", "cosine")
 
 
@@ -206,15 +215,12 @@ def _cycle(loader):
 
 def cache_key(lm: LoadedModel, examples: Sequence[Example], target: LoraTarget, config: TrainConfig) -> str:
     """Content hash of everything a trained adapter depends on."""
-    import peft
-    import transformers
-
     payload = {
         "format": CACHE_FORMAT, "model": lm.fingerprint, "dtype": str(lm.dtype), "quant": lm.quant,
-        "device": lm.device.type, "examples": suite_hash(examples),
+        "examples": suite_hash(examples),
         "target": {k: v for k, v in target.to_dict().items() if k != "label"},  # the label is only a name
-        "config": config.to_dict(), "torch": torch.__version__, "peft": peft.__version__,
-        "transformers": transformers.__version__, "engine_code": code_fingerprint(),
+        "config": config.to_dict(), **compute_identity(lm.device),  # torch / transformers / peft, device
+        "engine_code": code_fingerprint(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -223,44 +229,190 @@ def lora_cache_dir() -> Path:
     return models.cache_root() / "lora"
 
 
+def _manifest_files(directory: Path) -> dict[str, dict]:
+    """``{relative path: {"sha256", "bytes"}}`` of every file under ``directory`` but the manifest itself."""
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory).as_posix()
+        if relative == MANIFEST_NAME or path.is_dir():
+            continue
+        files[relative] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return files
+
+
+def write_manifest(directory: str | Path, key: str) -> dict:
+    """Write ``directory/manifest.json``: the sha256 and size of every file of a stored run (run.json, the final
+    adapter, the checkpoints), written atomically into the staging directory before it is renamed into place, so
+    an entry appears with its manifest or not at all."""
+    directory = Path(directory)
+    manifest = {"format": MANIFEST_FORMAT, "key": key, "files": _manifest_files(directory)}
+    write_atomic(directory / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True), mode=PRIVATE)
+    return manifest
+
+
+def check_manifest(entry: str | Path, key: str | None = None) -> str | None:
+    """Why the stored run ``entry`` must not be served (None: every file is exactly as its manifest says).
+
+    Checked: the manifest is readable and of this format, names ``key`` (when given), and lists exactly the files
+    present, each with its size and sha256 (a file edited in place with its size and mtime kept is caught: the
+    bytes are hashed on every read, never trusted from a stat)."""
+    entry = Path(entry)
+    path = entry / MANIFEST_NAME
+    if not path.is_file():
+        return f"it has no {MANIFEST_NAME} (stored by an older mi-atlas, or torn)"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        fmt, stored_key, files = manifest["format"], manifest["key"], manifest["files"]
+        expected = {str(name): (str(f["sha256"]), int(f["bytes"])) for name, f in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        return f"its {MANIFEST_NAME} is unreadable ({type(exc).__name__})"
+    if fmt != MANIFEST_FORMAT:
+        return f"its {MANIFEST_NAME} has format {fmt!r}, this mi-atlas reads {MANIFEST_FORMAT}"
+    if key is not None and stored_key != key:
+        return f"its {MANIFEST_NAME} is for key {stored_key!r}, not {key!r}"
+    try:
+        found = {name: (f["sha256"], f["bytes"]) for name, f in _manifest_files(entry).items()}
+    except OSError as exc:
+        return f"its files cannot be read ({exc.strerror or exc})"
+    if sorted(found) != sorted(expected):
+        extra, missing = sorted(set(found) - set(expected)), sorted(set(expected) - set(found))
+        return f"its files differ from the manifest (missing {missing[:3]}, unlisted {extra[:3]})"
+    changed = [name for name in sorted(expected) if found[name] != expected[name]]
+    if changed:
+        return f"{', '.join(changed[:3])} {'does' if len(changed) == 1 else 'do'} not match the manifest's sha256"
+    return None
+
+
+_UNWRITABLE: set[str] = set()
+
+
+def _warn_unwritable(root: Path, exc: OSError) -> None:
+    """One line per LoRA cache root and process: adapters are trained and used, not stored."""
+    if str(root) in _UNWRITABLE:
+        return
+    _UNWRITABLE.add(str(root))
+    print(f"mi-atlas cache: cannot write the LoRA adapter cache {root} ({type(exc).__name__}: "
+          f"{exc.strerror or exc}); adapters are trained but not stored. Set MI_ATLAS_CACHE to a writable "
+          "directory.", file=sys.stderr, flush=True)
+
+
+def _serve(entry: Path, key: str) -> tuple[LoraRun | None, str | None]:
+    """(the stored run, None) when ``entry`` passes its manifest and loads; (None, why not) otherwise."""
+    problem = check_manifest(entry, key)
+    if problem is None:
+        try:
+            return load_run(entry, verify=False), None
+        except LoraError as exc:
+            problem = str(exc)
+    return None, problem
+
+
 def train_cached(lm: LoadedModel, examples: Sequence[Example], target: LoraTarget,
                  config: TrainConfig = TrainConfig(), *, cache_dir: str | Path | None = None) -> LoraRun:
-    """:func:`train`, or the stored result of the identical run (locked, so parallel workers train once)."""
+    """:func:`train`, or the stored result of the identical run (locked, so parallel workers train once).
+
+    Every read checks the entry's manifest (:func:`check_manifest`): an entry that fails it (bytes changed, a
+    file missing or added, no manifest) is not served; it is retrained and replaced, with one
+    :class:`~engine.cache.CacheWarning`. A cache that cannot be written degrades with one line on stderr: a
+    verified entry is still served, anything else is trained and returned without being stored.
+    """
     from filelock import FileLock
 
     root = Path(cache_dir) if cache_dir is not None else lora_cache_dir()
     key = cache_key(lm, examples, target, config)
     entry = root / f"{lm.key}-{key}"
-    root.mkdir(parents=True, exist_ok=True)
     what = {"kind": "lora-train", "model": lm.key, "n_examples": len(examples)}  # the ledger's description
-    with FileLock(str(entry) + ".lock"):
-        if (entry / "run.json").is_file():
-            progress.hit(what, key)
-            return load_run(entry)
-        staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(entry) + ".lock")
+        lock.acquire()
+    except OSError as exc:
+        _warn_unwritable(root, exc)
+        if entry.is_dir():
+            run, problem = _serve(entry, key)
+            if run is not None:
+                progress.hit(what, key)
+                return run
+            _warn_corrupt(entry, problem)
+        with progress.computing(what, key):
+            return train(lm, examples, target, config)
+    try:
+        if entry.exists():
+            run, problem = _serve(entry, key)
+            if run is not None:
+                progress.hit(what, key)
+                return run
+            _warn_corrupt(entry, problem)
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=root))
+        except OSError as exc:
+            _warn_unwritable(root, exc)
+            with progress.computing(what, key):
+                return train(lm, examples, target, config)
+        keep = False
         try:
             with progress.computing(what, key):
                 run = train(lm, examples, target, config, out_dir=staging)
-            (staging / "run.json").write_text(json.dumps(run.summary(), indent=1))
-            if entry.exists():
-                shutil.rmtree(entry)
-            staging.rename(entry)
+            try:
+                (staging / "run.json").write_text(json.dumps(run.summary(), indent=1))
+                write_manifest(staging, key)
+                _replace(entry, staging)
+            except OSError as exc:  # the trained run is returned all the same; its checkpoints stay in staging
+                keep = True
+                _warn_unwritable(root, exc)
+                return run
         finally:
-            if staging.exists():
+            if not keep and staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-    return load_run(entry)
+        return load_run(entry, verify=False)
+    finally:
+        lock.release()
 
 
-def load_run(entry: str | Path) -> LoraRun:
-    """A run stored by :func:`train_cached` (weights read from its ``final`` adapter directory)."""
+def _warn_corrupt(entry: Path, problem: str | None) -> None:
+    from engine.cache import CacheWarning
+
+    warnings.warn(CacheWarning(f"mi-atlas cache: stored LoRA run {entry} is not served: {problem}; retraining it"),
+                  stacklevel=3)
+
+
+def _replace(entry: Path, staging: Path) -> None:
+    """Move ``staging`` to ``entry``; a previous ``entry`` is moved aside first and removed after."""
+    old = None
+    if entry.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{entry.name}.old.", dir=entry.parent))
+        entry.rename(old / "entry")
+    staging.rename(entry)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_run(entry: str | Path, *, verify: bool = True) -> LoraRun:
+    """A run stored by :func:`train_cached` (weights read from its ``final`` adapter directory).
+
+    ``verify``: check the entry's manifest first (:func:`check_manifest`) and refuse an entry that fails it."""
     from safetensors.torch import load_file
 
     entry = Path(entry)
+    if verify:
+        problem = check_manifest(entry)
+        if problem is not None:
+            raise LoraError(f"{entry}: stored LoRA run fails its integrity check: {problem}; delete the directory "
+                            "to retrain")
     try:
         data = json.loads((entry / "run.json").read_text())
         state = load_file(str(entry / "final" / "adapter_model.safetensors"))
-    except (OSError, ValueError) as exc:
-        raise LoraError(f"{entry}: stored LoRA run is unreadable ({exc}); delete the directory to retrain") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise LoraError(f"{entry}: stored LoRA run is unreadable ({type(exc).__name__}: {exc}); delete the "
+                        "directory to retrain") from exc
+    try:
+        return _run_from(entry, data, state)
+    except (KeyError, TypeError, ValueError, AttributeError, LoraError) as exc:
+        raise LoraError(f"{entry}: stored LoRA run is malformed ({type(exc).__name__}: {exc}); delete the "
+                        "directory to retrain") from exc
+
+
+def _run_from(entry: Path, data: dict, state: dict) -> LoraRun:
     target = LoraTarget(**{**data["target"], "layers": tuple(data["target"]["layers"]),
                            "modules": tuple(data["target"]["modules"])})
     config = TrainConfig(**{"pad_labels": False, **data["config"], "checkpoints": tuple(data["config"]["checkpoints"])})

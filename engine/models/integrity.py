@@ -143,7 +143,7 @@ def stamp_path(directory: Path) -> Path:
 def _read_stamp(directory: Path) -> dict | None:
     try:
         stamp = json.loads(stamp_path(directory).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a deeply nested stamp is a corrupt stamp: re-hash
         return None
     if not isinstance(stamp, dict) or stamp.get("version") != IDENTITY_VERSION:
         return None

