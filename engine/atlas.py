@@ -259,18 +259,17 @@ def _tolist(x):
 
 
 def _gap(values: np.ndarray, groups: list[str], a: int, b: int, seed: int, n_resamples: int) -> stats.Interval:
-    """The paired difference effect[a] - effect[b] with its stratified bootstrap CI (:func:`engine.decisions.bootstrap`,
-    the one bootstrap): (-inf, inf), "no CI", below 2 examples in some family, never a zero-width interval. A
-    figure for the CLI and plots: the claims decide with :func:`engine.decisions.argmax`, which re-selects the
-    argmax in every resample (this gap keeps the argmax chosen on the same data)."""
+    """The paired difference effect[a] - effect[b] with its CI (:func:`engine.decisions.interval`: stratified t, or
+    sign flips with one example in some family); (-inf, inf) where no CI can be formed. A figure for the CLI and
+    plots: the claims decide with :func:`engine.decisions.argmax` (this gap keeps the argmax chosen on the same
+    data)."""
     from engine import decisions
 
     diffs = values[:, a] - values[:, b] if values.shape[1] > 1 else values[:, a]
-    boot = decisions.bootstrap(diffs, groups, n_resamples=n_resamples, seed=seed)
-    est = float(boot.estimate)
-    if boot.low is None:
-        return stats.Interval(est, float("-inf"), float("inf"))
-    return stats.Interval(est, float(boot.low), float(boot.high))
+    iv = decisions.interval(diffs, groups, n_resamples=n_resamples, seed=seed)
+    if iv.low is None:
+        return stats.Interval(iv.estimate, float("-inf"), float("inf"))
+    return stats.Interval(iv.estimate, float(iv.low), float(iv.high))
 
 
 # --------------------------------------------------------------------------------------------- options

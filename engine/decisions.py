@@ -1,53 +1,69 @@
-"""The catalogue's decision primitives (v2) on one bootstrap: what a claim's data decides, and what it cannot.
+"""The catalogue's decision primitives (v3: decide at the n you have), on tests valid at every sample size.
 
-Every rule of the catalogue is built from three primitives, each returning an :class:`Evidence`:
+Every rule of the catalogue is built from these primitives, each returning an :class:`Evidence`:
 
-* :func:`greater` - "A > B": the 95% CI of the (paired) difference A - B, resampling prompts stratified by
-  family. Lower bound > 0: **for**; upper bound < ``delta`` (the claim's smallest effect of interest): **against**;
-  otherwise **undecided**.
-* :func:`argmax` - "the argmax is layer L": the argmax is re-selected inside every resample;
-  P(argmax = layer) >= a calibrated threshold (0.975 for a layer named in advance, 0.99 for "an argmax
-  exists"; the catalogue's 0.95 is anticonservative here, see :data:`P_CLAIMED`) makes that layer *the*
-  argmax. An exact tie of the top two (bias-free models under
-  residual zeroing) is decisive: no single argmax exists.
-* :func:`for_every` - "at every layer / on every family": one-sided bootstrap p-values of each member, Holm's
-  step-down across the family of tests, both for the claim (every member > 0) and against it (some member < delta).
+* :func:`greater` - "A > B" on per-example (paired) differences, stratified by family. The 95% CI of the mean over
+  family means comes from :func:`interval`. Precedence (catalogue v3): **against** first, when the CI's upper bound
+  is below ``delta`` (the claim's smallest effect of interest; a real but negligible effect does not confirm a claim
+  of a meaningful one); else **for** when the lower bound is above 0; else **undecided**. ``delta = 0`` is a
+  threshold claim ("x > T" on x - T): for when the whole CI is above, against when the whole CI is below.
+* :func:`argmax` - "the argmax is unit L": multiple comparisons with the best (Hsu). For: L beats every other unit in
+  its paired one-sided test (intersection-union: every comparison at the full one-sided level, no multiplicity
+  penalty). With L chosen from the same data ("an argmax exists") each comparison runs at half that level: the
+  events "unit i beats every other unit" are disjoint, so with two exchangeable top units the false "exists" rate
+  is at most the one-sided level. Against: L's lead over some unit is decided below ``delta`` (Holm across the
+  other units), or an exact tie of the top two in a measurement that can see the units. An exact tie where the
+  measurement's erasure guard fired (``erasing``: the ablated output does not depend on the prompt) is a failed
+  precondition: undecided "the method cannot separate layers on this architecture", never evidence.
+* :func:`for_every` - "at every layer / on every family / for every configuration": one-sided p-values of every
+  member, Holm's step-down across the members for each side; against (some member decided below ``delta``) first.
 
-One bootstrap implementation: :func:`scipy.stats.bootstrap`, one sample per family (so each family is
-resampled within itself: a stratified bootstrap), the statistic being the mean over families of the family
-means; paired conditions are bootstrapped as their per-example differences. Below 2 examples in some family
-there is "no CI" (never a zero-width interval) and the evidence is undecided.
+:func:`interval` - one estimator, valid at every n:
 
-An undecided :class:`Evidence` says what could not be decided and, from the observed variance, the sample size
-(per family) at which a power projection expects the question to be decided. Every :class:`Evidence` keeps the
-per-example data and the parameters it was decided with, so :func:`recompute` reproduces it offline.
+* all families with >= 2 examples: the stratified t-interval (stratified variance, Welch-Satterthwaite df);
+* some family with 1 example (the seed's and the CLI's smallest samples): the exact sign-flip test of the family
+  means (all 2^H sign patterns up to 16 families, Monte Carlo beyond), inverted into a CI; it needs no
+  within-family variance, so a large effect in every family is still decided;
+* bounded per-example values (``bounds``: top-5 overlaps in [0, 1]): Hoeffding's interval for the weighted mean of
+  independent bounded variables, valid at any n and never of zero width (all-equal overlaps still have a CI).
+
+A zero-width CI from a measurement that could not vary (every value equal, or no within-family variance) is a
+failed precondition (``degenerate``), never decisive. There is no minimum-n gate: each rule's calibration
+(``engine/data/calibration.json``, written by :mod:`engine.calibration`) measures the smallest n per family at which
+it holds its error bounds, and the Recorder reads that table (:func:`calibrated_min_n`).
+
+An undecided :class:`Evidence` says what could not be decided and the n per family at which a power projection
+(80% power, from the observed effect and its standard error) expects it to be decided, naming those inputs. Every
+:class:`Evidence` keeps the per-example data and the parameters it was decided with, so :func:`recompute` reproduces
+it offline.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as sps
 
-LEVEL = 0.95  # two-sided CI level of "A > B" and "for every"
-N_RESAMPLES = 2000
-MIN_PER_STRATUM = 2  # below this, a family gives "no CI"
-# The smallest sample (examples per family) at which each rule's calibration test (tests/test_decisions.py, on
-# the per-family variance and skew of results/calibration/) holds its false-confirm bound: with fewer, the
-# percentile/BCa bootstrap of 12 strata is too narrow (measured: 11% false "for" at 2 per family, 5% at 5,
-# 2.3-3.5% at 8-20). Below it a rule says INCONCLUSIVE "below the rule's minimum n".
-MIN_N = 10
-# "The argmax is L": the catalogue's P >= 0.95 gives 5% false "is L" (a claimed layer) and 10-13% false
-# "an argmax exists" on the committed data when the top two layers are exchangeable (the bootstrap of an argmax
-# is anticonservative on skewed KL). Calibrated thresholds that hold the 5% bound:
-P_CLAIMED = 0.975  # a layer named in advance (HUB-Q05's L2)
-P_EXISTS = 0.99  # no layer named: either of the top two could be the one selected
+LEVEL = 0.95  # two-sided CI level of "A > B" and "for every"; one-sided tests at (1 - LEVEL) / 2
+N_RESAMPLES = 2000  # Monte Carlo sign patterns where the exact enumeration is too large (> 2^16)
+EXACT_SIGN_FLIPS = 16  # up to this many families every sign pattern is enumerated
+MIN_PER_STRATUM = 2  # the t-interval needs a within-family variance; below it the sign-flip test of family means
+POWER = 0.8  # the power a projection of n aims at
 TIE_RTOL = 1e-6  # top-two means equal to this relative precision are an exact tie
-Z = 1.959963984540054  # two-sided 95% normal quantile, for the power projection
+Z = 1.959963984540054  # two-sided 95% normal quantile
+CALIBRATION_TABLE = Path(__file__).resolve().parent / "data" / "calibration.json"
+DEGENERATE = ("degenerate measurement: no variation {where} (a zero-width CI from a measurement that could not vary is "
+              "not evidence)")
+CANNOT_SEPARATE = ("the method cannot separate layers on this architecture: an exact tie of {k} units at {value:.4g} "
+                   "where the erasure guard fired (the ablated output does not depend on the prompt)")
 
 
 class Outcome(str, Enum):
@@ -65,18 +81,27 @@ class Evidence:
     outcome: Outcome
     statement: str  # one line: the figures that decided (or could not)
     estimate: Any = None
-    ci: tuple[float, float] | None = None  # None: no CI (a family below MIN_PER_STRATUM examples)
+    ci: tuple[float, float] | None = None  # None: no CI could be formed
     n: int = 0
     n_strata: int = 0
     params: Mapping[str, Any] = field(default_factory=dict)
     undecided: str = ""  # what could not be decided (empty when decided)
     n_to_decide: int | None = None  # examples per family a power projection expects to decide (undecided only)
-    details: Mapping[str, Any] = field(default_factory=dict)  # e.g. P(argmax = layer), Holm steps
+    details: Mapping[str, Any] = field(default_factory=dict)  # e.g. per-comparison p-values, Holm steps
     data: Mapping[str, Any] = field(default_factory=dict)  # per-example values and groups (for recompute)
 
     @property
     def decided(self) -> bool:
         return self.outcome is not Outcome.UNDECIDED
+
+    @property
+    def per_family(self) -> int:
+        """The smallest number of examples in a family (the n a calibration table is read at)."""
+        groups = self.data.get("groups")
+        if groups is None and "members" in self.data:
+            counts = [_smallest_stratum(m["groups"]) for m in self.data["members"].values()]
+            return min(counts) if counts else 0
+        return _smallest_stratum(groups or [])
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -93,7 +118,7 @@ class Evidence:
         return cls(**known)
 
 
-# ------------------------------------------------------------------------------------------------ bootstrap
+# ------------------------------------------------------------------------------------------------ the interval
 
 
 def _strata(values: np.ndarray, groups: Sequence[str]) -> tuple[list[str], list[np.ndarray]]:
@@ -105,114 +130,219 @@ def _strata(values: np.ndarray, groups: Sequence[str]) -> tuple[list[str], list[
     return names, [values[groups == name] for name in names]
 
 
-def _family_mean_statistic(*samples, axis=-1):
-    """Mean over families of the family means (each family weighs the same)."""
-    return np.mean([np.mean(s, axis=axis) for s in samples], axis=0)
-
-
-@dataclass(frozen=True)
-class Bootstrap:
-    """A stratified bootstrap of the mean over family means: point estimate, CI, SE and the distribution."""
-
-    estimate: np.ndarray
-    low: np.ndarray | None
-    high: np.ndarray | None
-    standard_error: np.ndarray | None
-    distribution: np.ndarray | None  # [..., n_resamples]
-    n: int
-    n_strata: int
-    short_strata: tuple[str, ...]  # families below MIN_PER_STRATUM
-
-
-def bootstrap(values: Sequence | np.ndarray, groups: Sequence[str], *, level: float = LEVEL,
-              n_resamples: int = N_RESAMPLES, seed: int = 0, method: str = "BCa") -> Bootstrap:
-    """Stratified (by ``groups``) bootstrap of the mean over family means of ``values`` ([n] or [n, k]).
-
-    Uses :func:`scipy.stats.bootstrap` with one sample per family. With fewer than ``MIN_PER_STRATUM`` examples
-    in some family, no CI is formed (``low``/``high``/``distribution`` are None).
-    """
-    arr = np.asarray(values, dtype=np.float64)
-    if not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0].tolist()
-        raise ValueError(f"bootstrap: non-finite measurement at index {bad} ({arr[tuple(bad)]}); a decision needs "
-                         "finite per-example values")
-    names, samples = _strata(arr, groups)
-    estimate = _family_mean_statistic(*samples, axis=0)
-    short = tuple(name for name, s in zip(names, samples) if len(s) < MIN_PER_STRATUM)
-    if short or not samples:
-        return Bootstrap(estimate, None, None, None, None, len(arr), len(names), short)
-    moved = [np.moveaxis(s, 0, -1) for s in samples]  # examples on the last axis
-    if all(np.ptp(s, axis=-1).max(initial=0.0) == 0.0 for s in moved):  # no variance anywhere: the CI is a point
-        dist = np.repeat(np.asarray(estimate)[..., None], n_resamples, axis=-1)
-        return Bootstrap(estimate, np.asarray(estimate), np.asarray(estimate), np.zeros_like(estimate), dist,
-                         len(arr), len(names), ())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        res = sps.bootstrap(tuple(moved), _family_mean_statistic, n_resamples=n_resamples, confidence_level=level,
-                            method=method, vectorized=True, axis=-1, rng=np.random.default_rng(seed))
-    low, high = np.asarray(res.confidence_interval.low), np.asarray(res.confidence_interval.high)
-    if method == "BCa" and not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
-        # BCa is undefined where a resample distribution is degenerate: the percentile interval instead
-        low = np.percentile(res.bootstrap_distribution, 100 * (1 - level) / 2, axis=-1)
-        high = np.percentile(res.bootstrap_distribution, 100 * (1 + level) / 2, axis=-1)
-    return Bootstrap(estimate, low, high, np.asarray(res.standard_error), np.asarray(res.bootstrap_distribution),
-                     len(arr), len(names), ())
-
-
-# ------------------------------------------------------------------------------------------------ primitives
-
-
-def greater(diffs: Sequence[float], groups: Sequence[str], *, delta: float, label: str = "A - B",
-            level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = 0,
-            rationale: str = "", min_n: int = MIN_N, precondition: str = "") -> Evidence:
-    """"A > B" on per-example paired differences ``diffs`` (A - B), stratified by ``groups``.
-
-    for: CI lower > 0; against: CI upper < ``delta``; else undecided (with the projected n per family). Below
-    ``min_n`` examples in some family: undecided "below the rule's minimum n" (also where no CI can be formed).
-    ``precondition``: non-empty when a control or precondition of the rule did not hold (e.g. too few control
-    vectors): undecided for that reason whatever the CI says (stored, so :func:`recompute` decides the same).
-    """
-    if not delta > 0:
-        raise ValueError(f"greater({label}): delta must be > 0 (the smallest effect of interest), got {delta}")
-    diffs = np.asarray(diffs, dtype=np.float64)
-    boot = bootstrap(diffs, groups, level=level, n_resamples=n_resamples, seed=seed)
-    params = {"delta": delta, "level": level, "n_resamples": n_resamples, "seed": seed, "rationale": rationale,
-              "min_n": min_n} | ({"precondition": precondition} if precondition else {})
-    data = {"values": diffs.tolist(), "groups": [str(g) for g in groups]}
-    est = float(boot.estimate)
-    common = dict(primitive="greater", label=label, estimate=est, n=boot.n, n_strata=boot.n_strata,
-                  params=params, data=data)
-    smallest = _smallest_stratum(groups)
-    ci = None if boot.low is None else (float(boot.low), float(boot.high))
-    ci_text = (f"{label} = {est:.4g}, no CI" if ci is None else
-               f"{label} = {est:.4g}, {level:.0%} CI [{ci[0]:.4g}, {ci[1]:.4g}] (delta {delta:g})")
-    if precondition:
-        return Evidence(outcome=Outcome.UNDECIDED, ci=ci, statement=f"{ci_text}; {precondition}",
-                        undecided=precondition, n_to_decide=None if smallest >= min_n else min_n, **common)
-    if smallest < min_n:
-        return Evidence(outcome=Outcome.UNDECIDED, ci=ci, statement=f"{ci_text}; below the rule's minimum n",
-                        undecided=f"below the rule's minimum n ({min_n} per family; the smallest family has "
-                                  f"{smallest})", n_to_decide=min_n, **common)
-    if boot.low is None:
-        return Evidence(outcome=Outcome.UNDECIDED, ci=None, statement=f"{label} = {est:.4g}, no CI",
-                        undecided=f"no CI: fewer than {MIN_PER_STRATUM} examples in {', '.join(boot.short_strata)}",
-                        n_to_decide=max(min_n, MIN_PER_STRATUM), **common)
-    lo, hi = ci
-    if lo > 0:
-        return Evidence(outcome=Outcome.FOR, ci=(lo, hi), statement=f"{ci_text}: lower bound > 0", **common)
-    if hi < delta:
-        return Evidence(outcome=Outcome.AGAINST, ci=(lo, hi), statement=f"{ci_text}: upper bound < delta",
-                        **common)
-    projected = _project_mean(est, float(boot.standard_error), boot.n / boot.n_strata, delta)
-    return Evidence(outcome=Outcome.UNDECIDED, ci=(lo, hi), statement=f"{ci_text}: straddles 0..delta",
-                    undecided=f"the CI of {label} straddles the decision boundary (neither > 0 nor < {delta:g})",
-                    n_to_decide=projected, **common)
-
-
 def _smallest_stratum(groups: Sequence[str]) -> int:
     counts: dict[str, int] = {}
     for g in groups:
         counts[str(g)] = counts.get(str(g), 0) + 1
     return min(counts.values()) if counts else 0
+
+
+@lru_cache(maxsize=64)
+def _sign_patterns(h: int, n_resamples: int, seed: int) -> np.ndarray:
+    """[n_patterns, h] of +-1: every pattern for h <= EXACT_SIGN_FLIPS (the identity first), else the identity and
+    ``n_resamples`` random ones."""
+    if h <= EXACT_SIGN_FLIPS:
+        return np.asarray(list(itertools.product((1.0, -1.0), repeat=h)))
+    rng = np.random.default_rng(seed)
+    return np.vstack([np.ones((1, h)), rng.choice((1.0, -1.0), size=(n_resamples, h))])
+
+
+def _flip_sums(patterns: np.ndarray, means: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    key = (id(patterns), means)
+    hit = _FLIPS.get(key)
+    if hit is None:
+        y = np.asarray(means)
+        hit = (patterns @ y / len(y), patterns.mean(axis=1))
+        if len(_FLIPS) > 256:
+            _FLIPS.clear()
+        _FLIPS[key] = hit
+    return hit
+
+
+_FLIPS: dict = {}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The mean over family means of per-example values, its CI and one-sided p-values, by one of three methods
+    (``stratified-t``, ``sign-flip``, ``hoeffding``); ``low``/``high`` None: no CI (``why``)."""
+
+    estimate: float
+    low: float | None
+    high: float | None
+    standard_error: float | None
+    method: str
+    n: int
+    n_strata: int
+    df: float | None = None
+    degenerate: str = ""  # non-empty: the measurement could not vary (the CI is not evidence)
+    why: str = ""  # why there is no CI
+    family_means: tuple[float, ...] = ()
+    half_width_scale: float | None = None  # hoeffding: the CI's half-width per unit of range
+    patterns: Any = None
+    level: float = LEVEL
+
+    @property
+    def per_family(self) -> float:
+        return self.n / max(self.n_strata, 1)
+
+    def p_above(self, m: float = 0.0) -> float:
+        """One-sided p-value of H0 "mean <= m" (small: the mean is above m)."""
+        return self._p(m, +1)
+
+    def p_below(self, m: float) -> float:
+        """One-sided p-value of H0 "mean >= m" (small: the mean is below m)."""
+        return self._p(m, -1)
+
+    def _p(self, m: float, side: int) -> float:
+        if self.low is None or self.degenerate:
+            return 1.0
+        gap = side * (self.estimate - m)
+        if self.method == "stratified-t":
+            return float(sps.t.sf(gap / self.standard_error, self.df))
+        if self.method == "hoeffding":
+            if gap <= 0:
+                return 1.0
+            return float(min(1.0, math.exp(-2.0 * (gap / self.half_width_scale) ** 2)))
+        y = np.asarray(self.family_means)  # sign-flip: mean(e (y - m)) = mean(e y) - m mean(e)
+        flipped, signs = _flip_sums(self.patterns, self.family_means)
+        stats_ = flipped - m * signs
+        observed = float(np.mean(y)) - m
+        hits = np.sum(side * stats_ >= side * observed - 1e-12 * max(1.0, abs(observed)))
+        return float(hits / len(stats_))
+
+
+def interval(values: Sequence[float] | np.ndarray, groups: Sequence[str], *, level: float = LEVEL,
+             bounds: tuple[float, float] | None = None, n_resamples: int = N_RESAMPLES, seed: int = 0) -> Interval:
+    """The mean over family means of ``values`` (each family weighs the same) with a CI valid at every n.
+
+    ``bounds`` (lo, hi): every value lies in [lo, hi] (top-k overlaps): Hoeffding's interval. Else all families
+    with >= 2 examples: the stratified t-interval (Var = sum_h s_h^2 / n_h / H^2, Welch-Satterthwaite df); some
+    family with one example: the exact sign-flip test of the family means, inverted into a CI.
+    """
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not np.isfinite(arr).all():
+        bad = int(np.argwhere(~np.isfinite(arr))[0][0])
+        raise ValueError(f"interval: non-finite measurement at index {bad} ({arr[bad]}); a decision needs finite "
+                         "per-example values")
+    names, samples = _strata(arr, groups)
+    if not samples:
+        return Interval(float("nan"), None, None, None, "none", 0, 0, why="no examples")
+    h = len(samples)
+    means = np.asarray([s.mean() for s in samples])
+    estimate = float(means.mean())
+    common = dict(estimate=estimate, n=len(arr), n_strata=h, family_means=tuple(float(x) for x in means),
+                  level=level)
+    alpha2 = 1.0 - level
+    if bounds is not None:
+        lo_b, hi_b = float(bounds[0]), float(bounds[1])
+        if not hi_b > lo_b:
+            raise ValueError(f"interval: bounds must be (lo, hi) with hi > lo, got {bounds}")
+        if arr.min() < lo_b - 1e-9 or arr.max() > hi_b + 1e-9:
+            raise ValueError(f"interval: values outside the stated bounds {bounds} ([{arr.min():.4g}, "
+                             f"{arr.max():.4g}])")
+        # D = sum_i c_i x_i with c_i = 1 / (H n_h): P(|D - E D| >= t) <= 2 exp(-2 t^2 / sum_i c_i^2 (hi - lo)^2)
+        scale = (hi_b - lo_b) * math.sqrt(sum(1.0 / (h * h * len(s)) for s in samples))
+        half = scale * math.sqrt(math.log(2.0 / alpha2) / 2.0)
+        return Interval(low=estimate - half, high=estimate + half, standard_error=scale / 2.0, method="hoeffding",
+                        half_width_scale=scale, **common)
+    degenerate = DEGENERATE.format(where="at all (every value is the same)") if np.ptp(arr) == 0 else ""
+    if min(len(s) for s in samples) >= MIN_PER_STRATUM:
+        w = np.asarray([s.var(ddof=1) / (h * h * len(s)) for s in samples])
+        var = float(w.sum())
+        if var <= 0:
+            degenerate = degenerate or DEGENERATE.format(where="within any family")
+            return Interval(low=estimate, high=estimate, standard_error=0.0, method="stratified-t", df=None,
+                            degenerate=degenerate, **common)
+        df = float(var ** 2 / np.sum(w ** 2 / np.asarray([len(s) - 1 for s in samples])))
+        se = math.sqrt(var)
+        q = float(sps.t.ppf(1 - alpha2 / 2, df))
+        return Interval(low=estimate - q * se, high=estimate + q * se, standard_error=se, method="stratified-t",
+                        df=df, degenerate=degenerate, **common)
+    # some family has one example: the sign-flip test of the H family means
+    se = float(np.std(means, ddof=1) / math.sqrt(h)) if h > 1 else None
+    patterns = _sign_patterns(h, n_resamples, seed)
+    if h < 2 or 1.0 / len(patterns) > alpha2 / 2:
+        return Interval(low=None, high=None, standard_error=se, method="sign-flip", patterns=patterns,
+                        why=f"{h} famil{'y' if h == 1 else 'ies'} with one example: a sign-flip test cannot reach "
+                            f"p <= {alpha2 / 2:g} with 2^{h} sign patterns", **common)
+    iv = Interval(low=None, high=None, standard_error=se, method="sign-flip", patterns=patterns,
+                  degenerate=degenerate, **common)
+    span = float(np.ptp(means)) + abs(estimate) + 1e-9
+    low = _invert(iv, alpha2 / 2, estimate, estimate - 4 * span, side=+1)
+    high = _invert(iv, alpha2 / 2, estimate, estimate + 4 * span, side=-1)
+    return replace(iv, low=low, high=high)
+
+
+def _invert(iv: Interval, alpha: float, inside: float, outside: float, side: int) -> float:
+    """The CI bound between ``inside`` (not rejected) and ``outside`` (rejected): bisection on the shift m of the
+    sign-flip test (side +1: the lower bound, H0 "mean <= m"; -1: the upper bound)."""
+    probe = replace(iv, low=0.0, high=0.0)  # p-values need a formed interval
+
+    def rejects(m: float) -> bool:
+        return (probe.p_above(m) if side > 0 else probe.p_below(m)) <= alpha
+
+    a, b = inside, outside
+    for _ in range(48):
+        mid = 0.5 * (a + b)
+        if rejects(mid):
+            b = mid
+        else:
+            a = mid
+        if abs(b - a) <= 1e-10 * max(1.0, abs(inside)):
+            break
+    return float(a)
+
+# ------------------------------------------------------------------------------------------------ primitives
+
+
+def _ci_text(label: str, iv: Interval, delta: float | None) -> str:
+    d = "" if delta is None else f" (delta {delta:g})"
+    if iv.low is None:
+        return f"{label} = {iv.estimate:.4g}, no CI ({iv.why})"
+    return (f"{label} = {iv.estimate:.4g}, {iv.level:.0%} CI [{iv.low:.4g}, {iv.high:.4g}]{d}, n = {iv.n} in "
+            f"{iv.n_strata} families, {iv.method}")
+
+
+def greater(diffs: Sequence[float], groups: Sequence[str], *, delta: float, label: str = "A - B",
+            level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = 0, rationale: str = "",
+            precondition: str = "", bounds: tuple[float, float] | None = None) -> Evidence:
+    """"A > B" on per-example paired differences ``diffs`` (A - B), stratified by ``groups``.
+
+    against: CI upper < ``delta`` (decided first); for: CI lower > 0; else undecided, with the projected n per
+    family. ``delta = 0``: a threshold claim on ``diffs`` = x - T. ``precondition``: non-empty when a control or
+    precondition of the rule did not hold: undecided for that reason whatever the CI says (stored, so
+    :func:`recompute` decides the same). ``bounds``: the range of the per-example values (Hoeffding's interval).
+    """
+    if not delta >= 0 or not math.isfinite(delta):
+        raise ValueError(f"greater({label}): delta must be finite and >= 0 (the smallest effect of interest; 0: a "
+                         f"threshold claim), got {delta}")
+    diffs = np.asarray(diffs, dtype=np.float64)
+    iv = interval(diffs, groups, level=level, bounds=bounds, n_resamples=n_resamples, seed=seed)
+    params = ({"delta": delta, "level": level, "n_resamples": n_resamples, "seed": seed, "rationale": rationale,
+               "method": iv.method} | ({"bounds": list(bounds)} if bounds is not None else {})
+              | ({"precondition": precondition} if precondition else {}))
+    data = {"values": diffs.tolist(), "groups": [str(g) for g in groups]}
+    common = dict(primitive="greater", label=label, estimate=iv.estimate, n=iv.n, n_strata=iv.n_strata,
+                  params=params, data=data, details={"method": iv.method, "df": iv.df, "se": iv.standard_error})
+    ci = None if iv.low is None else (float(iv.low), float(iv.high))
+    text = _ci_text(label, iv, delta)
+    why = precondition or iv.degenerate or ("" if ci is not None else f"no CI: {iv.why}")
+    if why:
+        projected = _projection(iv, delta, (1 - level) / 2)
+        return Evidence(outcome=Outcome.UNDECIDED, ci=ci, statement=f"{text}; {why}", undecided=why,
+                        n_to_decide=projected[0], details={**common.pop("details"), "projection": projected[1]},
+                        **common)
+    lo, hi = ci
+    if hi < delta:
+        side = "upper bound < delta" if delta > 0 else "upper bound < 0 (the whole CI below the threshold)"
+        return Evidence(outcome=Outcome.AGAINST, ci=ci, statement=f"{text}: {side}", **common)
+    if lo > 0:
+        return Evidence(outcome=Outcome.FOR, ci=ci, statement=f"{text}: lower bound > 0", **common)
+    n_next, how = _projection(iv, delta, (1 - level) / 2)
+    return Evidence(outcome=Outcome.UNDECIDED, ci=ci, statement=f"{text}: straddles 0..delta; {how}",
+                    undecided=f"the CI of {label} straddles the decision boundary (neither > 0 nor < {delta:g})",
+                    n_to_decide=n_next, details={**common.pop("details"), "projection": how}, **common)
 
 
 def paired(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
@@ -224,18 +354,17 @@ def paired(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
 
 
 def argmax(values: Sequence | np.ndarray, groups: Sequence[str], *, claimed: int | None = None,
-           units: Sequence[int] | None = None, label: str = "argmax layer", level: float | None = None,
-           n_resamples: int = N_RESAMPLES, seed: int = 0, min_n: int = MIN_N) -> Evidence:
+           units: Sequence[int] | None = None, label: str = "argmax layer", delta: float = 0.0,
+           level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = 0, erasing: bool = False,
+           rationale: str = "") -> Evidence:
     """"The argmax is unit L" on per-example effects ``values`` [n_examples, n_units] (units: layer indices).
 
-    The argmax of the mean over family means is re-selected in every resample; P(argmax = u) for each unit.
-    With ``claimed`` None the question is "does an argmax unit exist" (for: some unit has P >= level, default
-    :data:`P_EXISTS`); with a claimed unit (default level :data:`P_CLAIMED`), for: it is the argmax with
-    P >= level; against: another unit is, or the top two are exactly tied (no single argmax exists: decisive at
-    any n); else undecided.
+    L = ``claimed``, or (None: "an argmax exists") the unit with the largest mean over family means. For: L's paired
+    difference to every other unit is decided > 0 (one-sided at (1 - level) / 2 each; at half that when L was
+    selected from the data). Against: an exact tie of the top two in a measurement that can see the units, or L's
+    lead over some unit decided < ``delta`` (Holm across the other units; another unit beating L is such a case).
+    An exact tie where ``erasing`` (the measurement's erasure guard fired): undecided, a failed precondition.
     """
-    if level is None:
-        level = P_EXISTS if claimed is None else P_CLAIMED
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] < 2:
         raise ValueError(f"argmax({label}): values must be [n_examples, n_units >= 2], got shape {arr.shape}")
@@ -245,55 +374,75 @@ def argmax(values: Sequence | np.ndarray, groups: Sequence[str], *, claimed: int
                          f"unique, one per column)")
     if claimed is not None and claimed not in units:
         raise ValueError(f"argmax({label}): the claimed unit {claimed} is not among the units {units}")
-    boot = bootstrap(arr, groups, level=level, n_resamples=n_resamples, seed=seed, method="percentile")
-    means = np.asarray(boot.estimate)
+    if not delta >= 0 or not math.isfinite(delta):
+        raise ValueError(f"argmax({label}): delta must be finite and >= 0, got {delta}")
+    names, samples = _strata(arr, groups)
+    means = np.mean([s.mean(axis=0) for s in samples], axis=0)
     order = np.argsort(-means, kind="stable")
     top, second = int(order[0]), int(order[1])
-    params = {"level": level, "n_resamples": n_resamples, "seed": seed, "claimed": claimed, "tie_rtol": TIE_RTOL,
-              "min_n": min_n}
+    alpha = (1 - level) / 2
+    alpha_for = alpha if claimed is not None else alpha / 2  # a unit selected from the data: half the level
+    params = {"level": level, "alpha_for": alpha_for, "delta": delta, "n_resamples": n_resamples, "seed": seed,
+              "claimed": claimed, "tie_rtol": TIE_RTOL, "erasing": bool(erasing), "rationale": rationale,
+              "selection": "named in advance" if claimed is not None else "selected from the data (level halved)"}
     data = {"values": arr.tolist(), "groups": [str(g) for g in groups], "units": units}
-    common = dict(primitive="argmax", label=label, n=boot.n, n_strata=boot.n_strata, params=params, data=data)
+    common = dict(primitive="argmax", label=label, n=int(arr.shape[0]), n_strata=len(names), params=params, data=data)
     claim_text = "an argmax exists" if claimed is None else f"the argmax is {claimed}"
+    layer_means = {units[i]: float(means[i]) for i in range(len(units))}
     if math.isclose(means[top], means[second], rel_tol=TIE_RTOL, abs_tol=1e-12):
         tied = [units[i] for i in range(len(units)) if math.isclose(means[i], means[top], rel_tol=TIE_RTOL,
                                                                       abs_tol=1e-12)]
-        return Evidence(outcome=Outcome.AGAINST, estimate=None, details={"tied_units": tied},
-                        statement=f"{label}: exact tie of {len(tied)} units at {means[top]:.4g} (no single argmax); "
-                                  f"claim: {claim_text}", **common)
-    if boot.distribution is None:
-        smallest = _smallest_stratum(groups)
-        why = (f"below the rule's minimum n ({min_n} per family; the smallest family has {smallest}): no CI"
-               if smallest < min_n else
-               f"no CI: fewer than {MIN_PER_STRATUM} examples in {', '.join(boot.short_strata)}")
-        return Evidence(outcome=Outcome.UNDECIDED, estimate=units[top], details={"runner_up": units[second]},
-                        statement=f"{label} = {units[top]} (runner-up {units[second]}), no CI", undecided=why,
-                        n_to_decide=max(min_n, MIN_PER_STRATUM), **common)
-    winners = np.argmax(boot.distribution, axis=0)
-    counts = np.bincount(winners, minlength=len(units)) / winners.size
-    probability = {units[i]: float(counts[i]) for i in np.flatnonzero(counts)}
-    best = int(np.argmax(counts))
-    p_best = float(counts[best])
-    gap = boot.distribution[top] - boot.distribution[second]
-    details = {"p_argmax": probability, "runner_up": units[second], "p_best": p_best,
-               "top_two_gap": float(means[top] - means[second]), "top_two_gap_se": float(np.std(gap, ddof=1))}
-    statement = (f"{label} = {units[top]} (runner-up {units[second]}, gap {details['top_two_gap']:.4g}), "
-                 f"P(argmax = {units[best]}) = {p_best:.3f} vs {level:.3g}; claim: {claim_text}")
-    smallest = _smallest_stratum(groups)
-    if smallest < min_n:
-        return Evidence(outcome=Outcome.UNDECIDED, estimate=units[top], details=details,
-                        statement=statement + "; below the rule's minimum n",
-                        undecided=f"below the rule's minimum n ({min_n} per family; the smallest family has "
-                                  f"{smallest})", n_to_decide=min_n, **common)
-    if p_best >= level:
-        if claimed is None or units[best] == claimed:
-            return Evidence(outcome=Outcome.FOR, estimate=units[best], details=details, statement=statement,
-                            **common)
-        return Evidence(outcome=Outcome.AGAINST, estimate=units[best], details=details, statement=statement,
-                        **common)
-    projected = _project_argmax(details["top_two_gap"], details["top_two_gap_se"], boot.n / boot.n_strata, level)
-    return Evidence(outcome=Outcome.UNDECIDED, estimate=units[top], details=details, statement=statement,
-                    undecided=f"no unit is the argmax with P >= {level:.3g} (best {units[best]}: {p_best:.3f})",
-                    n_to_decide=projected, **common)
+        details = {"tied_units": tied, "unit_means": layer_means}
+        if erasing:
+            why = CANNOT_SEPARATE.format(k=len(tied), value=means[top])
+            return Evidence(outcome=Outcome.UNDECIDED, estimate=None, details=details, undecided=why,
+                            statement=f"{label}: exact tie of {len(tied)} units at {means[top]:.4g}; {why}",
+                            **{**common, "params": {**params, "precondition": why}})
+        return Evidence(outcome=Outcome.AGAINST, estimate=None, details=details,
+                        statement=f"{label}: exact tie of {len(tied)} units at {means[top]:.4g} in a measurement "
+                                  f"that separates prompts (no single argmax); claim: {claim_text}", **common)
+    lead = units.index(claimed) if claimed is not None else top
+    others = [j for j in range(len(units)) if j != lead]
+    ivs = {units[j]: interval(arr[:, lead] - arr[:, j], groups, level=level, n_resamples=n_resamples, seed=seed)
+           for j in others}
+    p_for = {u: iv.p_above(0.0) for u, iv in ivs.items()}
+    p_against = {u: iv.p_below(delta) if delta > 0 else iv.p_below(0.0) for u, iv in ivs.items()}
+    beaten = [u for u, p in p_for.items() if p <= alpha_for]
+    against = [u for u, r in zip(p_against, holm(list(p_against.values()), alpha)) if r]
+    runner = units[second] if lead == top else units[top]
+    gap = ivs[runner]
+    details = {"unit_means": layer_means, "runner_up": runner, "lead": units[lead],
+               "top_two_gap": float(gap.estimate), "top_two_gap_se": gap.standard_error,
+               "top_two_gap_ci": None if gap.low is None else [float(gap.low), float(gap.high)],
+               "p_for": p_for, "p_against": p_against, "beaten": beaten, "against_units": against,
+               "method": gap.method, "alpha_for": alpha_for}
+    worst = max(p_for, key=p_for.get)
+    statement = (f"{label} = {units[lead]} (runner-up {runner}, gap {gap.estimate:.4g}"
+                 + ("" if gap.low is None else f", {level:.0%} CI [{gap.low:.4g}, {gap.high:.4g}]")
+                 + f", {gap.method}); beats {len(beaten)} of {len(others)} other units at one-sided "
+                 f"{alpha_for:g}; claim: {claim_text}")
+    degenerate = [u for u, iv in ivs.items() if iv.degenerate]
+    if degenerate and len(degenerate) == len(ivs):
+        why = ivs[degenerate[0]].degenerate
+        return Evidence(outcome=Outcome.UNDECIDED, estimate=units[lead], details=details, statement=statement,
+                        undecided=why, **{**common, "params": {**params, "precondition": why}})
+    if against:
+        what = (f"another unit leads ({', '.join(map(str, against[:4]))})"
+                if any(ivs[u].high is not None and ivs[u].high < 0 for u in against)
+                else f"its lead over {', '.join(map(str, against[:4]))} is below delta {delta:g}")
+        return Evidence(outcome=Outcome.AGAINST, estimate=units[lead], details=details,
+                        statement=f"{statement}: {what} (Holm)", **common)
+    if len(beaten) == len(others):
+        return Evidence(outcome=Outcome.FOR, estimate=units[lead], details=details,
+                        statement=f"{statement}: every comparison decided", **common)
+    binding = ivs[worst]
+    n_next, how = _projection(binding, delta, alpha_for)
+    no_ci = [str(u) for u, iv in ivs.items() if iv.low is None]
+    why = (f"no test: {ivs[int(no_ci[0])].why}" if no_ci else
+           f"{units[lead]} does not beat unit {worst} at one-sided {alpha_for:g} (p = {p_for[worst]:.3g}, gap "
+           f"{binding.estimate:.4g})")
+    return Evidence(outcome=Outcome.UNDECIDED, estimate=units[lead], details={**details, "projection": how},
+                    statement=f"{statement}; {how}", undecided=why, n_to_decide=n_next, **common)
 
 
 def holm(pvalues: Sequence[float], alpha: float) -> list[bool]:
@@ -310,103 +459,109 @@ def holm(pvalues: Sequence[float], alpha: float) -> list[bool]:
 
 def for_every(members: Mapping[str, tuple[Sequence[float], Sequence[str]]], *, delta: float,
               label: str = "every member", level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = 0,
-              rationale: str = "", min_n: int = MIN_N) -> Evidence:
+              rationale: str = "", precondition: str = "", bounds: tuple[float, float] | None = None) -> Evidence:
     """"For every X, A > B": ``members`` maps X to its (per-example differences, groups).
 
-    One-sided bootstrap p-values per member for H0 "effect <= 0" and for H0 "effect >= delta"; Holm at
-    alpha = (1 - level) / 2 (the one-sided level of a two-sided ``level`` CI) across the members, for each side.
-    for: every member's "<= 0" rejected; against: some member's ">= delta" rejected; else undecided.
+    One-sided p-values per member (:class:`Interval`) for H0 "effect <= 0" and for H0 "effect >= delta"; Holm at
+    alpha = (1 - level) / 2 across the members, for each side. against (first): some member's ">= delta" rejected;
+    for: every member's "<= 0" rejected (a member without a valid test makes for impossible); else undecided.
+    ``delta = 0``: a threshold claim on each member (against: some member's whole CI below it).
     """
     if not members:
         raise ValueError(f"for_every({label}): no members")
+    if not delta >= 0 or not math.isfinite(delta):
+        raise ValueError(f"for_every({label}): delta must be finite and >= 0, got {delta}")
     alpha = (1 - level) / 2
-    names, p_for, p_against, estimates, short, ses, per_n = [], [], [], {}, [], {}, []
-    for name, (diffs, groups) in members.items():
-        boot = bootstrap(np.asarray(diffs, dtype=np.float64), groups, level=level, n_resamples=n_resamples,
-                         seed=seed)
-        names.append(str(name))
-        estimates[str(name)] = float(boot.estimate)
-        per_n.append(boot.n / max(boot.n_strata, 1))
-        if boot.distribution is None:
-            short.append(str(name))
-            p_for.append(1.0)
-            p_against.append(1.0)
-            continue
-        dist = boot.distribution
-        ses[str(name)] = float(boot.standard_error)
-        p_for.append((1 + int(np.sum(dist <= 0))) / (dist.size + 1))
-        p_against.append((1 + int(np.sum(dist >= delta))) / (dist.size + 1))
+    ivs = {str(k): interval(np.asarray(v[0], dtype=np.float64), v[1], level=level, bounds=bounds,
+                            n_resamples=n_resamples, seed=seed) for k, v in members.items()}
+    names = list(ivs)
+    p_for = [ivs[n].p_above(0.0) for n in names]
+    p_against = [ivs[n].p_below(delta) for n in names]
     all_for, some_against = holm(p_for, alpha), holm(p_against, alpha)
-    params = {"delta": delta, "level": level, "alpha_one_sided": alpha, "n_resamples": n_resamples, "seed": seed,
-              "rationale": rationale, "correction": "holm", "min_n": min_n}
+    params = ({"delta": delta, "level": level, "alpha_one_sided": alpha, "n_resamples": n_resamples, "seed": seed,
+               "rationale": rationale, "correction": "holm"} | ({"bounds": list(bounds)} if bounds else {})
+              | ({"precondition": precondition} if precondition else {}))
     data = {"members": {str(k): {"values": np.asarray(v[0], dtype=np.float64).tolist(),
                                  "groups": [str(g) for g in v[1]]} for k, v in members.items()}}
+    estimates = {n: float(ivs[n].estimate) for n in names}
     details = {"estimates": estimates, "p_for": dict(zip(names, p_for)), "p_against": dict(zip(names, p_against)),
-               "holm_for": dict(zip(names, all_for)), "holm_against": dict(zip(names, some_against))}
+               "holm_for": dict(zip(names, all_for)), "holm_against": dict(zip(names, some_against)),
+               "cis": {n: None if ivs[n].low is None else [float(ivs[n].low), float(ivs[n].high)] for n in names},
+               "method": ivs[names[0]].method}
     common = dict(primitive="for_every", label=label, estimate=estimates,
-                  n=int(sum(len(v[0]) for v in members.values())), n_strata=len(names),
-                  params=params, data=data, details=details)
-    smallest = min(_smallest_stratum(v[1]) for v in members.values())
-    if smallest < min_n:
-        why = f"below the rule's minimum n ({min_n} per family; the smallest family has {smallest})"
-        return Evidence(outcome=Outcome.UNDECIDED, statement=f"{label}: {why}", undecided=why, n_to_decide=min_n,
+                  n=int(sum(len(v[0]) for v in members.values())), n_strata=len(names), params=params, data=data)
+    degenerate = [n for n in names if ivs[n].degenerate]
+    if precondition or (degenerate and len(degenerate) == len(names)):
+        why = precondition or ivs[degenerate[0]].degenerate
+        return Evidence(outcome=Outcome.UNDECIDED, statement=f"{label}: {why}", undecided=why, details=details,
                         **common)
-    if all(all_for):  # checked first, as in greater: a member decided > 0 is not also "below delta"
-        return Evidence(outcome=Outcome.FOR, statement=f"{label}: > 0 at all {len(names)} (Holm, alpha {alpha:g})",
-                        **common)
-    against = [n for n, r in zip(names, some_against) if r and not all_for[names.index(n)]]
+    against = [n for n, r in zip(names, some_against) if r]
     if against:
-        return Evidence(outcome=Outcome.AGAINST, statement=f"{label}: below delta {delta:g} (Holm) at "
-                                                           f"{', '.join(against)}", **common)
-    open_ = [n for n, r in zip(names, all_for) if not r]
-    why = (f"no CI for {', '.join(short)} (fewer than {MIN_PER_STRATUM} examples per family)" if short else
+        return Evidence(outcome=Outcome.AGAINST, details=details,
+                        statement=f"{label}: below {'delta ' + format(delta, 'g') if delta else 'the threshold'} "
+                                  f"(Holm, alpha {alpha:g}) at {', '.join(against[:6])}"
+                                  f"{' ...' if len(against) > 6 else ''}", **common)
+    if all(all_for) and not degenerate:
+        return Evidence(outcome=Outcome.FOR, details=details,
+                        statement=f"{label}: > 0 at all {len(names)} (Holm, alpha {alpha:g})", **common)
+    open_ = [n for n, r in zip(names, all_for) if not r] or degenerate
+    no_ci = [n for n in open_ if ivs[n].low is None]
+    why = (f"no test for {', '.join(no_ci[:4])} ({ivs[no_ci[0]].why})" if no_ci else
            f"not > 0 after Holm at {', '.join(open_[:6])}{' ...' if len(open_) > 6 else ''}, and no member "
            f"decisively below delta {delta:g}")
-    projected = None
-    if not short:
-        worst = min(open_, key=lambda n: abs(estimates[n]) / max(ses.get(n, 1e-12), 1e-12))
-        projected = _project_mean(estimates[worst], ses.get(worst, 0.0), per_n[names.index(worst)], delta,
-                                  z=_holm_z(len(names), alpha))
-    return Evidence(outcome=Outcome.UNDECIDED, statement=f"{label}: {why}", undecided=why,
-                    n_to_decide=max(min_n, MIN_PER_STRATUM) if short else projected, **common)
+    worst = max(open_, key=lambda n: p_for[names.index(n)])
+    n_next, how = _projection(ivs[worst], delta, alpha / len(names))
+    return Evidence(outcome=Outcome.UNDECIDED, statement=f"{label}: {why}; {how}", undecided=why, n_to_decide=n_next,
+                    details={**details, "projection": how}, **common)
 
 
 # ------------------------------------------------------------------------------------------------ projection
 
 
-def _project_mean(estimate: float, se: float, n_per_stratum: float, delta: float, z: float = Z) -> int | None:
-    """Examples per family at which the CI of a mean with this SE would clear the nearer decision boundary
-    (0 if the estimate is positive and above delta/2, else delta): SE shrinks as 1/sqrt(n)."""
-    if not (se > 0 and n_per_stratum > 0):
-        return None
-    boundary_distance = estimate if estimate >= delta / 2 else delta - estimate
-    if boundary_distance <= 0:
-        return None  # the estimate sits on the boundary: no n is expected to decide
-    return max(int(math.ceil(n_per_stratum * (z * se / boundary_distance) ** 2)), MIN_PER_STRATUM)
+def _projection(iv: Interval, delta: float, alpha: float) -> tuple[int | None, str]:
+    """(examples per family, the sentence naming its inputs) at which a one-sided test at ``alpha`` of the
+    observed effect, with the observed standard error shrinking as 1/sqrt(n), has :data:`POWER` to clear the nearer
+    decision boundary (0 when the estimate is above delta/2, else delta). None: no n is expected to decide."""
+    se, est, per = iv.standard_error, iv.estimate, iv.per_family
+    if se is None or not (se > 0) or not per > 0 or not math.isfinite(est):
+        return None, "no projection: no standard error from this sample"
+    target, boundary = (est, "0") if est >= delta / 2 else (delta - est, f"delta {delta:g}")
+    if target <= 0:
+        return None, f"no projection: the estimate {est:.4g} sits on the decision boundary"
+    z = float(sps.norm.isf(alpha) + sps.norm.ppf(POWER))
+    n = max(int(math.ceil(per * (z * se / target) ** 2)), 1)
+    return n, (f"projected {n}/family for {POWER:.0%} power from the observed effect {est:.4g} (distance "
+               f"{target:.4g} to {boundary}) and SE {se:.3g} at {per:g}/family, one-sided alpha {alpha:.3g}")
 
 
-def _project_argmax(gap: float, gap_se: float, n_per_stratum: float, level: float) -> int | None:
-    """Examples per family at which the top-two gap's one-sided z would reach P(argmax) ~ ``level``."""
-    if not (gap > 0 and gap_se > 0):
-        return None
-    z = float(sps.norm.ppf(level))
-    return max(int(math.ceil(n_per_stratum * (z * gap_se / gap) ** 2)), MIN_N)
+# ------------------------------------------------------------------------------------------------ calibration
 
 
-def _holm_z(m: int, alpha: float) -> float:
-    return float(sps.norm.isf(alpha / max(m, 1)))
+@lru_cache(maxsize=1)
+def calibration_table() -> dict[str, Any]:
+    """The committed rates table (``engine/data/calibration.json``): per rule the measured P(false for),
+    P(false against) and power at every per-family n that a plan uses, and the smallest n at which it holds."""
+    if not CALIBRATION_TABLE.exists():
+        return {"rules": {}}
+    return json.loads(CALIBRATION_TABLE.read_text())
+
+
+def calibrated_min_n(claim: str) -> tuple[int | None, str]:
+    """(the smallest per-family n at which every calibrated rule of ``claim`` held its error bounds, the rules) from
+    the committed table; (None, "") when the claim has no calibrated rule; a rule that held them at no plan's n
+    gives a very large n (the claim cannot be decided by it at any planned size)."""
+    table = calibration_table()
+    names = table.get("claims", {}).get(claim, [])
+    if not names:
+        return None, ""
+    ns = [table["rules"][name].get("min_n") for name in names]
+    return (max(n if n is not None else 10**9 for n in ns)), ", ".join(names)
 
 
 # ------------------------------------------------------------------------------------------------ offline
 
 
 PRIMITIVES = {"greater", "argmax", "for_every"}
-
-# The bound each primitive's calibration test (tests/test_decisions.py) holds it to: P(for | no effect) <= the
-# catalogue's 5%. A 95% two-sided CI would nominally give 2.5% for the CI rules; on the committed (skewed, 12-stratum)
-# data the measured rate is ~3.5% at 10-20 per family, so the bound used for the expected false confirmations is
-# the catalogue's, not the nominal one.
-FALSE_CONFIRM_BOUND = {"greater": 0.05, "for_every": 0.05, "argmax": 0.05}
 
 
 def recompute(evidence: Evidence | Mapping[str, Any]) -> Evidence:
@@ -418,8 +573,10 @@ def recompute(evidence: Evidence | Mapping[str, Any]) -> Evidence:
     is the other suite's layer" decided *for* is "the hubs differ" decided *against*): the outcome is flipped back.
     """
     ev = evidence if isinstance(evidence, Evidence) else Evidence.from_dict(evidence)
-    if ev.params.get("precondition") and ev.primitive != "greater":  # greater() takes it itself
+    if ev.params.get("precondition") and ev.primitive == "argmax":
         raw = recompute(replace(ev, params={k: v for k, v in ev.params.items() if k != "precondition"}))
+        if raw.outcome is Outcome.UNDECIDED and raw.params.get("precondition"):
+            return raw
         return replace(raw, outcome=Outcome.UNDECIDED, undecided=ev.params["precondition"], params=ev.params)
     if ev.params.get("negated"):
         raw = recompute(replace(ev, params={k: v for k, v in ev.params.items() if k != "negated"}))
@@ -427,18 +584,23 @@ def recompute(evidence: Evidence | Mapping[str, Any]) -> Evidence:
         return replace(raw, outcome=flip.get(raw.outcome, raw.outcome), label=ev.label, statement=ev.statement,
                        params=ev.params)
     p, d = dict(ev.params), ev.data
+    n_resamples = int(p.get("n_resamples", N_RESAMPLES))
+    if not 0 < n_resamples <= 1_000_000:
+        raise ValueError(f"recompute: n_resamples {n_resamples} is outside 1..1000000")
+    bounds = tuple(p["bounds"]) if p.get("bounds") is not None else None
     if ev.primitive == "greater":
         return greater(d["values"], d["groups"], delta=p["delta"], label=ev.label, level=p["level"],
-                       n_resamples=p["n_resamples"], seed=p["seed"], rationale=p.get("rationale", ""),
-                       min_n=p.get("min_n", MIN_N), precondition=p.get("precondition", ""))
+                       n_resamples=n_resamples, seed=p["seed"], rationale=p.get("rationale", ""),
+                       precondition=p.get("precondition", ""), bounds=bounds)
     if ev.primitive == "argmax":
         return argmax(d["values"], d["groups"], claimed=p.get("claimed"), units=d.get("units"), label=ev.label,
-                      level=p["level"], n_resamples=p["n_resamples"], seed=p["seed"], min_n=p.get("min_n", MIN_N))
+                      delta=p.get("delta", 0.0), level=p["level"], n_resamples=n_resamples, seed=p["seed"],
+                      erasing=bool(p.get("erasing", False)), rationale=p.get("rationale", ""))
     if ev.primitive == "for_every":
         members = {k: (m["values"], m["groups"]) for k, m in d["members"].items()}
-        return for_every(members, delta=p["delta"], label=ev.label, level=p["level"],
-                         n_resamples=p["n_resamples"], seed=p["seed"], rationale=p.get("rationale", ""),
-                         min_n=p.get("min_n", MIN_N))
+        return for_every(members, delta=p["delta"], label=ev.label, level=p["level"], n_resamples=n_resamples,
+                         seed=p["seed"], rationale=p.get("rationale", ""), precondition=p.get("precondition", ""),
+                         bounds=bounds)
     raise ValueError(f"recompute: unknown primitive {ev.primitive!r} (known: {', '.join(sorted(PRIMITIVES))})")
 
 

@@ -618,6 +618,8 @@ class Recorder:
         """
         self._check_protocol(protocol)
         holds, evidence, from_evidence, parts, n_to_decide = _read_holds(holds, self.claim.id)
+        if protocol == "rigorous" and evidence and not undecided:
+            undecided = calibration_gate(self.claim.id, evidence)
         if undecided and evidence:  # a precondition the test reports travels with the evidence: recompute() agrees
             evidence = [{**e, "params": {**(e.get("params") or {}), "precondition": undecided}} for e in evidence]
         undecided = "; ".join(t for t in dict.fromkeys((undecided, from_evidence)) if t)  # the test's reason first
@@ -681,6 +683,31 @@ class Recorder:
         self._clock = now
         self.records.append(record)
         return record
+
+
+def calibration_gate(claim_id: str, evidence: list[dict]) -> str:
+    """Why a rigorous record cannot be decided at its sample size ("" when it can): its smallest family is below
+    the n at which the claim's rules held their error bounds in the committed calibration
+    (``engine/data/calibration.json``, :func:`engine.decisions.calibrated_min_n`). Decisive exact ties and failed
+    preconditions are left as they are."""
+    from engine.decisions import Evidence, calibrated_min_n
+
+    min_n, rules = calibrated_min_n(claim_id)
+    if min_n is None:
+        return ""
+    sizes = []
+    for e in evidence:
+        ev = Evidence.from_dict({k: v for k, v in e.items() if k != "part"})
+        if ev.params.get("precondition") or ev.details.get("tied_units"):
+            continue
+        sizes.append(ev.per_family)
+    smallest = min(sizes) if sizes else None
+    if smallest is None or smallest >= min_n:
+        return ""
+    if min_n >= 10**9:
+        return f"the rule ({rules}) held its error bounds at no planned sample size (engine/data/calibration.json)"
+    return (f"below the rule's calibrated n: {smallest} per family, the rule ({rules}) holds its error bounds from "
+            f"{min_n} per family (engine/data/calibration.json)")
 
 
 def _read_holds(holds, claim_id: str) -> tuple[bool, list[dict], str, dict[str, str], int | None]:

@@ -12,8 +12,9 @@ Units and groups, for every rule here: the resampled unit is an evaluated exampl
 seed protocol), grouped by task family (the primitives' stratification); a per-example value is averaged over the
 training seeds and over the random draws first. Seeds and draws are therefore not counted as examples: the rule's
 minimum numbers of seeds / draws are checked separately (:func:`_units`), and below them the decision is
-INCONCLUSIVE "below the rule's minimum n" (the floor is passed to the primitive as its ``min_n``, so the stored
-evidence recomputes to the same outcome).
+INCONCLUSIVE "below the rule's minimum number of training seeds / draws" (passed to the primitive as its
+``precondition``, so the stored evidence recomputes to the same outcome). The run as the unit of these rules is
+"Verdicts v3, 2/2".
 
 The seed protocol applies the same decision to what the seed's method measured; where its method cannot test a
 part of the rule (one training seed, one random draw, unequal parameter counts) the finding says so. The seed
@@ -62,15 +63,12 @@ def note(bench: LoraBench) -> str:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _units(need: Mapping[str, tuple[int, int]], groups: Sequence[str]) -> tuple[int, str]:
-    """(min_n for the primitive, why it is below the rule's minimum): ``need`` maps a unit ("training seeds") to
-    (have, the rule's minimum). All met: the primitive's own minimum; else a floor no family reaches."""
+def _units(need: Mapping[str, tuple[int, int]]) -> str:
+    """Why the rule cannot decide at these unit counts ("" when it can): ``need`` maps a unit ("training seeds") to
+    (have, the rule's minimum)."""
     short_ = [f"{have} {name} (the rule needs >= {minimum})" for name, (have, minimum) in need.items()
               if have < minimum]
-    if not short_:
-        return D.MIN_N, ""
-    counts = {g: list(groups).count(g) for g in set(groups)} or {"": 0}
-    return max(max(counts.values()), D.MIN_N) + 1, "below the rule's minimum n: " + ", ".join(short_)
+    return "below the rule's minimum number of runs: " + ", ".join(short_) if short_ else ""
 
 
 def _floored(ev: D.Evidence, why: str, units: Mapping[str, tuple[int, int]]) -> D.Evidence:
@@ -88,13 +86,13 @@ def _by_family(values: np.ndarray, groups: Sequence[str]) -> dict[str, tuple[np.
 
 
 def member_cis(members: Mapping[str, tuple[Sequence[float], Sequence[str]]]) -> dict[str, tuple[float, float]]:
-    """95% stratified bootstrap CI of each member's mean (reported beside a for_every decision; a member with
+    """95% CI (:func:`engine.decisions.interval`) of each member's mean (reported beside a for_every decision; a member with
     fewer than 2 examples in some family has no CI)."""
     out = {}
     for name, (values, groups) in members.items():
-        boot = D.bootstrap(np.asarray(values, dtype=np.float64), groups)
-        if boot.low is not None:
-            out[name] = (float(boot.low), float(boot.high))
+        iv = D.interval(np.asarray(values, dtype=np.float64), groups)
+        if iv.low is not None:
+            out[name] = (float(iv.low), float(iv.high))
     return out
 
 
@@ -118,8 +116,8 @@ def decide_atlas(atlas: np.ndarray, random: np.ndarray, groups: Sequence[str], *
                          f"{atlas.shape}, got {random.shape}")
     diffs = (random.mean(axis=1) - atlas).mean(axis=0)
     units = {"training seeds": (atlas.shape[0], min_seeds), "random-matched draws": (random.shape[1], min_draws)}
-    min_n, why = _units(units, groups)
-    ev = D.for_every(_by_family(diffs, groups), delta=delta, rationale=rationale, label=label, min_n=min_n)
+    why = _units(units)
+    ev = D.for_every(_by_family(diffs, groups), delta=delta, rationale=rationale, label=label, precondition=why)
     return _floored(ev, why, units)
 
 
@@ -137,8 +135,9 @@ def decide_oproj(losses: Mapping[str, np.ndarray], groups: Sequence[str], params
                (np.atleast_2d(np.asarray(v, float)).mean(axis=0) - ref, list(groups))
                for m, v in losses.items() if m != reference}
     units = {"other modules compared": (len(members), len(OTHER_MODULES))}
-    min_n, why = _units(units, groups)
-    ev = D.for_every(members, delta=delta, rationale=rationale, label="other module's loss - o_proj's", min_n=min_n)
+    why = _units(units)
+    ev = D.for_every(members, delta=delta, rationale=rationale, label="other module's loss - o_proj's",
+                     precondition=why)
     return _floored(ev, why, units)
 
 
@@ -156,8 +155,8 @@ def decide_oproj_seed(losses: Mapping[str, np.ndarray], base: np.ndarray, groups
                                                                                     list(groups))
                for m in losses if m != reference}
     units = {"other modules compared": (len(members), len(OTHER_MODULES))}
-    min_n, why = _units(units, groups)
-    ev = D.for_every(members, delta=delta, rationale=rationale, min_n=min_n,
+    why = _units(units)
+    ev = D.for_every(members, delta=delta, rationale=rationale, precondition=why,
                      label="o_proj's loss reduction per Mparam - other module's")
     return _floored(ev, why, units)
 
@@ -195,9 +194,9 @@ def decide_lockin(checkpoint_overlap: Sequence[float], base_overlap: Sequence[fl
     upper < 1); claim = checkpoint overlap - base overlap > 0: for; < delta: against."""
     ck, base = np.asarray(checkpoint_overlap, float), np.asarray(base_overlap, float)
     control = D.greater(1.0 - base, groups, delta=control_delta, rationale=control_rationale,
-                        label="1 - base/final top-k overlap")
+                        label="1 - base/final top-k overlap", bounds=(0.0, 1.0))
     claim = D.greater(D.paired(ck, base), groups, delta=delta, rationale=rationale,
-                      label="early-checkpoint - base top-k overlap with the final atlas")
+                      label="early-checkpoint - base top-k overlap with the final atlas", bounds=(-1.0, 1.0))
     return control, claim
 
 
@@ -208,8 +207,8 @@ def decide_skip(atlas: Sequence[float], random: np.ndarray, groups: Sequence[str
     the rule's minimum: undecided."""
     atlas, random = np.asarray(atlas, float), np.atleast_2d(np.asarray(random, float))
     units = {"random skips": (random.shape[0], min_draws)}
-    min_n, why = _units(units, groups)
-    ev = D.greater(random.mean(axis=0) - atlas, groups, delta=delta, rationale=rationale, min_n=min_n,
+    why = _units(units)
+    ev = D.greater(random.mean(axis=0) - atlas, groups, delta=delta, rationale=rationale, precondition=why,
                    label="random mean - atlas recovered loss")
     return _floored(ev, why, units)
 

@@ -135,11 +135,10 @@ def amplification_rule(num: Sequence[float], den: Sequence[float], groups: Seque
     its bootstrap is symmetric where the ratio of means is skewed by a few large KLs; exp of its CI is the CI of the
     (family-balanced) geometric mean ratio. for: ratio CI above 1 (CONFIRMED); against: upper bound below
     1 + ``params["delta"]`` (FAILED); else undecided."""
-    delta, why, min_n = steer.rule_params(params)
+    delta, why = steer.rule_params(params)
     a = np.log(np.maximum(np.asarray(num, dtype=np.float64), TINY_KL))
     b = np.log(np.maximum(np.asarray(den, dtype=np.float64), TINY_KL))
-    ev = D.greater(D.paired(a, b), groups, delta=float(np.log1p(delta)), label=label, rationale=why, min_n=min_n)
-    return steer.min_n_guard(ev, groups, min_n)
+    return D.greater(D.paired(a, b), groups, delta=float(np.log1p(delta)), label=label, rationale=why)
 
 
 def pick_scale(rows: Mapping[str, Mapping[str, Any]], multiple: float, reference: str = "bf16",
@@ -198,7 +197,7 @@ def quant_kl_findings(study: dict, params: Mapping[str, Any]) -> tuple[Finding, 
     if ok("nf4-bf16") and ok("bf16"):
         ev, key, ratios = rigorous_kl_decision(kl, groups, params)
         means = {n: float(np.mean(r["kl_by_scale"][key])) for n, r in rows.items() if r["ok"]}
-        requant = D.bootstrap(rows["nf4-bf16"]["noise_kl_per_example"], groups)
+        requant = D.interval(rows["nf4-bf16"]["noise_kl_per_example"], groups)
         rigorous = Finding(
             "rigorous",
             figures={"amplification": r4(means["nf4-bf16"] / means["bf16"]) if means["bf16"] > 0 else None,

@@ -235,23 +235,10 @@ def undecided(evidence: D.Evidence, why: str, n_to_decide: int | None = None) ->
                    params={**evidence.params, "precondition": why})  # recompute() decides it the same way
 
 
-def min_n_guard(evidence: D.Evidence, groups: Sequence[str], min_n: int) -> D.Evidence:
-    """A sample with fewer than ``min_n`` examples in some family is "below the rule's minimum n" (INCONCLUSIVE),
-    also where the primitive stopped earlier at "no CI" (fewer than 2 per family)."""
-    counts: dict[str, int] = {}
-    for g in groups:
-        counts[str(g)] = counts.get(str(g), 0) + 1
-    smallest = min(counts.values()) if counts else 0
-    if smallest >= min_n or "below the rule's minimum n" in evidence.undecided:
-        return evidence
-    return undecided(evidence, f"below the rule's minimum n ({min_n} per family; the smallest family has "
-                               f"{smallest})", n_to_decide=min_n)
-
-
-def rule_params(params: Mapping[str, Any], key: str = "delta") -> tuple[float, str, int]:
-    """(delta, its rationale, the minimum n per family) of a rule from its [claim.params]."""
-    delta, why = _delta(params, key)
-    return delta, why, int(params.get("min_n", D.MIN_N))
+def rule_params(params: Mapping[str, Any], key: str = "delta") -> tuple[float, str]:
+    """(delta, its rationale) of a rule from its [claim.params] (catalogue v3: no minimum-n gate; each rule's
+    smallest n comes from its calibration)."""
+    return _delta(params, key)
 
 
 def _delta(params: Mapping[str, Any], key: str = "delta") -> tuple[float, str]:
@@ -267,9 +254,8 @@ def gap_rule(a: Sequence[float], b: Sequence[float], groups: Sequence[str], para
     bound is below delta (FAILED: the margin's side the claim needs is excluded; a gap CI within [-delta, delta]
     is the case the catalogue names, and a CI below -delta, the guess beating the sweep's pick on held-out
     prompts, is against the claim as well); else undecided."""
-    delta, why, min_n = rule_params(params, key)
-    ev = D.greater(D.paired(a, b), groups, delta=delta, label=label, rationale=why, min_n=min_n)
-    return min_n_guard(ev, groups, min_n)
+    delta, why = rule_params(params, key)
+    return D.greater(D.paired(a, b), groups, delta=delta, label=label, rationale=why)
 
 
 def control_rule(effects: Sequence[float], groups: Sequence[str], controls: Mapping[str, Sequence[float]],
@@ -280,7 +266,7 @@ def control_rule(effects: Sequence[float], groups: Sequence[str], controls: Mapp
     highest control percentile: for when the direction's CI lower bound is above it (CONFIRMED), against when the
     CI upper bound is below it + delta (FAILED), else undecided. A control set below its minimum count
     (``params["min_<name>"]``) leaves the rule undecided: "below the rule's minimum n"."""
-    delta, why, min_n = rule_params(params)
+    delta, why = rule_params(params)
     p = float(params.get("random_percentile", 95))
     if not controls:
         raise StudyError(f"{label}: no control set")
@@ -289,7 +275,7 @@ def control_rule(effects: Sequence[float], groups: Sequence[str], controls: Mapp
     known = [t for t in thresholds.values() if np.isfinite(t)]
     threshold = max(known) if known else 0.0
     ev = D.greater(np.asarray(effects, dtype=np.float64) - threshold, groups, delta=delta, label=label,
-                   rationale=why, min_n=min_n)
+                   rationale=why)
     counts = {name: len(v) for name, v in controls.items()}
     minimum = {name: int(params.get(f"min_{name}", 1)) for name in controls}
     details = {"percentile": p, "thresholds": thresholds, "threshold": threshold, "control_counts": counts,
@@ -298,8 +284,8 @@ def control_rule(effects: Sequence[float], groups: Sequence[str], controls: Mapp
     ev = replace(ev, details={**ev.details, **details}, params={**ev.params, "percentile": p, "min_controls": minimum})
     short = [f"{name}: {counts[name]} < {minimum[name]}" for name in controls if counts[name] < minimum[name]]
     if short:
-        return undecided(ev, f"below the rule's minimum n (controls {', '.join(short)})")
-    return min_n_guard(ev, groups, min_n)
+        return undecided(ev, f"below the rule's minimum number of controls ({', '.join(short)})")
+    return ev
 
 
 # --------------------------------------------------------------------------------------------- claim procedures

@@ -123,40 +123,52 @@ def _seed_mean_ablation_effects(lm, examples) -> tuple[list[float], int, int]:
     return effects, fired, changed
 
 
-def per_example_spearman(a: np.ndarray, b: np.ndarray) -> list[float]:
-    """Per example (row), the Spearman rho of two layer profiles; an undefined rho (a constant profile) is 0.0
-    ("no rank agreement"), so the rule's bootstrap sees finite values."""
+def per_example_spearman(a: np.ndarray, b: np.ndarray) -> list[float | None]:
+    """Per example (row), the Spearman rho of two layer profiles; None where it is undefined (a constant profile):
+    an undefined statistic is a failed precondition of the part that reads it, never 0."""
     out = []
     for x, y in zip(np.asarray(a), np.asarray(b)):
         rho = stats.rank_rho(x, y)
-        out.append(0.0 if rho is None else float(rho))
+        out.append(None if rho is None else float(rho))
     return out
+
+
+def _mean_defined(values: Sequence[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+THRESHOLD_PART = "a threshold part: decided by where its whole CI lies relative to the threshold (catalogue v3)"
 
 
 def decide_abl_parts(ratios: Sequence[float], ratio_groups: Sequence[str], mean_effects: Sequence[float] | None,
                      rhos: Sequence[float] | None, groups: Sequence[str], params: Mapping[str, Any],
                      seed: int = SEEDS[0]) -> dict[str, D.Evidence]:
-    """ABL-MEAN's three parts, each by :func:`engine.decisions.greater` on per-example values:
+    """ABL-MEAN's three parts, each a threshold claim (:func:`engine.decisions.greater` with ``delta = 0``) on
+    per-example values: for when the whole CI lies on the claimed side of the threshold, against when it lies
+    wholly on the other side, else undecided (never against while the estimate and part of the CI satisfy it):
 
     * near_zero_mean: ``near_zero_mean_ratio - ratio`` > 0 (the ratio's CI upper below the threshold);
     * mean_ablation_all_zero: ``zero_effect_tolerance - max-over-layers mean-ablation KL`` > 0;
-    * zero_ablation_valid: ``Spearman(zero, mean) - rank_rho_threshold`` > 0 (the rho's CI lower above it).
+    * zero_ablation_valid: ``Spearman(zero, mean) - rank_rho_threshold`` > 0 (the rho's CI lower above it); a
+      prompt whose rho is undefined (a constant profile) makes the part a failed precondition, not a 0.
 
     A part whose values are None (a method that cannot measure it) is left out.
     """
     parts = {"near_zero_mean": D.greater([params["near_zero_mean_ratio"] - r for r in ratios], ratio_groups,
-                                         delta=params["near_zero_mean_delta"],
-                                         rationale=params["near_zero_mean_delta_rationale"],
+                                         delta=0.0, rationale=THRESHOLD_PART,
                                          label="near-zero threshold - residual mean ratio", seed=seed)}
     if mean_effects is not None:
         parts["mean_ablation_all_zero"] = D.greater(
-            [params["zero_effect_tolerance"] - m for m in mean_effects], groups,
-            delta=params["zero_effect_delta"], rationale=params["zero_effect_delta_rationale"],
-            label="zero-effect tolerance - max mean-ablation KL", seed=seed)
+            [params["zero_effect_tolerance"] - m for m in mean_effects], groups, delta=0.0,
+            rationale=THRESHOLD_PART, label="zero-effect tolerance - max mean-ablation KL", seed=seed)
     if rhos is not None:
+        undefined = sum(r is None for r in rhos)
+        why = (f"Spearman(zero, mean) is undefined (a constant layer profile) for {undefined} of {len(rhos)} prompts: "
+               "an undefined statistic is a failed precondition" if undefined else "")
         parts["zero_ablation_valid"] = D.greater(
-            [r - params["rank_rho_threshold"] for r in rhos], groups, delta=params["rank_rho_delta"],
-            rationale=params["rank_rho_delta_rationale"], label="Spearman(zero, mean) - threshold", seed=seed)
+            [(0.0 if r is None else r) - params["rank_rho_threshold"] for r in rhos], groups, delta=0.0,
+            rationale=THRESHOLD_PART, label="Spearman(zero, mean) - threshold", seed=seed, precondition=why)
     return parts
 
 
@@ -225,8 +237,8 @@ def rigorous_mean_ablation(lm, sizes: Sizes, params: Mapping[str, Any], seed: in
                "residual_mean_ratio_per_layer": ratios["body"],
                "rank_rho_zero_mean": rhos["mean"], "rank_rho_zero_resample": rhos["resample"],
                "rank_rho_zero_noise": rhos.get("noise"), "zero_over_mean_effect": destructive,
-               "mean_prompt_rho_zero_mean": float(np.mean(rho_mean)),
-               "mean_prompt_rho_zero_resample": float(np.mean(per_example_spearman(zero_x, resample_x))),
+               "mean_prompt_rho_zero_mean": _mean_defined(rho_mean),
+               "mean_prompt_rho_zero_resample": _mean_defined(per_example_spearman(zero_x, resample_x)),
                "effects": {m: p.tolist() for m, p in profiles.items()},
                "top_layer": {m: int(np.argmax(p)) for m, p in profiles.items()},
                "parts": {k: e.outcome.value for k, e in parts.items()}, "n_examples": len(sample)}

@@ -50,6 +50,8 @@ class Sizes:
     # it (robustness: mean / resample; POS-ANSWER's measured position), on the first k per family of seed
     # SEEDS[0]'s sample (None: the whole sample); robustness compares with the zero atlas on the same prompts
     name: str = plans.DEFAULT_PLAN  # the plan these sizes come from (engine/data/plans.toml)
+    hub_delta: float | None = None  # the hub rules' smallest meaningful lead of the top layer (nats): a rule
+    hub_delta_rationale: str | None = None  # threshold set by the claim's [claim.params], never by a plan
 
 
 def sizes_for(tier: str, params: Mapping[str, Any] | None = None) -> Sizes:
@@ -182,11 +184,14 @@ Loader = Callable[[str], Any]
 # ------------------------------------------------------------------------------------------------ v2 decisions
 
 
-def argmax_evidence(a: Atlas, claimed: int | None = None, label: str = "argmax layer") -> D.Evidence:
-    """Catalogue v2 "the argmax is layer L" on the atlas's per-example layer effects (families as strata): the
-    argmax re-selected in every resample; ``claimed`` None asks "does an argmax layer exist"."""
-    return D.argmax(a.per_example, a.example_families, claimed=claimed, units=a.layers, label=label,
-                    n_resamples=a.n_resamples, seed=a.seed)
+def argmax_evidence(a: Atlas, claimed: int | None = None, label: str = "argmax layer", *,
+                    delta: float = 0.0, rationale: str = "") -> D.Evidence:
+    """Catalogue v3 "the argmax is layer L" on the atlas's per-example layer effects (families as strata): L beats
+    every other layer in its paired test; ``claimed`` None asks "does an argmax layer exist". ``delta``: the hub
+    rule's smallest meaningful lead ([claim.params] hub_delta). An exact tie where the atlas's erasure guard fired
+    is a failed precondition (the method cannot separate layers), never evidence."""
+    return D.argmax(a.per_example, a.example_families, claimed=claimed, units=a.layers, label=label, delta=delta,
+                    rationale=rationale, erasing=a.information_erasing, n_resamples=a.n_resamples, seed=a.seed)
 
 
 def argmax_of(ev: D.Evidence) -> int | None:
@@ -203,7 +208,8 @@ def negate(ev: D.Evidence, label: str) -> D.Evidence:
                    statement=f"{label}: not ({ev.statement})", params={**ev.params, "negated": True})
 
 
-def same_argmax(atlases: Mapping[str, Atlas], label: str) -> tuple[dict[str, D.Evidence], dict[str, D.Evidence]]:
+def same_argmax(atlases: Mapping[str, Atlas], label: str, delta: float = 0.0,
+                rationale: str = "") -> tuple[dict[str, D.Evidence], dict[str, D.Evidence]]:
     """"Every atlas has an argmax layer, and it is the same one" (HUB-SEEDS, HUB-NL, the cpu-tier hub rule).
 
     Returns (each atlas's "an argmax exists" evidence, the evidence that decides): an exact tie anywhere -> that
@@ -211,7 +217,8 @@ def same_argmax(atlases: Mapping[str, Atlas], label: str) -> tuple[dict[str, D.E
     "the argmax is the first one's layer" (against); else every atlas's evidence (all for: the same layer in
     all; some undecided: not decided).
     """
-    exists = {k: argmax_evidence(a, label=f"{label} ({k})") for k, a in atlases.items()}
+    exists = {k: argmax_evidence(a, label=f"{label} ({k})", delta=delta, rationale=rationale)
+              for k, a in atlases.items()}
     ties = {k: e for k, e in exists.items() if e.outcome is D.Outcome.AGAINST}
     if ties:
         return exists, ties
@@ -220,7 +227,7 @@ def same_argmax(atlases: Mapping[str, Atlas], label: str) -> tuple[dict[str, D.E
         first = next(iter(found))
         ref = found[first]
         return exists, {k: argmax_evidence(atlases[k], claimed=ref, label=f"{label} ({k}) is L{ref}, the {first} "
-                                                                            "argmax")
+                                                                            "argmax", delta=delta, rationale=rationale)
                         for k, layer in found.items() if layer != ref}
     return exists, exists
 
@@ -334,7 +341,7 @@ def restrict_rows(a: Atlas, rows: Sequence[int]) -> Atlas:
     """The atlas of the examples ``rows`` (in that order)."""
     data = a.to_json()
     data.update(example_ids=[a.example_ids[i] for i in rows], example_families=[a.example_families[i] for i in rows],
-                per_example=a.per_example[list(rows)].tolist(), erase_ratio=[],
+                per_example=a.per_example[list(rows)].tolist(),
                 logit_effect=None if a.logit_effect is None else a.logit_effect[list(rows)].tolist(),
                 correct=None if a.correct is None else [a.correct[i] for i in rows])
     return Atlas.from_json(data)

@@ -62,14 +62,16 @@ def _depth(layer: int | None, n_layers: int) -> float | None:
 # ------------------------------------------------------------------------------------------------ HUB-Q05 and co.
 
 
-def decide_hub(atlases: Mapping[str, Atlas], claimed: int | None) -> tuple[dict, dict[str, D.Evidence]]:
+def decide_hub(atlases: Mapping[str, Atlas], claimed: int | None, delta: float = 0.0,
+               rationale: str = "") -> tuple[dict, dict[str, D.Evidence]]:
     """HUB-Q05/Q15/Q3/SMOL on one atlas per seed: with a ``claimed`` layer, "the argmax is L" in every seed (a
     seed decided against -> FAILED); without one (the cpu tier), "an argmax layer exists, the same in every seed".
     Returns (figures, holds)."""
     if claimed is None:
-        per_seed, holds = same_argmax(atlases, "argmax layer")
+        per_seed, holds = same_argmax(atlases, "argmax layer", delta, rationale)
     else:
-        per_seed = {k: argmax_evidence(a, claimed=claimed, label=f"argmax layer ({k}) is L{claimed}")
+        per_seed = {k: argmax_evidence(a, claimed=claimed, label=f"argmax layer ({k}) is L{claimed}", delta=delta,
+                                       rationale=rationale)
                     for k, a in atlases.items()}
         against = {k: e for k, e in per_seed.items() if e.outcome is D.Outcome.AGAINST}
         holds = against or per_seed
@@ -88,7 +90,7 @@ def seed_protocol_hub(lm, sizes: Sizes, *, claimed: int | None = None, families=
     """The seed's hub: residual zeroing, first k per family, one deterministic sweep (its seeds never resample, so
     "in every seed" reduces to that sweep; the stability part is named as not decided)."""
     a = seed_atlas(lm, sizes, families=families, per_family=per_family)
-    figures, holds = decide_hub({f"seed {SEEDS[0]}": a}, claimed)
+    figures, holds = decide_hub({f"seed {SEEDS[0]}": a}, claimed, sizes.hub_delta or 0.0, sizes.hub_delta_rationale or "")
     notes = [(f"Seed protocol: residual zeroing, KL at the last position, first {per_family or sizes.seed_per_family} "
              f"examples/family ({a.n_examples} prompts); the seeds {list(SEEDS)} do not change the examples, so one "
              f"sweep serves all three and stability across seeds is not decided here (HUB-SEEDS). "
@@ -101,7 +103,7 @@ def rigorous_hub(lm, sizes: Sizes, seeds: Sequence[int] = SEEDS, *, claimed: int
                  families=None) -> Finding:
     """Layer-contribution ablation on a fresh stratified sample per seed; the v2 argmax rule in every seed."""
     atlases = {f"seed {s}": rigorous_atlas(lm, sizes, s, families=families) for s in seeds}
-    figures, holds = decide_hub(atlases, claimed)
+    figures, holds = decide_hub(atlases, claimed, sizes.hub_delta or 0.0, sizes.hub_delta_rationale or "")
     figures["prompt_overlap"] = prompt_overlap([a.example_ids for a in atlases.values()])
     figures["robustness"] = robustness_figures(lm, sizes, atlases)
     notes = [(f"Rigorous protocol: layer-contribution ablation, {sizes.rigorous_per_family} examples/family drawn "
@@ -128,11 +130,12 @@ def hub_contrast(seed: Finding, rigorous: Finding) -> None:
 # ------------------------------------------------------------------------------------------------ HUB-SEEDS
 
 
-def decide_hub_seeds(atlases: Mapping[str, Atlas], samples_differ: bool, overlap: float) -> Finding:
+def decide_hub_seeds(atlases: Mapping[str, Atlas], samples_differ: bool, overlap: float, delta: float = 0.0,
+                     rationale: str = "") -> Finding:
     """HUB-SEEDS: every seed has an argmax layer and it is the same (CONFIRMED); two seeds decided for different
     layers, or an exact tie (no single hub to be stable) (FAILED); else INCONCLUSIVE. Precondition: the seeds'
     samples differ, else INCONCLUSIVE "seeds change nothing" (the decided parts are still recorded)."""
-    per_seed, holds = same_argmax(atlases, "argmax layer")
+    per_seed, holds = same_argmax(atlases, "argmax layer", delta, rationale)
     layers = [e.estimate for e in per_seed.values()]
     found = [argmax_of(e) for e in per_seed.values()]
     std = float(np.std(found)) if all(f is not None for f in found) else None
@@ -151,7 +154,8 @@ def seed_protocol_hub_seeds(lm, sizes: Sizes, seeds: Sequence[int] = SEEDS) -> F
     samples = [first_examples(sizes.seed_per_family) for _ in seeds]
     base = seed_atlas(lm, sizes)
     overlap = prompt_overlap(samples)
-    finding = decide_hub_seeds({f"seed {seeds[0]}": base}, overlap < 1.0, overlap)
+    finding = decide_hub_seeds({f"seed {seeds[0]}": base}, overlap < 1.0, overlap, sizes.hub_delta or 0.0,
+                               sizes.hub_delta_rationale or "")
     finding.protocol = "seed"
     finding.figures["suite_hashes"] = [tasks.suite_hash(s)[:12] for s in samples]
     finding.seeds, finding.suite_hash = list(seeds), base.suite_hash
@@ -170,7 +174,7 @@ def rigorous_hub_seeds(lm, sizes: Sizes, seeds: Sequence[int] = SEEDS) -> Findin
     samples = [stratified_sample(s, sizes.rigorous_per_family, sizes.families) for s in seeds]
     atlases = {f"seed {s}": rigorous_atlas(lm, sizes, s) for s in seeds}
     overlap = prompt_overlap(samples)
-    finding = decide_hub_seeds(atlases, overlap < 1.0, overlap)
+    finding = decide_hub_seeds(atlases, overlap < 1.0, overlap, sizes.hub_delta or 0.0, sizes.hub_delta_rationale or "")
     finding.protocol = "rigorous"
     finding.figures["suite_hashes"] = [tasks.suite_hash(s)[:12] for s in samples]
     finding.figures["robustness"] = robustness_figures(lm, sizes, atlases)
@@ -210,11 +214,11 @@ def nl_suite_counts() -> dict[str, int]:
             "min_per_family": min(sum(ex.family == f for ex in nl) for f in {ex.family for ex in nl})}
 
 
-def decide_nl(protocol: str, syn: Atlas, nl: Atlas, sizes_text: str) -> Finding:
+def decide_nl(protocol: str, syn: Atlas, nl: Atlas, sizes_text: str, delta: float = 0.0, rationale: str = "") -> Finding:
     """HUB-NL: the NL suite's argmax layer equals the synthetic suite's (CONFIRMED); both exist and differ
     (FAILED); else (an undecided argmax, or an exact tie: no argmax to compare) INCONCLUSIVE. Per-family
     agreement is a figure."""
-    per_suite, holds = same_argmax({"synthetic": syn, "nl": nl}, "argmax layer")
+    per_suite, holds = same_argmax({"synthetic": syn, "nl": nl}, "argmax layer", delta, rationale)
     ties = [k for k, e in per_suite.items() if e.outcome is D.Outcome.AGAINST]
     undecided = (f"no argmax layer exists in the {' and the '.join(ties)} suite (an exact tie): nothing to compare"
                  if ties else "")
@@ -238,13 +242,15 @@ def decide_nl(protocol: str, syn: Atlas, nl: Atlas, sizes_text: str) -> Finding:
 
 def seed_protocol_nl_agreement(lm, sizes: Sizes) -> Finding:
     return decide_nl("seed", seed_atlas(lm, sizes), seed_atlas(lm, sizes, suite="nl"),
-                     f"Seed protocol: residual zeroing, first {sizes.seed_per_family} prompts/family of each suite.")
+                     f"Seed protocol: residual zeroing, first {sizes.seed_per_family} prompts/family of each suite.",
+                     sizes.hub_delta or 0.0, sizes.hub_delta_rationale or "")
 
 
 def rigorous_nl_agreement(lm, sizes: Sizes, seed: int = SEEDS[0]) -> Finding:
     syn, nl = rigorous_atlas(lm, sizes, seed), rigorous_atlas(lm, sizes, seed, suite="nl")
     finding = decide_nl("rigorous", syn, nl, f"Rigorous protocol: layer-contribution ablation, stratified samples "
-                        f"(seed {seed}): {sizes.rigorous_per_family}/family synthetic, {sizes.nl_per_family}/family NL.")
+                        f"(seed {seed}): {sizes.rigorous_per_family}/family synthetic, {sizes.nl_per_family}/family NL.",
+                        sizes.hub_delta or 0.0, sizes.hub_delta_rationale or "")
     finding.figures["robustness"] = robustness_figures(lm, sizes, {"synthetic": syn, "nl": nl})
     return finding
 
@@ -261,7 +267,8 @@ def nl_contrast(seed: Finding, rigorous: Finding) -> None:
 # ------------------------------------------------------------------------------------------------ HUB-BREADTH
 
 
-def decide_differ(atlases: Mapping[str, Atlas], label: str) -> tuple[dict[str, D.Evidence], Any, str]:
+def decide_differ(atlases: Mapping[str, Atlas], label: str, delta: float = 0.0,
+                  rationale: str = "") -> tuple[dict[str, D.Evidence], Any, str]:
     """"Both atlases have an argmax layer and they differ" (HUB-BREADTH, HUB-CODER). Returns (each atlas's
     "an argmax exists" evidence, holds, undecided):
 
@@ -270,12 +277,14 @@ def decide_differ(atlases: Mapping[str, Atlas], label: str) -> tuple[dict[str, D
     * an exact tie (no argmax exists, so nothing to compare) or an undecided argmax: INCONCLUSIVE.
     """
     (ka, _a), (kb, b) = list(atlases.items())
-    exists = {k: argmax_evidence(x, label=f"{label} ({k})") for k, x in atlases.items()}
+    exists = {k: argmax_evidence(x, label=f"{label} ({k})", delta=delta, rationale=rationale)
+              for k, x in atlases.items()}
     la, lb = argmax_of(exists[ka]), argmax_of(exists[kb])
     if la is not None and lb is not None:
         if la != lb:
             return exists, exists, ""
-        same = argmax_evidence(b, claimed=la, label=f"{label} ({kb}) is L{la}, the {ka} argmax")
+        same = argmax_evidence(b, claimed=la, label=f"{label} ({kb}) is L{la}, the {ka} argmax", delta=delta,
+                               rationale=rationale)
         return exists, negate(same, f"{label}: {kb} and {ka} differ"), ""
     ties = {k: e for k, e in exists.items() if e.outcome is D.Outcome.AGAINST}
     if ties:
@@ -284,9 +293,11 @@ def decide_differ(atlases: Mapping[str, Atlas], label: str) -> tuple[dict[str, D
     return exists, exists, ""
 
 
-def _breadth_finding(protocol: str, full: Atlas, narrow_families: Sequence[str], text: str) -> Finding:
+def _breadth_finding(protocol: str, full: Atlas, narrow_families: Sequence[str], text: str, delta: float = 0.0,
+                     rationale: str = "") -> Finding:
     narrow = restrict(full, narrow_families)
-    per_suite, holds, undecided = decide_differ({"12-family": full, "4-family": narrow}, "argmax layer")
+    per_suite, holds, undecided = decide_differ({"12-family": full, "4-family": narrow}, "argmax layer", delta,
+                                                rationale)
     l12, l4 = argmax_of(per_suite["12-family"]), argmax_of(per_suite["4-family"])
     figures = {"hub_layer_12fam": l12, "hub_layer_4fam": l4, "argmax_12fam": per_suite["12-family"].estimate,
                "argmax_4fam": per_suite["4-family"].estimate, "hubs_identical": l12 is not None and l12 == l4,
@@ -300,13 +311,15 @@ def _breadth_finding(protocol: str, full: Atlas, narrow_families: Sequence[str],
 
 def seed_protocol_breadth(lm, sizes: Sizes) -> Finding:
     return _breadth_finding("seed", seed_atlas(lm, sizes), tasks.BREADTH_FAMILIES,
-                            f"Seed protocol: residual zeroing, first {sizes.seed_per_family}/family.")
+                            f"Seed protocol: residual zeroing, first {sizes.seed_per_family}/family.",
+                            sizes.hub_delta or 0.0, sizes.hub_delta_rationale or "")
 
 
 def rigorous_breadth(lm, sizes: Sizes, seed: int = SEEDS[0]) -> Finding:
     full = rigorous_atlas(lm, sizes, seed)
     finding = _breadth_finding("rigorous", full, tasks.BREADTH_FAMILIES, f"Rigorous protocol: layer-contribution "
-                               f"ablation, {sizes.rigorous_per_family}/family (seed {seed}).")
+                               f"ablation, {sizes.rigorous_per_family}/family (seed {seed}).", sizes.hub_delta or 0.0,
+                               sizes.hub_delta_rationale or "")
     finding.figures["robustness"] = robustness_figures(lm, sizes, {f"seed {seed}": full})
     return finding
 
@@ -367,9 +380,9 @@ def decide_migration(protocol: str, atlases: Mapping[str, Atlas], delta: float, 
     return Finding(protocol, figures, holds=holds, seeds=[SEEDS[0]], notes=[f"{text} {holds.statement}."])
 
 
-def decide_coder(protocol: str, coder: Atlas, base: Atlas, text: str) -> Finding:
+def decide_coder(protocol: str, coder: Atlas, base: Atlas, text: str, delta: float = 0.0) -> Finding:
     """HUB-CODER: both models have an argmax layer and they differ (CONFIRMED); the same layer (FAILED)."""
-    per_model, holds, undecided = decide_differ({"coder": coder, "base": base}, "argmax layer")
+    per_model, holds, undecided = decide_differ({"coder": coder, "base": base}, "argmax layer", delta)
     figures = {"hub_layer": argmax_of(per_model["coder"]), "base_hub_layer": argmax_of(per_model["base"]),
                "hub_depth": _depth(argmax_of(per_model["coder"]), coder.n_layers),
                "argmax_layer": per_model["coder"].estimate, "base_argmax_layer": per_model["base"].estimate,
@@ -420,9 +433,10 @@ def hub_coder(load_model: Loader, keys: Sequence[str], sizes: Sizes, tier: str =
     base_rig = rigorous_atlas(base, sizes)
     robust[base_key] = robustness_figures(base, sizes, {f"seed {SEEDS[0]}": base_rig})
     seed = decide_coder("seed", coder_seed, seed_atlas(base, sizes), "Seed protocol: residual zeroing; coder 4 "
-                        f"families x 10 prompts, base first {sizes.seed_per_family}/family.")
+                        f"families x 10 prompts, base first {sizes.seed_per_family}/family.", sizes.hub_delta or 0.0)
     rigorous = decide_coder("rigorous", coder_rig, base_rig, "Rigorous protocol: "
-                            f"layer-contribution ablation, {sizes.rigorous_per_family}/family, seed {SEEDS[0]}.")
+                            f"layer-contribution ablation, {sizes.rigorous_per_family}/family, seed {SEEDS[0]}.",
+                            sizes.hub_delta or 0.0)
     rigorous.figures["robustness"] = robust
     contrast(seed, rigorous, "the coder's seed-protocol hub is a narrow margin (1.9% in the seed) over 4 families; "
              "with contribution ablation over 12 families and the argmax re-selected per resample it changes")

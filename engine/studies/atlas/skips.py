@@ -78,14 +78,16 @@ def _skip_overlaps(lm, examples, configs, component, k, batch_size) -> tuple[dic
 
 def decide_skip(protocol: str, overlaps: Mapping[str, Sequence[float]], groups: Sequence[str],
                 params: Mapping[str, Any], text: str) -> Finding:
-    """SKIP-ALL (catalogue v2) per configuration on the per-example top-5 overlaps, Holm across configurations
-    (:func:`engine.decisions.for_every` on ``keep_threshold - overlap``): every configuration's overlap CI upper
-    below ``keep_threshold`` -> CONFIRMED; some configuration's overlap CI lower above 0 (it keeps top-5 tokens)
-    -> FAILED; else INCONCLUSIVE."""
+    """SKIP-ALL (catalogue v3), a threshold claim per configuration on the per-example top-5 overlaps, Holm across
+    configurations (:func:`engine.decisions.for_every` on ``keep_threshold - overlap`` with ``delta = 0``; the
+    overlaps are bounded in [0, 1], so the interval is Hoeffding's and all-equal overlaps still have a CI): every
+    configuration's overlap CI below ``keep_threshold`` -> CONFIRMED; some configuration's overlap CI wholly above
+    it -> FAILED; else INCONCLUSIVE."""
     keep = params["keep_threshold"]
     members = {name: ([keep - v for v in vals], groups) for name, vals in overlaps.items()}
-    holds = D.for_every(members, delta=keep, rationale=params["keep_threshold_rationale"],
-                        label=f"{keep:g} - top-5 overlap, every skip configuration", seed=SEEDS[0])
+    holds = D.for_every(members, delta=0.0, rationale=params["keep_threshold_rationale"],
+                        label=f"{keep:g} - top-5 overlap, every skip configuration", seed=SEEDS[0],
+                        bounds=(keep - 1.0, keep))
     means = {name: float(np.mean(vals)) for name, vals in overlaps.items()}
     worst = max(means, key=means.get)
     figures = {"max_top5_overlap": means[worst], "max_config": worst, "overlaps": means,
