@@ -15,6 +15,8 @@ Every rule of the catalogue is built from these primitives, each returning an :c
   other units), or an exact tie of the top two in a measurement that can see the units. An exact tie where the
   measurement's erasure guard fired (``erasing``: the ablated output does not depend on the prompt) is a failed
   precondition: undecided "the method cannot separate layers on this architecture", never evidence.
+* :func:`differs` - "some pair differs" (OWN-ATLAS): two-sided per member, Holm; against when every member is
+  equivalent to 0 within ``delta``.
 * :func:`for_every` - "at every layer / on every family / for every configuration": one-sided p-values of every
   member, Holm's step-down across the members for each side; against (some member decided below ``delta``) first.
 
@@ -515,6 +517,58 @@ def for_every(members: Mapping[str, tuple[Sequence[float], Sequence[str]]], *, d
                     details={**details, "projection": how}, **common)
 
 
+def differs(members: Mapping[str, tuple[Sequence[float], Sequence[str]]], *, delta: float,
+            label: str = "some member differs", level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = 0,
+            rationale: str = "", precondition: str = "") -> Evidence:
+    """"Some X differs from 0" (e.g. some pair of models' hub depths differ; the direction is not chosen from the
+    data): ``members`` maps X to its (per-example paired differences, groups).
+
+    Two-sided p-value per member, Holm at alpha = 1 - level across the members. against (first): every member is
+    equivalent to 0 within ``delta`` (both one-sided tests at (1 - level) / 2 reject, per member: an
+    intersection-union test needs no correction); for: some member's two-sided test rejected after Holm; else
+    undecided.
+    """
+    if not members:
+        raise ValueError(f"differs({label}): no members")
+    if not delta > 0 or not math.isfinite(delta):
+        raise ValueError(f"differs({label}): delta must be finite and > 0 (the equivalence margin), got {delta}")
+    alpha2, alpha = 1 - level, (1 - level) / 2
+    ivs = {str(k): interval(np.asarray(v[0], dtype=np.float64), v[1], level=level, n_resamples=n_resamples,
+                            seed=seed) for k, v in members.items()}
+    names = list(ivs)
+    p_two = [min(1.0, 2 * min(ivs[n].p_above(0.0), ivs[n].p_below(0.0))) for n in names]
+    equivalent = [max(ivs[n].p_below(delta), ivs[n].p_above(-delta)) <= alpha for n in names]
+    rejected = holm(p_two, alpha2)
+    params = ({"delta": delta, "level": level, "alpha_two_sided": alpha2, "n_resamples": n_resamples, "seed": seed,
+               "rationale": rationale, "correction": "holm"} | ({"precondition": precondition} if precondition else {}))
+    data = {"members": {str(k): {"values": np.asarray(v[0], dtype=np.float64).tolist(),
+                                 "groups": [str(g) for g in v[1]]} for k, v in members.items()}}
+    estimates = {n: float(ivs[n].estimate) for n in names}
+    details = {"estimates": estimates, "p_two_sided": dict(zip(names, p_two)), "holm": dict(zip(names, rejected)),
+               "equivalent": dict(zip(names, equivalent)),
+               "cis": {n: None if ivs[n].low is None else [float(ivs[n].low), float(ivs[n].high)] for n in names}}
+    common = dict(primitive="differs", label=label, estimate=estimates,
+                  n=int(sum(len(v[0]) for v in members.values())), n_strata=len(names), params=params, data=data,
+                  details=details)
+    degenerate = [n for n in names if ivs[n].degenerate]
+    if precondition or (degenerate and len(degenerate) == len(names)):
+        why = precondition or ivs[degenerate[0]].degenerate
+        return Evidence(outcome=Outcome.UNDECIDED, statement=f"{label}: {why}", undecided=why, **common)
+    if all(equivalent):
+        return Evidence(outcome=Outcome.AGAINST, statement=f"{label}: every member within +-{delta:g} "
+                                                           f"(equivalence, one-sided {alpha:g} each)", **common)
+    found = [n for n, r in zip(names, rejected) if r and not ivs[n].degenerate]
+    if found:
+        return Evidence(outcome=Outcome.FOR, statement=f"{label}: {', '.join(found[:4])} differ (two-sided, Holm "
+                                                       f"at {alpha2:g})", **common)
+    best = min(names, key=lambda n: p_two[names.index(n)])
+    n_next, how = _projection(ivs[best], delta, alpha2 / 2 / len(names))
+    why = (f"no member differs after Holm (smallest two-sided p {p_two[names.index(best)]:.3g} at {best}) and not "
+           f"every member is within +-{delta:g}")
+    return Evidence(outcome=Outcome.UNDECIDED, statement=f"{label}: {why}; {how}", undecided=why,
+                    n_to_decide=n_next, **{**common, "details": {**details, "projection": how}})
+
+
 # ------------------------------------------------------------------------------------------------ projection
 
 
@@ -561,7 +615,7 @@ def calibrated_min_n(claim: str) -> tuple[int | None, str]:
 # ------------------------------------------------------------------------------------------------ offline
 
 
-PRIMITIVES = {"greater", "argmax", "for_every"}
+PRIMITIVES = {"greater", "argmax", "for_every", "differs"}
 
 
 def recompute(evidence: Evidence | Mapping[str, Any]) -> Evidence:
@@ -601,6 +655,10 @@ def recompute(evidence: Evidence | Mapping[str, Any]) -> Evidence:
         return for_every(members, delta=p["delta"], label=ev.label, level=p["level"], n_resamples=n_resamples,
                          seed=p["seed"], rationale=p.get("rationale", ""), precondition=p.get("precondition", ""),
                          bounds=bounds)
+    if ev.primitive == "differs":
+        members = {k: (m["values"], m["groups"]) for k, m in d["members"].items()}
+        return differs(members, delta=p["delta"], label=ev.label, level=p["level"], n_resamples=n_resamples,
+                       seed=p["seed"], rationale=p.get("rationale", ""), precondition=p.get("precondition", ""))
     raise ValueError(f"recompute: unknown primitive {ev.primitive!r} (known: {', '.join(sorted(PRIMITIVES))})")
 
 

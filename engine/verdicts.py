@@ -661,7 +661,8 @@ class Recorder:
         records = []
         for protocol in self.unrecorded if protocols is None else protocols:
             self._check_protocol(protocol)
-            records.append(self._new(protocol, Verdict.UNTESTED, reason, expectation=self.claim.rule))
+            records.append(self._new(protocol, Verdict.UNTESTED, reason, expectation=self.claim.rule,
+                                     notes=self.claim.notes or ""))
         return records
 
     def _check_protocol(self, protocol: str) -> None:

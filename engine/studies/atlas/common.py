@@ -234,8 +234,9 @@ def same_argmax(atlases: Mapping[str, Atlas], label: str, delta: float = 0.0,
 
 def argmax_figures(evidence: Mapping[str, D.Evidence]) -> dict[str, Any]:
     """Per atlas: the argmax layer, runner-up, P(argmax = best) and the outcome, for the record's figures."""
-    return {k: {"argmax": e.estimate, "runner_up": e.details.get("runner_up"), "p_best": e.details.get("p_best"),
-                "p_argmax": e.details.get("p_argmax"), "top_two_gap": e.details.get("top_two_gap"),
+    return {k: {"argmax": e.estimate, "runner_up": e.details.get("runner_up"),
+                "top_two_gap": e.details.get("top_two_gap"), "top_two_gap_ci": e.details.get("top_two_gap_ci"),
+                "beaten": len(e.details.get("beaten") or []), "method": e.details.get("method"),
                 "tied_units": e.details.get("tied_units"), "outcome": e.outcome.value, "n": e.n}
             for k, e in evidence.items()}
 
@@ -255,9 +256,15 @@ def aligned(a: Atlas, b: Atlas) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def argmax_depths(a: Atlas) -> dict[str, float]:
-    """Per example (by id): the depth fraction of that prompt's own argmax layer (OWN-ATLAS, HUB-MIGRATE)."""
-    layers = np.asarray(a.layers)[np.argmax(a.per_example, axis=1)]
-    return {ex: float(l) / max(a.n_layers - 1, 1) for ex, l in zip(a.example_ids, layers)}
+    """Per example (by id): the depth fraction of that prompt's own argmax layer (OWN-ATLAS, HUB-MIGRATE). A prompt
+    whose top two layers tie exactly has no argmax layer and is left out (an argmax over a tie would be its first
+    index: a precondition, never a depth of 0)."""
+    out = {}
+    for ex, row in zip(a.example_ids, np.asarray(a.per_example)):
+        if top_two_tie(row):
+            continue
+        out[ex] = float(a.layers[int(np.argmax(row))]) / max(a.n_layers - 1, 1)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ robustness
@@ -273,7 +280,8 @@ def _argmax_figure(values: np.ndarray, groups: Sequence[str], a: Atlas, kl_argma
         return {"n": 0, "argmax": None, "outcome": "undecided", "agrees_with_kl": None, "undecided": "no prompts"}
     ev = D.argmax(values, list(groups), units=a.layers, label=label, n_resamples=a.n_resamples, seed=a.seed)
     means = values.mean(0)
-    return {"n": ev.n, "argmax": ev.estimate, "outcome": ev.outcome.value, "p_best": ev.details.get("p_best"),
+    return {"n": ev.n, "argmax": ev.estimate, "outcome": ev.outcome.value,
+            "top_two_gap_ci": ev.details.get("top_two_gap_ci"),
             "layer_effects": [float(x) for x in means], "undecided": ev.undecided,
             "agrees_with_kl": None if ev.estimate is None or kl_argmax is None else int(ev.estimate) == kl_argmax}
 

@@ -328,41 +328,52 @@ def rigorous_breadth(lm, sizes: Sizes, seed: int = SEEDS[0]) -> Finding:
 
 
 def _paired_depths(atlases: Mapping[str, Atlas], a: str, b: str) -> tuple[list[float], list[str]]:
-    """Per prompt (shared by both models' samples): depth(b's argmax) - depth(a's argmax), with its family."""
+    """Per prompt (shared by both models' samples, each with an argmax layer): depth(b's argmax) - depth(a's argmax),
+    with its family. Prompts whose layer profile ties exactly in either model are left out (a precondition)."""
     da, db = argmax_depths(atlases[a]), argmax_depths(atlases[b])
     family = dict(zip(atlases[a].example_ids, atlases[a].example_families))
-    shared = [ex for ex in atlases[a].example_ids if ex in db]
-    require(shared, f"{a} and {b} share no prompts: depth differences need paired samples")
+    shared = [ex for ex in atlases[a].example_ids if ex in db and ex in da]
     return [db[ex] - da[ex] for ex in shared], [family[ex] for ex in shared]
+
+
+NO_DEPTHS = ("every prompt's layer profile ties exactly in {models} (the measurement cannot separate layers): no "
+             "argmax depths to compare")
 
 
 def decide_own_atlas(protocol: str, atlases: Mapping[str, Atlas], delta: float, rationale: str,
                      text: str) -> Finding:
-    """OWN-ATLAS: some pair of models' per-prompt argmax depths differs, the CI of the paired depth difference
-    (deeper - shallower model) above 0 (CONFIRMED); every pair's CI upper below ``delta`` (FAILED); else
-    INCONCLUSIVE."""
+    """OWN-ATLAS (catalogue v3): for each pair of models (in the target's order, the direction fixed before the data),
+    the paired per-prompt argmax depth difference, two-sided, Holm across pairs (:func:`engine.decisions.differs`):
+    some pair differs -> CONFIRMED; every pair equivalent within ``delta`` -> FAILED; else INCONCLUSIVE. Prompts
+    whose profile ties exactly are left out; a model with no untied prompt is a failed precondition."""
     keys = list(atlases)
     require(len(keys) >= 2, f"OWN-ATLAS needs at least two models, got {keys}")
-    mean_depth = {k: float(np.mean(list(argmax_depths(a).values()))) for k, a in atlases.items()}
-    pairs = {}
+    depths = {k: argmax_depths(a) for k, a in atlases.items()}
+    tied = [k for k, d in depths.items() if not d]
+    members = {}
     for a, b in combinations(keys, 2):
-        lo, hi = (a, b) if mean_depth[a] <= mean_depth[b] else (b, a)
-        diffs, groups = _paired_depths(atlases, lo, hi)
-        pairs[f"{hi} - {lo}"] = D.greater(diffs, groups, delta=delta, rationale=rationale,
-                                          label=f"argmax depth {hi} - {lo}", n_resamples=atlases[a].n_resamples,
-                                          seed=atlases[a].seed)
-    confirmed = {k: e for k, e in pairs.items() if e.outcome is D.Outcome.FOR}
-    holds = confirmed or pairs
+        diffs, groups = _paired_depths(atlases, a, b)
+        if diffs:
+            members[f"{b} - {a}"] = (diffs, groups)
+    undecided = NO_DEPTHS.format(models=", ".join(tied)) if tied or not members else ""
+    if members:
+        holds = D.differs(members, delta=delta, rationale=rationale, label="argmax depths differ (some pair)",
+                          n_resamples=atlases[keys[0]].n_resamples, seed=atlases[keys[0]].seed, precondition=undecided)
+    else:
+        first = next(iter(atlases.values()))
+        holds = argmax_evidence(first)
     exists = {k: argmax_evidence(a) for k, a in atlases.items()}
+    mean_depth = {k: float(np.mean(list(d.values()))) if d else None for k, d in depths.items()}
     figures = {"models": keys, "hub_layers": [argmax_of(exists[k]) for k in keys],
                "argmax_layers": [exists[k].estimate for k in keys],
                "hub_depths": [_depth(argmax_of(exists[k]), atlases[k].n_layers) for k in keys],
                "argmax_depths": [_depth(exists[k].estimate, atlases[k].n_layers) for k in keys],
                "mean_prompt_argmax_depths": [mean_depth[k] for k in keys], "per_model": argmax_figures(exists),
-               "depth_differences": {k: e.estimate for k, e in pairs.items()}}
-    ci = {f"depth[{k}]": e.ci for k, e in pairs.items() if e.ci is not None}
-    return Finding(protocol, figures, holds=holds, ci=ci, seeds=[SEEDS[0]],
-                   notes=[f"{text} {evidence_text(pairs)}."])
+               "untied_prompts": {k: len(d) for k, d in depths.items()},
+               "depth_differences": dict(holds.estimate) if holds.primitive == "differs" else {}}
+    ci = {f"depth[{k}]": tuple(v) for k, v in (holds.details.get("cis") or {}).items() if v is not None}
+    return Finding(protocol, figures, holds=holds, ci=ci, seeds=[SEEDS[0]], undecided=undecided,
+                   notes=[f"{text} {holds.statement}."])
 
 
 def decide_migration(protocol: str, atlases: Mapping[str, Atlas], delta: float, rationale: str,
