@@ -183,7 +183,13 @@ def baselines_dir(config: pytest.Config) -> Path:
 
 
 def _check_baseline_options(config: pytest.Config) -> None:
-    """Usage errors (one line, before anything runs): a re-pin without a reason, a gate without baselines."""
+    """Usage errors (one line, before anything runs): a results root or baselines directory that is a file, a
+    re-pin without a reason, a gate without baselines, with a malformed baseline file (every file is validated
+    here, not after the measurements) or with baselines lacking a record the catalogue and the plan declare."""
+    for option in ("--claims-results", "--claims-baselines"):
+        value = config.getoption(option)
+        if value and Path(value).expanduser().exists() and not Path(value).expanduser().is_dir():
+            raise pytest.UsageError(f"{option} {value}: is a file, not a directory")
     if config.getoption("--claims-update-baseline") and not (config.getoption("--claims-pin-reason") or "").strip():
         raise pytest.UsageError("--claims-update-baseline needs --claims-pin-reason \"why\" (stored in the baseline)")
     if config.getoption("claims_baseline_gate") and not config.getoption("--claims-update-baseline"):
@@ -193,9 +199,17 @@ def _check_baseline_options(config: pytest.Config) -> None:
                 f"--claims-baseline-gate: no baselines pinned for plan {plan!r} under {where}: pin them with "
                 f"`mi-atlas baselines pin --plan {plan} --reason \"...\" RUN_DIR [RUN_DIR ...]`")
         try:
-            results.load_plan_baselines(where, plan)
+            pinned = results.load_plan_baselines(where, plan)
+            lacking = sorted(results.declared_records(config.stash[CATALOGUE], plan) - set(pinned))
         except results.BaselineError as exc:
             raise pytest.UsageError(f"--claims-baseline-gate: {exc}") from exc
+        if lacking:
+            files = sorted({m for _, m, _ in lacking} - {p.stem for p in results.baseline_files(where, plan)})
+            raise pytest.UsageError(
+                f"--claims-baseline-gate: the baselines of plan {plan!r} under {where} lack {len(lacking)} record(s) "
+                f"the catalogue declares (e.g. {' '.join(lacking[0][:2])} [{lacking[0][2]}]"
+                + (f"; no file {', '.join(f + '.json' for f in files)}" if files else "")
+                + f"): re-pin them with `mi-atlas baselines pin --plan {plan} --reason \"...\" RUN_DIR`")
 
 
 # ------------------------------------------------------------------------------------------------ collection
@@ -466,7 +480,14 @@ def record_both(claim: Recorder, seed: Finding, rigorous: Finding) -> None:
 
 
 class ClaimsSession:
-    """Controller-side state: collects verdicts from reports, appends the registry, writes the run at the end."""
+    """Controller-side state: collects verdicts from reports, appends the registry, writes the run at the end.
+
+    The run files are written whatever happens (``pytest_sessionfinish``'s ``finally``), with the records made so
+    far, and marked incomplete (``meta["incomplete"]`` with the reasons) when the session did not finish cleanly:
+    interrupted, an internal error, a registry line or a run file that could not be written. ``latest`` moves
+    only to a complete run and ``mi-atlas baselines pin`` refuses an incomplete one. A registry append that fails
+    is one warning line, never an INTERNALERROR.
+    """
 
     def __init__(self, config: pytest.Config):
         self.config = config
@@ -483,48 +504,118 @@ class ClaimsSession:
         self.gate: results.GateReport | None = None
         self.gate_failed = False
         self.baseline_error = ""
+        self.incomplete: list[str] = []  # why the run did not finish cleanly
+        self.registry_error = ""  # the first failed registry append (one warning for all)
+        self.run_dir_error = ""
+        self.write_problems: list[str] = []
+        self.pin_error = ""
+
+    def _incomplete(self, reason: str) -> None:
+        if reason not in self.incomplete:
+            self.incomplete.append(reason)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for record in _records_of(report):
-            if self.run_dir is None:
-                self.run_dir = results.reserve_run_dir(self.root, self.commit, self.started)
-            record.run = self.run_dir.name
+            if self.run_dir is None and not self.run_dir_error:
+                try:
+                    self.run_dir = results.reserve_run_dir(self.root, self.commit, self.started)
+                except OSError as exc:
+                    self.run_dir_error = f"{self.root / results.RUNS_DIR}: no run directory ({_one_line(exc)})"
+                    self._incomplete("write error: no run directory")
+            if self.run_dir is not None:
+                record.run = self.run_dir.name
             self.records.append(record)
-            results.append_registry(self.root, record)
+            try:
+                results.append_registry(self.root, record)
+            except (OSError, ValueError) as exc:
+                if not self.registry_error:
+                    self.registry_error = (f"{self.root / results.REGISTRY_FILE}: verdicts not appended "
+                                           f"({_one_line(exc)})")
+                    self._incomplete(f"write error: registry append failed ({_one_line(exc)})")
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            self._incomplete("interrupted")
+        elif exitstatus == pytest.ExitCode.INTERNAL_ERROR:
+            self._incomplete("internal error during the session")
+        try:
+            self._finish(session, int(exitstatus))
+        except BaseException as exc:
+            self._incomplete(f"internal error at the session's end ({_one_line(exc)})")
+            raise
+        finally:
+            self._write_run_files(int(exitstatus))
+
+    def _finish(self, session: pytest.Session, exitstatus: int) -> None:
+        """The gate and the re-pin; the run files are written by the caller, whatever happens here."""
         update = self.config.getoption("--claims-update-baseline")
         try:
             pinned = results.load_plan_baselines(self.baselines, self.plan)
+            declared = results.declared_records(self.config.stash[CATALOGUE], self.plan) if pinned else set()
         except results.BaselineError as exc:  # a malformed file without the gate: reported, nothing compared
-            pinned, self.baseline_error = {}, str(exc)
+            pinned, declared, self.baseline_error = {}, set(), str(exc)
         if pinned:
-            self.gate = results.gate(pinned, self.records, plan=self.plan, baselines=self.baselines)
+            self.gate = results.gate(pinned, self.records, plan=self.plan, baselines=self.baselines,
+                                     declared=declared)
         if not self.records:
             if self.fail_on_regression and self.gate is not None:  # the gate compared nothing: not a pass
                 self.gate_failed = True
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
             return
-        catalogue = self.config.stash[CATALOGUE]
-        meta = {
-            "run": self.run_dir.name, "git_commit": self.commit, "started": self.started.isoformat(timespec="seconds"),
-            "duration_s": round(time.perf_counter() - self.clock, 1), "args": list(self.config.invocation_params.args),
-            "catalogue": catalogue.path, "plan": self.plan, "baseline_updated": bool(update),
-            "exit_status": int(exitstatus), "torch_threads": _torch_threads(), **results.provenance(),
-        }
-        if self.gate is not None:
-            meta["gate"] = self.gate.to_dict()
-        changes = self.gate.changes if self.gate is not None else []
-        self.run = results.Run(self.run_dir.name, meta, self.records, changes)
+        if self.run_dir is None:
+            return
+        self.run = self._make_run(exitstatus)
         if update:
-            results.pin_plan_baselines(self.baselines, self.plan, [self.run], self.config.getoption(
-                "--claims-pin-reason"), pinned_by="pytest --claims-update-baseline")
-        results.write_run(self.run_dir, self.run)
+            try:
+                if self.incomplete:
+                    raise results.BaselineError(f"the run is incomplete ({'; '.join(self.incomplete)})")
+                results.pin_plan_baselines(self.baselines, self.plan, [self.run], self.config.getoption(
+                    "--claims-pin-reason"), pinned_by="pytest --claims-update-baseline")
+                self.run.meta["baseline_updated"] = True
+            except (results.BaselineError, OSError) as exc:
+                self.pin_error = f"--claims-update-baseline: baselines not re-pinned: {_one_line(exc, False)}"
+                if session.exitstatus == pytest.ExitCode.OK:
+                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
         # A deliberate re-pin never fails; otherwise a gate that did not pass fails the session only when asked.
         if self.gate is not None and not self.gate.passed and self.fail_on_regression:
             self.gate_failed = True
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _make_run(self, exitstatus: int) -> results.Run:
+        catalogue = self.config.stash[CATALOGUE]
+        meta = {
+            "run": self.run_dir.name, "git_commit": self.commit, "started": self.started.isoformat(timespec="seconds"),
+            "duration_s": round(time.perf_counter() - self.clock, 1), "args": list(self.config.invocation_params.args),
+            "catalogue": catalogue.path, "plan": self.plan, "baseline_updated": False,
+            "exit_status": int(exitstatus), "torch_threads": _torch_threads(), **results.provenance(),
+        }
+        if self.gate is not None:
+            meta["gate"] = self.gate.to_dict()
+        changes = self.gate.changes if self.gate is not None else []
+        return results.Run(self.run_dir.name, meta, self.records, changes)
+
+    def _write_run_files(self, exitstatus: int) -> None:
+        """claims.json and report.md with the records made so far (called from a ``finally``: never raises)."""
+        if not self.records or self.run_dir is None:
+            return
+        try:
+            if self.run is None:
+                try:
+                    self.run = self._make_run(exitstatus)
+                except Exception as exc:  # provenance or the catalogue failed: the records still get written
+                    self._incomplete(f"internal error while describing the run ({_one_line(exc)})")
+                    self.run = results.Run(self.run_dir.name, {
+                        "run": self.run_dir.name, "git_commit": self.commit, "plan": self.plan,
+                        "started": self.started.isoformat(timespec="seconds"), "exit_status": int(exitstatus)},
+                        self.records, [])
+            for reason in self.incomplete:
+                results.mark_incomplete(self.run, reason)
+            self.write_problems = results.write_run(self.run_dir, self.run)
+            for reason in self.run.meta.get("incomplete_reasons", []):
+                self._incomplete(reason)
+        except Exception as exc:
+            self.write_problems.append(f"{self.run_dir}: run files not written ({_one_line(exc)})")
 
     @property
     def fail_on_regression(self) -> bool:
@@ -548,6 +639,20 @@ class ClaimsSession:
         elif failing and not self.config.getoption("--claims-update-baseline"):
             tr.write_line("  (reported only; --claims-baseline-gate makes them fail the session)")
 
+    def _write_problems(self, tr) -> None:
+        """One line per thing that could not be written, and whether the run is complete."""
+        if self.registry_error:
+            tr.write_line(f"warning: {self.registry_error}: the run is marked incomplete", yellow=True)
+        if self.run_dir_error:
+            tr.write_line(f"error: {self.run_dir_error}: {len(self.records)} verdict(s) not written", red=True)
+        for problem in self.write_problems:
+            tr.write_line(f"error: {problem}", red=True)
+        if self.pin_error:
+            tr.write_line(self.pin_error, red=True)
+        if self.run is not None and self.run.meta.get("incomplete"):
+            tr.write_line(f"run INCOMPLETE ({'; '.join(self.run.meta.get('incomplete_reasons', []))}): "
+                          f"{results.LATEST} not moved; `mi-atlas baselines pin` refuses it", red=True)
+
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
         if self.run is None:
             if self.gate_failed:
@@ -556,6 +661,8 @@ class ClaimsSession:
                     terminalreporter.write_line(line, red=True)
                 terminalreporter.write_line("--claims-baseline-gate: no claim record was measured: the session fails",
                                             red=True)
+            if self.records:
+                self._write_problems(terminalreporter)
             return
         tr = terminalreporter
         tr.write_sep("=", "MI-Atlas claims")
@@ -578,6 +685,13 @@ class ClaimsSession:
                           "(--claims-update-baseline)")
         tr.write_line(f"run: {self.run_dir} (claims.json, report.md)")
         tr.write_line(f"registry: {self.root / results.REGISTRY_FILE}")
+        self._write_problems(tr)
+
+
+def _one_line(exc: BaseException, name: bool = True) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0][:300] if lines else ""
+    return f"{type(exc).__name__}: {text}" if name or not text else text
 
 
 def _torch_threads() -> int | None:

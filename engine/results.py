@@ -9,14 +9,24 @@ Layout under the results root (default ``<rootdir>/results``)::
     baselines/<plan>/<model>.json           a plan's pinned gated figures per claim x protocol, with their spread,
                                             the commit and the reason of the pin (see the gate section below)
 
-Durability: registry lines are appended under a file lock, each with one write + flush + fsync, so parallel
-writers never interleave and a killed run loses at most the verdict being written (a torn last line is cut off
-by the next writer). claims.json, report.md and baselines are replaced atomically (temp file + os.replace).
+Durability: registry lines are appended under a file lock, each with one ``os.write`` on an ``O_APPEND``
+descriptor (byte count checked; a short write is cut off again and raised) + fsync, so parallel writers never
+interleave and a killed run loses at most the verdict being written (a torn last line is cut off by the next
+writer). claims.json, report.md and baselines are replaced atomically (temp file + os.replace). A session writes
+its run files whatever happens, marked incomplete (``meta["incomplete"]``, with the reasons) when it did not finish
+cleanly; ``latest`` moves only to a complete run, and only a complete run can be pinned.
+
+Baselines are a checked contract (:func:`read_baseline_file`): every field typed, every number finite, each
+figure's value and tolerance as they follow from its pinned runs, a sha256 over the canonical JSON of the entries;
+the records a gate expects are those the catalogue and the plan declare (:func:`declared_records`), not whichever
+files exist.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -33,6 +43,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from filelock import FileLock
 
+from engine import plans
 from engine.files import write_atomic  # claims.json, report.md, baselines: mode 0o644, fsynced
 from engine.provenance import engine_identity, package_versions
 from engine.verdicts import Catalogue, ClaimError, Tolerance, Verdict, VerdictRecord, fmt, is_number, is_number_list
@@ -80,35 +91,58 @@ def utc_now() -> datetime:
 
 
 def append_registry(root: Path, record: VerdictRecord | Mapping[str, Any]) -> None:
-    """Append one verdict as one complete JSON line to ``root/registry.jsonl`` (locked, one write, fsynced)."""
+    """Append one verdict as one complete JSON line to ``root/registry.jsonl`` (locked, one write, fsynced).
+
+    The line goes out in ONE ``os.write`` on an ``O_APPEND`` descriptor and the byte count is checked: a short
+    write (a full disk) is cut off again (the file is truncated back to its size before the write) and raised as
+    an ``OSError``, so the registry never holds a torn line of a writer that is still alive.
+    """
     data = record.to_dict() if isinstance(record, VerdictRecord) else dict(record)
     line = (json.dumps(data, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
     path = Path(root) / REGISTRY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        with open(path, "ab") as handle:
-            _cut_torn_tail(handle, path)
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = _cut_torn_tail(fd, path)
+            try:
+                written = os.write(fd, line)
+            except OSError:
+                _truncate_quietly(fd, size)
+                raise
+            if written != len(line):
+                _truncate_quietly(fd, size)
+                raise OSError(f"{path}: short write ({written} of {len(line)} bytes; disk full?): the line was "
+                              "not appended")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
-def _cut_torn_tail(handle, path: Path) -> None:
-    """If a writer died mid-line (power loss), drop that partial line so the file stays whole lines."""
-    size = handle.seek(0, os.SEEK_END)
+def _truncate_quietly(fd: int, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        pass
+
+
+def _cut_torn_tail(fd: int, path: Path) -> int:
+    """If a writer died mid-line (power loss), drop that partial line so the file stays whole lines; returns the
+    size the file has before this writer's line."""
+    size = os.fstat(fd).st_size
     if size == 0:
-        return
+        return 0
     with open(path, "rb") as reader:
         reader.seek(size - 1)
         if reader.read(1) == b"\n":
-            return
+            return size
         reader.seek(0)
         data = reader.read(size)
     keep = data.rfind(b"\n") + 1
-    handle.truncate(keep)
-    handle.seek(keep)
+    os.ftruncate(fd, keep)
     warnings.warn(f"{path}: dropped a torn last line of {size - keep} bytes left by an interrupted writer",
                   stacklevel=3)
+    return keep
 
 
 def read_registry(root: Path) -> list[dict]:
@@ -199,6 +233,8 @@ class Change:
         since = f" (pinned at {self.pinned_commit}, run {self.pinned_run})" if self.pinned_commit else ""
         if self.kind == "flip":
             return f"FLIP  {where}: {self.before} -> {self.after}{since}"
+        if self.kind == "swamped":
+            return f"WIDE  {where}: {self.figure} tolerance {self.tolerance}{since}"
         if self.after is None:
             return f"GONE  {where}: {self.figure} was {fmt(self.before)}, not reported now{since}"
         return (f"MOVED {where}: {self.figure} {fmt(self.before)} -> {fmt(self.after)} "
@@ -249,11 +285,42 @@ def reserve_run_dir(root: Path, commit: str, when: datetime | None = None) -> Pa
     raise RuntimeError(f"{runs}: cannot find a free run directory name for {base}")
 
 
-def write_run(run_dir: Path, run: Run) -> None:
-    """Write claims.json and report.md atomically and point ``latest`` at this run."""
-    write_atomic(run_dir / RUN_FILE, run.to_json())
-    write_atomic(run_dir / REPORT_FILE, render_markdown(run))
-    point_latest(run_dir.parent.parent, run_dir.name)
+def write_run(run_dir: Path, run: Run) -> list[str]:
+    """Write claims.json and report.md atomically; point ``latest`` at this run only when it is complete.
+
+    Each file is attempted even when the other fails (a full disk, a read-only tree): a write error is returned as
+    one line per file (never raised), and a run whose claims.json could not be written is marked incomplete in its
+    report.md. ``latest`` moves only to a run that is complete (``meta["incomplete"]`` unset) and fully written.
+    """
+    problems = []
+    try:
+        write_atomic(run_dir / RUN_FILE, run.to_json())
+    except (OSError, ValueError) as exc:
+        problems.append(f"{run_dir / RUN_FILE}: not written ({_one_line(exc)})")
+        mark_incomplete(run, f"write error: {RUN_FILE} not written ({_one_line(exc)})")
+    try:
+        write_atomic(run_dir / REPORT_FILE, render_markdown(run))
+    except (OSError, ValueError) as exc:
+        problems.append(f"{run_dir / REPORT_FILE}: not written ({_one_line(exc)})")
+    if not problems and not run.meta.get("incomplete"):
+        try:
+            point_latest(run_dir.parent.parent, run_dir.name)
+        except OSError as exc:
+            problems.append(f"{Path(run_dir.parent.parent) / LATEST}: not moved ({_one_line(exc)})")
+    return problems
+
+
+def mark_incomplete(run: Run, reason: str) -> None:
+    """Mark ``run`` as not finished cleanly (an internal error, a write error, an interruption), with why."""
+    run.meta["incomplete"] = True
+    reasons = run.meta.setdefault("incomplete_reasons", [])
+    if reason not in reasons:
+        reasons.append(reason)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
 def point_latest(root: Path, name: str) -> None:
@@ -279,10 +346,19 @@ def run_dir(root: Path, which: str | None = None) -> Path:
     root = Path(root)
     if which in (None, "", LATEST):
         latest = root / LATEST
-        if latest.is_dir():
-            return latest.resolve()
+        if latest.is_symlink() or latest.is_dir():
+            target = latest.resolve()
+            if target.parent != (root / RUNS_DIR).resolve():
+                raise ValueError(f"{latest} points outside {root / RUNS_DIR} (to {target}): not followed; point it "
+                                 f"at a run under {RUNS_DIR}/ or name the run")
+            if not target.is_dir():
+                raise FileNotFoundError(f"{latest}: points at {target}, which does not exist")
+            return target
         if latest.is_file():
-            return root / RUNS_DIR / latest.read_text(encoding="utf-8").strip()
+            name = latest.read_text(encoding="utf-8", errors="replace").strip()
+            if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+                raise ValueError(f"{latest} names {name[:80]!r}, not a run under {root / RUNS_DIR}: not followed")
+            return root / RUNS_DIR / name
         raise FileNotFoundError(f"{latest}: no run recorded yet under {root}")
     for candidate in (Path(which), root / RUNS_DIR / which):
         if candidate.is_file() and candidate.name == RUN_FILE:
@@ -494,24 +570,190 @@ class BaselineError(ValueError):
     """Bad input to pin or gate: one line, naming the file or run."""
 
 
-def load_plan_baselines(baselines: Path, plan: str) -> dict[tuple[str, str, str], dict]:
-    """Every pinned entry of ``plan`` keyed (claim, model, protocol); each carries its file's commit/reason/runs."""
-    entries = {}
-    for path in baseline_files(baselines, plan):
+# The contract a baseline file is read under (format 2): every field by type, every number finite, each gated
+# figure's value and tolerance as they follow from its pinned runs, and a sha256 over the canonical JSON of the
+# entries. Any other file is refused with one line naming the file and the entry.
+BASELINE_KEYS = {"format", "plan", "model", "commit", "reason", "pinned_at", "pinned_by", "runs", "spread_rule",
+                 "entries", "sha256"}
+ENTRY_KEYS = {"verdict", "test", "figures", "reported"}
+FIGURE_KEYS = {"runs", "value", "tolerance", "allowed", "flag", "delta"}
+#: The tier whose records the gate expects: the cpu tier, which every machine (CI) measures.
+GATED_TIER = "cpu"
+
+
+def entries_sha256(entries: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a baseline file's ``entries`` (sorted keys, no spaces, UTF-8)."""
+    text = json.dumps(entries, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} (NaN and Infinity are refused)")
+
+
+def _finite(value: Any, where: str) -> None:
+    """Every number in a JSON value is finite (``1e400`` parses to inf without passing parse_constant)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: non-finite number {value}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _finite(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            _finite(item, where)
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, bool, int, float))
+
+
+def _figure_value(value: Any) -> bool:
+    """What a gated figure's value may be: a JSON scalar, a list of scalars, or an empty dict (an empty estimate)."""
+    return _scalar(value) or (isinstance(value, list) and all(_scalar(v) for v in value)) or value == {}
+
+
+def _real(value: Any) -> bool:
+    return is_number(value) and math.isfinite(value)
+
+
+def _check_figure(figure: Any, where: str) -> None:
+    if not isinstance(figure, dict):
+        raise ValueError(f"{where}: a figure must be an object, not {type(figure).__name__}")
+    unknown = set(figure) - FIGURE_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
+    for key in ("value", "runs", "tolerance"):
+        if key not in figure:
+            raise ValueError(f"{where}: no {key!r}")
+    runs, value, tolerance = figure["runs"], figure["value"], figure["tolerance"]
+    if not isinstance(runs, list) or not runs or not all(_figure_value(v) for v in runs):
+        raise ValueError(f"{where}: 'runs' must be a non-empty list of the values pinned")
+    if not _figure_value(value):
+        raise ValueError(f"{where}: value of type {type(value).__name__} is not a figure")
+    if tolerance is not None and not (_real(tolerance) and tolerance >= 0):
+        raise ValueError(f"{where}: tolerance {tolerance!r} is not a finite number >= 0")
+    delta = figure.get("delta")
+    if "delta" in figure and not (_real(delta) and delta > 0):
+        raise ValueError(f"{where}: delta {delta!r} is not a finite number > 0")
+    if "flag" in figure and not isinstance(figure["flag"], str):
+        raise ValueError(f"{where}: flag must be text")
+    allowed = figure.get("allowed")
+    if tolerance is None and not (isinstance(allowed, list) and allowed and value in allowed):
+        raise ValueError(f"{where}: a figure without a tolerance needs the list of 'allowed' values, holding its value")
+    if tolerance is not None and allowed is not None:
+        raise ValueError(f"{where}: a figure has a tolerance or 'allowed' values, not both")
+    # The value and the tolerance follow from the pinned runs (pinned_figure): neither can be widened by hand.
+    expect = pinned_figure(runs)
+    if (expect["value"] != value or expect["tolerance"] != tolerance
+            or expect.get("allowed") != allowed):
+        raise ValueError(f"{where}: value {fmt(value, 40)} / tolerance {fmt(tolerance, 20)} do not follow from its "
+                         f"pinned runs (value {fmt(expect['value'], 40)}, tolerance {fmt(expect['tolerance'], 20)})")
+
+
+def _check_entry(key: Any, entry: Any, where: str) -> tuple[str, str]:
+    if not isinstance(key, str) or key.count("/") != 1 or not all(key.split("/")):
+        raise ValueError(f"{where}: entry key {key!r} is not CLAIM/protocol")
+    where = f"{where}: entry {key}"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: an entry must be an object, not {type(entry).__name__}")
+    unknown = set(entry) - ENTRY_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
+    verdict, figures = entry.get("verdict"), entry.get("figures")
+    if verdict not in {v.value for v in Verdict}:
+        raise ValueError(f"{where}: verdict {verdict!r} is not one of {', '.join(v.value for v in Verdict)}")
+    if "test" in entry and not isinstance(entry["test"], str):
+        raise ValueError(f"{where}: test must be text")
+    if "reported" in entry and not isinstance(entry["reported"], dict):
+        raise ValueError(f"{where}: reported must be an object")
+    if not isinstance(figures, dict) or "verdict" not in figures:
+        raise ValueError(f"{where}: figures must be an object holding at least the pinned 'verdict'")
+    for name, figure in figures.items():
+        _check_figure(figure, f"{where}: figure {name}")
+    pinned_verdict = figures["verdict"]
+    if verdict not in (pinned_verdict.get("allowed") or [pinned_verdict["value"]]):
+        raise ValueError(f"{where}: verdict {verdict} differs from its pinned verdict figure "
+                         f"{fmt(pinned_verdict['value'], 20)}")
+    claim_id, protocol = key.split("/")
+    return claim_id, protocol
+
+
+def read_baseline_file(path: Path, plan: str) -> tuple[dict, dict[tuple[str, str, str], dict]]:
+    """One baseline file, validated: (its header, its entries keyed (claim, model, protocol)).
+
+    Raises :class:`BaselineError` (one line naming the file and the entry) on anything but a well-formed file:
+    not JSON, a non-finite number anywhere (NaN, Infinity, 1e400), a wrong-typed field, a verdict that is not a
+    verdict, a figure whose value or tolerance does not follow from its pinned runs, a missing or wrong sha256.
+    """
+    path = Path(path)
+    try:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("format") != BASELINE_FORMAT or data.get("plan") != plan:
-                raise KeyError(f"format {data.get('format')!r}, plan {data.get('plan')!r}; expected format "
-                               f"{BASELINE_FORMAT}, plan {plan!r}")
-            pinned = {"commit": data["commit"], "reason": data["reason"],
-                      "runs": [r["run"] for r in data["runs"]]}
-            for key, entry in data["entries"].items():
-                claim_id, protocol = key.split("/")
-                entries[(claim_id, data["model"], protocol)] = {**entry, **pinned}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise BaselineError(f"{path}: not a format-{BASELINE_FORMAT} baseline file ({exc}); re-pin it with "
-                                "`mi-atlas baselines pin`") from exc
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read it ({_one_line(exc)})") from exc
+        data = json.loads(text, parse_constant=_refuse_constant)
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON object expected, not {type(data).__name__}")
+        if data.get("format") != BASELINE_FORMAT or data.get("plan") != plan:
+            raise ValueError(f"format {data.get('format')!r}, plan {data.get('plan')!r}; expected format "
+                             f"{BASELINE_FORMAT}, plan {plan!r}")
+        _finite(data, "file")
+        unknown = set(data) - BASELINE_KEYS
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)}")
+        for key in ("model", "commit", "reason"):
+            if not isinstance(data.get(key), str) or not data[key].strip():
+                raise ValueError(f"{key!r} must be non-empty text")
+        if data["model"] != path.stem:
+            raise ValueError(f"it pins model {data['model']!r} but is named {path.name}")
+        runs = data.get("runs")
+        if not isinstance(runs, list) or not runs or not all(
+                isinstance(r, dict) and isinstance(r.get("run"), str) and r["run"] for r in runs):
+            raise ValueError("'runs' must be a non-empty list of {\"run\": NAME, ...}")
+        entries = data.get("entries")
+        if not isinstance(entries, dict) or not entries:
+            raise ValueError("'entries' must be a non-empty object")
+        keyed = {}
+        pinned = {"commit": data["commit"], "reason": data["reason"], "runs": [r["run"] for r in runs]}
+        for key, entry in entries.items():
+            claim_id, protocol = _check_entry(key, entry, "entries")
+            keyed[(claim_id, data["model"], protocol)] = {**entry, **pinned}
+        digest = data.get("sha256")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError("no sha256 of its entries (a file written by `mi-atlas baselines pin` carries one)")
+        if digest != entries_sha256(entries):
+            raise ValueError("its entries do not match its sha256 (edited after the pin?)")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise BaselineError(f"{path}: not a format-{BASELINE_FORMAT} baseline file ({str(exc)[:300]}); re-pin it "
+                            "with `mi-atlas baselines pin`") from exc
+    return data, keyed
+
+
+def load_plan_baselines(baselines: Path, plan: str) -> dict[tuple[str, str, str], dict]:
+    """Every pinned entry of ``plan`` keyed (claim, model, protocol); each carries its file's commit/reason/runs.
+
+    Every file is validated (:func:`read_baseline_file`); a bad one raises :class:`BaselineError`.
+    """
+    entries: dict[tuple[str, str, str], dict] = {}
+    for path in baseline_files(baselines, plan):
+        entries.update(read_baseline_file(path, plan)[1])
     return entries
+
+
+def declared_records(catalogue: Catalogue, plan: str, tier: str = GATED_TIER) -> set[tuple[str, str, str]]:
+    """Every (claim, model, protocol) the catalogue declares for ``tier`` in a block ``plan`` sizes: the record
+    set a gated run of ``plan`` must measure and its baselines must pin (not whichever baseline files exist)."""
+    known = plans.read()[1]
+    if plan not in known:
+        raise BaselineError(f"plan {plan!r}: no such plan in {plans.PLANS_FILE} ({', '.join(known)})")
+    blocks = set(known[plan].get(tier, {}))
+    out = set()
+    for claim in catalogue:
+        if tier not in claim.tiers or claim.block not in blocks:
+            continue
+        targets = catalogue.cpu_targets(claim) if tier == "cpu" else list(claim.models)
+        out.update((claim.id, target, protocol) for target in targets for protocol in catalogue.protocols)
+    return out
 
 
 def run_plan(run: Run) -> str:
@@ -542,6 +784,9 @@ def pin_plan_baselines(baselines: Path, plan: str, runs: list[Run], reason: str,
             raise BaselineError(f"run {run.name} measured plan {run_plan(run)!r}, not {plan!r}")
         if run.meta.get("interrupted"):
             raise BaselineError(f"run {run.name} was interrupted: pin complete runs only")
+        if run.meta.get("incomplete"):
+            why = "; ".join(map(str, run.meta.get("incomplete_reasons") or [])) or "it did not finish cleanly"
+            raise BaselineError(f"run {run.name} is incomplete ({why[:200]}): pin complete runs only")
         own: dict[tuple[str, str, str], VerdictRecord] = {}
         for r in run.records:
             key = (r.claim_id, r.model, r.protocol)
@@ -582,7 +827,9 @@ def pin_plan_baselines(baselines: Path, plan: str, runs: list[Run], reason: str,
             stale.unlink()
         for model, entries in sorted(by_model.items()):
             path = directory / f"{model}.json"
-            write_atomic(path, json.dumps({**header, "model": model, "entries": entries}, indent=1,
+            entries = json.loads(json.dumps(entries, allow_nan=False))  # as it is read back: tuples -> lists
+            write_atomic(path, json.dumps({**header, "model": model, "entries": entries,
+                                           "sha256": entries_sha256(entries)}, indent=1,
                                           sort_keys=True, allow_nan=False) + "\n")
             written.append(path)
     return written
@@ -594,12 +841,13 @@ class GateReport:
 
     plan: str
     baselines: str
-    expected: int = 0  # records pinned for the plan
+    expected: int = 0  # records the gate expects: pinned, and declared by the catalogue for the plan
     compared: int = 0
     gated: int = 0  # figures compared (verdicts included)
     reported_only: int = 0
     missing: list = field(default_factory=list)  # (claim, model, protocol) pinned but not measured
-    unpinned: list = field(default_factory=list)  # measured but not pinned (new: not a failure)
+    not_pinned: list = field(default_factory=list)  # declared by the catalogue and the plan, but not pinned
+    unpinned: list = field(default_factory=list)  # measured, neither pinned nor declared (not a failure)
     changes: list = field(default_factory=list)  # Change
     flags: list = field(default_factory=list)  # "claim model [protocol] figure: flag"
     commits: list = field(default_factory=list)
@@ -607,17 +855,18 @@ class GateReport:
 
     @property
     def passed(self) -> bool:
-        return not self.changes and not self.missing and self.compared >= self.expected > 0
+        return (not self.changes and not self.missing and not self.not_pinned
+                and self.compared >= self.expected > 0)
 
     def summary(self) -> str:
         pinned = ", ".join(f"{c} ({r})" for c, r in zip(self.commits, self.reasons)) or "nothing pinned"
         return (f"gate [plan {self.plan}]: {self.compared} of {self.expected} pinned record(s) compared, "
                 f"{self.gated} gated figure(s), {self.reported_only} reported-only (timing/memory or not used by a "
-                f"decision); {len(self.changes)} moved, {len(self.missing)} missing, {len(self.unpinned)} "
-                f"unpinned; baselines {self.baselines} pinned at {pinned}")
+                f"decision); {len(self.changes)} moved, {len(self.missing)} missing, {len(self.not_pinned)} not "
+                f"pinned, {len(self.unpinned)} unpinned; baselines {self.baselines} pinned at {pinned}")
 
     def table(self) -> tuple[list[str], list[list[str]]]:
-        return gate_table(self.changes, self.missing)
+        return gate_table(self.changes, self.missing, self.not_pinned)
 
     def lines(self) -> list[str]:
         """Summary, the failure table (aligned text) and the flags: what the terminal and report.md show."""
@@ -625,6 +874,10 @@ class GateReport:
         if self.compared < self.expected:
             out.append(f"FAIL: fewer records compared ({self.compared}) than the plan's baselines expect "
                        f"({self.expected})")
+        if self.not_pinned:
+            models = sorted({m for _, m, _ in self.not_pinned})
+            out.append(f"FAIL: {len(self.not_pinned)} record(s) the catalogue declares for plan {self.plan} have no "
+                       f"baseline (model(s) {', '.join(models)}): re-pin with `mi-atlas baselines pin`")
         header, rows = self.table()
         if rows:
             widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -636,7 +889,8 @@ class GateReport:
     def to_dict(self) -> dict:
         return {"plan": self.plan, "baselines": self.baselines, "expected": self.expected,
                 "compared": self.compared, "gated": self.gated, "reported_only": self.reported_only,
-                "missing": [list(k) for k in self.missing], "unpinned": [list(k) for k in self.unpinned],
+                "missing": [list(k) for k in self.missing], "not_pinned": [list(k) for k in self.not_pinned],
+                "unpinned": [list(k) for k in self.unpinned],
                 "flags": self.flags, "commits": self.commits, "passed": self.passed}
 
 
@@ -644,21 +898,31 @@ GATE_HEADER = ["claim", "model", "protocol", "figure", "baseline", "new", "toler
                "verdict after", "pinned at"]
 
 
-def gate_table(changes: Iterable[Change], missing: Iterable = ()) -> tuple[list[str], list[list[str]]]:
-    """The table a reviewer acts on: one row per moved figure or flip, and per pinned record not measured."""
+def gate_table(changes: Iterable[Change], missing: Iterable = (),
+               not_pinned: Iterable = ()) -> tuple[list[str], list[list[str]]]:
+    """The table a reviewer acts on: one row per moved figure or flip, per pinned record not measured and per
+    declared record not pinned."""
     rows = [[c.claim_id, c.model, c.protocol, c.figure or "verdict", fmt(c.before, 40),
              "(absent)" if c.after is None and c.kind != "flip" else fmt(c.after, 40), c.tolerance,
              c.verdict_before, c.verdict_after, c.pinned_commit] for c in changes]
     rows += [[c, m, p, "(record)", "pinned", "not measured", "-", "", "", ""] for c, m, p in missing]
+    rows += [[c, m, p, "(record)", "not pinned", "declared", "-", "", "", ""] for c, m, p in not_pinned]
     return list(GATE_HEADER), rows
 
 
 def gate(pinned: Mapping[tuple[str, str, str], Mapping[str, Any]], records: Iterable[VerdictRecord], *,
-         plan: str, baselines: str | Path = "") -> GateReport:
+         plan: str, baselines: str | Path = "", declared: Iterable[tuple[str, str, str]] | None = None) -> GateReport:
     """Compare ``records`` with a plan's pinned entries: every gated figure within its tolerance, every pinned
-    record measured."""
+    record measured.
+
+    ``declared``: the records the catalogue and the plan declare (:func:`declared_records`); each must be pinned
+    and measured (a missing model file or entry fails, it is not "unpinned"). A gated figure the run reports that
+    the baseline does not pin fails, and so does a tolerance that reaches its decision's delta (recomputed here
+    from the run's own evidence, not read from the file)."""
     records = list(records)
-    report = GateReport(plan=plan, baselines=str(baselines), expected=len(pinned))
+    declared = set(declared or ())
+    report = GateReport(plan=plan, baselines=str(baselines), expected=len(set(pinned) | declared))
+    report.not_pinned = sorted(declared - set(pinned))
     report.commits = sorted({e["commit"] for e in pinned.values()})
     report.reasons = [next(e["reason"] for e in pinned.values() if e["commit"] == c) for c in report.commits]
     for key, entry in pinned.items():
@@ -670,11 +934,12 @@ def gate(pinned: Mapping[tuple[str, str, str], Mapping[str, Any]], records: Iter
         key = (record.claim_id, record.model, record.protocol)
         entry = pinned.get(key)
         if entry is None:
-            report.unpinned.append(key)
+            if key not in declared:
+                report.unpinned.append(key)
             continue
         seen.add(key)
         report.compared += 1
-        gated, reported, _ = split_figures(record)
+        gated, reported, deltas = split_figures(record)
         report.reported_only += len(reported)
         common = {"pinned_commit": entry["commit"], "pinned_run": ",".join(entry["runs"]),
                   "verdict_before": entry["verdict"], "verdict_after": record.verdict.value}
@@ -688,8 +953,28 @@ def gate(pinned: Mapping[tuple[str, str, str], Mapping[str, Any]], records: Iter
                 report.changes.append(Change(*key, "flip" if name == "verdict" else "figure",
                                              "" if name == "verdict" else name, figure["value"], gated[name],
                                              describe_tolerance(figure), **common))
+            swamped = _swamped(figure, deltas.get(name))
+            if swamped:
+                report.changes.append(Change(*key, "swamped", name, figure["value"], gated.get(name), swamped,
+                                             **common))
+        for name in sorted(set(gated) - set(entry["figures"])):
+            report.changes.append(Change(*key, "figure", name, "(not pinned)", gated[name],
+                                         "not pinned: re-pin", **common))
     report.missing = sorted(set(pinned) - seen)
     return report
+
+
+def _swamped(figure: Mapping[str, Any], delta: float | None) -> str:
+    """Why a pinned figure's tolerance cannot show a move of its decision's size ('' when it can): the tolerance
+    reaches the decision's delta (the run's own, else the one stored with the figure)."""
+    tolerance = figure.get("tolerance")
+    deltas = [d for d in (delta, figure.get("delta")) if is_number(d) and math.isfinite(d)]
+    if not (is_number(tolerance) and tolerance) or not deltas:
+        return ""
+    if tolerance >= min(deltas):
+        return (f"±{fmt(tolerance)} reaches the decision's delta {fmt(min(deltas))}: this figure cannot show a move "
+                "of the decision's size (re-pin from runs that agree)")
+    return ""
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -811,6 +1096,10 @@ def render_markdown(run: Run) -> str:
     if meta.get("interrupted"):
         lines += ["", f"**Interrupted run**: it ended before writing {RUN_FILE}; these are the verdicts it had "
                       f"appended to {REGISTRY_FILE}, without a baseline comparison."]
+    if meta.get("incomplete"):
+        why = "; ".join(map(str, meta.get("incomplete_reasons") or [])) or "it did not finish cleanly"
+        lines += ["", f"**Incomplete run** ({_md_cell(why)}): these are the verdicts it made before it ended; "
+                      f"`{LATEST}` was not moved to it and `mi-atlas baselines pin` refuses it."]
     lines += ["", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".",
               "", decision_summary(run.records) + ".", ""]
     header, body = table_cells(run.records)
@@ -830,8 +1119,9 @@ def render_markdown(run: Run) -> str:
                    f"pinned record(s) compared, {gate_meta['gated']} gated figure(s), {gate_meta['reported_only']} "
                    f"reported-only; {outcome}."), ""]
     missing = [tuple(k) for k in (gate_meta or {}).get("missing", [])]
-    if run.changes or missing:
-        header, rows = gate_table(run.changes, missing)
+    not_pinned = [tuple(k) for k in (gate_meta or {}).get("not_pinned", [])]
+    if run.changes or missing or not_pinned:
+        header, rows = gate_table(run.changes, missing, not_pinned)
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
@@ -840,11 +1130,20 @@ def render_markdown(run: Run) -> str:
                      "(claims without a baseline are not compared).")
     lines += [f"- flag: {_md_cell(flag)}" for flag in (gate_meta or {}).get("flags", [])]
     lines += ["", "## Claims", ""]
+    sharing = {}
+    for group in shared_evidence(r for r in run.records if r.evidence).values():
+        for r in group:
+            sharing[id(r)] = [o for o in group if o is not r]
     for row in summary_rows(run.records):
         any_record = next(iter(row.by_protocol.values()))
         lines += [f"### {row.claim_id} · {row.model} ({row.tier})", "", f"*{any_record.statement}*", ""]
         for protocol, record in row.by_protocol.items():
-            lines += [_paragraph(protocol, record), ""]
+            text = _paragraph(protocol, record)
+            others = sharing.get(id(record))
+            if others:
+                text += (" Shares its evidence (one decision, counted once) with "
+                         + ", ".join(f"{o.claim_id} {o.protocol}" for o in others) + ".")
+            lines += [text, ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

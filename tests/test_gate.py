@@ -33,7 +33,8 @@ tolerance = { abs = 0 }
 """
 
 # A claim test decided by evidence; the environment plays the engine: OFFSET moves the statistic, NOISE is the
-# run-to-run jitter of a real machine, SECONDS a timing figure (never gated). Seed on both models, rigorous on one.
+# run-to-run jitter of a real machine, SECONDS a timing figure (never gated). Both protocols on both models (every
+# record the catalogue declares: the gate expects each), gemma3-270m's in two tests of one protocol each.
 GATED = '''
 import os
 
@@ -61,6 +62,11 @@ def test_both(claim):
 @pytest.mark.claim("G-EV", model="gemma3-270m", protocols=("seed",))
 def test_seed_only(claim):
     measure(claim, "seed")
+
+
+@pytest.mark.claim("G-EV", model="gemma3-270m", protocols=("rigorous",))
+def test_rigorous_only(claim):
+    measure(claim, "rigorous")
 '''
 
 QUIET = ("-p", "no:hypothesispytest", "-p", "no:benchmark", "-p", "no:cacheprovider", "-p", "no:xdist")
@@ -259,13 +265,13 @@ def test_ci_flow_pin_three_runs_then_gate_a_moved_figure(pytester, monkeypatch):
     gate = ("--claims-baseline-gate", f"--claims-baselines={baselines}")
     passed = inner(pytester, ci_root, *gate, NOISE="0.001", SECONDS="99")
     assert passed.ret == 0, passed.stdout.str()
-    passed.stdout.fnmatch_lines([("gate [[]plan smoke[]]: 3 of 3 pinned record(s) compared, 15 gated figure(s), "
-                                  "9 reported-only*0 moved, 0 missing*pinned at nogit (first smoke pin)")])
+    passed.stdout.fnmatch_lines([("gate [[]plan smoke[]]: 4 of 4 pinned record(s) compared, 20 gated figure(s), "
+                                  "12 reported-only*0 moved, 0 missing*pinned at nogit (first smoke pin)")])
     assert sorted(p.name for p in pytester.path.joinpath("tracked").rglob("*.json")) == [
         "gemma3-270m.json", "smollm2-135m.json"]  # CI wrote its run under ci-tmp only (locks are git-ignored)
     assert (ci_root / "latest" / "claims.json").is_file()
     checked = cli("baselines", "check", "--plan", "smoke", "--results", str(ci_root), "--baselines", str(baselines))
-    assert checked.exit_code == 0 and "3 of 3 pinned record(s) compared" in checked.output
+    assert checked.exit_code == 0 and "4 of 4 pinned record(s) compared" in checked.output
 
     moved = inner(pytester, ci_root, *gate, OFFSET="0.9")
     assert moved.ret == pytest.ExitCode.TESTS_FAILED
@@ -283,8 +289,8 @@ def test_ci_flow_pin_three_runs_then_gate_a_moved_figure(pytester, monkeypatch):
 
     partial = inner(pytester, ci_root, *gate, "-k", "seed_only")
     assert partial.ret == pytest.ExitCode.TESTS_FAILED
-    partial.stdout.fnmatch_lines(["*1 of 3 pinned record(s) compared*",
-                                  "*FAIL: fewer records compared (1) than the plan's baselines expect (3)*",
+    partial.stdout.fnmatch_lines(["*1 of 4 pinned record(s) compared*",
+                                  "*FAIL: fewer records compared (1) than the plan's baselines expect (4)*",
                                   "*G-EV*smollm2-135m*seed*(record)*pinned*not measured*"])
 
 

@@ -3,7 +3,9 @@ or more runs, and gate a finished run against them.
 
 ``pin --plan smoke --reason "..." RUN [RUN ...]``: several runs of one commit (other machines, thread counts)
 give each gated figure its spread, hence its tolerance (``engine.results.pin_plan_baselines``).
-``check --plan smoke RUN``: the same gate ``pytest --claims-baseline-gate`` applies, on a run already written.
+``check --plan smoke RUN``: the same gate ``pytest --claims-baseline-gate`` applies, on a run already written
+(every record the run's catalogue and the plan declare must be pinned and measured).
+An incomplete or interrupted run is never pinned.
 Bad input (no reason, an unknown run, runs of another plan or commit, a malformed baseline): one line, exit 2.
 """
 
@@ -14,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from engine import plans, results
+from engine import plans, results, verdicts
 from engine.cli.claims import RESULTS_HELP, default_results_root
 
 BASELINES_HELP = "baselines directory: <DIR>/<plan>/<model>.json (default: <results root>/baselines)"
@@ -64,7 +66,20 @@ def check(run: str | None, *, plan: str | None, results_root: Path | None = None
     if not pinned:
         raise results.BaselineError(f"no baselines pinned for plan {plan!r} under {where}")
     loaded = _load(root, run or results.LATEST)
-    return results.gate(pinned, loaded.records, plan=plan, baselines=where)
+    declared = results.declared_records(_catalogue_of(loaded), plan)
+    return results.gate(pinned, loaded.records, plan=plan, baselines=where, declared=declared)
+
+
+def _catalogue_of(run: results.Run) -> verdicts.Catalogue:
+    """The catalogue the run was measured with (its meta names it; the packaged one by default): it declares the
+    records the gate expects."""
+    path = run.meta.get("catalogue")
+    try:
+        if not path or path == verdicts.DEFAULT_CATALOGUE:
+            return verdicts.load_catalogue()
+        return verdicts.load_catalogue(path)
+    except verdicts.ClaimError as exc:
+        raise results.BaselineError(f"run {run.name}: its catalogue {path}: {str(exc).splitlines()[0]}") from exc
 
 
 @baselines_app.command("pin")
