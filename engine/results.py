@@ -1046,22 +1046,43 @@ def table_cells(records: list[VerdictRecord]) -> tuple[list[str], list[list[str]
 # ------------------------------------------------------------------------------------------------ markdown
 
 
-def decision_summary(records: Iterable[VerdictRecord]) -> str:
-    """One line: the INCONCLUSIVE share of the decided records and the expected number of false confirmations
-    (the sum, over every calibrated decision, of its primitive's false-confirm bound)."""
-    from engine.decisions import FALSE_CONFIRM_BOUND
+def evidence_key(record: VerdictRecord) -> str:
+    """What makes two records' decisions one decision: the same rule on the same data (primitive, per-example data
+    and parameters of every evidence; labels aside). Records with no evidence are their own decision."""
+    import hashlib
 
+    if not record.evidence:
+        return f"record:{record.claim_id}:{record.model}:{record.protocol}:{record.test}"
+    parts = [{"primitive": e.get("primitive"), "data": e.get("data"), "params": e.get("params"),
+              "outcome": e.get("outcome")} for e in record.evidence]
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def shared_evidence(records: Iterable[VerdictRecord]) -> dict[str, list[VerdictRecord]]:
+    """Records grouped by :func:`evidence_key` (a group of 2+ records is one decision reported several times)."""
+    groups: dict[str, list[VerdictRecord]] = {}
+    for r in records:
+        groups.setdefault(evidence_key(r), []).append(r)
+    return groups
+
+
+def decision_summary(records: Iterable[VerdictRecord]) -> str:
+    """One line: records and distinct decisions (records sharing one piece of evidence count once), how many of
+    each are decided (CONFIRMED / REVISED / FAILED) and INCONCLUSIVE."""
     records = [r for r in records if r.verdict is not Verdict.UNTESTED]
     if not records:
         return "decisions: none (every record UNTESTED)"
-    inconclusive = sum(r.verdict is Verdict.INCONCLUSIVE for r in records)
-    calibrated = [e for r in records for e in r.evidence]
-    expected = sum(FALSE_CONFIRM_BOUND.get(e.get("primitive"), 0.05) for e in calibrated)
-    legacy = sum(not r.evidence for r in records)
-    text = (f"decisions: {inconclusive} of {len(records)} INCONCLUSIVE ({inconclusive / len(records):.0%}); "
-            f"expected false confirmations <= {expected:.2f} over {len(calibrated)} calibrated decision(s)")
-    if legacy:
-        text += f"; {legacy} record(s) decided by a rule without calibrated evidence"
+    decided = {Verdict.CONFIRMED, Verdict.REVISED, Verdict.FAILED}
+    groups = shared_evidence(records)
+    n_decided = sum(r.verdict in decided for r in records)
+    distinct_decided = sum(any(r.verdict in decided for r in g) for g in groups.values())
+    shared = sum(len(g) for g in groups.values() if len(g) > 1)
+    text = (f"decisions: {n_decided} of {len(records)} record(s) decided ({n_decided / len(records):.0%}), "
+            f"{len(records) - n_decided} INCONCLUSIVE; distinct decisions: {distinct_decided} of {len(groups)} decided "
+            f"({distinct_decided / len(groups):.0%})")
+    if shared:
+        text += f"; {shared} record(s) share their evidence with another record (counted once)"
     return text
 
 

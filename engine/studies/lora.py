@@ -162,14 +162,19 @@ def decide_oproj_seed(losses: Mapping[str, np.ndarray], base: np.ndarray, groups
 
 
 def decile_shares(per_example: np.ndarray, n_layers: int) -> np.ndarray:
-    """[n_examples, 10]: each example's share of its summed per-layer adapter effect in each depth decile."""
+    """[n_examples, 10]: each example's per-layer mean adapter effect in each depth decile, as a share of its summed
+    effect scaled to a decile of n_layers / 10 layers (uniform effects give every decile 10%). Deciles hold unequal
+    numbers of layers (24 layers: [2, 3, 2, 3, 2, 2, 3, 2, 3, 2]); comparing sums would handicap a 2-layer decile by
+    a third, so deciles are compared per layer (catalogue v3; an empty decile is 0)."""
     values = np.asarray(per_example, float)
     weights = np.zeros((n_layers, 10))
     for d, group in enumerate(depth_deciles(n_layers)):
         weights[group, d] = 1.0
+    counts = weights.sum(axis=0)
     sums = values @ weights
+    per_layer = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0) * (n_layers / 10.0)
     total = sums.sum(axis=1, keepdims=True)
-    return np.divide(sums, total, out=np.zeros_like(sums), where=total > 0)
+    return np.divide(per_layer, total, out=np.zeros_like(per_layer), where=total > 0)
 
 
 def decide_late(per_example: np.ndarray, groups: Sequence[str], *, delta: float, rationale: str = "",
@@ -341,10 +346,20 @@ def lockin(bench: LoraBench, params: Mapping[str, Any]) -> tuple[Finding, Findin
                "prompt_overlap_base_mean": float(np.mean(result.base_prompt_overlap)),
                "n_prompts": len(groups), "control": control.statement, "control_outcome": control.outcome.value}
     undecided = ""
-    if control.outcome is not D.Outcome.FOR:
-        undecided = (f"failed control: training does not demonstrably move the atlas ({control.statement}); an "
-                     "early checkpoint that agrees with the final atlas cannot be told from an atlas that never "
-                     "changes")
+    early_step = int(result.steps[i])  # the checkpoint's optimizer step
+    figures.update(early_checkpoint_step=early_step, warmup_steps=bench.plan.warmup_steps,
+                   steps_run=bench.plan.steps)
+    if early_step <= bench.plan.warmup_steps:
+        undecided = (f"the {result.fractions[i]:.0%} checkpoint is step {early_step} of {bench.plan.steps}, inside the "
+                     f"{bench.plan.warmup_steps}-step warm-up (numerically the base model, not a trained checkpoint): "
+                     f"the plan must run more steps (warm-up is never removed)")
+    elif control.outcome is D.Outcome.AGAINST:
+        undecided = (f"failed control: training moves the atlas by less than {control.params['delta']:g} of the "
+                     f"top-{k} overlap ({control.statement}); an early checkpoint that agrees with the final atlas "
+                     "cannot be told from an atlas that never changes")
+    elif control.outcome is not D.Outcome.FOR:
+        undecided = (f"failed control: it cannot be told at this n whether training moves the atlas "
+                     f"({control.statement})")
     if undecided:  # the failed control travels with the claim's evidence, so recompute() decides the same
         ev = dataclasses.replace(ev, outcome=D.Outcome.UNDECIDED, undecided=undecided, n_to_decide=None,
                                  statement=f"{ev.statement}; {undecided}",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ from engine.studies import steer
 from engine.studies.findings import Finding, StudyError, r4, require
 from engine.studies.steer import SteerSizes, steer_data
 
-TINY_KL = 1e-12  # a KL below this (an unsteered-equal output) counts as this in a log-ratio
 
 
 @dataclass(frozen=True)
@@ -134,11 +133,22 @@ def amplification_rule(num: Sequence[float], den: Sequence[float], groups: Seque
     stratified by family): the log makes a ratio a paired difference, which the one "A > B" primitive decides, and
     its bootstrap is symmetric where the ratio of means is skewed by a few large KLs; exp of its CI is the CI of the
     (family-balanced) geometric mean ratio. for: ratio CI above 1 (CONFIRMED); against: upper bound below
-    1 + ``params["delta"]`` (FAILED); else undecided."""
+    1 + ``params["delta"]`` (FAILED); else undecided. A prompt whose KL is zero at either precision cannot form a
+    ratio: it is excluded and counted (``details["excluded_zero_kl"]``); none left is a failed precondition."""
     delta, why = steer.rule_params(params)
-    a = np.log(np.maximum(np.asarray(num, dtype=np.float64), TINY_KL))
-    b = np.log(np.maximum(np.asarray(den, dtype=np.float64), TINY_KL))
-    return D.greater(D.paired(a, b), groups, delta=float(np.log1p(delta)), label=label, rationale=why)
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    keep = (num > 0) & (den > 0)
+    excluded = int((~keep).sum())
+    kept_groups = [g for g, k in zip(groups, keep) if k]
+    note = f"{excluded} of {len(keep)} prompt(s) with a zero KL excluded (no ratio)" if excluded else ""
+    if not keep.any():
+        ev = D.greater(np.zeros(len(keep)), list(groups), delta=float(np.log1p(delta)), label=label, rationale=why,
+                       precondition="every prompt has a zero KL at one precision: no ratio can be formed")
+    else:
+        ev = D.greater(np.log(num[keep]) - np.log(den[keep]), kept_groups, delta=float(np.log1p(delta)),
+                       label=label, rationale=why)
+    return replace(ev, details={**ev.details, "excluded_zero_kl": excluded},
+                   statement=f"{ev.statement}{'; ' + note if note else ''}")
 
 
 def pick_scale(rows: Mapping[str, Mapping[str, Any]], multiple: float, reference: str = "bf16",
