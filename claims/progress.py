@@ -75,14 +75,14 @@ class Progress:
         self.expected: dict[str, list[float]] = {}
         self.users: dict[str, set[str]] = {}
         self.done: Counter = Counter()  # what -> measurements so described that ended (computed or cached)
-        try:
-            data = json.loads(timings_source(config).read_text(encoding="utf-8"))
-            for m in data.get("measurements", []):
-                if m["computed"]:
-                    self.expected.setdefault(m["what"], []).append(float(m["seconds"]))
-                    self.users.setdefault(m["what"], set()).update(m.get("claims", []))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            self.expected, self.users = {}, {}
+        from engine.planner import read_timings
+
+        # None: no file, or a malformed one (one warning, from the controller or the only process)
+        data = read_timings(timings_source(config), warn=self.worker is None)
+        for m in (data or {}).get("measurements", []):
+            if m["computed"]:
+                self.expected.setdefault(m["what"], []).append(float(m["seconds"]))
+                self.users.setdefault(m["what"], set()).update(m.get("claims", []))
         self.show = not config.getoption("--no-progress")
 
     def select(self, claims: set[str]) -> str:

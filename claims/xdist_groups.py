@@ -76,15 +76,14 @@ def longest_groups_first(config: pytest.Config, items: list[pytest.Item]) -> lis
     loadgroup hands groups out in order of first appearance: longest first leaves no long group for the end, when
     the other worker would idle). Within a group, and without timings, the collection order is kept. Every worker
     reads the same timings file, so every worker collects the same order."""
-    import json
-
     from claims.progress import timings_source
+    from engine.planner import read_timings
 
-    try:
-        data = json.loads(timings_source(config).read_text(encoding="utf-8"))
-        seconds = {c["claim"]: float(c["seconds"]) for c in data.get("claims", [])}
-    except (OSError, ValueError, KeyError, TypeError):
+    # None: no file, or a malformed one (one warning, from the controller or the only process)
+    data = read_timings(timings_source(config), warn=not hasattr(config, "workerinput"))
+    if data is None:
         return items
+    seconds = {c["claim"]: float(c["seconds"]) for c in data.get("claims", [])}
     totals: dict[str, float] = {}
     for item in items:
         mark = item.get_closest_marker("claim")

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -218,6 +219,31 @@ def require_ray():
     return ray
 
 
+RAY_CONNECT_TIMEOUT_S = 5.0  # a Ray head that does not accept a TCP connection within this is unreachable
+
+
+def check_ray_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Fail fast, as one ``ExecutorError`` line, when the Ray cluster at ``address`` (None: ``$RAY_ADDRESS``) does
+    not answer: ``ray.init`` itself retries an unreachable address for minutes. ``auto``, ``local`` and no address
+    at all are left to ``ray.init`` (which fails fast when there is no cluster to find)."""
+    where = "--ray-address" if address else "$RAY_ADDRESS"
+    value = (address or os.environ.get("RAY_ADDRESS") or "").strip()
+    if value in ("", "auto", "local"):
+        return
+    hostport = (value.split("://", 1)[1] if "://" in value else value).split("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ExecutorError(f"{where} {value!r}: not HOST:PORT, ray://HOST:PORT, auto or local")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ExecutorError(f"{where} {value}: no Ray cluster answers there ({reason}); start one with "
+                            "`ray start --head`, check the address, or use --executor local") from None
+
+
 class _Worker:
     """A Ray actor: runs module-level functions in its own process, where loaded models stay
     (``engine.models.shared``, through ``engine.atlas.run_cell``)."""
@@ -294,8 +320,15 @@ class RayExecutor:
 
     def __enter__(self) -> RayExecutor:
         if not self.ray.is_initialized():
+            check_ray_address(self.options.address)
             init = {"address": self.options.address, "include_dashboard": False, **self.options.init}
-            self.ray.init(**init)
+            try:
+                self.ray.init(**init)
+            except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+                text = " ".join(str(exc).split()) or type(exc).__name__
+                raise ExecutorError(f"ray: cannot connect to or start a cluster (address "
+                                    f"{self.options.address or os.environ.get('RAY_ADDRESS') or 'default'}): "
+                                    f"{text[:300]}") from None
             self._started = True
         return self
 
@@ -425,7 +458,9 @@ def get_executor(name: str, *, address: str | None = None, progress: Callable[[C
             raise ExecutorError("--ray-address needs --executor ray")
         return None
     if name == "ray":
-        return RayExecutor(RayOptions(address=address, **options), progress=progress or _print_event)
+        executor = RayExecutor(RayOptions(address=address, **options), progress=progress or _print_event)
+        check_ray_address(address)  # before any model is loaded: an unreachable cluster is one line, at once
+        return executor
     raise ExecutorError(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")
 
 

@@ -194,16 +194,88 @@ def block_work(block: str, t: Mapping[str, Any]) -> float:
     raise ValueError(f"unknown block {block!r}")
 
 
+class TimingsWarning(UserWarning):
+    """A plan's timings file could not be used (malformed): the ETA, the longest-first order and the cost estimate
+    fall back to their defaults."""
+
+
+MAX_TIMINGS_BYTES = 64 * 2**20
+# (path, size, mtime) -> (the checked content or None, what is wrong with it); and the malformed ones warned about
+_TIMINGS_READ: dict[tuple[str, int, int], tuple[dict | None, str]] = {}
+_TIMINGS_WARNED: set[tuple[str, int, int]] = set()
+
+
+def _finite_seconds(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+
+
+def _check_timings(data: Any) -> str:
+    """What is wrong with a timings file's content ("" when nothing is)."""
+    if not isinstance(data, dict):
+        return f"a JSON object expected, not {type(data).__name__}"
+    for section, needs in (("claims", ("claim",)), ("measurements", ("what",))):
+        rows = data.get(section, [])
+        if not isinstance(rows, list):
+            return f"'{section}' is {type(rows).__name__}, not a list"
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                return f"{section}[{i}] is {type(row).__name__}, not an object"
+            for name in needs:
+                if not isinstance(row.get(name), str):
+                    return f"{section}[{i}].{name} is {type(row.get(name)).__name__}, not a string"
+            if not _finite_seconds(row.get("seconds")):
+                return f"{section}[{i}].seconds is {str(row.get('seconds'))[:40]!r}, not a finite number >= 0"
+            if section == "measurements":
+                if not isinstance(row.get("computed"), int):
+                    return f"{section}[{i}].computed is {type(row.get('computed')).__name__}, not a count"
+                users = row.get("claims", [])
+                if not isinstance(users, list) or not all(isinstance(u, str) for u in users):
+                    return f"{section}[{i}].claims is not a list of strings"
+    return ""
+
+
+def read_timings(path: str | Path, *, warn: bool = True) -> dict | None:
+    """A plan's timings file (``results/bench/plan-<plan>-timings.json``, written by ``claims.progress``), checked:
+    a JSON object whose ``claims`` and ``measurements`` are lists of objects with a string ``claim`` / ``what`` and
+    finite ``seconds`` >= 0. None when the file does not exist, or (with one :class:`TimingsWarning`, once per
+    process and file version) when it is malformed: its readers (ETA, longest-first order, cost estimate) then fall
+    back to what they do without timings. ``warn=False``: no warning (an xdist worker: its controller warned)."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except (OSError, ValueError):
+        return None
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _TIMINGS_READ:
+        data, why = None, ""
+        try:
+            if stat.st_size > MAX_TIMINGS_BYTES:
+                why = f"{stat.st_size} bytes, over {MAX_TIMINGS_BYTES}"
+            else:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                why = _check_timings(data)
+        except (OSError, ValueError, RecursionError) as exc:
+            why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+        _TIMINGS_READ[key] = (None if why else data, why)
+    data, why = _TIMINGS_READ[key]
+    if why and warn and key not in _TIMINGS_WARNED:
+        import warnings
+
+        _TIMINGS_WARNED.add(key)  # located at the file itself: one line, "PATH:0: TimingsWarning: ..."
+        warnings.warn_explicit(f"not a usable timings file ({why}); ignored: no ETA, tests in collection order, "
+                               "no cost estimate (the next complete run rewrites it)", TimingsWarning, str(path), 0)
+    return data
+
+
 def measured_block_seconds(timings: Path = TIMINGS) -> dict[str, float]:
     """Core seconds per block of the reference plan's last measured session (its claims' computed seconds); empty
-    when there are none."""
+    when there are none (a malformed file: one :class:`TimingsWarning`)."""
     from engine.verdicts import load_catalogue
 
-    try:
-        data = json.loads(Path(timings).read_text(encoding="utf-8"))
-        rows = [(str(row["claim"]).split("[")[0], float(row["seconds"])) for row in data.get("claims", [])]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    data = read_timings(timings)
+    if data is None:
         return {}
+    rows = [(row["claim"].split("[")[0], float(row["seconds"])) for row in data.get("claims", [])]
     catalogue = load_catalogue()
     out: dict[str, float] = {}
     for claim_id, seconds in rows:

@@ -159,7 +159,8 @@ def register(app: typer.Typer) -> None:
         def fail(message: str) -> None:
             from rich.markup import escape
 
-            console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # one line, taken literally
+            # one line on stderr, taken literally (no markup read from it)
+            Console(stderr=True, soft_wrap=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}")
             raise typer.Exit(2)
 
         if not ablation_methods.is_registered(method):

@@ -67,7 +67,9 @@ def register(app: typer.Typer) -> None:
                 report = quant.measure_speed(model, names, reference=reference, batch_size=batch_size,
                                              rounds=rounds, warmup=warmup)
         except (quant.QuantError, models.ModelError) as exc:
-            console.print(f"[bold red]error:[/] {exc}")
+            from rich.markup import escape
+
+            Console(stderr=True, soft_wrap=True, highlight=False).print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(2)
         console.print(speed_table(report))
         if report.device == "cpu":

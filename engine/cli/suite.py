@@ -23,7 +23,8 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 def _fail(message: str) -> None:
     from rich.markup import escape
 
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # one line; a path's [..] is text
+    # one line on stderr; a path's [..] is text
+    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(2)
 
 

