@@ -17,8 +17,10 @@ from engine.verdicts import load_catalogue, parse_catalogue
 # ------------------------------------------------------------------------------------------------ the plans
 # The redesign moved the hard-coded tables here unchanged (an oracle test held them equal then); verdicts v2 and
 # the measurement plans have since changed sizes on purpose. What must hold now: every plan loads for every block
-# on the tiers it declares, and the powered plan ("full") reaches every rule's minimum n, so a verdict of the full
-# plan is never "below the rule's minimum n" by construction.
+# on the tiers it declares, and the powered plan ("full") reaches every rule's calibrated n (catalogue v3: no
+# minimum-n constant; each rule's smallest n is where its calibration held its error bounds, in
+# engine/data/calibration.json, read by the Recorder's gate) and every rule's minimum number of controls and runs,
+# so a verdict of the full plan is never "below the rule's calibrated n" by construction.
 
 SIZES_FOR = {"atlas": A.sizes_for, "steer": S.sizes_for, "quant": Q.quant_sizes_for, "lora": lora.plan_for}
 CLASSES = {"atlas": A.Sizes, "steer": S.SteerSizes, "quant": Q.QuantSizes, "lora": lora.LoraPlan}
@@ -37,12 +39,23 @@ def test_every_plan_loads_for_every_block_on_its_tiers(plan, block):
 
 
 @pytest.mark.parametrize("tier", plans.TIERS)
-def test_the_full_plan_reaches_every_rules_minimum_n(tier):
-    from engine.decisions import MIN_N
+def test_the_full_plan_reaches_every_rules_calibrated_n(tier):
+    from engine import calibration as C
+    from engine import decisions as D
 
     catalogue = load_catalogue()
+    table = D.calibration_table()["rules"]
+    assert table, "no calibration table (engine/data/calibration.json): python -m engine.calibration --write"
+    for name, rule in C.rules().items():
+        entry = table.get(name)
+        assert entry is not None, f"{name} is not in engine/data/calibration.json"
+        if rule.data == "not simulated":  # an uncalibrated rule: the gate holds its claim INCONCLUSIVE at every n
+            continue
+        block, key = rule.sizes
+        n = getattr(SIZES_FOR[block](tier, {"plan": "full"}), key)
+        per_family = max(1, n // 11) if block in ("steer", "quant") else n  # steer/quant: over 11 families
+        assert entry["min_n"] is not None and per_family >= entry["min_n"], (name, tier, per_family, entry["min_n"])
     atlas = A.sizes_for(tier, {"plan": "full"})
-    assert atlas.rigorous_per_family >= MIN_N and atlas.nl_per_family >= MIN_N
     steer = S.sizes_for(tier, {"plan": "full"})
     assert steer.n_random >= int(catalogue["STEER-RANDOM"].params.get("min_random", 100))
     plan = lora.plan_for(tier, {"plan": "full"})
@@ -61,12 +74,26 @@ def test_the_module_tables_are_the_default_plan():
     assert A.sizes_for("anything-but-gpu") == A.SIZES["cpu"]  # as before: only "gpu" reads the gpu sizes
 
 
+THRESHOLDS = ("hub_delta", "hub_delta_rationale")  # rule thresholds the atlas Sizes carry to the hub rules
+
+
 def test_no_claim_of_the_catalogue_overrides_a_size():
-    """Today every [claim.params] key is a rule threshold: each claim runs with its block's default plan."""
+    """Today every [claim.params] key is a rule threshold: each claim runs with its block's default plan. The hub
+    rules' ``hub_delta`` (catalogue v3) reaches them through the atlas Sizes, set by [claim.params] and never by a
+    plan."""
     catalogue = load_catalogue()
     for claim in catalogue:
         for tier in claim.tiers:
-            assert SIZES_FOR[claim.block](tier, claim.params) == SIZES_FOR[claim.block](tier), claim.id
+            sizes, default = SIZES_FOR[claim.block](tier, claim.params), SIZES_FOR[claim.block](tier)
+            if isinstance(sizes, A.Sizes):
+                assert (sizes.hub_delta, sizes.hub_delta_rationale) == tuple(claim.params.get(k) for k in THRESHOLDS)
+                sizes = dataclasses.replace(sizes, **{k: getattr(default, k) for k in THRESHOLDS})
+            assert sizes == default, claim.id
+    assert all(claim.params.get("hub_delta") == 1.0 and claim.params.get("hub_delta_rationale")
+               for claim in catalogue if claim.id.startswith("HUB-") and claim.id != "HUB-MIGRATE")
+    for plan, tiers in PLAN_TIERS.items():
+        for tier in tiers:
+            assert all(getattr(A.sizes_for(tier, {"plan": plan}), k) is None for k in THRESHOLDS), (plan, tier)
 
 
 # ------------------------------------------------------------------------------------------------ overrides

@@ -1,11 +1,15 @@
-"""The v2 rules of STEER-ALL, STEER-RANDOM, STEER-TRANSFER and QUANT-KL reach each outcome they claim (CONFIRMED,
-FAILED, INCONCLUSIVE) from constructed measurements, through the production decision functions of the studies
-(``engine.studies.steer`` / ``engine.studies.quant``) and the verdict layer (``engine.verdicts.Recorder``); and a
-tiny model with a planted steering direction gives CONFIRMED for STEER-RANDOM's rule through the production study
-function, where its unplanted twin at the same n does not.
+"""The catalogue v3 rules of STEER-ALL, STEER-RANDOM, STEER-TRANSFER and QUANT-KL reach each outcome they claim
+(CONFIRMED, FAILED, INCONCLUSIVE) from constructed measurements, through the production decision functions of the
+studies (``engine.studies.steer`` / ``engine.studies.quant``) and the verdict layer (``engine.verdicts.Recorder``);
+and a tiny model with a planted steering direction gives CONFIRMED for STEER-RANDOM's rule through the production
+study function, where its unplanted twin at the same n does not.
+
+Catalogue v3: AGAINST (the CI's upper bound below delta: a real but negligible effect) is decided before FOR; there
+is no minimum n of prompts (a clear effect at 1-3 prompts per family is decided: the stratified t-interval, or the
+sign-flip test of the family means at one prompt per family); too few controls stays a failed precondition.
 
 The constructed studies have the shape the studies store (per-prompt values, the prompts' families); the thresholds
-are the catalogue's (``engine/data/claims.toml``), so a changed delta or minimum shows here.
+are the catalogue's (``engine/data/claims.toml``), so a changed delta or control minimum shows here.
 """
 
 from __future__ import annotations
@@ -42,6 +46,14 @@ def sample(mean: float, sd: float, per_family: int, seed: int = 0) -> np.ndarray
     return mean + sd * (z - z.mean()) / (z.std() if z.size > 1 else 1.0)
 
 
+@pytest.fixture(autouse=True)
+def no_calibration_table(monkeypatch):
+    """The rules are decided from constructed data at chosen n, whatever the committed calibration table
+    (``engine/data/calibration.json``) holds: the Recorder's calibration gate is tested with the decisions
+    (tests/test_decisions.py), not here."""
+    monkeypatch.setattr(D, "calibration_table", lambda: {"rules": {}, "claims": {}})
+
+
 def verdict(claim_id: str, finding: Finding, model: str = "smollm2-135m"):
     """The verdict of a finding, recorded as the claims plugin records it (``holds`` is the rule's Evidence)."""
     assert isinstance(finding.holds, D.Evidence), "v2: holds is the Evidence of the rule, never a bool"
@@ -75,10 +87,13 @@ def steer_all_study(gap: float, sd: float, per_family: int, seed_gap: float = 0.
 @pytest.mark.parametrize("gap, sd, per_family, expected, why", [
     (0.5, 0.2, 10, Verdict.CONFIRMED, ""),
     (0.0, 0.02, 10, Verdict.FAILED, ""),  # the gap CI lies within [-delta, delta]: steering at the hub loses nothing
+    (0.029, 0.01, 10, Verdict.FAILED, "upper bound < delta"),  # a real but negligible gap: against before for
     (0.08, 0.6, 10, Verdict.INCONCLUSIVE, "straddles"),
-    (0.5, 0.2, 3, Verdict.INCONCLUSIVE, "below the rule's minimum n"),
+    (0.5, 0.2, 3, Verdict.CONFIRMED, "stratified-t"),  # 3 per family: decided (v2: below the rule's minimum n)
 ])
 def test_steer_all_reaches_each_outcome(tmp_path, gap, sd, per_family, expected, why):
+    """(A gap CI of about [0.026, 0.032] with delta 0.1 is above 0 yet below delta: catalogue v3 decides AGAINST
+    first, FAILED, not CONFIRMED. A 0.5 gap at 3 per family is decided: v2's minimum n said INCONCLUSIVE.)"""
     _seed, rigorous = S.steer_all_findings(steer_all_study(gap, sd, per_family), SIZES, tmp_path, params("STEER-ALL"))
     record = verdict("STEER-ALL", rigorous)
     assert record.verdict is expected, record.reason
@@ -89,16 +104,24 @@ def test_steer_all_reaches_each_outcome(tmp_path, gap, sd, per_family, expected,
     assert D.recompute(rigorous.holds).ci == rigorous.holds.ci
 
 
-@pytest.mark.parametrize("seed_gap, per_family, expected", [(0.05, 10, Verdict.CONFIRMED), (0.0, 10, Verdict.FAILED),
-                                                            (0.05, 1, Verdict.INCONCLUSIVE)])
-def test_steer_all_seed_protocol_is_decided_by_the_same_rule(tmp_path, seed_gap, per_family, expected):
-    study = steer_all_study(0.5, 0.2, 10, seed_gap=seed_gap, seed_per_family=per_family)
+@pytest.mark.parametrize("seed_gap, seed_sd, per_family, expected", [
+    (0.05, 1e-3, 10, Verdict.CONFIRMED), (0.0, 1e-3, 10, Verdict.FAILED),
+    (0.05, 1e-3, 1, Verdict.CONFIRMED),  # one prompt per family: the sign-flip test (v2: never a verdict)
+    (0.005, 0.05, 1, Verdict.INCONCLUSIVE),  # ... which still needs the family means to agree in sign
+])
+def test_steer_all_seed_protocol_is_decided_by_the_same_rule(tmp_path, seed_gap, seed_sd, per_family, expected):
+    """At one prompt per family (the seed's sample) catalogue v3 decides with the exact sign-flip test of the 11
+    family means: a KL gap in every family is CONFIRMED (v2's minimum n said INCONCLUSIVE); a gap well inside the
+    spread of the family means is not decided, with a projected n."""
+    study = steer_all_study(0.5, 0.2, 10, seed_gap=seed_gap, seed_sd=seed_sd, seed_per_family=per_family)
     seed, _ = S.steer_all_findings(study, SIZES, tmp_path, params("STEER-ALL"))
     record = verdict("STEER-ALL", seed)
     assert record.verdict is expected, record.reason
     assert any("held-out" in part for part in seed.figures["not_decided"])
+    assert seed.holds.params["method"] == ("sign-flip" if per_family == 1 else "stratified-t")
+    assert "minimum" not in seed.holds.undecided
     if expected is Verdict.INCONCLUSIVE:
-        assert "below the rule's minimum n" in seed.holds.undecided  # one prompt per family: never a verdict
+        assert seed.holds.n_to_decide is not None and seed.holds.n_to_decide > 1
 
 
 # ------------------------------------------------------------------------------------------------ STEER-RANDOM
@@ -122,11 +145,15 @@ def steer_random_study(effect: float, per_family: int, n_random: int = 100, rand
     ({"effect": 0.0, "per_family": 10}, Verdict.FAILED, ""),
     ({"effect": 2.0, "per_family": 10, "off_target_mean": 2.5}, Verdict.FAILED, ""),  # not specific: off-target wins
     ({"effect": 0.38, "per_family": 10, "sd": 1.0}, Verdict.INCONCLUSIVE, "straddles"),  # ~ p95 (0.29) + delta / 2
-    ({"effect": 2.0, "per_family": 10, "n_random": 32}, Verdict.INCONCLUSIVE, "below the rule's minimum n (controls"),
-    ({"effect": 2.0, "per_family": 10, "n_off_target": 4}, Verdict.INCONCLUSIVE, "below the rule's minimum n (controls"),
-    ({"effect": 2.0, "per_family": 2}, Verdict.INCONCLUSIVE, "below the rule's minimum n"),
+    ({"effect": 2.0, "per_family": 10, "n_random": 32}, Verdict.INCONCLUSIVE,
+     "below the rule's minimum number of controls (random: 32 < 100)"),
+    ({"effect": 2.0, "per_family": 10, "n_off_target": 4}, Verdict.INCONCLUSIVE,
+     "below the rule's minimum number of controls (off_target: 4 < 10)"),
+    ({"effect": 2.0, "per_family": 2}, Verdict.CONFIRMED, "lower bound > 0"),  # v2: below the rule's minimum n
 ])
 def test_steer_random_reaches_each_outcome(kwargs, expected, why):
+    """(Too few controls is a failed precondition; 2 prompts per family with an effect far above the controls is
+    decided: catalogue v3 has no minimum n of prompts.)"""
     seed, rigorous = S.steer_random_findings(steer_random_study(**kwargs), SIZES, params("STEER-RANDOM"))
     record = verdict("STEER-RANDOM", rigorous)
     assert record.verdict is expected, record.reason
@@ -164,12 +191,19 @@ def transfer_study(effect: float, per_family: int, n_random: int = 100, released
 @pytest.mark.parametrize("effect, per_family, n_random, sd, expected", [
     (1.5, 10, 100, 0.3, Verdict.CONFIRMED), (0.0, 10, 100, 0.3, Verdict.FAILED),
     (0.38, 10, 100, 1.0, Verdict.INCONCLUSIVE), (1.5, 10, 20, 0.3, Verdict.INCONCLUSIVE),
-    (1.5, 1, 100, 0.3, Verdict.INCONCLUSIVE)])
+    (1.5, 1, 100, 0.3, Verdict.CONFIRMED)])
 def test_steer_transfer_reaches_each_outcome(effect, per_family, n_random, sd, expected):
+    """(One held-out prompt per family with a mapped effect far above the controls: decided by the sign-flip test
+    of the 11 family means, CONFIRMED; v2's minimum n said INCONCLUSIVE. 20 random controls stays a failed
+    precondition.)"""
     seed, rigorous = S.steer_transfer_findings(transfer_study(effect, per_family, n_random, sd=sd), SIZES,
                                                params("STEER-TRANSFER"))
     record = verdict("STEER-TRANSFER", rigorous, model="smollm2-135m+gemma3-270m")
     assert record.verdict is expected, record.reason
+    if n_random < 100:
+        assert "below the rule's minimum number of controls" in rigorous.holds.undecided
+    if per_family == 1:
+        assert rigorous.holds.params["method"] == "sign-flip"
     assert rigorous.figures["heldout_r2"] == 0.4
     assert seed.untested.startswith(S.SEED_NEVER_RAN)  # G1: the seed never ran it
 
@@ -211,11 +245,15 @@ def quant_study(amp: float, per_family: int, effect_over_noise: float = 50.0, se
 @pytest.mark.parametrize("amp, per_family, over_noise, spread, expected, why", [
     (3.0, 10, 50.0, 0.2, Verdict.CONFIRMED, ""),
     (1.0, 10, 50.0, 0.2, Verdict.FAILED, ""),
+    (1.15, 10, 50.0, 0.02, Verdict.FAILED, "upper bound < delta"),  # real but below 1.5x: no amplification
     (1.2, 10, 50.0, 1.5, Verdict.INCONCLUSIVE, "straddles"),
     (3.0, 10, 5.0, 0.2, Verdict.INCONCLUSIVE, "no scale above the noise floor"),
-    (3.0, 1, 50.0, 0.2, Verdict.INCONCLUSIVE, "below the rule's minimum n"),
+    (3.0, 1, 50.0, 0.2, Verdict.CONFIRMED, "sign-flip"),  # one prompt per family (v2: below the minimum n)
 ])
 def test_quant_kl_reaches_each_outcome(amp, per_family, over_noise, spread, expected, why):
+    """(A ratio CI of about [1.14, 1.16] lies above 1 yet below 1 + delta = 1.5, where the rationale says there is
+    no amplification: catalogue v3 decides AGAINST first, FAILED, not CONFIRMED. A 3x ratio at one prompt per family
+    is decided by the sign-flip test of the family means; v2's minimum n said INCONCLUSIVE.)"""
     _seed, rigorous = Q.quant_kl_findings(quant_study(amp, per_family, over_noise, spread=spread), params("QUANT-KL"))
     record = verdict("QUANT-KL", rigorous)
     assert record.verdict is expected, record.reason
@@ -248,8 +286,7 @@ def test_the_ratio_ci_is_the_ci_of_the_per_prompt_log_ratio():
 
 def _short_data(family: str = "target") -> S.SteerData:
     """Short prompts (a byte tokenizer makes suite prompts long): the target family answers "Q", the 11 other
-    families answer with their own letter; 22 select and 110 test prompts of the other families (10 per family,
-    the rule's minimum n)."""
+    families answer with their own letter; 22 select and 110 test prompts of the other families (10 per family)."""
     letters = "abcdefghijk"
 
     def ex(fam, i, answer, tag):
