@@ -215,12 +215,15 @@ class Interval:
 
 
 def interval(values: Sequence[float] | np.ndarray, groups: Sequence[str], *, level: float = LEVEL,
-             bounds: tuple[float, float] | None = None, n_resamples: int = N_RESAMPLES, seed: int = 0) -> Interval:
+             bounds: tuple[float, float] | None = None, n_resamples: int = N_RESAMPLES, seed: int = 0,
+             discrete: bool = False) -> Interval:
     """The mean over family means of ``values`` (each family weighs the same) with a CI valid at every n.
 
     ``bounds`` (lo, hi): every value lies in [lo, hi] (top-k overlaps): Hoeffding's interval. Else all families
     with >= 2 examples: the stratified t-interval (Var = sum_h s_h^2 / n_h / H^2, Welch-Satterthwaite df); some
-    family with one example: the exact sign-flip test of the family means, inverted into a CI.
+    family with one example, or no variation within any family: the exact sign-flip test of the family means,
+    inverted into a CI. Every value the same is a degenerate measurement, except for a ``discrete`` one (argmax
+    depths: they could vary) whose common value is not 0.
     """
     arr = np.asarray(values, dtype=np.float64).reshape(-1)
     if not np.isfinite(arr).all():
@@ -248,19 +251,23 @@ def interval(values: Sequence[float] | np.ndarray, groups: Sequence[str], *, lev
         half = scale * math.sqrt(math.log(2.0 / alpha2) / 2.0)
         return Interval(low=estimate - half, high=estimate + half, standard_error=scale / 2.0, method="hoeffding",
                         half_width_scale=scale, **common)
-    degenerate = DEGENERATE.format(where="at all (every value is the same)") if np.ptp(arr) == 0 else ""
+    if np.ptp(arr) == 0 and (not discrete or arr[0] == 0):
+        # every value the same: a measurement that could not vary (a checkpoint equal to the base model, a hook that
+        # changed nothing); a discrete measurement (argmax depths) that could vary and gave one non-zero value in
+        # every prompt is left to the sign-flip test below
+        return Interval(low=estimate, high=estimate, standard_error=0.0, method="none",
+                        degenerate=DEGENERATE.format(where="at all (every value is the same)"), **common)
     if min(len(s) for s in samples) >= MIN_PER_STRATUM:
         w = np.asarray([s.var(ddof=1) / (h * h * len(s)) for s in samples])
         var = float(w.sum())
-        if var <= 0:
-            degenerate = degenerate or DEGENERATE.format(where="within any family")
-            return Interval(low=estimate, high=estimate, standard_error=0.0, method="stratified-t", df=None,
-                            degenerate=degenerate, **common)
-        df = float(var ** 2 / np.sum(w ** 2 / np.asarray([len(s) - 1 for s in samples])))
-        se = math.sqrt(var)
-        q = float(sps.t.ppf(1 - alpha2 / 2, df))
-        return Interval(low=estimate - q * se, high=estimate + q * se, standard_error=se, method="stratified-t",
-                        df=df, degenerate=degenerate, **common)
+        if var > 0:
+            df = float(var ** 2 / np.sum(w ** 2 / np.asarray([len(s) - 1 for s in samples])))
+            se = math.sqrt(var)
+            q = float(sps.t.ppf(1 - alpha2 / 2, df))
+            return Interval(low=estimate - q * se, high=estimate + q * se, standard_error=se, method="stratified-t",
+                            df=df, **common)
+        # no variation within any family: the t-interval has no variance to use; the sign-flip test of the family
+        # means needs none
     # some family has one example: the sign-flip test of the H family means
     se = float(np.std(means, ddof=1) / math.sqrt(h)) if h > 1 else None
     patterns = _sign_patterns(h, n_resamples, seed)
@@ -268,8 +275,7 @@ def interval(values: Sequence[float] | np.ndarray, groups: Sequence[str], *, lev
         return Interval(low=None, high=None, standard_error=se, method="sign-flip", patterns=patterns,
                         why=f"{h} famil{'y' if h == 1 else 'ies'} with one example: a sign-flip test cannot reach "
                             f"p <= {alpha2 / 2:g} with 2^{h} sign patterns", **common)
-    iv = Interval(low=None, high=None, standard_error=se, method="sign-flip", patterns=patterns,
-                  degenerate=degenerate, **common)
+    iv = Interval(low=None, high=None, standard_error=se, method="sign-flip", patterns=patterns, **common)
     span = float(np.ptp(means)) + abs(estimate) + 1e-9
     low = _invert(iv, alpha2 / 2, estimate, estimate - 4 * span, side=+1)
     high = _invert(iv, alpha2 / 2, estimate, estimate + 4 * span, side=-1)
@@ -308,7 +314,7 @@ def _ci_text(label: str, iv: Interval, delta: float | None) -> str:
 
 def greater(diffs: Sequence[float], groups: Sequence[str], *, delta: float, label: str = "A - B",
             level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = 0, rationale: str = "",
-            precondition: str = "", bounds: tuple[float, float] | None = None) -> Evidence:
+            precondition: str = "", bounds: tuple[float, float] | None = None, discrete: bool = False) -> Evidence:
     """"A > B" on per-example paired differences ``diffs`` (A - B), stratified by ``groups``.
 
     against: CI upper < ``delta`` (decided first); for: CI lower > 0; else undecided, with the projected n per
@@ -320,9 +326,10 @@ def greater(diffs: Sequence[float], groups: Sequence[str], *, delta: float, labe
         raise ValueError(f"greater({label}): delta must be finite and >= 0 (the smallest effect of interest; 0: a "
                          f"threshold claim), got {delta}")
     diffs = np.asarray(diffs, dtype=np.float64)
-    iv = interval(diffs, groups, level=level, bounds=bounds, n_resamples=n_resamples, seed=seed)
+    iv = interval(diffs, groups, level=level, bounds=bounds, n_resamples=n_resamples, seed=seed, discrete=discrete)
     params = ({"delta": delta, "level": level, "n_resamples": n_resamples, "seed": seed, "rationale": rationale,
                "method": iv.method} | ({"bounds": list(bounds)} if bounds is not None else {})
+              | ({"discrete": True} if discrete else {})
               | ({"precondition": precondition} if precondition else {}))
     data = {"values": diffs.tolist(), "groups": [str(g) for g in groups]}
     common = dict(primitive="greater", label=label, estimate=iv.estimate, n=iv.n, n_strata=iv.n_strata,
@@ -461,7 +468,8 @@ def holm(pvalues: Sequence[float], alpha: float) -> list[bool]:
 
 def for_every(members: Mapping[str, tuple[Sequence[float], Sequence[str]]], *, delta: float,
               label: str = "every member", level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = 0,
-              rationale: str = "", precondition: str = "", bounds: tuple[float, float] | None = None) -> Evidence:
+              rationale: str = "", precondition: str = "", bounds: tuple[float, float] | None = None,
+              discrete: bool = False) -> Evidence:
     """"For every X, A > B": ``members`` maps X to its (per-example differences, groups).
 
     One-sided p-values per member (:class:`Interval`) for H0 "effect <= 0" and for H0 "effect >= delta"; Holm at
@@ -475,14 +483,14 @@ def for_every(members: Mapping[str, tuple[Sequence[float], Sequence[str]]], *, d
         raise ValueError(f"for_every({label}): delta must be finite and >= 0, got {delta}")
     alpha = (1 - level) / 2
     ivs = {str(k): interval(np.asarray(v[0], dtype=np.float64), v[1], level=level, bounds=bounds,
-                            n_resamples=n_resamples, seed=seed) for k, v in members.items()}
+                            n_resamples=n_resamples, seed=seed, discrete=discrete) for k, v in members.items()}
     names = list(ivs)
     p_for = [ivs[n].p_above(0.0) for n in names]
     p_against = [ivs[n].p_below(delta) for n in names]
     all_for, some_against = holm(p_for, alpha), holm(p_against, alpha)
     params = ({"delta": delta, "level": level, "alpha_one_sided": alpha, "n_resamples": n_resamples, "seed": seed,
                "rationale": rationale, "correction": "holm"} | ({"bounds": list(bounds)} if bounds else {})
-              | ({"precondition": precondition} if precondition else {}))
+              | ({"discrete": True} if discrete else {}) | ({"precondition": precondition} if precondition else {}))
     data = {"members": {str(k): {"values": np.asarray(v[0], dtype=np.float64).tolist(),
                                  "groups": [str(g) for g in v[1]]} for k, v in members.items()}}
     estimates = {n: float(ivs[n].estimate) for n in names}
@@ -519,7 +527,7 @@ def for_every(members: Mapping[str, tuple[Sequence[float], Sequence[str]]], *, d
 
 def differs(members: Mapping[str, tuple[Sequence[float], Sequence[str]]], *, delta: float,
             label: str = "some member differs", level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = 0,
-            rationale: str = "", precondition: str = "") -> Evidence:
+            rationale: str = "", precondition: str = "", discrete: bool = False) -> Evidence:
     """"Some X differs from 0" (e.g. some pair of models' hub depths differ; the direction is not chosen from the
     data): ``members`` maps X to its (per-example paired differences, groups).
 
@@ -534,13 +542,14 @@ def differs(members: Mapping[str, tuple[Sequence[float], Sequence[str]]], *, del
         raise ValueError(f"differs({label}): delta must be finite and > 0 (the equivalence margin), got {delta}")
     alpha2, alpha = 1 - level, (1 - level) / 2
     ivs = {str(k): interval(np.asarray(v[0], dtype=np.float64), v[1], level=level, n_resamples=n_resamples,
-                            seed=seed) for k, v in members.items()}
+                            seed=seed, discrete=discrete) for k, v in members.items()}
     names = list(ivs)
     p_two = [min(1.0, 2 * min(ivs[n].p_above(0.0), ivs[n].p_below(0.0))) for n in names]
     equivalent = [max(ivs[n].p_below(delta), ivs[n].p_above(-delta)) <= alpha for n in names]
     rejected = holm(p_two, alpha2)
     params = ({"delta": delta, "level": level, "alpha_two_sided": alpha2, "n_resamples": n_resamples, "seed": seed,
-               "rationale": rationale, "correction": "holm"} | ({"precondition": precondition} if precondition else {}))
+               "rationale": rationale, "correction": "holm"} | ({"discrete": True} if discrete else {})
+              | ({"precondition": precondition} if precondition else {}))
     data = {"members": {str(k): {"values": np.asarray(v[0], dtype=np.float64).tolist(),
                                  "groups": [str(g) for g in v[1]]} for k, v in members.items()}}
     estimates = {n: float(ivs[n].estimate) for n in names}
@@ -645,7 +654,7 @@ def recompute(evidence: Evidence | Mapping[str, Any]) -> Evidence:
     if ev.primitive == "greater":
         return greater(d["values"], d["groups"], delta=p["delta"], label=ev.label, level=p["level"],
                        n_resamples=n_resamples, seed=p["seed"], rationale=p.get("rationale", ""),
-                       precondition=p.get("precondition", ""), bounds=bounds)
+                       precondition=p.get("precondition", ""), bounds=bounds, discrete=bool(p.get("discrete")))
     if ev.primitive == "argmax":
         return argmax(d["values"], d["groups"], claimed=p.get("claimed"), units=d.get("units"), label=ev.label,
                       delta=p.get("delta", 0.0), level=p["level"], n_resamples=n_resamples, seed=p["seed"],
@@ -654,11 +663,12 @@ def recompute(evidence: Evidence | Mapping[str, Any]) -> Evidence:
         members = {k: (m["values"], m["groups"]) for k, m in d["members"].items()}
         return for_every(members, delta=p["delta"], label=ev.label, level=p["level"], n_resamples=n_resamples,
                          seed=p["seed"], rationale=p.get("rationale", ""), precondition=p.get("precondition", ""),
-                         bounds=bounds)
+                         bounds=bounds, discrete=bool(p.get("discrete")))
     if ev.primitive == "differs":
         members = {k: (m["values"], m["groups"]) for k, m in d["members"].items()}
         return differs(members, delta=p["delta"], label=ev.label, level=p["level"], n_resamples=n_resamples,
-                       seed=p["seed"], rationale=p.get("rationale", ""), precondition=p.get("precondition", ""))
+                       seed=p["seed"], rationale=p.get("rationale", ""), precondition=p.get("precondition", ""),
+                       discrete=bool(p.get("discrete")))
     raise ValueError(f"recompute: unknown primitive {ev.primitive!r} (known: {', '.join(sorted(PRIMITIVES))})")
 
 

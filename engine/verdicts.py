@@ -496,6 +496,8 @@ def decide(claim: Claim, model: str, m: Measurement) -> Decision:
             return replace(compared, verdict=Verdict.INCONCLUSIVE,
                            reason=f"not decided: part(s) {', '.join(undecided)}" + (f" ({m.undecided})"
                                                                                     if m.undecided else ""))
+        if m.undecided:  # a precondition or the calibration gate: every part decided, the record is not
+            return replace(compared, verdict=Verdict.INCONCLUSIVE, reason=f"not decided: {m.undecided}")
         if not held:
             return replace(compared, verdict=Verdict.FAILED, reason=f"every part decided against: "
                                                                      f"{', '.join(m.parts)}")

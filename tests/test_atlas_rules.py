@@ -147,10 +147,6 @@ def test_a_hub_below_the_rules_calibrated_n_is_inconclusive_through_the_recorder
     assert verdict(one_seed, "HUB-SMOL").verdict is Verdict.CONFIRMED
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug (reported, #24): engine.verdicts.decide reads the Measurement's "
-                   "undecided only when some part is undecided, so the calibration gate (and any precondition a test "
-                   "reports) is dropped for a record with several decided parts (per-seed hub evidence, ABL-MEAN); "
-                   "the record says CONFIRMED while its stored evidence recomputes to INCONCLUSIVE")
 def test_a_hub_over_three_seeds_below_the_calibrated_n_is_inconclusive_and_recomputes_the_same(monkeypatch):
     """The gate holds for the hub rule as the claims record it (one Evidence per seed, a multi-part record): below
     the calibrated n the record is INCONCLUSIVE, and recompute() of the stored evidence says the same."""
@@ -274,15 +270,18 @@ def test_own_atlas_rule_reaches_each_outcome(layers, expected):
     assert record.evidence[0]["params"]["rationale"] == CATALOGUE["OWN-ATLAS"].params["depth_tolerance_rationale"]
 
 
-@pytest.mark.parametrize("layers", [(1, 4), (2, 2)])
-def test_own_atlas_on_identical_per_prompt_depths_is_a_degenerate_measurement(layers):
-    """Catalogue v3: when every prompt's argmax depth difference is the same value, the paired differences have no
-    variation and their zero-width CI is not evidence: INCONCLUSIVE "degenerate measurement" (v2 decided these from
-    the zero-width bootstrap CI: CONFIRMED for (1, 4), FAILED for (2, 2))."""
-    models_ = _models(layers, noise=0.05, near=None)
-    assert all(len(set(argmax_depths(a).values())) == 1 for a in models_.values())
-    finding, record = _own_atlas(models_)
-    assert record.verdict is Verdict.INCONCLUSIVE and "degenerate measurement" in record.reason, record.reason
+def test_own_atlas_on_identical_per_prompt_depths():
+    """Catalogue v3: argmax depths are discrete and could vary. When every prompt's depth difference is the same
+    non-zero value, the exact sign-flip test of the family means decides it (p = 2^-12: CONFIRMED, it needs no
+    within-family variance); when every difference is exactly 0 the paired values cannot tell a real agreement from
+    a measurement that could not vary, so the zero-width CI is not evidence: INCONCLUSIVE "degenerate measurement"
+    (v2 decided both from the zero-width bootstrap CI)."""
+    differ = _models((1, 4), noise=0.05, near=None)
+    assert all(len(set(argmax_depths(a).values())) == 1 for a in differ.values())
+    _, record = _own_atlas(differ)
+    assert record.verdict is Verdict.CONFIRMED and record.evidence[0]["params"]["discrete"], record.reason
+    _, same = _own_atlas(_models((2, 2), noise=0.05, near=None))
+    assert same.verdict is Verdict.INCONCLUSIVE and "degenerate measurement" in same.reason, same.reason
 
 
 def test_own_atlas_with_a_clear_depth_difference_is_decided_at_two_per_family():

@@ -140,8 +140,12 @@ def test_argmax_reaches_for_against_tie_precondition_and_undecided():
 def test_a_degenerate_measurement_is_a_failed_precondition_not_evidence():
     ev = D.greater(np.full(24, 0.5), _groups(2), delta=0.1)
     assert ev.outcome is Outcome.UNDECIDED and "degenerate" in ev.undecided
-    per_family_constant = np.repeat(np.linspace(0.5, 1.0, 12), 2)  # no variation within any family
-    assert "degenerate" in D.greater(per_family_constant, _groups(2), delta=0.1).undecided
+    assert "degenerate" in D.greater(np.zeros(24), _groups(2), delta=0.1, discrete=True).undecided
+    per_family_constant = np.repeat(np.linspace(0.5, 1.0, 12), 2)  # no variation within any family: sign flips
+    flips = D.greater(per_family_constant, _groups(2), delta=0.1)
+    assert flips.outcome is Outcome.FOR and flips.params["method"] == "sign-flip"
+    depths = D.greater(np.full(24, 0.29), _groups(2), delta=0.05, discrete=True)  # argmax depths that could vary
+    assert depths.outcome is Outcome.FOR and depths.params["method"] == "sign-flip"
 
 
 def test_holm_steps_down():

@@ -357,7 +357,7 @@ def decide_own_atlas(protocol: str, atlases: Mapping[str, Atlas], delta: float, 
             members[f"{b} - {a}"] = (diffs, groups)
     undecided = NO_DEPTHS.format(models=", ".join(tied)) if tied or not members else ""
     if members:
-        holds = D.differs(members, delta=delta, rationale=rationale, label="argmax depths differ (some pair)",
+        holds = D.differs(members, delta=delta, rationale=rationale, label="argmax depths differ (some pair)", discrete=True,
                           n_resamples=atlases[keys[0]].n_resamples, seed=atlases[keys[0]].seed, precondition=undecided)
     else:
         first = next(iter(atlases.values()))
@@ -382,7 +382,7 @@ def decide_migration(protocol: str, atlases: Mapping[str, Atlas], delta: float, 
     previous one's (for_every over the consecutive pairs, Holm): CONFIRMED; some pair below ``delta``: FAILED."""
     keys = list(atlases)
     members = {f"{b} - {a}": _paired_depths(atlases, a, b) for a, b in pairwise(keys)}
-    holds = D.for_every(members, delta=delta, rationale=rationale, label="argmax depth rises with scale",
+    holds = D.for_every(members, delta=delta, rationale=rationale, label="argmax depth rises with scale", discrete=True,
                         n_resamples=atlases[keys[0]].n_resamples, seed=atlases[keys[0]].seed)
     exists = {k: argmax_evidence(a) for k, a in atlases.items()}
     figures = {"models": keys, "hub_depths": [_depth(argmax_of(exists[k]), atlases[k].n_layers) for k in keys],
