@@ -77,11 +77,13 @@ def test_examples_are_sorted_by_token_length(llama):
 
 def test_residual_zeroing_in_a_bias_free_model_is_an_exact_tie(llama):
     """The seed's ablation: a zeroed residual stays zero (RMSNorm(0) = 0, no biases), so every layer gives the
-    same KL; a bare argmax returns L0, the v2 rule decides "no single argmax" (against) from the tie."""
+    same KL; a bare argmax returns L0. Catalogue v3: the tie is where the erasure guard fired, so the method cannot
+    separate layers on this architecture: a failed precondition (undecided), never "no single argmax"."""
     a = small_atlas(llama, pool(2), "resid")
     evidence = A.argmax_evidence(a)
     assert A.exact_tie(a) and a.argmax_layer == 0
-    assert evidence.outcome.value == "against" and A.argmax_of(evidence) is None
+    assert evidence.outcome.value == "undecided" and A.argmax_of(evidence) is None
+    assert "cannot separate layers" in evidence.undecided and evidence.params["precondition"]
     assert evidence.details["tied_units"] == list(range(llama.n_layers)) and "exact tie" in evidence.statement
     assert a.information_erasing
     assert np.ptp(a.per_example, axis=1).max() < 1e-5  # the same KL at every layer, per prompt

@@ -732,7 +732,7 @@ def test_a_recomputed_verdict_that_differs_is_reported(tmp_path):
     groups = [f"fam{i % 4}" for i in range(40)]
     record = recorder.record("seed", {"figure": 1.0}, holds=decisions.greater(values, groups, delta=0.3))
     assert record.verdict is Verdict.CONFIRMED and recompute(record, claim) is Verdict.CONFIRMED
-    record.evidence[0]["data"]["values"] = [0.0] * 40  # the stored data says otherwise now
+    record.evidence[0]["data"]["values"] = [0.001 * i for i in range(40)]  # the stored data says otherwise now
     assert recompute(record, claim) is Verdict.FAILED
 
 

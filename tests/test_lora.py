@@ -539,4 +539,6 @@ def test_every_lora_claim_runs_end_to_end_on_a_tiny_model(tmp_path, monkeypatch)
                 assert claim_id in ("LOCKIN", "SKIP-RECOVER") and finding.protocol == "seed"
                 continue
             assert isinstance(finding.holds, Evidence), claim_id
-            assert finding.holds.outcome is Outcome.UNDECIDED or finding.undecided, (claim_id, finding.holds.statement)
+            if claim_id != "LORA-LATE":  # below their minimum runs / inside warm-up; LORA-LATE has no unit minimum
+                assert finding.holds.outcome is Outcome.UNDECIDED or finding.undecided, (claim_id,
+                                                                                          finding.holds.statement)
