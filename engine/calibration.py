@@ -216,6 +216,29 @@ def _greater_rule(claim: str, delta: float, families: int, pool_claim: str | Non
     return run
 
 
+def _controls_rule(claim: str, families: int, n_random: int = 100) -> Callable:
+    """STEER-RANDOM / STEER-TRANSFER through the production :func:`engine.studies.steer.control_rule`: ``n_random``
+    random-vector effects drawn from N(0, SD of the committed run's direction residuals), the direction's per-prompt
+    effects from the committed residuals around the controls' true 95th percentile (no effect) or that + delta;
+    the percentile is estimated from the drawn controls, with its order-statistic CI."""
+    from scipy import stats as sps
+
+    from engine.studies import steer
+
+    params = _claim_params(claim)
+
+    def run(rng, n, effect):
+        pool = residual_pool(claim)
+        sd = float(np.std(pool, ddof=1))
+        controls = {"random": rng.normal(0.0, sd, n_random).tolist()}
+        true_p95 = float(sps.norm.ppf(0.95) * sd)
+        values = true_p95 + rng.choice(pool, size=families * n) + (effect or 0.0)
+        groups = [f"f{i}" for i in range(families) for _ in range(n)]
+        return steer.control_rule(values, groups, controls, params).outcome.value
+
+    return run
+
+
 def _threshold_rule(claim: str, part: str, families: int) -> Callable:
     """A threshold part (ABL-MEAN): the true mean exactly at the threshold (no effect: a false for is the claimed side
     decided when it does not hold) or one pooled SD on the claimed side; decided with delta = 0."""
@@ -236,6 +259,18 @@ def _differs_rule(claim: str, delta: float, pairs: int, families: int) -> Callab
         groups = [f"f{i}" for i in range(families) for _ in range(n)]
         ms = {f"p{j}": (rng.choice(pool, size=families * n) + (effect or 0.0), groups) for j in range(pairs)}
         return D.differs(ms, delta=delta).outcome.value
+
+    return run
+
+
+def _runs_rule(delta: float, families: int, draws: int) -> Callable:
+    """LORA-ATLAS at its unit, the training run: per family and seed our run's loss and ``draws`` random-matched
+    runs' losses, run-to-run SD = delta (assumed: no committed run has two training seeds yet); no effect: our run
+    exchangeable with the draws; delta: the draws worse by delta. ``n`` is the number of training seeds."""
+    def run(rng, n, effect):
+        members = {f"f{i}": (rng.normal(0.0, delta, n), rng.normal(effect or 0.0, delta, (n, draws)))
+                   for i in range(families)}
+        return D.beats_draws(members, delta=delta).outcome.value
 
     return run
 
@@ -312,9 +347,9 @@ def rules() -> dict[str, Rule]:
         Rule("steer-gap", ("STEER-ALL",), "STEER-ALL residuals", ("steer", "n_test"), float(steer["delta"]),
              _greater_rule("STEER-ALL", float(steer["delta"]), 11), powered=False),
         Rule("direction-beats-controls", ("STEER-RANDOM", "STEER-TRANSFER"), "STEER-RANDOM residuals",
-             ("steer", "n_test"), float(_claim_params("STEER-RANDOM")["delta"]),
-             _greater_rule("STEER-RANDOM", float(_claim_params("STEER-RANDOM")["delta"]), 11),
-             "the controls' percentile taken as known (its uncertainty: Verdicts v3, 2/2)", powered=False),
+             ("steer", "n_test"), float(_claim_params("STEER-RANDOM")["delta"]), _controls_rule("STEER-RANDOM", 11),
+             "100 random controls drawn per simulation; the percentile's order-statistic CI enters the decision",
+             powered=False),
         Rule("quant-ratio", ("QUANT-KL",), "QUANT-KL log-ratio residuals", ("quant", "n_eval"),
              float(np.log1p(float(quant["delta"]))), _greater_rule("QUANT-KL", float(np.log1p(float(quant["delta"]))),
                                                                    11)),
@@ -325,6 +360,11 @@ def rules() -> dict[str, Rule]:
         Rule("own-atlas-pairs", ("OWN-ATLAS",), "OWN-ATLAS depth-difference residuals", ("atlas", "rigorous_per_family"),
              float(own["depth_tolerance"]), _differs_rule("OWN-ATLAS", float(own["depth_tolerance"]), 1, 12),
              "one pair of cpu models; two-sided, Holm across pairs; against: equivalence within depth_tolerance"),
+        Rule("lora-runs-beat-draws", ("LORA-ATLAS",), "normal runs (SD = delta, assumed)", ("lora", "n_train_seeds"),
+             float(_claim_params("LORA-ATLAS")["delta"]), _runs_rule(float(_claim_params("LORA-ATLAS")["delta"]), 3,
+                                                                     _full_lora_draws()),
+             "the unit is the training run (n = training seeds, with the full plan's random draws); the rank test "
+             "is exact under exchangeability whatever the distribution", powered=False),
         Rule("lockin-early-beats-base", ("LOCKIN",), "top-5 overlaps (binomial 5)", ("lora", "lock_per_family"),
              float(lock["delta"]), _lockin_rule(float(lock["delta"]), 3), "bounded: Hoeffding (conservative)",
              powered=False),
@@ -348,6 +388,10 @@ def plan_sizes(rule: Rule) -> list[int]:
             n = int(tier[block][key])
             ns.add(max(1, n // 11) if block in ("steer", "quant") else n)
     return sorted(ns)
+
+
+def _full_lora_draws() -> int:
+    return int(tomllib.loads(PLANS.read_text())["plans"][FULL_PLAN]["cpu"]["lora"]["n_random"])
 
 
 def full_plan_n(rule: Rule) -> int:

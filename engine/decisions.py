@@ -15,6 +15,8 @@ Every rule of the catalogue is built from these primitives, each returning an :c
   other units), or an exact tie of the top two in a measurement that can see the units. An exact tie where the
   measurement's erasure guard fired (``erasing``: the ablated output does not depend on the prompt) is a failed
   precondition: undecided "the method cannot separate layers on this architecture", never evidence.
+* :func:`beats_draws` - "our training runs beat the random-matched draws" (LoRA claims): the unit is the run; an
+  exact rank-sum permutation p-value over seeds (its floor 1 / (D + 1) ** S sizes the plans), against over runs.
 * :func:`differs` - "some pair differs" (OWN-ATLAS): two-sided per member, Holm; against when every member is
   equivalent to 0 within ``delta``.
 * :func:`for_every` - "at every layer / on every family / for every configuration": one-sided p-values of every
@@ -100,6 +102,8 @@ class Evidence:
     def per_family(self) -> int:
         """The smallest number of examples in a family (the n a calibration table is read at)."""
         groups = self.data.get("groups")
+        if self.primitive == "beats_draws":  # the unit is the training run: training seeds
+            return min((len(m["ours"]) for m in self.data.get("members", {}).values()), default=0)
         if groups is None and "members" in self.data:
             counts = [_smallest_stratum(m["groups"]) for m in self.data["members"].values()]
             return min(counts) if counts else 0
@@ -251,7 +255,7 @@ def interval(values: Sequence[float] | np.ndarray, groups: Sequence[str], *, lev
         half = scale * math.sqrt(math.log(2.0 / alpha2) / 2.0)
         return Interval(low=estimate - half, high=estimate + half, standard_error=scale / 2.0, method="hoeffding",
                         half_width_scale=scale, **common)
-    if np.ptp(arr) == 0 and (not discrete or arr[0] == 0):
+    if len(arr) >= 2 and np.ptp(arr) == 0 and (not discrete or arr[0] == 0):
         # every value the same: a measurement that could not vary (a checkpoint equal to the base model, a hook that
         # changed nothing); a discrete measurement (argmax depths) that could vary and gave one non-zero value in
         # every prompt is left to the sign-flip test below
@@ -322,9 +326,10 @@ def greater(diffs: Sequence[float], groups: Sequence[str], *, delta: float, labe
     precondition of the rule did not hold: undecided for that reason whatever the CI says (stored, so
     :func:`recompute` decides the same). ``bounds``: the range of the per-example values (Hoeffding's interval).
     """
-    if not delta >= 0 or not math.isfinite(delta):
-        raise ValueError(f"greater({label}): delta must be finite and >= 0 (the smallest effect of interest; 0: a "
-                         f"threshold claim), got {delta}")
+    if not math.isfinite(delta):
+        raise ValueError(f"greater({label}): delta must be finite (the smallest effect of interest; 0: a threshold "
+                         f"claim; negative: against only below it, e.g. after an estimated threshold's "
+                         f"uncertainty is taken off the margin), got {delta}")
     diffs = np.asarray(diffs, dtype=np.float64)
     iv = interval(diffs, groups, level=level, bounds=bounds, n_resamples=n_resamples, seed=seed, discrete=discrete)
     params = ({"delta": delta, "level": level, "n_resamples": n_resamples, "seed": seed, "rationale": rationale,
@@ -578,6 +583,109 @@ def differs(members: Mapping[str, tuple[Sequence[float], Sequence[str]]], *, del
                     n_to_decide=n_next, **{**common, "details": {**details, "projection": how}})
 
 
+def rank_sum_p(ranks: Sequence[int], n_draws: int) -> float:
+    """Exact P(T <= t) of the sum T of independent ranks, each uniform on 1..n_draws + 1 (the null: a run is
+    exchangeable with its draws), at t = sum(ranks): the permutation p-value of "our runs rank low" combined over
+    seeds. Its floor is (1 / (n_draws + 1)) ** len(ranks)."""
+    k = n_draws + 1
+    dist = np.ones(1)
+    for _ in ranks:
+        dist = np.convolve(dist, np.ones(k) / k)  # index i: T = len(ranks) + i
+    t = int(sum(ranks)) - len(ranks)
+    return float(dist[: t + 1].sum())
+
+
+def beats_draws(members: Mapping[str, tuple[Sequence[float], Sequence[Sequence[float]]]], *, delta: float,
+                label: str = "ours beats its draws", level: float = LEVEL, rationale: str = "",
+                precondition: str = "") -> Evidence:
+    """"Our run beats the random-matched draws" with the training run as the unit (LORA-ATLAS, SKIP-RECOVER):
+    ``members`` maps a family (or "all") to (ours [S]: our run's loss per training seed, draws [S, D]: each random
+    draw's loss for that seed; lower is better; evaluation-example noise is inside each run's mean loss).
+
+    for: per member the exact permutation p-value of our runs' rank among the draws, summed over seeds
+    (:func:`rank_sum_p`; ties count against us), rejected for every member after Holm at (1 - level) / 2.
+    against (first): for some member (Holm) the exact p-value of "ours is better by ``delta``" rejected: were it
+    so, ours + delta would be exchangeable with the draws (a location shift), so its rank from the top, summed over
+    seeds, is uniform. Else undecided, naming the floor of the p-value. The CI over runs of mean(draws) - ours (the
+    t interval over the seeds' gaps; with one seed, over the draws' gaps to our one run, whose own noise is then
+    not observable) is reported, never deciding.
+    """
+    if not members:
+        raise ValueError(f"beats_draws({label}): no members")
+    if not math.isfinite(delta):
+        raise ValueError(f"beats_draws({label}): delta must be finite, got {delta}")
+    alpha = (1 - level) / 2
+    names, p_for, p_against, estimates, cis, floors, ranks_of = [], [], [], {}, {}, {}, {}
+    for name, (ours, draws) in members.items():
+        ours, draws = np.asarray(ours, float).reshape(-1), np.atleast_2d(np.asarray(draws, float))
+        if draws.shape[0] != ours.shape[0] or not np.isfinite(ours).all() or not np.isfinite(draws).all():
+            raise ValueError(f"beats_draws({label}): member {name}: draws must be [n_seeds, n_draws] matching ours "
+                             f"{ours.shape} and finite, got {draws.shape}")
+        ranks = [1 + int(np.sum(d <= o)) for o, d in zip(ours, draws)]
+        gaps = draws.mean(axis=1) - ours
+        # over runs: the seeds' gaps (each seed's own run noise included); with one seed, the draws' gaps to our one
+        # run (our run's own noise is then not observable)
+        per_run = gaps if len(ours) >= 2 else (draws[0] - ours[0])
+        iv = interval(per_run, ["runs"] * len(per_run), level=level)
+        # against: were ours better by delta, ours + delta would be exchangeable with the draws (a location shift);
+        # its rank from the top, summed over seeds, is the exact p-value of "not better by delta" (ties count for us)
+        shifted = [1 + int(np.sum(d >= o + delta)) for o, d in zip(ours, draws)]
+        names.append(str(name))
+        ranks_of[str(name)] = ranks
+        p_for.append(rank_sum_p(ranks, draws.shape[1]))
+        p_against.append(rank_sum_p(shifted, draws.shape[1]))
+        estimates[str(name)] = float(gaps.mean())
+        cis[str(name)] = None if iv.low is None else [float(iv.low), float(iv.high)]
+        floors[str(name)] = (1.0 / (draws.shape[1] + 1)) ** len(ours)
+    all_for, some_against = holm(p_for, alpha), holm(p_against, alpha)
+    params = {"delta": delta, "level": level, "alpha_one_sided": alpha, "rationale": rationale, "correction": "holm",
+              "unit": "training run"} | ({"precondition": precondition} if precondition else {})
+    data = {"members": {str(k): {"ours": np.asarray(v[0], float).reshape(-1).tolist(),
+                                 "draws": np.atleast_2d(np.asarray(v[1], float)).tolist()} for k, v in members.items()}}
+    n_seeds = len(next(iter(data["members"].values()))["ours"])
+    n_draws = len(next(iter(data["members"].values()))["draws"][0])
+    details = {"estimates": estimates, "cis": cis, "ranks": ranks_of, "p_for": dict(zip(names, p_for)),
+               "p_against": dict(zip(names, p_against)), "p_floor": floors, "n_runs": n_seeds * (n_draws + 1),
+               "n_training_seeds": n_seeds, "n_random_draws": n_draws}
+    only = cis[names[0]] if len(names) == 1 else None
+    common = dict(primitive="beats_draws", label=label, estimate=estimates, n=n_seeds * (n_draws + 1),
+                  n_strata=len(names), params=params, data=data, details=details,
+                  ci=None if only is None else tuple(only))
+    if precondition:
+        return Evidence(outcome=Outcome.UNDECIDED, statement=f"{label}: {precondition}", undecided=precondition,
+                        **common)
+    against = [n for n, r in zip(names, some_against) if r]
+    if against:
+        return Evidence(outcome=Outcome.AGAINST, statement=f"{label}: not better than the draws by delta {delta:g} "
+                                                           f"(exact shifted-rank p, Holm) at {', '.join(against)}",
+                        **common)
+    if all(all_for):
+        return Evidence(outcome=Outcome.FOR, statement=f"{label}: our runs rank below the draws at every member "
+                                                       f"(exact rank-sum p, Holm at {alpha:g}): "
+                        + ", ".join(f"{n} p = {p:.3g}" for n, p in zip(names, p_for)), **common)
+    floor = max(floors.values())
+    reachable = floor <= alpha / len(names)
+    why = (f"not every member's rank p-value is below its Holm level ("
+           + ", ".join(f"{n} p = {p:.3g}" for n, p in zip(names, p_for)) + ")"
+           + ("" if reachable else f"; with {n_seeds} training seed(s) x {n_draws} draw(s) the p-value cannot go "
+                                   f"below {floor:.3g} > {alpha / len(names):.3g}: the plan needs more runs "
+                                   f"({smallest_runs(len(names), level)})"))
+    return Evidence(outcome=Outcome.UNDECIDED, statement=f"{label}: {why}", undecided=why, **common)
+
+
+def smallest_runs(n_members: int, level: float = LEVEL) -> str:
+    """The smallest (training seeds, draws) at which :func:`beats_draws` can decide for ``n_members`` (Holm): the
+    exact p-value's floor (1 / (D + 1)) ** S at or below the first Holm level."""
+    target = (1 - level) / 2 / n_members
+    options = []
+    for seeds in (1, 2, 3, 4, 5):
+        draws = max(1, math.ceil(target ** (-1.0 / seeds) - 1 - 1e-9))
+        while (1.0 / (draws + 1)) ** seeds > target:
+            draws += 1
+        options.append(f"{seeds} seed(s) x {draws} draws")
+    return "at least one of: " + ", ".join(options)
+
+
 # ------------------------------------------------------------------------------------------------ projection
 
 
@@ -624,7 +732,7 @@ def calibrated_min_n(claim: str) -> tuple[int | None, str]:
 # ------------------------------------------------------------------------------------------------ offline
 
 
-PRIMITIVES = {"greater", "argmax", "for_every", "differs"}
+PRIMITIVES = {"greater", "argmax", "for_every", "differs", "beats_draws"}
 
 
 def recompute(evidence: Evidence | Mapping[str, Any]) -> Evidence:
@@ -664,6 +772,10 @@ def recompute(evidence: Evidence | Mapping[str, Any]) -> Evidence:
         return for_every(members, delta=p["delta"], label=ev.label, level=p["level"], n_resamples=n_resamples,
                          seed=p["seed"], rationale=p.get("rationale", ""), precondition=p.get("precondition", ""),
                          bounds=bounds, discrete=bool(p.get("discrete")))
+    if ev.primitive == "beats_draws":
+        members = {k: (m["ours"], m["draws"]) for k, m in d["members"].items()}
+        return beats_draws(members, delta=p["delta"], label=ev.label, level=p["level"],
+                           rationale=p.get("rationale", ""), precondition=p.get("precondition", ""))
     if ev.primitive == "differs":
         members = {k: (m["values"], m["groups"]) for k, m in d["members"].items()}
         return differs(members, delta=p["delta"], label=ev.label, level=p["level"], n_resamples=n_resamples,

@@ -165,12 +165,19 @@ def test_steer_random_reaches_each_outcome(kwargs, expected, why):
 
 
 def test_control_rule_compares_the_direction_with_the_highest_control_percentile():
+    """Catalogue v3 (Verdicts v3, 2/2 item 6): the random set's 95th percentile is an estimate from 101 vectors,
+    so the direction is compared with the upper end of its order-statistic CI (for) and the lower end + delta
+    (against); the off-target set is every other family's direction, so its percentile is exact."""
     effects, g = sample(1.0, 0.1, 10), groups(10)
     controls = {"random": np.linspace(0, 1, 101).tolist(), "off_target": [0.2] * 11}
     ev = S.control_rule(effects, g, controls, params("STEER-RANDOM"))
-    assert ev.details["thresholds"]["random"] == pytest.approx(0.95)
-    np.testing.assert_allclose(ev.data["values"], effects - 0.95)
-    assert ev.details["direction_ci"][0] == pytest.approx(ev.ci[0] + 0.95)
+    low, point, high = S.percentile_ci(controls["random"], 95)
+    assert ev.details["thresholds"]["random"] == pytest.approx(0.95) == pytest.approx(point)
+    assert low < 0.95 < high and ev.details["threshold_ci"] == [low, high]
+    np.testing.assert_allclose(ev.data["values"], effects - high)
+    assert ev.params["delta"] == pytest.approx(params("STEER-RANDOM")["delta"] - (high - low))
+    assert ev.details["direction_ci"][0] == pytest.approx(ev.ci[0] + high)
+    assert S.percentile_ci(list(range(32)), 95)[2] == float("inf")  # 32 vectors cannot bound it from above
 
 
 # ------------------------------------------------------------------------------------------------ STEER-TRANSFER
@@ -329,6 +336,8 @@ def test_a_planted_direction_is_confirmed_and_its_unplanted_twin_is_not():
         outcomes[beta] = (verdict("STEER-RANDOM", rigorous).verdict, rigorous.holds)
     planted, twin = outcomes[PLANT_BETA], outcomes[0.0]
     assert planted[0] is Verdict.CONFIRMED, planted[1].statement
-    assert 1.0 <= planted[1].estimate / p["delta"] <= 2.0, planted[1].statement  # a planted effect of 1-2x delta
+    d = planted[1].details  # the effect over the controls' p95 (its point estimate; the rule uses its CI's ends)
+    over = planted[1].estimate + d["threshold_ci"][1] - d["threshold"]
+    assert 1.0 <= over / p["delta"] <= 2.0, planted[1].statement  # a planted effect of 1-2x delta
     assert twin[0] is not Verdict.CONFIRMED, twin[1].statement
     assert planted[1].n == twin[1].n == 110

@@ -135,6 +135,18 @@ class Sweep:
         i, j = np.unravel_index(int(np.nanargmax(sub)), sub.shape)
         return self.layers[i], self.scales[cols[j]], float(self.effect[i, cols[j]])
 
+    def best_scale_at(self, layer: int, sign: int = 1) -> tuple[float, float]:
+        """(scale, effect) of the largest ``sign * effect`` at ``layer`` among scales of that sign: a layer scored at
+        its own best scale (chosen on the same select prompts as the sweep's pick)."""
+        if layer not in self.layers:
+            raise SteeringError(f"sweep has no layer {layer} (layers {self.layers[0]}..{self.layers[-1]})")
+        cols = [j for j, s in enumerate(self.scales) if s * sign > 0]
+        if not cols:
+            raise SteeringError(f"sweep has no scale of sign {sign:+d} (scales {self.scales})")
+        row = sign * self.effect[self.layers.index(layer), cols]
+        j = int(np.nanargmax(row))
+        return self.scales[cols[j]], float(self.effect[self.layers.index(layer), cols[j]])
+
     def layer_effects(self, scale: float) -> np.ndarray:
         return self.effect[:, self.scales.index(scale)]
 

@@ -105,38 +105,54 @@ def _param(params: Mapping[str, Any], key: str) -> Any:
 # ------------------------------------------------------------------------------------------------ decisions
 
 
+def _family_means(values: np.ndarray, groups: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per family, the mean over that family's examples along the last axis (a run's loss on the family)."""
+    groups = np.asarray([str(g) for g in groups])
+    return {f: values[..., groups == f].mean(axis=-1) for f in dict.fromkeys(groups.tolist())}
+
+
 def decide_atlas(atlas: np.ndarray, random: np.ndarray, groups: Sequence[str], *, delta: float, rationale: str = "",
-                 min_seeds: int = 3, min_draws: int = 10, label: str = "random mean - atlas loss") -> D.Evidence:
-    """LORA-ATLAS: ``atlas`` [n_seeds, n_examples] and ``random`` [n_seeds, n_draws, n_examples] losses per example.
-    Per example: the mean over seeds of (mean over draws of random) - atlas; on every family (Holm, for_every) > 0:
-    for; some family < delta: against. Fewer seeds / draws than the rule's minimum: undecided."""
+                 min_seeds: int = 3, min_draws: int = 10, label: str = "atlas-guided runs vs random-matched draws"
+                 ) -> D.Evidence:
+    """LORA-ATLAS (catalogue v3: the unit is the training run): ``atlas`` [n_seeds, n_examples] and ``random``
+    [n_seeds, n_draws, n_examples] held-out losses per example. Per family, each run's mean loss on that family;
+    :func:`engine.decisions.beats_draws`: the atlas-guided run's rank among the random-matched draws per seed,
+    combined over seeds (an exact permutation p-value), on every family (Holm): for; on some family the CI over runs
+    of mean(random) - atlas below delta: against. Fewer seeds / draws than the rule's minimum: undecided."""
     atlas, random = np.atleast_2d(np.asarray(atlas, float)), np.asarray(random, float)
     if random.ndim != 3 or random.shape[0] != atlas.shape[0] or random.shape[2] != atlas.shape[1]:
         raise ValueError(f"decide_atlas: random must be [n_seeds, n_draws, n_examples] matching atlas "
                          f"{atlas.shape}, got {random.shape}")
-    diffs = (random.mean(axis=1) - atlas).mean(axis=0)
+    ours, draws = _family_means(atlas, groups), _family_means(random, groups)
     units = {"training seeds": (atlas.shape[0], min_seeds), "random-matched draws": (random.shape[1], min_draws)}
     why = _units(units)
-    ev = D.for_every(_by_family(diffs, groups), delta=delta, rationale=rationale, label=label, precondition=why)
+    ev = D.beats_draws({f: (ours[f], draws[f]) for f in ours}, delta=delta, rationale=rationale, label=label,
+                       precondition=why)
     return _floored(ev, why, units)
 
 
 def decide_oproj(losses: Mapping[str, np.ndarray], groups: Sequence[str], params: Mapping[str, int], *,
                  delta: float, rationale: str = "", tolerance: float = 0.05, reference: str = "o") -> D.Evidence:
-    """LORA-OPROJ (rigorous): ``losses[module]`` [n_seeds, n_examples] held-out losses at matched parameter counts
-    (``params``, within ``tolerance`` of each other, else ValueError: the comparison is not at matched
-    parameters). For every other module (Holm): its loss - o_proj's > 0: for; some module < delta: against."""
+    """LORA-OPROJ (rigorous; catalogue v3: the unit is the training run): ``losses[module]`` [n_seeds, n_examples]
+    held-out losses at matched parameter counts (``params``, within ``tolerance`` of each other, else ValueError:
+    the comparison is not at matched parameters). Per training seed, each module's run loss minus o_proj's (the mean
+    over family means of the held-out examples: their noise enters within the run); for every other module (Holm,
+    the t interval over seeds): > 0: for; some module below delta: against; one seed: no CI over runs."""
     counts = list(params.values())
     if max(counts) > (1 + tolerance) * min(counts):
         raise ValueError(f"decide_oproj: parameter counts {dict(params)} differ by more than {tolerance:.0%}: "
                          "the rule compares modules at matched trainable parameters")
-    ref = np.atleast_2d(np.asarray(losses[reference], float)).mean(axis=0)
+
+    def run_loss(v) -> np.ndarray:  # [n_seeds]: each run's mean over family means
+        fam = _family_means(np.atleast_2d(np.asarray(v, float)), groups)
+        return np.mean(np.stack(list(fam.values()), axis=0), axis=0)
+
+    ref = run_loss(losses[reference])
     members = {f"{MODULE_LEAF.get(m, m)} - {MODULE_LEAF.get(reference, reference)}":
-               (np.atleast_2d(np.asarray(v, float)).mean(axis=0) - ref, list(groups))
-               for m, v in losses.items() if m != reference}
+               (run_loss(v) - ref, ["runs"] * len(ref)) for m, v in losses.items() if m != reference}
     units = {"other modules compared": (len(members), len(OTHER_MODULES))}
     why = _units(units)
-    ev = D.for_every(members, delta=delta, rationale=rationale, label="other module's loss - o_proj's",
+    ev = D.for_every(members, delta=delta, rationale=rationale, label="other module's run loss - o_proj's",
                      precondition=why)
     return _floored(ev, why, units)
 
@@ -207,14 +223,19 @@ def decide_lockin(checkpoint_overlap: Sequence[float], base_overlap: Sequence[fl
 
 def decide_skip(atlas: Sequence[float], random: np.ndarray, groups: Sequence[str], *, delta: float,
                 rationale: str = "", min_draws: int = 10) -> D.Evidence:
-    """SKIP-RECOVER: ``atlas`` [n_examples] and ``random`` [n_draws, n_examples] held-out losses after skip +
-    recovery; per example mean random - atlas: CI lower > 0: for; upper < delta: against; fewer random skips than
-    the rule's minimum: undecided."""
+    """SKIP-RECOVER (catalogue v3: the unit is the skip + recovery run): ``atlas`` [n_examples] and ``random``
+    [n_draws, n_examples] held-out losses after skip + recovery. Each run's loss = the mean over family means;
+    :func:`engine.decisions.beats_draws`: the atlas skip's rank among the random skips (an exact p-value, floor
+    1 / (n_draws + 1)): for; the CI over the random runs of (random - atlas) below delta: against; fewer random
+    skips than the rule's minimum: undecided."""
     atlas, random = np.asarray(atlas, float), np.atleast_2d(np.asarray(random, float))
+    fam_a, fam_r = _family_means(atlas, groups), _family_means(random, groups)
+    ours = np.asarray([np.mean(list(fam_a.values()))])
+    draws = np.mean(np.stack(list(fam_r.values()), axis=0), axis=0)[None, :]  # [1, n_draws]
     units = {"random skips": (random.shape[0], min_draws)}
     why = _units(units)
-    ev = D.greater(random.mean(axis=0) - atlas, groups, delta=delta, rationale=rationale, precondition=why,
-                   label="random mean - atlas recovered loss")
+    ev = D.beats_draws({"all families": (ours, draws)}, delta=delta, rationale=rationale, precondition=why,
+                       label="atlas skip vs random skips (recovered held-out loss)")
     return _floored(ev, why, units)
 
 
@@ -248,10 +269,12 @@ def lora_atlas(bench: LoraBench, params: Mapping[str, Any]) -> tuple[Finding, Fi
                          "Its method cannot test the random-matched distribution (one draw) nor stability across "
                          "training seeds (one seed): not decided. All-linear figures come from the shared (masked) "
                          "run.")
-        out[protocol] = Finding(protocol, {**bench.common_figures(), **figures}, holds=ev, ci=ci,
-                                expectation=f"on every family (Holm) the CI of (random mean - atlas) {figures['metric']}"
-                                            f" > 0; >= {params['min_seeds']} training seeds, >= "
-                                            f"{params['min_draws']} random-matched draws",
+        runs = {k: ev.details.get(k) for k in ("n_runs", "n_training_seeds", "n_random_draws")}
+        out[protocol] = Finding(protocol, {**bench.common_figures(), **figures, **runs}, holds=ev, ci=ci,
+                                expectation=f"on every family (Holm) the atlas-guided run ranks below the random-matched "
+                                            f"draws ({figures['metric']}; exact rank-sum p over training seeds); "
+                                            f">= {params['min_seeds']} training seeds, >= {params['min_draws']} "
+                                            f"random-matched draws; the unit is the training run",
                                 seeds=figures["training_seeds"], notes=notes)
     return out["seed"], out["rigorous"]
 

@@ -136,7 +136,8 @@ def steer_study(lm, sizes: SteerSizes, guess_layer: int | None = None, heatmap_d
 
     rigorous: difference-of-means directions at every layer; a layers x scales sweep on the *select* prompts
     (target set = the family's distinctive answer tokens); the best positive (layer, scale) of the sweep, then, on
-    the disjoint held-out *test* prompts: its per-prompt effect, the hub-only guess layer's at the same scale,
+    the disjoint held-out *test* prompts: its per-prompt effect, the hub-only guess layer's at the guess layer's own
+    best scale (also chosen on the select prompts: scoring it at the sweep winner's scale would favour the sweep),
     ``n_random`` random vectors of equal norm and the other families' difference-of-means directions (off-target,
     equal norm) at the same layer and scale.
     seed: the seed's procedure (prompt's own mean activation, norm |s|, sign dropped, all positions, abs KL in
@@ -154,7 +155,8 @@ def steer_study(lm, sizes: SteerSizes, guess_layer: int | None = None, heatmap_d
     best_layer, best_scale, best_select_effect = grid.best(+1)
     test = prepare(lm, data.test, targets, template=tpl)
     best = steer_direction(test, directions, best_layer, best_scale, sizes.units)
-    at_guess = steer_direction(test, directions, guess, best_scale, sizes.units)
+    guess_scale, _ = grid.best_scale_at(guess, +1)  # the guess layer at its own best scale (select prompts)
+    at_guess = steer_direction(test, directions, guess, guess_scale, sizes.units)
     all_layers = steer_direction(test, directions, "all", best_scale / lm.n_layers, sizes.units)
     control = random_control(test, directions, best_layer, best_scale, sizes.units, sizes.n_random,
                              sizes.percentile, sizes.seed)
@@ -179,7 +181,8 @@ def steer_study(lm, sizes: SteerSizes, guess_layer: int | None = None, heatmap_d
         "rigorous": {
             "sweep": grid.to_dict(), "best_layer": best_layer, "best_scale": best_scale,
             "best_select_effect": best_select_effect, "best_test_effect": best.effect,
-            "guess_test_effect": at_guess.effect, "best_test_kl": best.mean_kl, "vector_norm": best.vector_norm,
+            "guess_test_effect": at_guess.effect, "guess_scale": guess_scale, "best_test_kl": best.mean_kl,
+            "vector_norm": best.vector_norm,
             "resid_norm": float(directions.resid_norm[directions.index(best_layer)]),
             "all_layers_scale": best_scale / lm.n_layers, "all_layers_effect": all_layers.effect,
             "all_layers_kl": all_layers.mean_kl, "random": control.to_dict(),
@@ -258,40 +261,69 @@ def gap_rule(a: Sequence[float], b: Sequence[float], groups: Sequence[str], para
     return D.greater(D.paired(a, b), groups, delta=delta, label=label, rationale=why)
 
 
+SAMPLED_CONTROLS = ("random",)  # control sets drawn from a distribution (their percentile is an estimate)
+
+
 def control_rule(effects: Sequence[float], groups: Sequence[str], controls: Mapping[str, Sequence[float]],
                  params: Mapping[str, Any], *, label: str = "direction - controls' p95") -> D.Evidence:
     """STEER-RANDOM's (and STEER-TRANSFER's) rule: the direction's per-prompt target effect against the
     ``params["random_percentile"]`` (95) percentile of each control set's effects (random equal-norm vectors,
-    off-target directions, ...). "A > B" (:func:`engine.decisions.greater`) on the per-prompt effect minus the
-    highest control percentile: for when the direction's CI lower bound is above it (CONFIRMED), against when the
-    CI upper bound is below it + delta (FAILED), else undecided. A control set below its minimum count
-    (``params["min_<name>"]``) leaves the rule undecided: "below the rule's minimum n"."""
+    off-target directions, ...). For a sampled set (random vectors) the percentile is an estimate from m controls:
+    its distribution-free 95% CI from order statistics (binomial) enters the decision; the off-target directions are
+    every other family's, the whole population, so their percentile is known. for: the direction's CI lower bound is above the *upper* bound
+    of the highest control percentile (CONFIRMED); against: the direction's CI upper bound is below the *lower*
+    bound of that percentile + delta (FAILED); else undecided. :func:`engine.decisions.greater` on the effect minus
+    the percentile's upper bound, with delta reduced by the percentile's CI width. A control set below its minimum
+    count (``params["min_<name>"]``), or too small to bound its percentile from above, leaves the rule undecided."""
     delta, why = rule_params(params)
     p = float(params.get("random_percentile", 95))
     if not controls:
         raise StudyError(f"{label}: no control set")
-    thresholds = {name: float(np.percentile(np.asarray(v, dtype=np.float64), p)) if len(v) else float("nan")
-                  for name, v in controls.items()}
-    known = [t for t in thresholds.values() if np.isfinite(t)]
-    threshold = max(known) if known else 0.0
-    ev = D.greater(np.asarray(effects, dtype=np.float64) - threshold, groups, delta=delta, label=label,
+    # a sampled control set (random vectors) estimates its distribution's percentile: its order-statistic CI; an
+    # exhaustive one (the off-target directions of every other family) is the whole population: its percentile is
+    # known, not estimated
+    bounds = {name: percentile_ci(v, p) if name in SAMPLED_CONTROLS else (float(np.percentile(v, p)),) * 3
+              for name, v in controls.items()}
+    known = {name: b for name, b in bounds.items() if np.isfinite(b[1]) and np.isfinite(b[2])}
+    thresholds = {name: b[1] for name, b in bounds.items()}  # the point estimate
+    worst = max(known, key=lambda n: known[n][2]) if known else None  # the highest upper bound decides
+    low, point, high = known[worst] if worst else (0.0, 0.0, 0.0)
+    ev = D.greater(np.asarray(effects, dtype=np.float64) - high, groups, delta=delta - (high - low), label=label,
                    rationale=why)
     counts = {name: len(v) for name, v in controls.items()}
     minimum = {name: int(params.get(f"min_{name}", 1)) for name in controls}
-    details = {"percentile": p, "thresholds": thresholds, "threshold": threshold, "control_counts": counts,
+    details = {"percentile": p, "thresholds": thresholds, "threshold": max(thresholds.values()),
+               "threshold_ci": [low, high], "deciding_control": worst,
+               "percentile_cis": {k: list(v) for k, v in bounds.items()}, "control_counts": counts,
                "control_minimum": minimum, "controls": {k: [float(x) for x in v] for k, v in controls.items()},
-               "direction_ci": None if ev.ci is None else [ev.ci[0] + threshold, ev.ci[1] + threshold]}
+               "direction_ci": None if ev.ci is None else [ev.ci[0] + high, ev.ci[1] + high]}
     ev = replace(ev, details={**ev.details, **details}, params={**ev.params, "percentile": p, "min_controls": minimum})
     short = [f"{name}: {counts[name]} < {minimum[name]}" for name in controls if counts[name] < minimum[name]]
+    unbounded = [name for name, b in bounds.items() if len(controls[name]) and not np.isfinite(b[2])]
     if short:
         return undecided(ev, f"below the rule's minimum number of controls ({', '.join(short)})")
+    if unbounded:
+        return undecided(ev, f"too few controls to bound their {p:g}th percentile from above ({', '.join(unbounded)})")
     return ev
 
 
-# --------------------------------------------------------------------------------------------- claim procedures
-#
-# ``load_model(key) -> LoadedModel``: the claims' session loader. ``sizes``: ``sizes_for(claim.tier, claim.params)``;
-# ``params``: the claim's ``[claim.params]`` (rule thresholds). Each returns (seed, rigorous) findings.
+def percentile_ci(values: Sequence[float], p: float, level: float = 0.95) -> tuple[float, float, float]:
+    """(lower, estimate, upper) of the ``p``-th percentile of ``values``: the distribution-free CI from order
+    statistics (the number of values below the true percentile is Binomial(m, p/100)); an end the sample cannot
+    reach is -inf / +inf."""
+    from scipy import stats as sps
+
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    m = len(x)
+    if m == 0:
+        return float("-inf"), float("nan"), float("inf")
+    q = p / 100.0
+    alpha = (1 - level) / 2
+    lo_k = int(sps.binom.ppf(alpha, m, q))  # order statistic x_(lo_k) (1-based) lies below the percentile
+    hi_k = int(sps.binom.ppf(1 - alpha, m, q)) + 1
+    low = float(x[lo_k - 1]) if lo_k >= 1 else float("-inf")
+    high = float(x[hi_k - 1]) if hi_k <= m else float("inf")
+    return low, float(np.percentile(x, p)), high
 
 
 def hub_guess(tier: str, seed_figures: Mapping[str, Any]) -> int | None:
@@ -333,8 +365,8 @@ def steer_all_findings(study: dict, sizes: SteerSizes, heatmap_dir: str | Path, 
         "rigorous",
         figures={"best_layer": rig["best_layer"], "best_scale": rig["best_scale"], "hub_guess_layer": guess,
                  "best_depth": r4(rig["best_layer"] / (n_layers - 1)), "best_effect": r4(rig["best_test_effect"]),
-                 "guess_effect": r4(rig["guess_test_effect"]), "gap": r4(ev.estimate), "n_test": ev.n,
-                 "delta": ev.params["delta"],
+                 "guess_effect": r4(rig["guess_test_effect"]), "guess_scale": rig.get("guess_scale"),
+                 "gap": r4(ev.estimate), "n_test": ev.n, "delta": ev.params["delta"],
                  "effect_by_layer": [r4(x) for x in sweep_.layer_effects(rig["best_scale"])],
                  "all_layers_effect": r4(rig["all_layers_effect"]), "layers_swept": len(sweep_.layers),
                  "targets": study["targets"]},
@@ -355,7 +387,10 @@ def steer_all_findings(study: dict, sizes: SteerSizes, heatmap_dir: str | Path, 
                                  "a target effect (the seed's only metric is abs KL, sign dropped)"]},
         holds=sev, ci=_ci(sev), seeds=[sizes.seed],
         notes=[(f"seed procedure (own mean activation, norm |s|={abs(seed['scale'])}, sign dropped, all positions, "
-               f"abs KL fp16) at every layer on {sev.n} prompts; 'best' = largest mean KL; {sev.statement}")],
+               f"abs KL fp16) at every layer on {sev.n} prompts; 'best' = largest mean KL; {sev.statement}. The "
+               f"seed picks and scores its best layer on the same prompts: the selection inflates the gap (a review's "
+               f"simulation: 28-35% CONFIRMED with no layer effect), so read this verdict beside the rigorous "
+               f"protocol's held-out one ({ev.outcome.value}: {ev.statement})")],
     )
     return seed_finding, rigorous
 

@@ -36,9 +36,12 @@ def residual_mean_ratios(lm, examples, batch_size: int = 16) -> dict[str, Any]:
     """Per layer, ||mean residual|| / mean ||residual|| over real tokens: all tokens (as a single pool), and per
     position class (first token, body, answer position) - the first token often carries a huge constant vector.
 
-    Also, per example (key ``"per_example"``, rows in token-length order, with ``"families"``): the median over
-    layers of ||pooled body mean|| / that prompt's mean body-token norm, the per-prompt reading of the body ratio
-    that the rule's bootstrap resamples (the pooled mean itself is held fixed).
+    Also, per example (key ``"per_example"``, rows in token-length order, with ``"families"``): jackknife
+    pseudo-values of the pooled body ratio (the median over layers of ||pooled body mean|| / pooled mean body-token
+    norm, a ratio of means): n theta - (n - 1) theta_(-i), where theta_(-i) leaves prompt i out of both pools. Their
+    mean is the jackknife estimate and their spread carries the uncertainty of the pooled mean itself (resampling
+    the prompts that form it), so the rule's interval on them is the interval of the pooled ratio, not of
+    per-prompt ratios around a mean held fixed. ``"body_ratio_pooled"``: theta on every prompt.
     """
     examples = by_length(lm, examples)
     return cached_measurement("residual-mean-ratios", lm, examples,
@@ -53,6 +56,8 @@ def _residual_mean_ratios(lm, examples, batch_size: int) -> dict[str, Any]:
     norms = {k: np.zeros(lm.n_layers) for k in sums}
     counts = dict.fromkeys(sums, 0)
     body_norm = np.zeros((len(examples), lm.n_layers))  # per example: mean body-token norm per layer
+    ex_sum = np.zeros((len(examples), lm.n_layers, lm.d_model), dtype=np.float32)  # per example: body-token sum
+    ex_norm = np.zeros((len(examples), lm.n_layers))  # per example: summed body-token norms
     row = 0
     for chunk in batch.chunks(batch_size):
         got = capture(lm, chunk, sites)
@@ -69,12 +74,26 @@ def _residual_mean_ratios(lm, examples, batch_size: int) -> dict[str, Any]:
                 if key == "body":
                     m = mask.double()
                     body_norm[row:row + size, l] = ((token_norms * m).sum(-1) / m.sum(-1).clamp(min=1.0)).numpy()
+                    ex_sum[row:row + size, l] = (v * m[..., None]).sum(1).numpy()
+                    ex_norm[row:row + size, l] = (token_norms * m).sum(-1).numpy()
         row += size
     out: dict[str, Any] = {
         k: [float(np.linalg.norm(sums[k][l] / max(counts[k], 1)) / max(norms[k][l] / max(counts[k], 1), 1e-30))
             for l in range(lm.n_layers)] for k in sums}
-    body_mean = np.linalg.norm(sums["body"] / max(counts["body"], 1), axis=-1)  # [n_layers]
-    out["per_example"] = np.median(body_mean[None, :] / np.maximum(body_norm, 1e-30), axis=1).tolist()
+    total_sum, total_norm = ex_sum.astype(np.float64).sum(0), ex_norm.sum(0)  # [L, d], [L]
+
+    def theta(vec_sum: np.ndarray, norm_sum: np.ndarray) -> float:  # ||sum / count|| / (norms / count)
+        return float(np.median(np.linalg.norm(vec_sum, axis=-1) / np.maximum(norm_sum, 1e-30)))
+
+    full = theta(total_sum, total_norm)
+    n = len(examples)
+    if n > 1:
+        loo = np.asarray([theta(total_sum - ex_sum[i], total_norm - ex_norm[i]) for i in range(n)])
+        pseudo = n * full - (n - 1) * loo
+    else:
+        pseudo = np.asarray([full])
+    out["per_example"] = pseudo.tolist()
+    out["body_ratio_pooled"] = full
     out["families"] = [ex.family for ex in examples]
     return out
 

@@ -377,18 +377,34 @@ def decide_own_atlas(protocol: str, atlases: Mapping[str, Atlas], delta: float, 
 
 
 def decide_migration(protocol: str, atlases: Mapping[str, Atlas], delta: float, rationale: str,
-                     text: str) -> Finding:
-    """HUB-MIGRATE: along the models in scale order, every next model's per-prompt argmax depth exceeds the
-    previous one's (for_every over the consecutive pairs, Holm): CONFIRMED; some pair below ``delta``: FAILED."""
+                     text: str, hub_delta: float = 0.0) -> Finding:
+    """HUB-MIGRATE (catalogue v3): the claim is about the hub depth, the argmax of each model's mean ablation effect,
+    so each model's "an argmax exists" (:func:`engine.decisions.argmax`, with its uncertainty) decides its hub; then
+    along the models in scale order the hub depths rise by more than ``delta`` at every step: CONFIRMED; every
+    model's hub decided and some step does not rise by ``delta``: FAILED (the decided hubs' evidence); a hub not
+    decided (or a tie): INCONCLUSIVE. Per-prompt argmax depths are reported, never deciding."""
     keys = list(atlases)
-    members = {f"{b} - {a}": _paired_depths(atlases, a, b) for a, b in pairwise(keys)}
-    holds = D.for_every(members, delta=delta, rationale=rationale, label="argmax depth rises with scale", discrete=True,
-                        n_resamples=atlases[keys[0]].n_resamples, seed=atlases[keys[0]].seed)
-    exists = {k: argmax_evidence(a) for k, a in atlases.items()}
-    figures = {"models": keys, "hub_depths": [_depth(argmax_of(exists[k]), atlases[k].n_layers) for k in keys],
-               "hub_layers": [argmax_of(exists[k]) for k in keys], "argmax_layers": [exists[k].estimate for k in keys],
-               "per_model": argmax_figures(exists)}
-    return Finding(protocol, figures, holds=holds, seeds=[SEEDS[0]], notes=[f"{text} {holds.statement}."])
+    exists = {k: argmax_evidence(a, label=f"argmax layer ({k})", delta=hub_delta) for k, a in atlases.items()}
+    hubs_ = {k: argmax_of(e) for k, e in exists.items()}
+    depths = {k: _depth(hubs_[k], atlases[k].n_layers) for k in keys}
+    undecided = ""
+    if any(h is None for h in hubs_.values()):
+        missing = [k for k, h in hubs_.items() if h is None]
+        undecided = f"no hub decided in {', '.join(missing)}: the depths cannot be ordered"
+        holds: Any = exists
+    else:
+        steps = {f"{b} - {a}": depths[b] - depths[a] for a, b in pairwise(keys)}
+        rises = all(v > delta for v in steps.values())
+        # every hub decided: the order of their depths follows; a step that does not rise is the claim decided
+        # against (recorded as the first model's decided hub read for the opposite statement, so recompute agrees)
+        holds = exists if rises else negate(exists[keys[0]], f"hub depths {[round(depths[k], 3) for k in keys]} do "
+                                                             f"not rise by {delta:g} at every step")
+    prompt_depths = {k: float(np.mean(list(argmax_depths(a).values()) or [np.nan])) for k, a in atlases.items()}
+    figures = {"models": keys, "hub_depths": [depths[k] for k in keys], "hub_layers": [hubs_[k] for k in keys],
+               "argmax_layers": [exists[k].estimate for k in keys], "per_model": argmax_figures(exists),
+               "depth_delta": delta, "mean_prompt_argmax_depths": [prompt_depths[k] for k in keys]}
+    return Finding(protocol, figures, holds=holds, seeds=[SEEDS[0]], undecided=undecided,
+                   notes=[f"{text} {evidence_text(exists)}."])
 
 
 def decide_coder(protocol: str, coder: Atlas, base: Atlas, text: str, delta: float = 0.0) -> Finding:
@@ -467,9 +483,10 @@ def hub_migrate(load_model: Loader, keys: Sequence[str], sizes: Sizes, params: M
         robust[key] = robustness_figures(lm, sizes, {f"seed {SEEDS[0]}": rigorous_atlases[key]})
         load_model.release(key)
     delta, why = params["depth_delta"], params["depth_delta_rationale"]
-    seed = decide_migration("seed", seed_atlases, delta, why, "Seed protocol: residual zeroing.")
+    seed = decide_migration("seed", seed_atlases, delta, why, "Seed protocol: residual zeroing.",
+                            sizes.hub_delta or 0.0)
     rigorous = decide_migration("rigorous", rigorous_atlases, delta, why,
-                                f"Rigorous protocol: layer-contribution ablation, seed {SEEDS[0]}.")
+                                f"Rigorous protocol: layer-contribution ablation, seed {SEEDS[0]}.", sizes.hub_delta or 0.0)
     rigorous.figures["robustness"] = robust
     contrast(seed, rigorous, "the ablation step (residual zeroing -> contribution removal) changes the argmax")
     return seed, rigorous
