@@ -71,7 +71,10 @@ def git_commit(cwd: str | Path = ".") -> str:
         commit = git("rev-parse", "--short=12", "HEAD")
         if not commit:
             return "nogit"
-        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        # what a run itself writes under results/ (run files, latest, registry, timings, bench charts) does not make
+        # the next run's provenance dirty; a change anywhere else does
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                                         ":(exclude)results") else "")
     except (OSError, subprocess.SubprocessError):
         return "nogit"
 
