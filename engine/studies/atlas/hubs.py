@@ -106,7 +106,8 @@ def rigorous_hub(lm, sizes: Sizes, seeds: Sequence[int] = SEEDS, *, claimed: int
     figures, holds = decide_hub(atlases, claimed, sizes.hub_delta or 0.0, sizes.hub_delta_rationale or "")
     figures["prompt_overlap"] = prompt_overlap([a.example_ids for a in atlases.values()])
     figures["robustness"] = robustness_figures(lm, sizes, atlases)
-    notes = [(f"Rigorous protocol: layer-contribution ablation, {sizes.rigorous_per_family} examples/family drawn "
+    notes = [(f"Rigorous protocol (prompt template {next(iter(atlases.values())).template!r}: raw prompts, no chat "
+              f"rendering): layer-contribution ablation, {sizes.rigorous_per_family} examples/family drawn "
              f"per seed ({figures['n_examples']} prompts/seed, Jaccard overlap {figures['prompt_overlap']:.2f}), "
              f"argmax re-selected in {sizes.n_resamples} stratified resamples per seed. {evidence_text(holds)}.")]
     return Finding("rigorous", figures, holds=holds, seeds=list(seeds), notes=notes,
