@@ -132,12 +132,15 @@ def test_the_seeds_mean_ablation_fires_everywhere_and_changes_nothing(llama):
 
 def test_residual_mean_ratios_are_per_layer_and_bounded(llama):
     ratios = A.residual_mean_ratios(llama, pool(2))
-    assert set(ratios) == {"all", "first", "body", "answer", "per_example", "families"}
+    assert set(ratios) == {"all", "first", "body", "answer", "per_example", "families", "body_ratio_pooled"}
     for key in ("all", "first", "body", "answer"):
         assert len(ratios[key]) == llama.n_layers
         assert all(0.0 <= v <= 1.0 + 1e-9 for v in ratios[key])
+    # the pooled ratio of means (the counts cancel: ||sum|| / summed norms per layer, median over layers) ...
+    assert np.isclose(ratios["body_ratio_pooled"], np.median(ratios["body"]))
+    # ... and its jackknife pseudo-values, one per prompt, whose mean is the jackknife estimate of it
     assert len(ratios["per_example"]) == len(ratios["families"]) == len(pool(2))
-    assert all(v >= 0.0 for v in ratios["per_example"])
+    assert abs(np.mean(ratios["per_example"]) - ratios["body_ratio_pooled"]) < 0.5
 
 
 # ------------------------------------------------------------------------------------------------ SKIP-ALL
