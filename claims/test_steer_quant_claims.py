@@ -105,5 +105,5 @@ def test_nf4_is_faster_than_int8(claim, model, request):
     the ratios are reported and the verdict is UNTESTED (the claim is about GPU kernels)."""
     seed, rigorous = Q.quant_speed(model, Q.sizes_for(claim.tier, claim.params),
                                    Q.steer_sizes_for(claim.tier, claim.params),
-                                   out_dir=results_dir(request, "bench"))
+                                   out_dir=results_dir(request, "bench"), params=claim.params)
     record_both(claim, seed, rigorous)

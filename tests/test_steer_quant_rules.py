@@ -341,3 +341,38 @@ def test_a_planted_direction_is_confirmed_and_its_unplanted_twin_is_not():
     assert 1.0 <= over / p["delta"] <= 2.0, planted[1].statement  # a planted effect of 1-2x delta
     assert twin[0] is not Verdict.CONFIRMED, twin[1].statement
     assert planted[1].n == twin[1].n == 110
+
+
+# ------------------------------------------------------------------------------------------------ QUANT-SPEED
+
+
+def _speed_report(int8_s: float, nf4_s: float, rounds: int = 20, spread: float = 0.02, device: str = "cuda"):
+    from engine.quant import SpeedReport, SpeedRow
+
+    rng = np.random.default_rng(3)
+
+    def row(name, t):
+        return SpeedRow(name, True, times_s=list(t * np.exp(spread * rng.standard_normal(rounds))), tokens=100,
+                        cold_s=t * 1.5)
+
+    rows = {"bf16": row("bf16", 1.0), "int8": row("int8", int8_s), "nf4-bf16": row("nf4-bf16", nf4_s),
+            "nf4-fp16": row("nf4-fp16", nf4_s), "fp16": row("fp16", 1.0), "fp32": row("fp32", 1.2)}
+    return SpeedReport("m", device, 8, 128, rounds, 3, "bf16", rows)
+
+
+@pytest.mark.parametrize("int8_s, nf4_s, spread, expected", [
+    (1.52, 1.09, 0.02, D.Outcome.FOR),  # the seed's figures: 8-bit clearly slower than NF4
+    (1.10, 1.09, 0.02, D.Outcome.AGAINST),  # within 10%: no speed reason to prefer NF4
+    (1.20, 1.09, 0.40, D.Outcome.UNDECIDED),  # noisy rounds
+])
+def test_quant_speed_on_a_gpu_is_decided_by_the_ratio_ci_of_per_round_timings(int8_s, nf4_s, spread, expected):
+    """Catalogue v3 (Verdicts v3, 2/2 item 7): QUANT-SPEED on the gpu tier decides through greater on the per-round
+    log latency ratio int8 / NF4, not a bare bool of two medians; the seed's one cold forward has no CI."""
+    from engine.studies import quant as Q
+
+    report = _speed_report(int8_s, nf4_s, spread=spread)
+    ev = Q.speed_rule(report, "nf4-bf16", "rigorous", params("QUANT-SPEED"))
+    assert ev.outcome is expected, ev.statement
+    assert ev.n == 20 and ev.params["delta"] == pytest.approx(np.log1p(params("QUANT-SPEED")["speed_delta"]))
+    seed = Q.speed_rule(report, "nf4-fp16", "seed", params("QUANT-SPEED"))
+    assert seed.outcome is D.Outcome.UNDECIDED and "no CI" in seed.undecided

@@ -267,7 +267,29 @@ def quant_kl(key: str, sizes: QuantSizes, steer_sizes: SteerSizes,
     return quant_kl_findings(cached_quant_study(key, sizes, steer_sizes), params)
 
 
-def quant_speed_findings(study: dict, out_dir: str | Path) -> tuple[Finding, Finding]:
+def speed_rule(report, nf4: str, protocol: str, params: Mapping[str, Any]) -> D.Evidence:
+    """QUANT-SPEED on the gpu tier through the decision primitives (catalogue v3): 8-bit is slower than NF4 (both
+    relative to bf16, which cancels). Per timed round, log(int8 latency) - log(NF4 latency), rounds paired by index
+    (measured side by side in one process); :func:`engine.decisions.greater`: CI lower > 0: for; CI upper below
+    log(1 + ``speed_delta``): against (a speed difference smaller than that is no reason to prefer NF4). The seed's
+    protocol has one cold forward per precision: no CI over rounds (undecided, naming it)."""
+    delta = float(params.get("speed_delta", 0.1))
+    why = str(params.get("speed_delta_rationale", ""))
+    rows = report.rows
+    if protocol == "seed":
+        a, b = [rows["int8"].cold_s or float("nan")], [rows[nf4].cold_s or float("nan")]
+    else:
+        n = min(len(rows["int8"].times_s), len(rows[nf4].times_s))
+        a, b = rows["int8"].times_s[:n], rows[nf4].times_s[:n]
+    if not (len(a) and np.isfinite(a).all() and np.isfinite(b).all() and min(a) > 0 and min(b) > 0):
+        raise StudyError(f"QUANT-SPEED: no finite timings for int8 / {nf4}")
+    diffs = np.log(np.asarray(a, float)) - np.log(np.asarray(b, float))
+    return D.greater(diffs, ["rounds"] * len(diffs), delta=float(np.log1p(delta)), rationale=why,
+                     label=f"log latency int8 - {nf4} per round")
+
+
+def quant_speed_findings(study: dict, out_dir: str | Path,
+                         params: Mapping[str, Any] | None = None) -> tuple[Finding, Finding]:
     """QUANT-SPEED from a study: NF4's slowdown vs bf16 is below int8's (rigorous: median latency after warm-up,
     NF4 with bf16 compute; seed: one cold forward, NF4 with fp16 compute). Writes the speed report (JSON + chart)
     to ``out_dir``. On CPU both protocols are untested (the claim is about GPU kernels); the ratios are in the
@@ -286,12 +308,13 @@ def quant_speed_findings(study: dict, out_dir: str | Path) -> tuple[Finding, Fin
                                 skip_test=True))
     findings = {}
     for protocol, ratios in (("rigorous", slow), ("seed", cold)):
-        nf4, int8 = ratios["nf4-bf16" if protocol == "rigorous" else "nf4-fp16"], ratios["int8"]
+        nf4_name = "nf4-bf16" if protocol == "rigorous" else "nf4-fp16"
+        nf4, int8 = ratios[nf4_name], ratios["int8"]
         findings[protocol] = Finding(
             protocol,
             figures={"nf4_slowdown": r4(nf4), "int8_slowdown": r4(int8),
                      "slowdowns": {k: r4(v) for k, v in ratios.items()}, "device": report.device},
-            holds=bool(np.isfinite(nf4) and np.isfinite(int8) and nf4 < int8),
+            holds=speed_rule(report, nf4_name, protocol, params or {}),
             notes=[f"{study['sizes']}; report {json_path}, chart {png_path}" if protocol == "rigorous" else
                    "one cold forward per precision (no warm-up, one round), NF4 with fp16 compute as the seed "
                    "loaded it"],
@@ -300,6 +323,6 @@ def quant_speed_findings(study: dict, out_dir: str | Path) -> tuple[Finding, Fin
 
 
 def quant_speed(key: str, sizes: QuantSizes, steer_sizes: SteerSizes, *,
-                out_dir: str | Path) -> tuple[Finding, Finding]:
+                out_dir: str | Path, params: Mapping[str, Any] | None = None) -> tuple[Finding, Finding]:
     """QUANT-SPEED: 8-bit is slower than NF4, relative to bf16 (measured side by side in one process)."""
-    return quant_speed_findings(cached_quant_study(key, sizes, steer_sizes), out_dir)
+    return quant_speed_findings(cached_quant_study(key, sizes, steer_sizes), out_dir, params)
