@@ -28,8 +28,9 @@ Every rule of the catalogue is built from these primitives, each returning an :c
 * some family with 1 example (the seed's and the CLI's smallest samples): the exact sign-flip test of the family
   means (all 2^H sign patterns up to 16 families, Monte Carlo beyond), inverted into a CI; it needs no
   within-family variance, so a large effect in every family is still decided;
-* bounded per-example values (``bounds``: top-5 overlaps in [0, 1]): Hoeffding's interval for the weighted mean of
-  independent bounded variables, valid at any n and never of zero width (all-equal overlaps still have a CI).
+* bounded per-example values (``bounds``: top-5 overlaps in [0, 1]) that did not vary: Hoeffding's interval for the
+  weighted mean of independent bounded variables, valid at any n and never of zero width (all-equal overlaps still
+  have a CI); bounded values that vary take the t / sign-flip path (Hoeffding's is valid but far wider).
 
 A zero-width CI from a measurement that could not vary (every value equal, or no within-family variance) is a
 failed precondition (``degenerate``), never decisive. There is no minimum-n gate: each rule's calibration
@@ -154,7 +155,7 @@ def _sign_patterns(h: int, n_resamples: int, seed: int) -> np.ndarray:
 
 
 def _flip_sums(patterns: np.ndarray, means: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    key = (id(patterns), means)
+    key = (patterns.shape, float(patterns[1:].sum()) if len(patterns) > 1 else 0.0, means)
     hit = _FLIPS.get(key)
     if hit is None:
         y = np.asarray(means)
@@ -250,6 +251,9 @@ def interval(values: Sequence[float] | np.ndarray, groups: Sequence[str], *, lev
         if arr.min() < lo_b - 1e-9 or arr.max() > hi_b + 1e-9:
             raise ValueError(f"interval: values outside the stated bounds {bounds} ([{arr.min():.4g}, "
                              f"{arr.max():.4g}])")
+    if bounds is not None and np.ptp(arr) == 0:
+        # bounded values that did not vary (every top-5 overlap 0): the t / sign-flip interval would have zero
+        # width; Hoeffding's needs no variance and is valid at any n. Values that vary take the t / sign-flip path.
         # D = sum_i c_i x_i with c_i = 1 / (H n_h): P(|D - E D| >= t) <= 2 exp(-2 t^2 / sum_i c_i^2 (hi - lo)^2)
         scale = (hi_b - lo_b) * math.sqrt(sum(1.0 / (h * h * len(s)) for s in samples))
         half = scale * math.sqrt(math.log(2.0 / alpha2) / 2.0)
@@ -380,8 +384,8 @@ def argmax(values: Sequence | np.ndarray, groups: Sequence[str], *, claimed: int
     An exact tie where ``erasing`` (the measurement's erasure guard fired): undecided, a failed precondition.
     """
     arr = np.asarray(values, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] < 2:
-        raise ValueError(f"argmax({label}): values must be [n_examples, n_units >= 2], got shape {arr.shape}")
+    if arr.ndim != 2 or arr.shape[1] < 2 or arr.shape[0] < 1:
+        raise ValueError(f"argmax({label}): values must be [n_examples >= 1, n_units >= 2], got shape {arr.shape}")
     units = list(range(arr.shape[1])) if units is None else [int(u) for u in units]
     if len(units) != arr.shape[1] or len(set(units)) != len(units):
         raise ValueError(f"argmax({label}): {len(units)} unit labels for {arr.shape[1]} columns (they must be "

@@ -294,7 +294,8 @@ def control_rule(effects: Sequence[float], groups: Sequence[str], controls: Mapp
     minimum = {name: int(params.get(f"min_{name}", 1)) for name in controls}
     details = {"percentile": p, "thresholds": thresholds, "threshold": max(thresholds.values()),
                "threshold_ci": [low, high], "deciding_control": worst,
-               "percentile_cis": {k: list(v) for k, v in bounds.items()}, "control_counts": counts,
+               "percentile_cis": {k: [x if np.isfinite(x) else None for x in v] for k, v in bounds.items()},
+               "control_counts": counts,
                "control_minimum": minimum, "controls": {k: [float(x) for x in v] for k, v in controls.items()},
                "direction_ci": None if ev.ci is None else [ev.ci[0] + high, ev.ci[1] + high]}
     ev = replace(ev, details={**ev.details, **details}, params={**ev.params, "percentile": p, "min_controls": minimum})

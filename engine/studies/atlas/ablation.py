@@ -168,7 +168,9 @@ def decide_abl_parts(ratios: Sequence[float], ratio_groups: Sequence[str], mean_
     wholly on the other side, else undecided (never against while the estimate and part of the CI satisfy it):
 
     * near_zero_mean: ``near_zero_mean_ratio - ratio`` > 0 (the ratio's CI upper below the threshold);
-    * mean_ablation_all_zero: ``zero_effect_tolerance - max-over-layers mean-ablation KL`` > 0;
+    * mean_ablation_all_zero: ``zero_effect_tolerance - mean-ablation KL`` > 0 at every layer (``mean_effects``
+      [prompts, layers]: :func:`engine.decisions.for_every`, Holm; the mean of per-prompt maxima would exceed the
+      maximum of the layers' means and bias the part towards FAILED); a 1-D ``mean_effects`` is a per-prompt figure;
     * zero_ablation_valid: ``Spearman(zero, mean) - rank_rho_threshold`` > 0 (the rho's CI lower above it); a
       prompt whose rho is undefined (a constant profile) makes the part a failed precondition, not a 0.
 
@@ -178,9 +180,16 @@ def decide_abl_parts(ratios: Sequence[float], ratio_groups: Sequence[str], mean_
                                          delta=0.0, rationale=THRESHOLD_PART,
                                          label="near-zero threshold - residual mean ratio", seed=seed)}
     if mean_effects is not None:
-        parts["mean_ablation_all_zero"] = D.greater(
-            [params["zero_effect_tolerance"] - m for m in mean_effects], groups, delta=0.0,
-            rationale=THRESHOLD_PART, label="zero-effect tolerance - max mean-ablation KL", seed=seed)
+        effects = np.asarray(mean_effects, dtype=np.float64)
+        tol = params["zero_effect_tolerance"]
+        if effects.ndim == 2:  # [prompts, layers]: every layer's mean effect below the tolerance (Holm)
+            parts["mean_ablation_all_zero"] = D.for_every(
+                {f"L{l}": (tol - effects[:, l], list(groups)) for l in range(effects.shape[1])}, delta=0.0,
+                rationale=THRESHOLD_PART, label="zero-effect tolerance - mean-ablation KL, every layer", seed=seed)
+        else:
+            parts["mean_ablation_all_zero"] = D.greater(
+                tol - effects, groups, delta=0.0, rationale=THRESHOLD_PART,
+                label="zero-effect tolerance - max mean-ablation KL", seed=seed)
     if rhos is not None:
         undefined = sum(r is None for r in rhos)
         why = (f"Spearman(zero, mean) is undefined (a constant layer profile) for {undefined} of {len(rhos)} prompts: "
@@ -243,7 +252,7 @@ def rigorous_mean_ablation(lm, sizes: Sizes, params: Mapping[str, Any], seed: in
     zero_x, mean_x, groups = aligned(atlases["zero"], atlases["mean"])
     _, resample_x, _ = aligned(atlases["zero"], atlases["resample"])
     rho_mean = per_example_spearman(zero_x, mean_x)
-    parts = decide_abl_parts(ratios["per_example"], ratios["families"], mean_x.max(axis=1).tolist(), rho_mean,
+    parts = decide_abl_parts(ratios["per_example"], ratios["families"], mean_x, rho_mean,
                              groups, params, seed)
     body_ratio = float(np.median(ratios["body"]))
     mean_max = float(profiles["mean"].max())

@@ -221,7 +221,8 @@ def decide_nl(protocol: str, syn: Atlas, nl: Atlas, sizes_text: str, delta: floa
     agreement is a figure."""
     per_suite, holds = same_argmax({"synthetic": syn, "nl": nl}, "argmax layer", delta, rationale)
     ties = [k for k, e in per_suite.items() if e.outcome is D.Outcome.AGAINST]
-    undecided = (f"no argmax layer exists in the {' and the '.join(ties)} suite (an exact tie): nothing to compare"
+    undecided = (f"no single argmax layer in the {' and the '.join(ties)} suite (an exact tie, or the top layer's lead "
+                 f"decided below hub_delta): nothing to compare"
                  if ties else "")
     if ties:
         holds = per_suite[ties[0]]  # one evidence: the precondition (an argmax to compare) decides, not its parts
@@ -289,7 +290,8 @@ def decide_differ(atlases: Mapping[str, Atlas], label: str, delta: float = 0.0,
         return exists, negate(same, f"{label}: {kb} and {ka} differ"), ""
     ties = {k: e for k, e in exists.items() if e.outcome is D.Outcome.AGAINST}
     if ties:
-        return exists, next(iter(ties.values())), (f"no argmax layer exists in {' and '.join(ties)} (an exact tie: "
+        return exists, next(iter(ties.values())), (f"no single argmax layer in {' and '.join(ties)} (an exact tie or "
+                                                   f"a lead decided below hub_delta: "
                                                    "nothing to compare)")
     return exists, exists, ""
 
