@@ -295,13 +295,24 @@ def _differs_rule(claim: str, delta: float, pairs: int, families: int) -> Callab
 
 
 def _runs_rule(delta: float, families: int, draws: int) -> Callable:
-    """LORA-ATLAS at its unit, the training run: per family and seed our run's loss and ``draws`` random-matched
-    runs' losses, run-to-run SD = delta (assumed: no committed run has two training seeds yet); no effect: our run
-    exchangeable with the draws; delta: the draws worse by delta. ``n`` is the number of training seeds."""
+    """LORA-ATLAS at its unit through the production :func:`engine.studies.lora.decide_atlas`: per family our run's
+    and ``draws`` random-matched layer sets' held-out losses under ``n`` training seeds. Each random set is drawn once
+    and trained under every seed, so a set effect (SD = delta) is shared by its seeds, beside a run-to-run effect
+    (SD = delta / 2) and evaluation noise; no effect: our set exchangeable with the random sets; delta: the random
+    sets worse by delta. (Run-to-run spreads assumed: no committed run has two training seeds yet.)"""
+    from engine.studies import lora
+
+    per = 3
+
     def run(rng, n, effect):
-        members = {f"f{i}": (rng.normal(0.0, delta, n), rng.normal(effect or 0.0, delta, (n, draws)))
-                   for i in range(families)}
-        return D.beats_draws(members, delta=delta).outcome.value
+        groups = [f"f{i}" for i in range(families) for _ in range(per)]
+        e = len(groups)
+        set_effect = rng.normal(0.0, delta, (draws + 1, families)).repeat(per, axis=1)  # shared over seeds
+        runs = set_effect[None] + rng.normal(0.0, delta / 2, (n, draws + 1, 1)) + rng.normal(0.0, delta / 4,
+                                                                                             (n, draws + 1, e))
+        atlas, random = runs[:, 0, :], runs[:, 1:, :] + (effect or 0.0)
+        ev = lora.decide_atlas(atlas, random, groups, delta=delta, min_seeds=1, min_draws=1)
+        return ev.outcome.value
 
     return run
 
@@ -401,8 +412,8 @@ def rules() -> dict[str, Rule]:
              "the unit is the training run (n = training seeds, with the full plan's random draws); the rank test "
              "is exact under exchangeability whatever the distribution", powered=False),
         Rule("lockin-early-beats-base", ("LOCKIN",), "top-5 overlaps (binomial 5)", ("lora", "lock_per_family"),
-             float(lock["delta"]), _lockin_rule(float(lock["delta"]), 3), "bounded overlaps: stratified t where they vary, Hoeffding where they do not",
-             powered=False),
+             float(lock["delta"]), _lockin_rule(float(lock["delta"]), 3),
+             "bounded overlaps: stratified t where they vary, Hoeffding where they do not"),
     ]
     return {r.name: r for r in out}
 
