@@ -296,6 +296,17 @@ def _warn_unwritable(root: Path, exc: OSError) -> None:
           "directory.", file=sys.stderr, flush=True)
 
 
+def _served(entry: Path, key: str, what: str):
+    """The stored run at ``entry`` if its manifest checks (a cache hit, reported), else None after one
+    ``CacheWarning`` naming what is wrong (the caller retrains)."""
+    run, problem = _serve(entry, key)
+    if run is not None:
+        progress.hit(what, key)
+        return run
+    _warn_corrupt(entry, problem)
+    return None
+
+
 def _serve(entry: Path, key: str) -> tuple[LoraRun | None, str | None]:
     """(the stored run, None) when ``entry`` passes its manifest and loads; (None, why not) otherwise."""
     problem = check_manifest(entry, key)
@@ -328,21 +339,15 @@ def train_cached(lm: LoadedModel, examples: Sequence[Example], target: LoraTarge
         lock.acquire()
     except OSError as exc:
         _warn_unwritable(root, exc)
-        if entry.is_dir():
-            run, problem = _serve(entry, key)
-            if run is not None:
-                progress.hit(what, key)
-                return run
-            _warn_corrupt(entry, problem)
+        run = _served(entry, key, what) if entry.is_dir() else None
+        if run is not None:
+            return run
         with progress.computing(what, key):
             return train(lm, examples, target, config)
     try:
-        if entry.exists():
-            run, problem = _serve(entry, key)
-            if run is not None:
-                progress.hit(what, key)
-                return run
-            _warn_corrupt(entry, problem)
+        run = _served(entry, key, what) if entry.exists() else None
+        if run is not None:
+            return run
         try:
             staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=root))
         except OSError as exc:
