@@ -376,3 +376,17 @@ def test_every_lora_delta_has_a_rationale():
         deltas = [k for k in p if k.endswith("delta")]
         assert deltas, claim_id
         assert all(p.get(f"{k}_rationale") for k in deltas), claim_id
+
+
+def test_an_early_checkpoint_inside_warm_up_is_inconclusive_saying_so():
+    """Verdicts v3, 2/2 item 2: at 6 steps with 2 warm-up steps, "10% of training" is step 1, inside warm-up and
+    numerically the base model: INCONCLUSIVE naming the warm-up (never removed to pass), whatever the overlaps."""
+    lock = fake_lock(overlaps(0.9, 36, 3), overlaps(0.3, 36, 4))
+    inside = SimpleNamespace(**{**vars(lock), "steps": [1, 3, 6]})
+    prompts = [SimpleNamespace(family=f) for f in groups_of(12)]
+    b = bench(lock=lambda k: inside, lock_prompts=prompts)
+    b.plan = plan(warmup_steps=2, steps=6)
+    _, rigorous = L.lockin(b, params("LOCKIN"))
+    assert verdict("LOCKIN", rigorous) is Verdict.INCONCLUSIVE
+    assert "inside the" in rigorous.undecided and "warm-up" in rigorous.undecided
+    assert rigorous.figures["early_checkpoint_step"] == 1

@@ -376,3 +376,27 @@ def test_quant_speed_on_a_gpu_is_decided_by_the_ratio_ci_of_per_round_timings(in
     assert ev.n == 20 and ev.params["delta"] == pytest.approx(np.log1p(params("QUANT-SPEED")["speed_delta"]))
     seed = Q.speed_rule(report, "nf4-fp16", "seed", params("QUANT-SPEED"))
     assert seed.outcome is D.Outcome.UNDECIDED and "no CI" in seed.undecided
+
+
+def test_steer_all_scores_the_guess_layer_at_its_own_best_scale():
+    """Verdicts v3, 2/2 item 5: the guess layer is scored at the scale that is best *for it* on the select prompts,
+    not at the sweep winner's (which favours the sweep's pick)."""
+    from engine.steering.rigorous import Sweep
+
+    effect = np.array([[0.1, 0.2], [0.9, 0.3], [0.0, 1.5]])  # layers 0..2 x scales (0.5, 2.0)
+    grid = Sweep(model="m", contrast="c", layers=[0, 1, 2], scales=[0.5, 2.0], units="relative", effect=effect,
+                 kl=np.zeros_like(effect))
+    assert grid.best(+1) == (2, 2.0, 1.5)  # the sweep's pick
+    assert grid.best_scale_at(1, +1) == (0.5, 0.9)  # the guess layer at its own best scale, not 2.0
+
+
+def test_quant_kl_excludes_prompts_whose_kl_is_zero_instead_of_flooring_them():
+    """Verdicts v3, 2/2 item 7: a zero reference KL cannot form a ratio (a 1e-12 floor made it a huge log-ratio):
+    the prompt is excluded and counted."""
+    g = [f"f{i}" for i in range(12) for _ in range(2)]
+    num = np.full(24, 2.0)
+    den = np.full(24, 1.0)
+    den[0] = 0.0
+    ev = Q.amplification_rule(num * np.exp(0.01 * np.arange(24)), den, g, params("QUANT-KL"))
+    assert ev.details["excluded_zero_kl"] == 1 and ev.n == 23 and "zero KL excluded" in ev.statement
+    assert np.isfinite(ev.estimate) and ev.estimate < 1.0  # log 2 ~ 0.69, not log(2 / 1e-12) ~ 28
