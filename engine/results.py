@@ -636,8 +636,8 @@ def _check_figure(figure: Any, where: str) -> None:
     if tolerance is not None and not (_real(tolerance) and tolerance >= 0):
         raise ValueError(f"{where}: tolerance {tolerance!r} is not a finite number >= 0")
     delta = figure.get("delta")
-    if "delta" in figure and not (_real(delta) and delta > 0):
-        raise ValueError(f"{where}: delta {delta!r} is not a finite number > 0")
+    if "delta" in figure and not _real(delta):  # 0: a threshold claim; < 0: an estimated threshold's margin
+        raise ValueError(f"{where}: delta {delta!r} is not a finite number")
     if "flag" in figure and not isinstance(figure["flag"], str):
         raise ValueError(f"{where}: flag must be text")
     allowed = figure.get("allowed")
@@ -971,7 +971,8 @@ def _swamped(figure: Mapping[str, Any], delta: float | None) -> str:
     """Why a pinned figure's tolerance cannot show a move of its decision's size ('' when it can): the tolerance
     reaches the decision's delta (the run's own, else the one stored with the figure)."""
     tolerance = figure.get("tolerance")
-    deltas = [d for d in (delta, figure.get("delta")) if is_number(d) and math.isfinite(d)]
+    # a decision's size: threshold claims (delta 0) and margins shifted below 0 have none to swamp
+    deltas = [d for d in (delta, figure.get("delta")) if is_number(d) and math.isfinite(d) and d > 0]
     if not (is_number(tolerance) and tolerance) or not deltas:
         return ""
     if tolerance >= min(deltas):
