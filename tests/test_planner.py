@@ -274,3 +274,12 @@ def test_groups_that_took_longest_are_handed_out_first(tmp_path):
     config_without = SimpleNamespace(getoption=lambda name, default=None: {"--claims-results": tmp_path / "x"}
                                      .get(name, default), rootpath=tmp_path / "x")
     assert longest_groups_first(config_without, items) == items  # no timings: the collection order
+
+
+def test_a_plan_without_a_tiers_tables_does_not_crash_collection():
+    """`pytest claims --plan smoke` without `-m cpu`: the smoke plan has no gpu-tier tables; the planner says so
+    for those tests instead of an INTERNALERROR at collection."""
+    from engine import planner as P
+
+    got = P.plan("smoke", [("HUB-Q05", ("qwen2.5-0.5b",), "gpu", {"plan": "smoke"})])
+    assert not got.users and "no sizes for this tier" in next(iter(got.dynamic.values()))
