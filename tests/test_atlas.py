@@ -30,14 +30,7 @@ PROMPTS = ["The capital of France is", "2 + 2 =", "def f(x): return x", "hi", "O
 TOL = 1e-4  # the issue's bound on |fast - plain| in fp32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine spinning OpenMP threads
-    make each small matmul 10x slower; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @lru_cache(maxsize=None)

@@ -36,12 +36,7 @@ TARGET = lora.LoraTarget((1,), ("o", "down"))
 MANIFEST = "manifest.json"  # beside run.json in every stored run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

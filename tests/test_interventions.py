@@ -23,13 +23,7 @@ ARCHS = ("llama", "qwen2", "gemma3")
 PROMPTS = ["The capital of France is", "2 + 2 =", "def f(x): return x", "hi", "Once upon a time there was"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared 2-core machine they slow small matmuls 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module", params=ARCHS)

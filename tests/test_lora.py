@@ -30,14 +30,7 @@ def make_examples(families=("json_schema", "factual_recall"), per_family=5) -> l
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are dominated by thread overhead: two intra-op threads on a loaded 2-core machine are ~50x
-    slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
