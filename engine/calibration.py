@@ -45,7 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ATLAS_POOL = ROOT / "results" / "calibration" / "atlas-layer-effects.json"
 SOURCE_RUN = ROOT / "results" / "runs" / "20261202T001047Z-d86816d9c6e1" / "claims.json"
 PLANS = Path(__file__).resolve().parent / "data" / "plans.toml"
-CLAIMS = Path(__file__).resolve().parent / "data" / "claims.toml"
 BOUND = 0.05  # the catalogue's P(false CONFIRMED) and P(false FAILED) bound
 POWER_TARGET = 0.8
 FULL_PLAN = "full"
@@ -137,10 +136,10 @@ def _outcome(holds) -> str:
 
 
 def _claim_params(claim: str) -> dict[str, Any]:
-    for c in tomllib.loads(CLAIMS.read_text())["claim"]:
-        if c["id"] == claim:
-            return dict(c.get("params", {}))
-    raise KeyError(claim)
+    """The claim's [claim.params] from the validated catalogue (the same object the claim tests read)."""
+    from engine.verdicts import load_catalogue
+
+    return dict(load_catalogue()[claim].params)
 
 
 def _atlas_rows(model: str, per_family: int, effect: float | None, rng, n_families: int = 12,
