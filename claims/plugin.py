@@ -2,8 +2,21 @@
 
 Loaded by the root ``conftest.py`` (``pytest_plugins = ["claims.plugin"]``); elsewhere ``-p claims.plugin``.
 
-Writing a claim test (``claims/test_<block>_claims.py``)
--------------------------------------------------------
+Claims are rows
+---------------
+Every ``[[claim]]`` row of the catalogue names a rule template (``engine.templates``) or a procedure, and is
+collected by the one generic test ``claims/test_claims.py`` (:func:`pytest_generate_tests` gives it one ``row``
+param per row and target, marked ``claim(id, model=...)`` and with the row's ``marks``)::
+
+    def test_claim(claim, row, load_model):
+        seed, rigorous = templates.run(claim.context, load_model)   # the row's template: specs, then decision
+        record_both(claim, seed, rigorous)
+
+The run's settings (``--plan``, ``--claims-results``, ``--claims-baselines``) are one
+:class:`~engine.settings.RunSettings` (:func:`settings`), which ``claim.context`` hands to the template.
+
+Writing a claim test of your own
+--------------------------------
 A claim test names its claim and model once; tier, scale and block markers follow from the catalogue
 (``engine/data/claims.toml``) and the model registry (``engine/data/models.toml``)::
 
@@ -27,7 +40,7 @@ a list or joined with "+": ``model=["qwen2.5-coder-0.5b", "qwen2.5-0.5b"]``).
   restricts the test to some protocols (for a claim whose seed and rigorous measurements are separate tests).
 * ``@pytest.mark.claim(claim_id, model=..., protocols=...)``: the same for one target.
 * ``record_both(claim, seed, rigorous)``: record the two :class:`~engine.studies.findings.Finding` objects a claim
-  study returns (seed first, the plan name from the claim's params): every claim test ends with it.
+  study returns (seed first, with the plan that sized them): every claim test ends with it.
 * The ``claim`` fixture (an ``engine.verdicts.Recorder``):
     - ``claim.record(protocol, figures, holds, *, key=None, expectation=None, seeds=(), suite_hash=None,
       ci=None, notes="", revised=False, reason="") -> VerdictRecord``, once per protocol. ``figures``: name ->
@@ -41,7 +54,8 @@ a list or joined with "+": ``model=["qwen2.5-coder-0.5b", "qwen2.5-0.5b"]``).
       ``claim.model`` (registry key or "+"-joined keys), ``claim.models`` (tuple of keys), ``claim.tier``
       ("cpu" | "gpu"), ``claim.params`` (the row's ``[claim.params]``: thresholds the rule uses; thresholds live
       there, not in tests), ``claim.seed_figures`` (the seed's figures for this model; empty on the cpu tier),
-      ``claim.unrecorded`` (protocols still without a verdict).
+      ``claim.unrecorded`` (protocols still without a verdict), ``claim.plan`` (the plan sizing this claim) and
+      ``claim.context`` (the row on this target under the run's settings, for ``engine.templates``).
   Each record carries claim id, model, tier, protocol, figures, CIs, expectation, tolerance, seeds, suite hash,
   engine version, git commit, duration (seconds since the previous record, the first from test set-up) and test id.
 
@@ -96,6 +110,7 @@ from pathlib import Path
 import pytest
 
 from engine import planner, plans, results, verdicts
+from engine.settings import RunSettings
 from engine.studies.findings import Finding
 from engine.verdicts import GROUP_SEP, Catalogue, ClaimError, Recorder, Target, Verdict, VerdictRecord
 
@@ -109,6 +124,7 @@ BASE_MARKERS = {
 }
 
 CATALOGUE = pytest.StashKey[Catalogue]()
+SETTINGS = pytest.StashKey[RunSettings]()
 RECORDER = pytest.StashKey[Recorder]()
 TARGET = pytest.StashKey[Target]()
 REPORTED = pytest.StashKey[int]()
@@ -153,8 +169,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if model_dir:
         os.environ["MI_ATLAS_MODEL_DIR"] = str(Path(model_dir).expanduser().resolve())
     try:  # the data files, whole, and the plan's estimated cost: one line each, before anything runs
+        from engine import templates  # the blocks (their sizes, read from the plans file) and the rule templates
+
         planner.check_session(config.getoption("--plan"), yes=config.getoption("--yes") or config.option.collectonly)
         catalogue = verdicts.load_catalogue(config.getoption("--claims-catalogue"))
+        templates.check(catalogue)  # every row's template and parameters (or procedure), before anything runs
     except (ClaimError, plans.PlanError) as exc:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[CATALOGUE] = catalogue
@@ -169,17 +188,15 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(ClaimsSession(config), "mi-atlas-claims-session")
 
 
-def session_plan(config: pytest.Config) -> str:
-    return config.getoption("--plan") or plans.DEFAULT_PLAN
-
-
-def baselines_dir(config: pytest.Config) -> Path:
-    option = config.getoption("--claims-baselines")
-    if option:
-        return Path(option).expanduser().resolve()
-    results_option = config.getoption("--claims-results")
-    root = Path(results_option).expanduser().resolve() if results_option else config.rootpath / "results"
-    return root / results.BASELINES_DIR
+def settings(config: pytest.Config) -> RunSettings:
+    """The session's run settings (``--plan``, ``--claims-results``, ``--claims-baselines``), built once from the
+    options (by whichever hook asks first)."""
+    if SETTINGS not in config.stash:
+        config.stash[SETTINGS] = RunSettings.of(plan=config.getoption("--plan"),
+                                                results=config.getoption("--claims-results"),
+                                                baselines=config.getoption("--claims-baselines"),
+                                                root=config.rootpath)
+    return config.stash[SETTINGS]
 
 
 def _check_baseline_options(config: pytest.Config) -> None:
@@ -193,7 +210,7 @@ def _check_baseline_options(config: pytest.Config) -> None:
     if config.getoption("--claims-update-baseline") and not (config.getoption("--claims-pin-reason") or "").strip():
         raise pytest.UsageError("--claims-update-baseline needs --claims-pin-reason \"why\" (stored in the baseline)")
     if config.getoption("claims_baseline_gate") and not config.getoption("--claims-update-baseline"):
-        plan, where = session_plan(config), baselines_dir(config)
+        plan, where = settings(config).session_plan, settings(config).baselines_dir
         if not results.baseline_files(where, plan):
             raise pytest.UsageError(
                 f"--claims-baseline-gate: no baselines pinned for plan {plan!r} under {where}: pin them with "
@@ -232,6 +249,23 @@ def claim_params(claim_id: str, models: list[str] | None = None, *, protocols: t
     return [pytest.param(model, marks=pytest.mark.claim(claim_id, model=model, **kwargs),
                          id=f"{claim_id}:{model}" if claim_in_id else model)
             for model in models]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The generic claim test (``claims/test_claims.py``) asks for ``row``: one param per catalogue row and
+    target (every row naming a template or a procedure), each marked ``claim(id, model=...)`` and with the row's
+    own ``marks``; the id is ``<claim>:<model>``."""
+    if "row" not in metafunc.fixturenames:
+        return
+    catalogue = metafunc.config.stash[CATALOGUE]
+    params = []
+    for claim in (c for c in catalogue if c.template or c.procedure):
+        models = (list(claim.models) if "gpu" in claim.tiers else []) + (
+            catalogue.cpu_targets(claim) if "cpu" in claim.tiers else [])
+        for model in models:
+            marks = [pytest.mark.claim(claim.id, model=model), *(getattr(pytest.mark, m) for m in claim.marks)]
+            params.append(pytest.param(claim.id, marks=marks, id=f"{claim.id}:{model}"))
+    metafunc.parametrize("row", params)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m deselection sees the markers
@@ -304,7 +338,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if target is None:
         return
     recorder = PytestRecorder(target, git_commit=results.git_commit(str(item.config.rootpath)), test=item.nodeid,
-                              plan=item.config.getoption("--plan"))
+                              settings=settings(item.config))
     item.stash[RECORDER] = recorder
     item.stash[REPORTED] = 0
     reasons = _unavailable(target, item.config)
@@ -330,17 +364,24 @@ def _unavailable(target: Target, config: pytest.Config) -> list[str]:
 
 
 class PytestRecorder(Recorder):
-    """The ``claim`` fixture: a :class:`Recorder` whose ``untested`` also skips the test, and whose ``params``
-    select the session's ``--plan`` (if given) for every claim."""
+    """The ``claim`` fixture: a :class:`Recorder` whose ``untested`` also skips the test, and which knows the
+    session's run settings (``context``: the claim row on this target under them, for ``engine.templates``)."""
 
-    def __init__(self, target: Target, *, plan: str | None = None, **kwargs):
+    def __init__(self, target: Target, *, settings: RunSettings | None = None, **kwargs):
         super().__init__(target, **kwargs)
-        self.plan = plan
+        self.settings = settings or RunSettings()
 
     @property
-    def params(self):
-        own = self.target.claim.params
-        return {**own, "plan": self.plan} if self.plan else own
+    def context(self):
+        """The claim row on this target under the session's settings (``engine.templates.ClaimContext``)."""
+        from engine import templates
+
+        return templates.ClaimContext(self.target.claim, self.target.models, self.target.tier, self.settings)
+
+    @property
+    def plan(self) -> str:
+        """The plan that sizes this claim (the session's ``--plan``, else the row's, else ``default``)."""
+        return self.settings.plan_for(self.target.claim.params)
 
     def untested(self, reason: str, protocols=None):  # type: ignore[override]
         super().untested(reason, protocols)
@@ -470,7 +511,7 @@ def record_both(claim: Recorder, seed: Finding, rigorous: Finding) -> None:
         if f.untested:
             Recorder.untested(claim, f.untested, [f.protocol])
         else:
-            claim.record(**f.record(), plan=plans.plan_name(claim.params))
+            claim.record(**f.record(), plan=getattr(claim, "plan", None) or plans.plan_name(claim.params))
     skips = [f for f in findings if f.untested and f.skip_test]
     if skips:
         claim.untested(skips[-1].untested, [])
@@ -491,16 +532,16 @@ class ClaimsSession:
 
     def __init__(self, config: pytest.Config):
         self.config = config
-        option = config.getoption("--claims-results")
-        self.root = Path(option).expanduser().resolve() if option else config.rootpath / "results"
+        self.settings = settings(config)
+        self.root = self.settings.results
         self.records: list[VerdictRecord] = []
         self.run_dir: Path | None = None
         self.run: results.Run | None = None
         self.started = results.utc_now()
         self.clock = time.perf_counter()
         self.commit = results.git_commit(str(config.rootpath))
-        self.plan = session_plan(config)
-        self.baselines = baselines_dir(config)
+        self.plan = self.settings.session_plan
+        self.baselines = self.settings.baselines_dir
         self.gate: results.GateReport | None = None
         self.gate_failed = False
         self.baseline_error = ""

@@ -42,12 +42,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _plan(config: pytest.Config) -> str:
-    return config.getoption("--plan", None) or "default"
+    from claims.plugin import settings
+
+    return settings(config).session_plan
 
 
 def _timings_path(config: pytest.Config) -> Path:
-    root = config.getoption("--claims-results", None) or Path(str(config.rootpath)) / "results"
-    return Path(root) / "bench" / f"plan-{_plan(config)}-timings.json"
+    from claims.plugin import settings
+
+    return settings(config).results / "bench" / f"plan-{_plan(config)}-timings.json"
 
 
 def timings_source(config: pytest.Config) -> Path:
@@ -215,18 +218,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def session_plan(session: pytest.Session):
     """The planner's view of the collected claim tests (``engine.planner``): every declared measurement once, the
-    claims reading each; with the session's ``--plan``."""
-    from claims.plugin import TARGET
-    from engine import planner
+    claims reading each, as each row's template declares them (``engine.templates``) under the session's plan."""
+    from claims.plugin import TARGET, settings
+    from engine import planner, templates
 
-    plan_name = _plan(session.config)
     tests = []
     for item in session.items:
         target = item.stash.get(TARGET, None)
         if target is not None:
-            params = {**target.claim.params, "plan": plan_name}
-            tests.append((target.claim.id, list(target.models), target.tier, params))
-    return planner.plan(plan_name, tests)
+            ctx = templates.ClaimContext(target.claim, target.models, target.tier, settings(session.config))
+            tests.append((f"{target.claim.id}[{target.model}]", templates.declared(ctx)))
+    return planner.plan(_plan(session.config), tests)
 
 
 @pytest.hookimpl(wrapper=True)

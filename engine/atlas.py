@@ -48,8 +48,6 @@ API::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Sequence
@@ -58,6 +56,7 @@ import numpy as np
 import torch
 
 from engine import ENGINE_VERSION, metrics, stats
+from engine.cache import cached, suite_hash
 from engine.interventions import (
     MODULE_NAMES,
     Ablate,
@@ -71,7 +70,7 @@ from engine.interventions import (
     next_token_logits,
     run_from,
 )
-from engine.provenance import compute_identity
+from engine.provenance import model_identity
 
 ERASE_RATIO = 0.01  # ablated outputs of unrelated prompts are "nearly equal" below 1% of their clean divergence
 LAYER_COMPONENTS = ("layer", "resid", "attn", "mlp")
@@ -359,14 +358,6 @@ def sweep_units(lm, options: AtlasOptions) -> tuple[list, list[str] | None]:
 # --------------------------------------------------------------------------------------------- computing
 
 
-def suite_hash(examples: Sequence) -> str:
-    if examples and not isinstance(examples[0], str):
-        from engine import tasks
-
-        return tasks.suite_hash(examples)
-    return hashlib.sha256(json.dumps(list(examples)).encode()).hexdigest()[:16]
-
-
 def _edit(options: AtlasOptions, layer: int, unit) -> Ablate:
     component = options.component
     return Ablate(component, layer, options.method, positions=None if options.positions == "all" else options.positions,
@@ -612,14 +603,6 @@ def merge_cells(model, examples: Sequence, results: Sequence[CellResult | dict],
     )
 
 
-def model_identity(lm) -> dict:
-    """The model part of every cache key: key, fingerprint (its weights' identity), dtype, quantisation, and what
-    the numbers are computed with (``engine.provenance.compute_identity``: torch / transformers / peft versions and
-    the device type, as in the LoRA adapter cache's key)."""
-    return {"model": lm.key, "fingerprint": lm.fingerprint, "dtype": str(lm.dtype), "quant": lm.quant,
-            **compute_identity(lm.device)}
-
-
 def cache_key(lm, examples: Sequence, options: AtlasOptions | None = None, *, reference=None, **fields) -> dict:
     """The content-addressed cache key of an atlas (``engine.cache`` adds the engine version): a function of
     the model's identity (``model_identity``), the suite sample's hash, the options (layer axis explicit) and
@@ -721,8 +704,6 @@ def run_cell(job: Job, index: int, cache: bool = False, max_models: int | None =
         return compute_cell(lm, list(job.examples), cell, job.options).to_json()
 
     if cache:
-        from engine.cache import cached
-
         result = cached(cell_key(lm, job, cell), compute)
     else:
         result = compute()
@@ -766,8 +747,6 @@ def atlas(lm, examples: Sequence, options: AtlasOptions | None = None, *, refere
         raise AtlasError("atlas: no examples")
     options = options.resolved(lm.n_layers)
     if cache:
-        from engine.cache import cached
-
         data = cached(cache_key(lm, examples, options, reference=reference),
                       lambda: _sweep(lm, examples, options, reference, progress, executor).to_json())
         return Atlas.from_json(data)

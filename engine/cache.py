@@ -22,13 +22,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from filelock import FileLock, Timeout
 
-from engine import progress
+from engine import progress, tasks
 from engine.files import PRIVATE, temp_prefix, write_atomic
-from engine.provenance import engine_identity
+from engine.provenance import engine_identity, model_identity
 
 FORMAT = 1
 
@@ -172,10 +172,16 @@ def _warn_unwritable(base: Path, where: Path, exc: OSError) -> None:
 
 def measured(kind: str, lm, examples, compute: Callable[[], Any], **params) -> Any:
     """:func:`cached` for one measurement of a loaded model on examples: keyed on the model's identity
-    (``engine.atlas.model_identity``: key, weights fingerprint, dtype, quantisation, library versions and device;
+    (``engine.provenance.model_identity``: key, weights fingerprint, dtype, quantisation, library versions and device;
     an adapted or skipped model carries its own fingerprint), the examples' content hash and ``params``
     (everything else the numbers depend on). ``compute()`` returns JSON-serialisable data."""
-    from engine.atlas import model_identity, suite_hash
-
     return cached({"kind": kind, **model_identity(lm), "suite": suite_hash(examples), "n_examples": len(examples),
                    **params}, compute)
+
+
+def suite_hash(examples: Sequence) -> str:
+    """The content hash of a sample in every cache key: ``engine.tasks.suite_hash`` of task examples (order-
+    dependent), or of a list of plain prompts."""
+    if examples and not isinstance(examples[0], str):
+        return tasks.suite_hash(examples)
+    return hashlib.sha256(json.dumps(list(examples)).encode()).hexdigest()[:16]

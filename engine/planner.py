@@ -1,9 +1,10 @@
 """The measurement planner: what each claim will measure, collected before any test runs.
 
-Each block declares, per claim, the measurements its procedure asks for (:func:`declares`, one function per
-claim or group of claims, next to the block's procedures: ``engine/studies/atlas/needs.py`` ...). A declaration
-is a list of :class:`Need` (kind, method / component, sample, positions, number of examples) for one model and
-the plan's sizes. :func:`plan` takes the collected claim tests and returns a :class:`Plan`: every distinct
+Each claim row's rule template names the measurements it reads as specs (``engine.templates``: ``specs(ctx)``),
+and each spec describes itself as a :class:`Need` (kind, method / component, sample, positions, number of
+examples) on one model with the plan's sizes: the same specs the run measures, so there is no second description.
+A claim gives the planner a :class:`Dynamic` (its needs, and what a procedure decides at run time).
+:func:`plan` takes the collected claim tests' declarations and returns a :class:`Plan`: every distinct
 measurement once, with the claims that read it, ordered model by model (the xdist groups keep a model on one
 worker, so it is loaded once per process), and what is left to the run itself (``dynamic``: measurements whose
 identity depends on earlier results, e.g. the LoRA block's atlas-guided layers).
@@ -14,8 +15,8 @@ Different samples are not merged into a union: the rigorous seeds' stratified sa
 (Jaccard 0.00 at 2 per family over the 208-209 short prompts per family), so a union would save nothing and would
 change the seeds' batches.
 
-The declarations are checked against what the procedures really measured: ``tests/test_planner.py`` compares
-each claim's declared measurements with the ledger of the last smoke run (``results/bench/plan-smoke-timings.json``).
+The declarations are checked against what the runs really measured: ``tests/test_planner.py`` compares each
+claim's declared measurements with the ledger of the last smoke run (``results/bench/plan-smoke-timings.json``).
 
 Before a session runs, :func:`check_session` validates the plans file (``engine.plans.validate``) and prices the
 session's plan: :func:`estimate` scales each block's measured core time of the reference plan (``default``, from
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,54 +60,12 @@ class Need:
         return f"{kind} {self.model}" + (f" n={self.n}" if self.n is not None else "")
 
 
-Declaration = Callable[[str, str, Mapping[str, Any]], "list[Need] | Dynamic"]
-
-
 @dataclass(frozen=True)
 class Dynamic:
-    """A claim whose measurements depend on results measured first: the declared part, and why the rest is not."""
+    """What a claim declares: the measurements known before it runs, and (``why``) what it decides at run time."""
 
     needs: tuple[Need, ...]
     why: str
-
-
-_REGISTRY: dict[str, tuple[Declaration, bool]] = {}  # claim id -> (declaration, called once per target member)
-
-
-def declares(*claim_ids: str, per_member: bool = True):
-    """Register ``fn(model, tier, params) -> list[Need] | Dynamic`` as the declaration of ``claim_ids``: called
-    for each member of a multi-model target; ``per_member=False``: called once with the target's model list
-    (a claim whose members play different parts, e.g. a transfer's source and target)."""
-    def register(fn: Declaration) -> Declaration:
-        for claim_id in claim_ids:
-            if claim_id in _REGISTRY:
-                raise ValueError(f"planner: {claim_id} is declared twice ({_REGISTRY[claim_id][0].__module__} and "
-                                 f"{fn.__module__})")
-            _REGISTRY[claim_id] = (fn, per_member)
-        return fn
-    return register
-
-
-def _load_declarations() -> None:
-    """Import every block's declarations (registration happens at import)."""
-    import engine.studies.needs  # noqa: F401
-
-
-def needs_of(claim_id: str, models: Sequence[str], tier: str, params: Mapping[str, Any]) -> Dynamic:
-    """What ``claim_id`` measures on each of ``models`` (a multi-model claim: every member)."""
-    _load_declarations()
-    entry = _REGISTRY.get(claim_id)
-    if entry is None:
-        return Dynamic((), "no declaration")
-    fn, per_member = entry
-    out, why = [], ""
-    for got in ([fn(model, tier, params) for model in models] if per_member else [fn(list(models), tier, params)]):
-        if isinstance(got, Dynamic):
-            out.extend(got.needs)
-            why = got.why
-        else:
-            out.extend(got)
-    return Dynamic(tuple(out), why)
 
 
 @dataclass
@@ -148,16 +107,12 @@ class Plan:
         return text
 
 
-def plan(name: str, tests: Iterable[tuple[str, Sequence[str], str, Mapping[str, Any]]]) -> Plan:
-    """The plan of the collected claim tests ``(claim_id, models, tier, params)``: shared needs merged."""
+def plan(name: str, tests: Iterable[tuple[str, Dynamic]]) -> Plan:
+    """The plan of the collected claim tests ``(label, declared)`` (each row's template's declaration,
+    ``engine.templates``): shared needs merged."""
     out = Plan(name)
-    for claim_id, models, tier, params in tests:
-        label = f"{claim_id}[{'+'.join(models)}]"
+    for label, got in tests:
         out.claims.append(label)
-        try:
-            got = needs_of(claim_id, models, tier, params)
-        except plans_data.PlanError as exc:  # e.g. --plan smoke without -m cpu: the plan has no gpu-tier tables
-            got = Dynamic((), f"the plan has no sizes for this tier ({exc})")
         for need in got.needs:
             out.users.setdefault(need, []).append(label)
         if got.why:

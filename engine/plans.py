@@ -176,7 +176,7 @@ def _short(value: Any, limit: int = 60) -> str:
 def validate(path: str | Path | None = None) -> tuple[str, dict[str, dict[str, dict[str, dict[str, Any]]]]]:
     """(where, plans) as :func:`read`, after loading every plan's every tier and block into its block's sizes
     dataclass: a missing key, a wrong type or an unknown key anywhere in the file is a :class:`PlanError`, not
-    only in the tables a run happens to read. Imports the blocks (their dataclasses)."""
+    only in the tables a run happens to read. The blocks register their dataclasses (:func:`sizes_of`)."""
     where, plans = read(path)
     classes = block_classes()
     for name, tiers in plans.items():
@@ -186,14 +186,29 @@ def validate(path: str | Path | None = None) -> tuple[str, dict[str, dict[str, d
     return where, plans
 
 
-def block_classes() -> dict[str, type]:
-    """Each block's sizes dataclass (imported here, on first use: the blocks import this module)."""
-    from engine.lora.protocols import LoraPlan
-    from engine.studies.atlas.common import Sizes
-    from engine.studies.quant import QuantSizes
-    from engine.studies.steer import SteerSizes
+_BLOCK_CLASSES: dict[str, type] = {}  # block -> its sizes dataclass, registered by the block (:func:`sizes_of`)
 
-    return {"atlas": Sizes, "steer": SteerSizes, "quant": QuantSizes, "lora": LoraPlan}
+
+def sizes_of(block: str):
+    """Register a dataclass as ``block``'s sizes (a decorator on the class, in the block's own module): what
+    :func:`validate` loads that block's tables into. Nothing here imports a block."""
+    if block not in BLOCKS:
+        raise PlanError(f"sizes_of: unknown block {block!r} (blocks: {', '.join(BLOCKS)})")
+
+    def register(cls: type[T]) -> type[T]:
+        _BLOCK_CLASSES[block] = cls
+        return cls
+    return register
+
+
+def block_classes() -> dict[str, type]:
+    """Each block's registered sizes dataclass; a block not registered yet (its module not imported: the claim
+    templates, ``engine.templates``, import every block) is a :class:`PlanError`."""
+    missing = [b for b in BLOCKS if b not in _BLOCK_CLASSES]
+    if missing:
+        raise PlanError(f"the sizes of block(s) {', '.join(missing)} are not registered: import engine.templates "
+                        "(every block's sizes register with engine.plans.sizes_of) before validating the plans")
+    return dict(_BLOCK_CLASSES)
 
 
 def _table(value: Any, where: str) -> None:
@@ -205,11 +220,12 @@ def _table(value: Any, where: str) -> None:
 
 
 def load(block: str, cls: type[T], tier: str, params: Mapping[str, Any] | None = None, *,
-         path: str | Path | None = None) -> T:
-    """The ``block``'s sizes on ``tier`` (a ``cls`` instance): the plan that ``params`` name (default
-    ``"default"``) read from the plans file, then ``params``' overrides (:func:`override`)."""
+         path: str | Path | None = None, plan: str | None = None) -> T:
+    """The ``block``'s sizes on ``tier`` (a ``cls`` instance): ``plan`` (a run's plan, ``RunSettings.plan_for``),
+    else the plan that ``params`` name (default ``"default"``), read from the plans file, then ``params``'
+    overrides (:func:`override`)."""
     where, plans = read(path)
-    name = plan_name(params)
+    name = plan or plan_name(params)
     if name not in plans:
         raise PlanError(f"{where}: no plan {name!r} (plans: {', '.join(plans)})")
     if tier not in TIERS:

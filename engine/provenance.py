@@ -65,3 +65,11 @@ def compute_identity(device) -> dict[str, str]:
     key, so the LoRA key and the atlas key cannot drift apart."""
     kind = getattr(device, "type", None) or str(device).split(":", 1)[0]
     return {**library_versions(), "device": kind}
+
+
+def model_identity(lm) -> dict:
+    """The model part of every cache key: key, fingerprint (its weights' identity), dtype, quantisation, and what
+    the numbers are computed with (:func:`compute_identity`: torch / transformers / peft versions and the device
+    type, as in the LoRA adapter cache's key)."""
+    return {"model": lm.key, "fingerprint": lm.fingerprint, "dtype": str(lm.dtype), "quant": lm.quant,
+            **compute_identity(lm.device)}

@@ -114,6 +114,10 @@ class Claim:
     seed: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # model -> figure -> value
     notes: str = ""
     catalogue_sha256: str = ""  # of the catalogue file this row was read from (stored in every record)
+    template: str = ""  # the rule template that runs the row (engine.templates), or
+    procedure: str = ""  # "module:function": a procedure for a rule no template fits
+    args: Mapping[str, Any] = field(default_factory=dict)  # the row's template parameters (checked by the template)
+    marks: tuple[str, ...] = ()  # extra pytest markers of the row's test (e.g. "slow")
 
     def seed_figure(self, model: str, figure: str) -> Any:
         """The seed's figure for ``model`` (None where the seed gives none, e.g. every cpu-tier model)."""
@@ -321,16 +325,23 @@ def parse_catalogue(text: str, where: str = "<catalogue>") -> Catalogue:
 
 
 _REQUIRED = ("id", "block", "statement", "rule", "tiers", "models", "tolerance")
-_KNOWN = set(_REQUIRED) | {"source", "scales", "key", "tolerances", "params", "seed", "notes"}
+_KNOWN = set(_REQUIRED) | {"source", "scales", "key", "tolerances", "params", "seed", "notes", "template", "procedure",
+                           "marks"}
 
 
 def _claim(row: dict, where: str, blocks: tuple[str, ...]) -> Claim:
     missing = [name for name in _REQUIRED if name not in row]
     if missing:
         raise ClaimError(f"{where}: missing field(s) {', '.join(missing)}")
-    unknown = sorted(set(row) - _KNOWN)
-    if unknown:
-        raise ClaimError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    args = {k: v for k, v in row.items() if k not in _KNOWN}
+    if args and not row.get("template"):  # a template's parameters are checked by the template (engine.templates)
+        raise ClaimError(f"{where}: unknown field(s) {', '.join(sorted(args))}")
+    for name in ("template", "procedure"):
+        if not isinstance(row.get(name, ""), str):
+            raise ClaimError(f"{where}: field {name!r} must be a string, got {row[name]!r}")
+    marks = row.get("marks", [])
+    if not isinstance(marks, list) or not all(isinstance(m, str) and m.isidentifier() for m in marks):
+        raise ClaimError(f"{where}: field 'marks' must be a list of marker names, got {marks!r}")
     if row["block"] not in blocks:
         raise ClaimError(f"{where}: field 'block' is {row['block']!r}, expected one of {', '.join(blocks)}")
     bad_tiers = [tier for tier in row["tiers"] if tier not in TIERS]
@@ -352,6 +363,7 @@ def _claim(row: dict, where: str, blocks: tuple[str, ...]) -> Claim:
         tolerances={name: _tolerance(value, f"{where}: tolerances.{name}")
                     for name, value in row.get("tolerances", {}).items()},
         params=dict(row.get("params", {})), seed=seed, notes=row.get("notes", ""),
+        template=row.get("template", ""), procedure=row.get("procedure", ""), args=args, marks=tuple(marks),
     )
 
 

@@ -125,13 +125,13 @@ def test_family_agreement_never_counts_an_exact_tie(llama):
 
 
 def test_the_seeds_mean_ablation_fires_everywhere_and_changes_nothing(llama):
-    effects, fired, changed = A.seed_mean_ablation_effects(llama, pool(1))
+    effects, fired, changed = A.ablation.seed_mean_ablation_effects(llama, pool(1))
     assert fired == llama.n_layers and changed == 0
     assert max(effects) < 1e-6
 
 
 def test_residual_mean_ratios_are_per_layer_and_bounded(llama):
-    ratios = A.residual_mean_ratios(llama, pool(2))
+    ratios = A.ablation.residual_mean_ratios(llama, pool(2))
     assert set(ratios) == {"all", "first", "body", "answer", "per_example", "families", "body_ratio_pooled"}
     for key in ("all", "first", "body", "answer"):
         assert len(ratios[key]) == llama.n_layers

@@ -161,7 +161,12 @@ def test_hub_on_the_gpu_tier_compares_the_decided_layer_with_the_seed_figure():
     finding = _hub_finding({f"seed {s}": atlas_of(*effects(HUB, seed=s)) for s in A.SEEDS}, 2)
     record = verdict(finding, "HUB-Q05", model="qwen2.5-0.5b", tier="gpu")
     assert record.verdict is Verdict.CONFIRMED and finding.figures["hub_layer"] == 2, record.reason
-    assert A.claimed_layer("gpu", {"hub_layer": 2}) == 2 and A.claimed_layer("cpu", {"hub_layer": 2}) is None
+    from engine import templates
+    from engine.templates.argmax_is import claimed_layer
+
+    row, template = CATALOGUE["HUB-Q05"], templates.get("argmax_is")
+    assert claimed_layer(templates.ClaimContext(row, ("qwen2.5-0.5b",), "gpu"), template) == 2
+    assert claimed_layer(templates.ClaimContext(row, ("smollm2-135m",), "cpu"), template) is None
 
 
 # ------------------------------------------------------------------------------------------------ HUB-SEEDS
@@ -303,13 +308,15 @@ def test_hub_migration_rule_reaches_each_outcome(layers, expected):
 
 @pytest.mark.parametrize("claim_id", ["HUB-CODER", "HUB-MIGRATE"])
 def test_multi_size_claims_are_untested_on_the_cpu_tier_with_the_reason(claim_id):
+    from engine import templates
+
     def loader(key):
         raise AssertionError("no model may be loaded for an untested claim")
 
-    if claim_id == "HUB-CODER":
-        seed, rigorous = A.hub_coder(loader, ["a", "b"], A.sizes_for("cpu"), "cpu")
-    else:
-        seed, rigorous = A.hub_migrate(loader, ["a", "b"], A.sizes_for("cpu"), {}, "cpu")
+    ctx = templates.ClaimContext(CATALOGUE[claim_id], ("a", "b"), "cpu")
+    template = templates.template_of(CATALOGUE[claim_id])
+    assert template.specs(ctx) == {}  # nothing planned, nothing measured
+    seed, rigorous = template.run(ctx, loader)
     assert seed.untested and rigorous.untested and rigorous.skip_test
     assert ("several sizes" if claim_id == "HUB-MIGRATE" else "code-trained") in seed.untested
 
@@ -438,9 +445,17 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MI_ATLAS_RESULTS_CACHE", str(tmp_path))
 
 
+def _rigorous_hub(lm, sizes, claimed=None):
+    """The production hub procedure (its specs measured on ``lm``, then its findings) for seed 42 alone."""
+    from engine.studies.specs import measure_on
+
+    seeds = A.SEEDS[:1]
+    return hubs.hub_findings(measure_on(lm, hubs.hub_specs(lm.key, sizes, seeds)), sizes, claimed, seeds)[1]
+
+
 def test_a_planted_hub_is_confirmed_end_to_end_and_its_unplanted_twin_is_not(isolated_cache):
     """The last layer's output (attention + MLP) scaled x2 in a tiny 4-layer Llama (in the twin it is the layer
-    with the *smallest* effect): the production study function (``rigorous_hub``, 10/family x 12 families)
+    with the *smallest* effect): the production hub procedure (``hub_specs`` + ``hub_findings``, 10/family x 12 families)
     decides "an argmax layer exists" at L3 (and "the argmax is L3"); the unplanted twin at the same n is decided
     against "the argmax is L3" and its own argmax is another layer. (x1.5 is not decided at this n.) The hub rules
     run here with delta 0 (no [claim.params], so no hub_delta): this random tiny model's layer KLs are ~0.01 nats,
@@ -448,18 +463,18 @@ def test_a_planted_hub_is_confirmed_end_to_end_and_its_unplanted_twin_is_not(iso
     ~0.002 nats is decided below delta (FAILED), as a lead that small on a real model should be."""
     sizes = dataclasses.replace(A.sizes_for("cpu"), rigorous_per_family=10, n_resamples=500, batch_size=32)
     assert sizes.hub_delta is None
-    planted = A.rigorous_hub(_planted(3, 2.0), sizes, seeds=A.SEEDS[:1])
+    planted = _rigorous_hub(_planted(3, 2.0), sizes)
     record = verdict(planted, "HUB-SMOL")
     assert record.verdict is Verdict.CONFIRMED and planted.figures["hub_layer"] == 3, record.reason
-    assert verdict(A.rigorous_hub(_planted(3, 2.0), sizes, seeds=A.SEEDS[:1], claimed=3), "HUB-SMOL").verdict \
+    assert verdict(_rigorous_hub(_planted(3, 2.0), sizes, claimed=3), "HUB-SMOL").verdict \
         is Verdict.CONFIRMED
     robust = planted.figures["robustness"][f"seed {A.SEEDS[0]}"]  # mean / resample on the same prompts
     assert set(robust["ablation_methods"]) == {"mean", "resample"} and robust["logit_metric"]["n"] == 120
     print("planted robustness:", {k: robust[k] for k in ("logit_metric", "hub_on_correct", "accuracy")},
           {m: (v["argmax"], v["outcome"]) for m, v in robust["ablation_methods"].items()})
-    twin = A.rigorous_hub(_planted(None, 1.0), sizes, seeds=A.SEEDS[:1])
+    twin = _rigorous_hub(_planted(None, 1.0), sizes)
     assert twin.figures["argmax_layer"] != 3 and twin.figures["n_examples"] == planted.figures["n_examples"]
-    twin_claimed = A.rigorous_hub(_planted(None, 1.0), sizes, seeds=A.SEEDS[:1], claimed=3)
+    twin_claimed = _rigorous_hub(_planted(None, 1.0), sizes, claimed=3)
     assert verdict(twin_claimed, "HUB-SMOL").verdict is Verdict.FAILED
 
 

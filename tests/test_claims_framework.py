@@ -746,7 +746,7 @@ from engine.studies.findings import Finding
 
 @pytest.mark.claim("T-FIG", model="smollm2-135m")
 def test_planned(claim):
-    sizes = A.sizes_for(claim.tier, claim.params)
+    sizes = A.sizes_for(claim.tier, claim.params, claim.plan)  # the session's --plan, from its run settings
     seed = Finding("seed", {"figure": 10.0, "per_family": sizes.rigorous_per_family}, holds=True)
     rigorous = Finding("rigorous", {"figure": 10.0}, holds=True)
     record_both(claim, seed, rigorous)

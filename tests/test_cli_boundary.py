@@ -388,7 +388,7 @@ def test_xdist_workers_fall_back_quietly_and_the_controller_warns_once(tmp_path)
 
     def config(worker: str | None):
         made = types.SimpleNamespace(getoption=lambda name, default=None: options.get(name, default),
-                                     rootpath=tmp_path / "root")
+                                     rootpath=tmp_path / "root", stash={})
         if worker:
             made.workerinput = {"workerid": worker}
         return made

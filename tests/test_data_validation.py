@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import engine.templates  # noqa: F401 (every block registers its sizes with engine.plans)
 from engine import planner, plans
 from engine.verdicts import CatalogueError, ClaimError, load_catalogue
 

@@ -79,16 +79,12 @@ def pytest_configure(config):
 # mutation -> (claim, test file, -k expression, figure pattern the table must name): the cheapest smoke claim
 # whose decision goes through the mutated function.
 CASES = {
-    "steering_sign_flipped": ("STEER-RANDOM", "claims/test_steer_quant_claims.py",
-                              "test_direction_beats_random_vectors_of_equal_norm and smollm2", r"."),
-    "layer_off_by_one": ("SKIP-ALL", "claims/test_atlas_claims.py",
-                         "test_skipping_any_layers_loses_the_top5_tokens and smollm2", r"."),
-    "mean_reference_dropped": ("ABL-MEAN", "claims/test_atlas_claims.py",
-                               "test_mean_ablation_and_zero_ablation and smollm2", r"."),
+    "steering_sign_flipped": ("STEER-RANDOM", "claims/test_claims.py", "STEER-RANDOM and smollm2", r"."),
+    "layer_off_by_one": ("SKIP-ALL", "claims/test_claims.py", "SKIP-ALL and smollm2", r"."),
+    "mean_reference_dropped": ("ABL-MEAN", "claims/test_claims.py", "ABL-MEAN and smollm2", r"."),
     # catalogue v3: with one prompt per family the interval is the sign-flip test of the family means; pooled into
     # one stratum it becomes a t interval over prompts, so STEER-ALL's held-out gap gets another interval
-    "bootstrap_unstratified": ("STEER-ALL", "claims/test_steer_quant_claims.py",
-                               "test_steering_is_tested_at_all_layers and smollm2", r"."),
+    "bootstrap_unstratified": ("STEER-ALL", "claims/test_claims.py", "STEER-ALL and smollm2", r"."),
 }
 
 

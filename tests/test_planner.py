@@ -104,24 +104,22 @@ def test_claims_that_share_a_measurement_run_its_forward_passes_once(results_cac
 def test_an_interrupted_plan_resumes_from_the_cache_with_the_same_figures(results_cache, lm, monkeypatch):
     """Seeds 42 and 137 are measured, then the session is interrupted before seed 256: the rerun reads the
     first two from the cache and ends with the figures of an uninterrupted run."""
-    from engine.studies.atlas import common, hubs
+    from engine.studies.atlas import common
 
-    seeds, done, real = A.SEEDS, [], common.rigorous_atlas
+    seeds, done, real = A.SEEDS, [], common.AtlasSpec.compute
 
-    def interrupted(lm_, sizes, seed=seeds[0], **kw):
-        if seed == seeds[-1]:
+    def interrupted(spec, lm_):
+        if spec.sample == "stratified" and spec.seed == seeds[-1]:
             raise KeyboardInterrupt("plan interrupted")
-        done.append(seed)
-        return real(lm_, sizes, seed, **kw)
+        done.append(spec.seed)
+        return real(spec, lm_)
 
     uninterrupted = A.hub_seeds(lm, SIZES)
     progress.reset()
     for entry in results_cache.rglob("*.json"):
         entry.unlink()  # an empty cache: the interrupted session starts from nothing
     with monkeypatch.context() as patch:
-        patch.setattr(common, "rigorous_atlas", interrupted)
-        if hasattr(hubs, "rigorous_atlas"):  # the name the hub studies call
-            patch.setattr(hubs, "rigorous_atlas", interrupted)
+        patch.setattr(common.AtlasSpec, "compute", interrupted)  # every atlas a claim's specs measure
         with pytest.raises(KeyboardInterrupt):
             A.hub_seeds(lm, SIZES)
     assert done, "nothing was measured before the interruption"
@@ -202,40 +200,44 @@ def _split(label: str) -> tuple[str, list[str]]:
     return label.split("[")[0], label[label.index("[") + 1:-1].split("+")
 
 
-def test_each_claims_declared_measurements_are_what_it_measured_in_the_last_smoke_run():
-    """The planner's declarations (engine/studies/needs.py) against the ledger of a real run: for every declared
-    claim test the multiset of measurements it read is exactly the declared one (a procedure that starts asking
-    for another sweep, or stops, fails here until its declaration follows)."""
-
-
-    from engine import planner
+def _declared(label: str):
+    """What the row's template declares for this cpu claim test under the smoke plan (engine.templates)."""
+    from engine import templates
+    from engine.settings import RunSettings
     from engine.verdicts import load_catalogue
 
-    catalogue = load_catalogue()
+    claim_id, models_ = _split(label)
+    ctx = templates.ClaimContext(load_catalogue()[claim_id], tuple(models_), "cpu", RunSettings(plan="smoke"))
+    return templates.template_of(ctx.claim).declared(ctx)
+
+
+def test_each_claims_declared_measurements_are_what_it_measured_in_the_last_smoke_run():
+    """The templates' declarations (the specs they measure, engine/templates) against the ledger of a real run:
+    for every declared claim test the multiset of measurements it read is exactly the declared one (a spec the
+    run did not measure, or a measurement no spec names, fails here). Procedures that decide at run time are
+    the LoRA claims, ABL-MEAN and STEER-TRANSFER."""
     per_claim, _ = _last_smoke_ledger()
     checked, dynamic = [], []
     for label, measured in sorted(per_claim.items()):
-        claim_id, models = _split(label)
-        got = planner.needs_of(claim_id, models, "cpu", {**catalogue[claim_id].params, "plan": "smoke"})
+        got = _declared(label)
         if got.why:
-            dynamic.append(claim_id)
+            dynamic.append(label.split("[")[0])
             continue
         assert Counter(n.what.strip() for n in got.needs) == measured, label
         checked.append(label)
-    assert len(checked) >= 28 and set(dynamic) <= {"LORA-ATLAS", "LORA-OPROJ", "LORA-LATE", "LOCKIN", "SKIP-RECOVER"}
+    assert len(checked) >= 24 and set(dynamic) <= {"LORA-ATLAS", "LORA-OPROJ", "LORA-LATE", "LOCKIN", "SKIP-RECOVER",
+                                                   "ABL-MEAN", "STEER-TRANSFER"}
 
 
 def test_the_plan_merges_shared_measurements_once_and_orders_them_by_model():
     """The collected cpu smoke claims: the plan's distinct measurements are as many as the run computed for the
     declared claims; most are read by several claims; grouped model by model."""
     from engine import planner
-    from engine.verdicts import load_catalogue
 
-    catalogue = load_catalogue()
     per_claim, measurements = _last_smoke_ledger()
-    tests = [(c, m, "cpu", {**catalogue[c].params, "plan": "smoke"}) for c, m in map(_split, sorted(per_claim))]
+    tests = [(label, _declared(label)) for label in sorted(per_claim)]
     plan = planner.plan("smoke", tests)
-    declared = {label for label in per_claim if not planner.needs_of(*_split(label), "cpu", {}).why}
+    declared = {label for label, got in tests if not got.why}
     run_distinct = [m for m in measurements if set(m["claims"]) & declared]
     assert len(plan.users) == len(run_distinct)
     assert plan.requests > len(plan.users) and plan.shared >= 6
@@ -266,13 +268,15 @@ def test_groups_that_took_longest_are_handed_out_first(tmp_path):
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "plan-default-timings.json").write_text(json.dumps({"claims": [
         {"claim": "A[m1]", "seconds": 10.0}, {"claim": "B[m1]", "seconds": 5.0}, {"claim": "C[m2]", "seconds": 100.0}]}))
-    config = SimpleNamespace(getoption=lambda name, default=None: {"--claims-results": tmp_path}.get(name, default),
-                             rootpath=tmp_path)
+    def config_at(root):
+        return SimpleNamespace(getoption=lambda name, default=None: {"--claims-results": root}.get(name, default),
+                               rootpath=root, stash={})
+
+    config = config_at(tmp_path)
     items = [Item("A", "m1", "m1/atlas"), Item("B", "m1", "m1/atlas"), Item("C", "m2", "m2/quant"),
              Item("D", "m3", "m3/lora")]
     assert [i.nodeid for i in longest_groups_first(config, items)] == ["C-m2", "A-m1", "B-m1", "D-m3"]
-    config_without = SimpleNamespace(getoption=lambda name, default=None: {"--claims-results": tmp_path / "x"}
-                                     .get(name, default), rootpath=tmp_path / "x")
+    config_without = config_at(tmp_path / "x")
     assert longest_groups_first(config_without, items) == items  # no timings: the collection order
 
 
@@ -280,6 +284,10 @@ def test_a_plan_without_a_tiers_tables_does_not_crash_collection():
     """`pytest claims --plan smoke` without `-m cpu`: the smoke plan has no gpu-tier tables; the planner says so
     for those tests instead of an INTERNALERROR at collection."""
     from engine import planner as P
+    from engine import templates
+    from engine.settings import RunSettings
+    from engine.verdicts import load_catalogue
 
-    got = P.plan("smoke", [("HUB-Q05", ("qwen2.5-0.5b",), "gpu", {"plan": "smoke"})])
+    ctx = templates.ClaimContext(load_catalogue()["HUB-Q05"], ("qwen2.5-0.5b",), "gpu", RunSettings(plan="smoke"))
+    got = P.plan("smoke", [("HUB-Q05[qwen2.5-0.5b]", templates.declared(ctx))])
     assert not got.users and "no sizes for this tier" in next(iter(got.dynamic.values()))

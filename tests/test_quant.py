@@ -2,7 +2,7 @@
 (never dropped), ratios and their CIs, the speed report, its JSON/chart and the `mi-atlas bench quant` command.
 
 bitsandbytes needs a checkpoint to quantise, so NF4/int8 rows of a tiny model are reported as load errors here;
-the real NF4/int8 runs are the claim tests' (claims/test_steer_quant_claims.py).
+the real NF4/int8 runs are the QUANT-KL / QUANT-SPEED claim rows' (claims/test_claims.py).
 """
 
 from __future__ import annotations

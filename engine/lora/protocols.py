@@ -49,6 +49,7 @@ from .training import LoraRun, TrainConfig, train_cached
 LORA_FAMILIES = ("json_schema", "factual_recall", "code_syntax")  # the seed's three LoRA task families
 
 
+@plans.sizes_of("lora")
 @dataclass(frozen=True)
 class LoraPlan:
     """Sizes and budgets of the LoRA block's measurements (see the module docstring)."""
@@ -99,10 +100,10 @@ class LoraPlan:
                 "train_seeds": list(self.train_seeds), "data_seed": self.data_seed}
 
 
-def plan_for(tier: str, params: Mapping | None = None) -> LoraPlan:
+def plan_for(tier: str, params: Mapping | None = None, plan: str | None = None) -> LoraPlan:
     """The tier's plan (``cpu`` | ``gpu``) from ``engine/data/plans.toml`` with a claim's ``[claim.params]``
     overrides applied (flat keys named like a field, then the ``params[tier]`` sub-table)."""
-    return plans.load("lora", LoraPlan, tier, params)
+    return plans.load("lora", LoraPlan, tier, params, plan=plan)
 
 
 PLANS = {tier: plan_for(tier) for tier in plans.TIERS}  # the default plan

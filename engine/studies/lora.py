@@ -35,13 +35,13 @@ from engine.lora.studies import MODULE_LEAF, short
 from engine.studies.findings import Finding
 
 
-def model_atlas(tier: str, params: Mapping[str, Any] | None = None):
+def model_atlas(tier: str, params: Mapping[str, Any] | None = None, plan: str | None = None):
     """``atlas(lm)`` for :class:`~engine.lora.LoraBench`: the model's rigorous atlas under the claim's plan (the
     atlas block's seed-42 stratified sample, each layer's contribution removed, KL at the answer), i.e. the very
     measurement HUB-SMOL, HUB-SEEDS, HUB-BREADTH and OWN-ATLAS read, so the session computes it once."""
     from engine.studies.atlas import common
 
-    sizes = common.sizes_for(tier, params)
+    sizes = common.sizes_for(tier, params, plan)
     return lambda lm: common.rigorous_atlas(lm, sizes)
 
 __all__ = ["LoraPlan", "decide_atlas", "decide_late", "decide_lockin", "decide_oproj", "decide_oproj_seed",
@@ -422,3 +422,42 @@ def skip_recover(bench: LoraBench, params: Mapping[str, Any]) -> tuple[Finding, 
                                             "also teaches the task): atlas/random_excess_after_recovery = recovered - "
                                             "the full model after the same finetune.")])
     return Finding.not_run("seed", SEED_NEVER_RAN.format(block="G4")), rigorous
+
+
+# ------------------------------------------------------------------------------------------------ the rows' procedures
+#
+# The LoRA claims are procedures by nature (``procedure = "engine.studies.lora:lora_atlas_claim"`` ...): what they
+# train follows the model's atlas and the random draws. One bench per model and plan, shared by the five claims
+# of a session (the all-linear adapter, the atlases and every training run computed once; cached on disk too).
+
+_BENCHES: dict[tuple[str, LoraPlan], LoraBench] = {}
+DYNAMIC = "trainings and evaluations follow the layers the model's atlas picks (and the random draws)"
+
+
+def bench_for(ctx, load_model) -> LoraBench:
+    """The LoRA bench of the claim's model under its plan (one per model and plan for the session)."""
+    plan = plan_for(ctx.tier, ctx.params, ctx.plan)
+    key = (ctx.model, plan)
+    if key not in _BENCHES:
+        _BENCHES[key] = LoraBench(load_model(ctx.model), plan, atlas=model_atlas(ctx.tier, ctx.params, ctx.plan))
+    return _BENCHES[key]
+
+
+def release_benches() -> None:
+    _BENCHES.clear()
+
+
+def _procedure(decide):
+    def run(ctx, load_model) -> tuple[Finding, Finding]:
+        return decide(bench_for(ctx, load_model), ctx.params)
+    run.__name__ = run.__qualname__ = f"{decide.__name__}_claim"
+    run.__doc__ = f"The row's procedure: :func:`{decide.__name__}` on the model's shared LoRA bench."
+    run.dynamic = DYNAMIC
+    return run
+
+
+lora_atlas_claim = _procedure(lora_atlas)
+lora_oproj_claim = _procedure(lora_oproj)
+lora_late_claim = _procedure(lora_late)
+lockin_claim = _procedure(lockin)
+skip_recover_claim = _procedure(skip_recover)

@@ -23,6 +23,7 @@ from engine import decisions as D
 from engine import interventions as iv
 from engine import quant as quant_engine
 from engine import steering as st
+from engine.planner import Need
 from engine.quant import KL_PRECISIONS, SpeedReport, SpeedRow, time_precision
 from engine.quant import quant_kl as measure_quant_kl
 from engine.studies import steer
@@ -30,7 +31,7 @@ from engine.studies.findings import Finding, StudyError, r4, require
 from engine.studies.steer import SteerSizes, steer_data
 
 
-
+@plans.sizes_of("quant")
 @dataclass(frozen=True)
 class QuantSizes:
     """Sizes of the quantisation claims on one tier (stated in every record's notes). Prompts: the first
@@ -58,19 +59,19 @@ class QuantSizes:
                 f"{self.warmup} warm-up + {self.rounds} rounds, logits at the last position, vs {self.reference}")
 
 
-def quant_sizes_for(tier: str, params: Mapping[str, Any] | None = None) -> QuantSizes:
+def quant_sizes_for(tier: str, params: Mapping[str, Any] | None = None, plan: str | None = None) -> QuantSizes:
     """The tier's sizes (any tier but ``gpu`` reads the cpu plan) from ``engine/data/plans.toml``, with a claim's
     ``[claim.params]`` size overrides (:func:`engine.plans.override`)."""
-    return plans.load("quant", QuantSizes, "gpu" if tier == "gpu" else "cpu", params)
+    return plans.load("quant", QuantSizes, "gpu" if tier == "gpu" else "cpu", params, plan=plan)
 
 
 sizes_for = quant_sizes_for  # every block's sizes read the same way
 
 
-def steer_sizes_for(tier: str, params: Mapping[str, Any] | None = None) -> SteerSizes:
+def steer_sizes_for(tier: str, params: Mapping[str, Any] | None = None, plan: str | None = None) -> SteerSizes:
     """The steering sizes the quant claims draw their prompts from: the steer block of the plan ``params`` select,
     without the quant claim's own overrides (those are for :class:`QuantSizes`)."""
-    return steer.sizes_for(tier, {"plan": plans.plan_name(params)})
+    return steer.sizes_for(tier, plan=plan or plans.plan_name(params))
 
 
 QUANT_SIZES: dict[str, QuantSizes] = {tier: quant_sizes_for(tier) for tier in plans.TIERS}  # the default plan
@@ -123,6 +124,26 @@ def cached_quant_study(key: str, sizes: QuantSizes, steer_sizes: SteerSizes) -> 
              "versions": quant_engine.backend_versions()}
     return cache.cached(parts, lambda: {**quant_study(key, sizes, steer_sizes),
                                         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+@dataclass(frozen=True)
+class QuantStudySpec:
+    """QUANT-KL's and QUANT-SPEED's one set of loads of one model (:func:`cached_quant_study`)."""
+
+    model: str
+    sizes: QuantSizes
+    steer_sizes: SteerSizes
+
+    @property
+    def need(self) -> Need:
+        return Need(self.model, "quant-study-v2", "the quant plan's prompts", self.sizes.n_eval)
+
+    def measure(self, load_model=None) -> dict:
+        return cached_quant_study(self.model, self.sizes, self.steer_sizes)
+
+
+def quant_spec(model: str, tier: str, params: Mapping[str, Any], plan: str | None) -> QuantStudySpec:
+    return QuantStudySpec(model, quant_sizes_for(tier, params, plan), steer_sizes_for(tier, params, plan))
 
 
 def amplification_rule(num: Sequence[float], den: Sequence[float], groups: Sequence[str],
@@ -326,3 +347,13 @@ def quant_speed(key: str, sizes: QuantSizes, steer_sizes: SteerSizes, *,
                 out_dir: str | Path, params: Mapping[str, Any] | None = None) -> tuple[Finding, Finding]:
     """QUANT-SPEED: 8-bit is slower than NF4, relative to bf16 (measured side by side in one process)."""
     return quant_speed_findings(cached_quant_study(key, sizes, steer_sizes), out_dir, params)
+
+
+def quant_speed_claim(ctx, load_model=None) -> tuple[Finding, Finding]:
+    """The QUANT-SPEED row's procedure (a benchmark: timed rounds per precision, its report written beside the
+    run's results)."""
+    spec = quant_spec(ctx.model, ctx.tier, ctx.params, ctx.plan)
+    return quant_speed_findings(spec.measure(), ctx.settings.output("bench"), ctx.params)
+
+
+quant_speed_claim.specs = lambda ctx: {"study": quant_spec(ctx.model, ctx.tier, ctx.params, ctx.plan)}

@@ -25,6 +25,7 @@ import numpy as np
 
 from engine import cache, plans, quant
 from engine import decisions as D
+from engine.planner import Need
 from engine.steering import (
     Contrast,
     SteeringError,
@@ -45,6 +46,7 @@ from engine.steering import (
 from engine.studies.findings import Finding, StudyError, r4, require
 
 
+@plans.sizes_of("steer")
 @dataclass(frozen=True)
 class SteerSizes:
     """Sample sizes and settings of the steering claims on one tier (stated in every record's notes).
@@ -79,10 +81,10 @@ class SteerSizes:
                 f"{self.n_pairs} pairing prompts, template {self.template!r}")
 
 
-def sizes_for(tier: str, params: Mapping[str, Any] | None = None) -> SteerSizes:
+def sizes_for(tier: str, params: Mapping[str, Any] | None = None, plan: str | None = None) -> SteerSizes:
     """The tier's sizes (any tier but ``gpu`` reads the cpu plan) from ``engine/data/plans.toml``, with a claim's
     ``[claim.params]`` size overrides (:func:`engine.plans.override`)."""
-    return plans.load("steer", SteerSizes, "gpu" if tier == "gpu" else "cpu", params)
+    return plans.load("steer", SteerSizes, "gpu" if tier == "gpu" else "cpu", params, plan=plan)
 
 
 SIZES: dict[str, SteerSizes] = {tier: sizes_for(tier) for tier in plans.TIERS}  # the default plan
@@ -342,6 +344,28 @@ def cached_steer_study(load_model: Callable[[str], Any], key: str, sizes: SteerS
     return cache.cached(parts, lambda: steer_study(load_model(key), sizes, guess_layer=guess))
 
 
+@dataclass(frozen=True)
+class SteerStudySpec:
+    """The STEER-ALL / STEER-RANDOM study of one model (:func:`cached_steer_study`: one per model, plan and guess
+    layer, shared by both claims and by STEER-TRANSFER's source)."""
+
+    model: str
+    sizes: SteerSizes
+    guess: int | None = None
+
+    @property
+    def need(self) -> Need:
+        return Need(self.model, "steer-study-v2", "the steer plan's prompts")
+
+    def measure(self, load_model: Callable[[str], Any]) -> dict:
+        return cached_steer_study(load_model, self.model, self.sizes, self.guess)
+
+
+def steer_spec(model: str, tier: str, params: Mapping[str, Any], plan: str | None,
+               seed_figures: Mapping[str, Any]) -> SteerStudySpec:
+    return SteerStudySpec(model, sizes_for(tier, params, plan), hub_guess(tier, seed_figures))
+
+
 def _ci(ev: D.Evidence) -> dict[str, tuple[float, float]]:
     return {ev.label: ev.ci} if ev.ci is not None else {}
 
@@ -477,3 +501,13 @@ def steer_transfer(load_model: Callable[[str], Any], source: str, target: str, s
              "layer": src["best_layer"], "scale": src["best_scale"]}
     t = cache.cached(parts, lambda: transfer_study(source, target, sizes, src["best_layer"], src["best_scale"]))
     return steer_transfer_findings(t, sizes, params)
+
+
+def steer_transfer_claim(ctx, load_model: Callable[[str], Any]) -> tuple[Finding, Finding]:
+    """The STEER-TRANSFER row's procedure (a cross-model map: the source's study decides what the target measures):
+    the target's first model is the source, its last the target."""
+    return steer_transfer(load_model, ctx.models[0], ctx.models[-1], sizes_for(ctx.tier, ctx.params, ctx.plan),
+                          ctx.params, guess=hub_guess(ctx.tier, ctx.seed_figures))
+
+
+steer_transfer_claim.dynamic = "the mapped transfer follows the source's best layer and scale (its steering study)"

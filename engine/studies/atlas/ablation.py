@@ -27,6 +27,7 @@ from engine.studies.atlas.common import (
     first_examples,
     rigorous_atlas,
     seed_atlas,
+    sizes_for,
     stratified_sample,
 )
 from engine.studies.findings import Finding, StudyError, contrast, require  # noqa: F401 (re-exported)
@@ -296,3 +297,11 @@ def abl_mean(lm, sizes: Sizes, params: Mapping[str, Any]) -> tuple[Finding, Find
     require(seed.figures["mean_hook_fired_layers"] == lm.n_layers, "the seed's mean hook must fire at every layer")
     mean_ablation_contrast(seed, rigorous)
     return seed, rigorous
+
+
+def abl_mean_claim(ctx, load_model) -> tuple[Finding, Finding]:
+    """The ABL-MEAN row's procedure (the seed's no-op mean hook is a quirk no template models)."""
+    return abl_mean(load_model(ctx.model), sizes_for(ctx.tier, ctx.params, ctx.plan), ctx.params)
+
+
+abl_mean_claim.dynamic = "the seed's mean hook, the residual mean ratios and every ablation method's NL sweep"

@@ -11,6 +11,7 @@ import numpy as np
 from engine import decisions as D
 from engine import plans, tasks
 from engine.atlas import Atlas, atlas
+from engine.planner import Need
 from engine.studies.findings import Finding, StudyError, contrast, require  # noqa: F401 (re-exported)
 
 SEEDS: tuple[int, ...] = (42, 137, 256)
@@ -25,6 +26,7 @@ SPLIT = "short"  # the seed's hub runs used short templated prompts
 TIE_RTOL = 1e-6  # top-two effects equal to this relative precision are an exact tie (argmax = first index)
 
 
+@plans.sizes_of("atlas")
 @dataclass(frozen=True)
 class Sizes:
     """Sample sizes of one tier.
@@ -54,10 +56,10 @@ class Sizes:
     hub_delta_rationale: str | None = None  # threshold set by the claim's [claim.params], never by a plan
 
 
-def sizes_for(tier: str, params: Mapping[str, Any] | None = None) -> Sizes:
+def sizes_for(tier: str, params: Mapping[str, Any] | None = None, plan: str | None = None) -> Sizes:
     """The tier's sizes (any tier but ``gpu`` reads the cpu plan) from ``engine/data/plans.toml``, with a claim's
     ``[claim.params]`` size overrides (:func:`engine.plans.override`)."""
-    return plans.load("atlas", Sizes, "gpu" if tier == "gpu" else "cpu", params)
+    return plans.load("atlas", Sizes, "gpu" if tier == "gpu" else "cpu", params, plan=plan)
 
 
 SIZES: dict[str, Sizes] = {tier: sizes_for(tier) for tier in plans.TIERS}  # the default plan
@@ -111,29 +113,119 @@ def _atlas(lm, examples, sizes: Sizes, **kwargs) -> Atlas:
                  n_resamples=sizes.n_resamples, **kwargs)
 
 
-def seed_atlas(lm, sizes: Sizes, *, suite="synthetic", families=None, per_family: int | None = None,
-               positions: Any = "all") -> Atlas:
-    """The seed's layer ablation: zero the residual stream after each layer; KL at the last prompt position;
-    the first k examples per family."""
-    examples = first_examples(per_family or sizes.seed_per_family, families or sizes.families, suite,
-                              None if suite == "nl" else SPLIT)
-    return _atlas(lm, examples, sizes, method="zero", component="resid", positions=positions, measure="answer",
-                  seed=SEEDS[0])
+@dataclass(frozen=True)
+class AtlasSpec:
+    """One atlas sweep a claim reads, on one model with its plan's sizes: which prompts and how they are ablated.
+
+    ``sample``: ``"first"`` (the seed protocol's first k per family, in file order), ``"stratified"`` (seed
+    ``seed``'s stratified sample) or ``"reported"`` (the first ``sizes.reported_per_family`` per family of seed
+    ``SEEDS[0]``'s sample: sweeps reported beside a decision, never deciding it). ``method`` / ``component`` /
+    ``positions`` as :func:`engine.atlas.atlas`. :attr:`need` is what the planner shows and shares;
+    :meth:`measure` computes the atlas (cached by content, so every claim naming the same spec reads one sweep).
+    """
+
+    model: str
+    sizes: Sizes
+    sample: str = "stratified"
+    seed: int = SEEDS[0]
+    suite: str = "synthetic"
+    per_family: int | None = None
+    families: tuple[str, ...] | None = None
+    method: str = "zero"
+    component: str = "layer"
+    positions: Any = "all"  # a position class, or a tuple of offsets
+
+    def __post_init__(self):
+        if self.sample not in ("first", "stratified", "reported"):
+            raise ValueError(f"AtlasSpec: unknown sample {self.sample!r}")
+        if isinstance(self.positions, list):
+            object.__setattr__(self, "positions", tuple(self.positions))
+
+    @property
+    def k(self) -> int | None:
+        """Examples per family."""
+        s = self.sizes
+        if self.sample == "first":
+            return self.per_family or s.seed_per_family
+        if self.sample == "reported" and s.reported_per_family is not None:
+            return s.reported_per_family
+        return self.per_family or (s.nl_per_family if self.suite == "nl" else s.rigorous_per_family)
+
+    def examples(self) -> list[tasks.Example]:
+        families = self.families or self.sizes.families
+        if self.sample == "first":
+            return first_examples(self.k, families, self.suite, None if self.suite == "nl" else SPLIT)
+        if self.sample == "stratified":
+            return stratified_sample(self.seed, self.k, families, self.suite)
+        sample = stratified_sample(SEEDS[0], self.sizes.rigorous_per_family, self.sizes.families)
+        if self.sizes.reported_per_family is None:
+            return sample
+        taken: dict[str, int] = {}
+        kept = []
+        for ex in sample:
+            if taken.get(ex.family, 0) < self.sizes.reported_per_family:
+                taken[ex.family] = taken.get(ex.family, 0) + 1
+                kept.append(ex)
+        return kept
+
+    @property
+    def need(self) -> Need:
+        n = self.k * len(self.families or self.sizes.families or tasks.FAMILIES)
+        positions = str(list(self.positions)) if isinstance(self.positions, tuple) else self.positions
+        if self.sample == "first":
+            sample = f"seed first-k {self.suite}"
+        elif self.sample == "reported" and self.sizes.reported_per_family is not None:
+            sample = f"synthetic seed {SEEDS[0]} first {self.sizes.reported_per_family}/family"
+        else:
+            sample = f"{self.suite} seed {self.seed if self.sample == 'stratified' else SEEDS[0]}"
+        return Need(self.model, "atlas", sample, n, f"{self.method}/{self.component}", positions)
+
+    def compute(self, lm) -> Atlas:
+        positions = list(self.positions) if isinstance(self.positions, tuple) else self.positions
+        return _atlas(lm, self.examples(), self.sizes, method=self.method, component=self.component,
+                      positions=positions, measure="answer", seed=self.seed if self.sample == "stratified"
+                      else SEEDS[0])
+
+    def measure(self, load_model) -> Atlas:
+        return self.compute(load_model(self.model))
 
 
-def rigorous_atlas(lm, sizes: Sizes, seed: int = SEEDS[0], *, suite="synthetic", families=None,
-                   method: str = "zero", positions: Any = "all", per_family: int | None = None,
-                   component: str = "layer") -> Atlas:
+def seed_spec(model: str, sizes: Sizes, *, suite="synthetic", families=None, per_family: int | None = None,
+              positions: Any = "all") -> AtlasSpec:
+    """The seed's layer ablation: zero the residual stream after each layer; KL at the last prompt position; the
+    first k examples per family."""
+    return AtlasSpec(model, sizes, "first", suite=suite, per_family=per_family,
+                     families=tuple(families) if families else None, component="resid", positions=positions)
+
+
+def rigorous_spec(model: str, sizes: Sizes, seed: int = SEEDS[0], *, suite="synthetic", families=None,
+                  method: str = "zero", positions: Any = "all", per_family: int | None = None,
+                  component: str = "layer") -> AtlasSpec:
     """Layer-contribution ablation (output := input) on that seed's stratified sample; KL at the answer.
 
     Every claim that reads a model's seed-``seed`` atlas (HUB-Q05/Q15/Q3/SMOL, HUB-SEEDS, HUB-BREADTH, OWN-ATLAS,
-    HUB-NL's synthetic side) calls this with the same arguments, so the content-addressed cache computes it once.
+    HUB-NL's synthetic side) names the same spec, so the content-addressed cache computes it once.
     ``component="resid"``: residual zeroing on the same stratified sample (POS-ANSWER's position sets)."""
-    examples = stratified_sample(seed, per_family or (sizes.nl_per_family if suite == "nl"
-                                                      else sizes.rigorous_per_family), families or sizes.families,
-                                  suite)
-    return _atlas(lm, examples, sizes, method=method, component=component, positions=positions, measure="answer",
-                  seed=seed)
+    return AtlasSpec(model, sizes, "stratified", seed=seed, suite=suite, per_family=per_family,
+                     families=tuple(families) if families else None, method=method, component=component,
+                     positions=positions)
+
+
+def reported_spec(model: str, sizes: Sizes, method: str = "zero", component: str = "layer",
+                  positions: Any = "all") -> AtlasSpec:
+    """A sweep reported beside a decision, never deciding it: on seed ``SEEDS[0]``'s sample, or on its first
+    ``sizes.reported_per_family`` examples per family (in the sample's order)."""
+    return AtlasSpec(model, sizes, "reported", method=method, component=component, positions=positions)
+
+
+def seed_atlas(lm, sizes: Sizes, **kwargs) -> Atlas:
+    """:func:`seed_spec` on a loaded model."""
+    return seed_spec(lm.key, sizes, **kwargs).compute(lm)
+
+
+def rigorous_atlas(lm, sizes: Sizes, seed: int = SEEDS[0], **kwargs) -> Atlas:
+    """:func:`rigorous_spec` on a loaded model."""
+    return rigorous_spec(lm.key, sizes, seed, **kwargs).compute(lm)
 
 
 def reseeded(a: Atlas, seed: int) -> Atlas:
@@ -356,32 +448,21 @@ def restrict_rows(a: Atlas, rows: Sequence[int]) -> Atlas:
 
 
 def reported_atlas(lm, sizes: Sizes, method: str = "zero", component: str = "layer", positions: Any = "all") -> Atlas:
-    """A sweep reported beside a decision, never deciding it: on seed ``SEEDS[0]``'s sample, or on its first
-    ``sizes.reported_per_family`` examples per family (in the sample's order)."""
-    sample = stratified_sample(SEEDS[0], sizes.rigorous_per_family, sizes.families)
-    if sizes.reported_per_family is not None:
-        taken: dict[str, int] = {}
-        kept = []
-        for ex in sample:
-            if taken.get(ex.family, 0) < sizes.reported_per_family:
-                taken[ex.family] = taken.get(ex.family, 0) + 1
-                kept.append(ex)
-        sample = kept
-    return _atlas(lm, sample, sizes, method=method, component=component, positions=positions, measure="answer",
-                  seed=SEEDS[0])
+    """:func:`reported_spec` on a loaded model."""
+    return reported_spec(lm.key, sizes, method, component, positions).compute(lm)
 
 
-def robustness_figures(lm, sizes: Sizes, atlases: Mapping[str, Atlas]) -> dict[str, dict[str, Any]]:
-    """:func:`robustness` of each rigorous atlas of ``lm``; the one measured on seed ``SEEDS[0]``'s default sample
-    also under mean and resample ablation of the contribution (the same prompts, through the cache: every claim
-    reading that atlas shares these two sweeps; ``sizes.reported_per_family`` may take its first k per family).
-    Other seeds' samples report the KL-side figures only."""
-    out = {}
-    for name, a in atlases.items():
-        methods = {}
-        if a.method == "zero" and a.component == "layer" and a.seed == SEEDS[0]:
-            default = stratified_sample(SEEDS[0], sizes.rigorous_per_family, sizes.families)
-            if [ex.id for ex in by_length(lm, default)] == a.example_ids:
-                methods = {m: reported_atlas(lm, sizes, m) for m in ROBUSTNESS_METHODS}
-        out[name] = robustness(a, methods)
-    return out
+def robustness_specs(model: str, sizes: Sizes) -> dict[str, AtlasSpec]:
+    """The sweeps beside the default rigorous atlas (seed ``SEEDS[0]``'s sample): mean and resample ablation of the
+    contribution on its first ``sizes.reported_per_family`` prompts per family (every claim reading that atlas
+    names the same two specs: computed once)."""
+    return {f"robustness {m}": reported_spec(model, sizes, m) for m in ROBUSTNESS_METHODS}
+
+
+def robustness_figures(atlases: Mapping[str, Atlas], measured: Mapping[str, Any],
+                       default: str | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`robustness` of each rigorous atlas; the one named ``default`` (measured on seed ``SEEDS[0]``'s
+    default sample) also under the ablation methods of :func:`robustness_specs` (read from ``measured``). Other
+    atlases report the KL-side figures only."""
+    methods = {m: measured[f"robustness {m}"] for m in ROBUSTNESS_METHODS} if default is not None else {}
+    return {name: robustness(a, methods if name == default else None) for name, a in atlases.items()}

@@ -9,18 +9,19 @@ decision is one function of atlases (``decide_*``), so a unit test reaches every
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import combinations, pairwise
 from typing import Any
 
 import numpy as np
 
 from engine import decisions as D
-from engine import models, stats, tasks
+from engine import stats, tasks
 from engine.atlas import Atlas, prompt_overlap
 from engine.studies.atlas.common import (
+    ROBUSTNESS_METHODS,
     SEEDS,
-    Loader,
+    AtlasSpec,
     Sizes,
     argmax_depths,
     argmax_evidence,
@@ -32,14 +33,15 @@ from engine.studies.atlas.common import (
     first_examples,
     negate,
     restrict,
-    rigorous_atlas,
+    rigorous_spec,
     robustness_figures,
+    robustness_specs,
     same_argmax,
-    seed_atlas,
-    sizes_for,
+    seed_spec,
     stratified_sample,
 )
 from engine.studies.findings import Finding, StudyError, contrast, require  # noqa: F401 (re-exported)
+from engine.studies.specs import Loader, measure, measure_on
 
 NOT_RESAMPLED = ("seeds change nothing: the seed protocol's seeds {seeds} reuse the same examples (Jaccard overlap "
                  "{overlap:.2f}) and zero ablation has no randomness, so stability across seeds is not decided")
@@ -85,11 +87,9 @@ def decide_hub(atlases: Mapping[str, Atlas], claimed: int | None, delta: float =
     return figures, holds
 
 
-def seed_protocol_hub(lm, sizes: Sizes, *, claimed: int | None = None, families=None,
-                      per_family: int | None = None) -> Finding:
+def seed_protocol_hub(a: Atlas, sizes: Sizes, *, claimed: int | None = None, per_family: int | None = None) -> Finding:
     """The seed's hub: residual zeroing, first k per family, one deterministic sweep (its seeds never resample, so
     "in every seed" reduces to that sweep; the stability part is named as not decided)."""
-    a = seed_atlas(lm, sizes, families=families, per_family=per_family)
     figures, holds = decide_hub({f"seed {SEEDS[0]}": a}, claimed, sizes.hub_delta or 0.0, sizes.hub_delta_rationale or "")
     notes = [(f"Seed protocol: residual zeroing, KL at the last position, first {per_family or sizes.seed_per_family} "
              f"examples/family ({a.n_examples} prompts); the seeds {list(SEEDS)} do not change the examples, so one "
@@ -99,13 +99,14 @@ def seed_protocol_hub(lm, sizes: Sizes, *, claimed: int | None = None, families=
                    suite_hash=a.suite_hash)
 
 
-def rigorous_hub(lm, sizes: Sizes, seeds: Sequence[int] = SEEDS, *, claimed: int | None = None,
-                 families=None) -> Finding:
-    """Layer-contribution ablation on a fresh stratified sample per seed; the v2 argmax rule in every seed."""
-    atlases = {f"seed {s}": rigorous_atlas(lm, sizes, s, families=families) for s in seeds}
+def rigorous_hub(atlases: Mapping[str, Atlas], sizes: Sizes, robust: Mapping[str, Any], *,
+                 claimed: int | None = None) -> Finding:
+    """Layer-contribution ablation on a fresh stratified sample per seed (``atlases``: "seed <s>" -> atlas); the
+    argmax rule in every seed."""
+    seeds = [int(k.split()[-1]) for k in atlases]
     figures, holds = decide_hub(atlases, claimed, sizes.hub_delta or 0.0, sizes.hub_delta_rationale or "")
     figures["prompt_overlap"] = prompt_overlap([a.example_ids for a in atlases.values()])
-    figures["robustness"] = robustness_figures(lm, sizes, atlases)
+    figures["robustness"] = dict(robust)
     notes = [(f"Rigorous protocol (prompt template {next(iter(atlases.values())).template!r}: raw prompts, no chat "
               f"rendering): layer-contribution ablation, {sizes.rigorous_per_family} examples/family drawn "
              f"per seed ({figures['n_examples']} prompts/seed, Jaccard overlap {figures['prompt_overlap']:.2f}), "
@@ -149,11 +150,10 @@ def decide_hub_seeds(atlases: Mapping[str, Atlas], samples_differ: bool, overlap
     return Finding("", figures, holds=holds, undecided=undecided)
 
 
-def seed_protocol_hub_seeds(lm, sizes: Sizes, seeds: Sequence[int] = SEEDS) -> Finding:
-    """The seed's seeds: identical examples for every seed, deterministic residual zeroing: one sweep, reseeded
-    for the bootstrap only. The rule's precondition (the seeds resample the prompts) does not hold."""
-    samples = [first_examples(sizes.seed_per_family) for _ in seeds]
-    base = seed_atlas(lm, sizes)
+def seed_protocol_hub_seeds(base: Atlas, sizes: Sizes, seeds: Sequence[int] = SEEDS) -> Finding:
+    """The seed's seeds: identical examples for every seed, deterministic residual zeroing: one sweep (``base``),
+    reseeded for the bootstrap only. The rule's precondition (the seeds resample the prompts) does not hold."""
+    samples = [first_examples(sizes.seed_per_family, sizes.families) for _ in seeds]
     overlap = prompt_overlap(samples)
     finding = decide_hub_seeds({f"seed {seeds[0]}": base}, overlap < 1.0, overlap, sizes.hub_delta or 0.0,
                                sizes.hub_delta_rationale or "")
@@ -169,16 +169,16 @@ def seed_protocol_hub_seeds(lm, sizes: Sizes, seeds: Sequence[int] = SEEDS) -> F
     return finding
 
 
-def rigorous_hub_seeds(lm, sizes: Sizes, seeds: Sequence[int] = SEEDS) -> Finding:
+def rigorous_hub_seeds(atlases: Mapping[str, Atlas], sizes: Sizes, robust: Mapping[str, Any]) -> Finding:
     """Three seeds, three stratified samples (checked to differ), layer-contribution ablation; the argmax rule
-    per seed (the same atlases as HUB-SMOL / HUB-Q05 on this model: cached)."""
+    per seed (the same atlases as HUB-SMOL / HUB-Q05 on this model: one spec each, computed once)."""
+    seeds = [int(k.split()[-1]) for k in atlases]
     samples = [stratified_sample(s, sizes.rigorous_per_family, sizes.families) for s in seeds]
-    atlases = {f"seed {s}": rigorous_atlas(lm, sizes, s) for s in seeds}
     overlap = prompt_overlap(samples)
     finding = decide_hub_seeds(atlases, overlap < 1.0, overlap, sizes.hub_delta or 0.0, sizes.hub_delta_rationale or "")
     finding.protocol = "rigorous"
     finding.figures["suite_hashes"] = [tasks.suite_hash(s)[:12] for s in samples]
-    finding.figures["robustness"] = robustness_figures(lm, sizes, atlases)
+    finding.figures["robustness"] = dict(robust)
     finding.seeds, finding.suite_hash = list(seeds), next(iter(atlases.values())).suite_hash
     finding.notes = [(f"Rigorous protocol: {sizes.rigorous_per_family} examples/family drawn per seed "
                      f"({finding.figures['n_examples']} prompts/seed, Jaccard overlap {overlap:.2f}), "
@@ -242,18 +242,18 @@ def decide_nl(protocol: str, syn: Atlas, nl: Atlas, sizes_text: str, delta: floa
                    suite_hash=nl.suite_hash, undecided=undecided)
 
 
-def seed_protocol_nl_agreement(lm, sizes: Sizes) -> Finding:
-    return decide_nl("seed", seed_atlas(lm, sizes), seed_atlas(lm, sizes, suite="nl"),
+def seed_protocol_nl_agreement(syn: Atlas, nl: Atlas, sizes: Sizes) -> Finding:
+    return decide_nl("seed", syn, nl,
                      f"Seed protocol: residual zeroing, first {sizes.seed_per_family} prompts/family of each suite.",
                      sizes.hub_delta or 0.0, sizes.hub_delta_rationale or "")
 
 
-def rigorous_nl_agreement(lm, sizes: Sizes, seed: int = SEEDS[0]) -> Finding:
-    syn, nl = rigorous_atlas(lm, sizes, seed), rigorous_atlas(lm, sizes, seed, suite="nl")
+def rigorous_nl_agreement(syn: Atlas, nl: Atlas, sizes: Sizes, robust: Mapping[str, Any],
+                          seed: int = SEEDS[0]) -> Finding:
     finding = decide_nl("rigorous", syn, nl, f"Rigorous protocol: layer-contribution ablation, stratified samples "
                         f"(seed {seed}): {sizes.rigorous_per_family}/family synthetic, {sizes.nl_per_family}/family NL.",
                         sizes.hub_delta or 0.0, sizes.hub_delta_rationale or "")
-    finding.figures["robustness"] = robustness_figures(lm, sizes, {"synthetic": syn, "nl": nl})
+    finding.figures["robustness"] = dict(robust)
     return finding
 
 
@@ -312,18 +312,17 @@ def _breadth_finding(protocol: str, full: Atlas, narrow_families: Sequence[str],
                    undecided=undecided)
 
 
-def seed_protocol_breadth(lm, sizes: Sizes) -> Finding:
-    return _breadth_finding("seed", seed_atlas(lm, sizes), tasks.BREADTH_FAMILIES,
+def seed_protocol_breadth(a: Atlas, sizes: Sizes) -> Finding:
+    return _breadth_finding("seed", a, tasks.BREADTH_FAMILIES,
                             f"Seed protocol: residual zeroing, first {sizes.seed_per_family}/family.",
                             sizes.hub_delta or 0.0, sizes.hub_delta_rationale or "")
 
 
-def rigorous_breadth(lm, sizes: Sizes, seed: int = SEEDS[0]) -> Finding:
-    full = rigorous_atlas(lm, sizes, seed)
+def rigorous_breadth(full: Atlas, sizes: Sizes, robust: Mapping[str, Any], seed: int = SEEDS[0]) -> Finding:
     finding = _breadth_finding("rigorous", full, tasks.BREADTH_FAMILIES, f"Rigorous protocol: layer-contribution "
                                f"ablation, {sizes.rigorous_per_family}/family (seed {seed}).", sizes.hub_delta or 0.0,
                                sizes.hub_delta_rationale or "")
-    finding.figures["robustness"] = robustness_figures(lm, sizes, {f"seed {seed}": full})
+    finding.figures["robustness"] = dict(robust)
     return finding
 
 
@@ -424,18 +423,75 @@ def decide_coder(protocol: str, coder: Atlas, base: Atlas, text: str, delta: flo
 # ------------------------------------------------------------------------------------------------ claim procedures
 
 
-def claimed_layer(tier: str, seed_figures: Mapping[str, Any]) -> int | None:
-    """The layer a hub claim names on this tier: the seed's figure on the gpu tier; none on the cpu tier (the
-    rule there is "an argmax layer exists")."""
-    layer = seed_figures.get("hub_layer") if tier == "gpu" else None
-    return None if layer is None else int(layer)
+def hub_specs(model: str, sizes: Sizes, seeds: Sequence[int] = SEEDS) -> dict[str, AtlasSpec]:
+    """What HUB-Q05/Q15/Q3/SMOL and HUB-SEEDS read on one model: the seed protocol's sweep, one rigorous atlas per
+    seed, and the robustness sweeps beside seed ``SEEDS[0]``'s."""
+    return {"seed": seed_spec(model, sizes), **{f"seed {s}": rigorous_spec(model, sizes, s) for s in seeds},
+            **robustness_specs(model, sizes)}
 
 
-def hub(lm, sizes: Sizes, claimed: int | None = None) -> tuple[Finding, Finding]:
-    """HUB-Q05 / HUB-Q15 / HUB-Q3 / HUB-SMOL: the argmax layer (``claimed``, or "one exists" on the cpu tier) in
-    every seed, seed protocol vs rigorous protocol."""
-    seed, rigorous = seed_protocol_hub(lm, sizes, claimed=claimed), rigorous_hub(lm, sizes, claimed=claimed)
+def _rigorous(m: Mapping[str, Any], seeds: Sequence[int]) -> tuple[dict[str, Atlas], dict[str, Any]]:
+    atlases = {f"seed {s}": m[f"seed {s}"] for s in seeds}
+    return atlases, robustness_figures(atlases, m, f"seed {SEEDS[0]}" if SEEDS[0] in seeds else None)
+
+
+def hub_findings(m: Mapping[str, Any], sizes: Sizes, claimed: int | None = None,
+                 seeds: Sequence[int] = SEEDS) -> tuple[Finding, Finding]:
+    """HUB-Q05 / HUB-Q15 / HUB-Q3 / HUB-SMOL on :func:`hub_specs`' measurements: the argmax layer (``claimed``, or
+    "one exists" on the cpu tier) in every seed, seed protocol vs rigorous protocol."""
+    atlases, robust = _rigorous(m, seeds)
+    seed, rigorous = seed_protocol_hub(m["seed"], sizes, claimed=claimed), rigorous_hub(atlases, sizes, robust,
+                                                                                     claimed=claimed)
     hub_contrast(seed, rigorous)
+    return seed, rigorous
+
+
+def hub_seeds_findings(m: Mapping[str, Any], sizes: Sizes, seeds: Sequence[int] = SEEDS) -> tuple[Finding, Finding]:
+    """HUB-SEEDS on :func:`hub_specs`' measurements: the argmax layer does not move across seeds that resample the
+    prompts. Checks that the rigorous seeds draw different samples (else the procedure fails)."""
+    atlases, robust = _rigorous(m, seeds)
+    seed, rigorous = seed_protocol_hub_seeds(m["seed"], sizes, seeds), rigorous_hub_seeds(atlases, sizes, robust)
+    require(not seed.figures["samples_differ"], "the seed protocol's seeds must reuse the same examples")
+    require(rigorous.figures["samples_differ"] and rigorous.figures["prompt_overlap"] < 1.0,
+            "the rigorous seeds must resample the prompts")
+    require(len(set(rigorous.figures["suite_hashes"])) == len(seeds),
+            f"the rigorous seeds must draw {len(seeds)} different samples")
+    hub_seeds_contrast(seed, rigorous)
+    return seed, rigorous
+
+
+def nl_specs(model: str, sizes: Sizes) -> dict[str, AtlasSpec]:
+    """HUB-NL: both suites under both protocols (seed ``SEEDS[0]``), and the robustness sweeps."""
+    return {"seed synthetic": seed_spec(model, sizes), "seed nl": seed_spec(model, sizes, suite="nl"),
+            "synthetic": rigorous_spec(model, sizes), "nl": rigorous_spec(model, sizes, suite="nl"),
+            **robustness_specs(model, sizes)}
+
+
+def nl_findings(m: Mapping[str, Any], sizes: Sizes) -> tuple[Finding, Finding]:
+    """HUB-NL: the NL suite's argmax layer equals the synthetic suite's."""
+    robust = robustness_figures({"synthetic": m["synthetic"], "nl": m["nl"]}, m, "synthetic")
+    seed = seed_protocol_nl_agreement(m["seed synthetic"], m["seed nl"], sizes)
+    rigorous = rigorous_nl_agreement(m["synthetic"], m["nl"], sizes, robust)
+    require(rigorous.figures["n_unique_prompts"] <= rigorous.figures["n_prompts"],
+            "the NL suite cannot have more unique prompts than prompts")
+    nl_contrast(seed, rigorous)
+    return seed, rigorous
+
+
+def one_seed_specs(model: str, sizes: Sizes) -> dict[str, AtlasSpec]:
+    """HUB-BREADTH (and each model of OWN-ATLAS, HUB-MIGRATE): the seed sweep, seed ``SEEDS[0]``'s rigorous atlas
+    and the robustness sweeps."""
+    return {"seed": seed_spec(model, sizes), f"seed {SEEDS[0]}": rigorous_spec(model, sizes),
+            **robustness_specs(model, sizes)}
+
+
+def breadth_findings(m: Mapping[str, Any], sizes: Sizes) -> tuple[Finding, Finding]:
+    """HUB-BREADTH: the 4-family and the 12-family argmax layers both exist and differ (CONFIRMED); the same layer
+    (FAILED); no argmax decided in a suite (INCONCLUSIVE)."""
+    atlases, robust = _rigorous(m, [SEEDS[0]])
+    seed, rigorous = seed_protocol_breadth(m["seed"], sizes), rigorous_breadth(atlases[f"seed {SEEDS[0]}"], sizes,
+                                                                                robust)
+    contrast(seed, rigorous, "residual zeroing ties every layer in both suites; contribution removal separates them")
     return seed, rigorous
 
 
@@ -443,28 +499,44 @@ SEVERAL_SIZES = "needs models of several sizes of one family (the cpu tier has o
 NO_CODER = "needs a code-trained model and its base model (the cpu tier has neither pair)"
 
 
-def _untested(reason: str) -> tuple[Finding, Finding]:
+def untested(reason: str) -> tuple[Finding, Finding]:
     return Finding.not_run("seed", reason), Finding.not_run("rigorous", reason, skip_test=True)
 
 
-def hub_coder(load_model: Loader, keys: Sequence[str], sizes: Sizes, tier: str = "gpu") -> tuple[Finding, Finding]:
-    """HUB-CODER: the coder's (``keys[0]``) argmax layer differs from the base model's (``keys[1]``); the models
-    are loaded one at a time. On the cpu tier: UNTESTED (no coder/base pair). Seed protocol as the seed ran the
-    coder: 4 families x 10 prompts, residual zeroing; the base model from the 12-family seed sweep."""
-    if tier != "gpu":
-        return _untested(NO_CODER)
-    coder_key, base_key = keys
-    coder = load_model(coder_key)
-    coder_seed = seed_atlas(coder, sizes, families=tasks.BREADTH_FAMILIES, per_family=10)
-    coder_rig = rigorous_atlas(coder, sizes)
-    robust = {coder_key: robustness_figures(coder, sizes, {f"seed {SEEDS[0]}": coder_rig})}
-    load_model.release(coder_key)
-    base = load_model(base_key)
-    base_rig = rigorous_atlas(base, sizes)
-    robust[base_key] = robustness_figures(base, sizes, {f"seed {SEEDS[0]}": base_rig})
-    seed = decide_coder("seed", coder_seed, seed_atlas(base, sizes), "Seed protocol: residual zeroing; coder 4 "
+def per_model_specs(keys: Sequence[str], sizes_of: Callable[[str], Sizes]) -> dict[str, AtlasSpec]:
+    """:func:`one_seed_specs` of each model (named "<model> <spec>"), each with its own sizes."""
+    return {f"{key} {name}": spec for key in keys for name, spec in one_seed_specs(key, sizes_of(key)).items()}
+
+
+def _per_model(m: Mapping[str, Any], keys: Sequence[str]) -> tuple[dict, dict, dict]:
+    seed = {k: m[f"{k} seed"] for k in keys}
+    rigorous = {k: m[f"{k} seed {SEEDS[0]}"] for k in keys}
+    robust = {k: robustness_figures({f"seed {SEEDS[0]}": rigorous[k]},
+                                    {f"robustness {x}": m[f"{k} robustness {x}"] for x in ROBUSTNESS_METHODS},
+                                    f"seed {SEEDS[0]}") for k in keys}
+    return seed, rigorous, robust
+
+
+def coder_specs(keys: Sequence[str], sizes: Sizes) -> dict[str, AtlasSpec]:
+    """HUB-CODER: the coder (``keys[0]``) as the seed ran it (4 families x 10 prompts, residual zeroing) and the
+    base (``keys[1]``) from the 12-family seed sweep; both rigorous atlases with their robustness sweeps."""
+    coder, base = keys
+    return {"coder seed": seed_spec(coder, sizes, families=tasks.BREADTH_FAMILIES, per_family=10),
+            "coder rigorous": rigorous_spec(coder, sizes),
+            **{f"coder {k}": v for k, v in robustness_specs(coder, sizes).items()},
+            "base rigorous": rigorous_spec(base, sizes),
+            **{f"base {k}": v for k, v in robustness_specs(base, sizes).items()},
+            "base seed": seed_spec(base, sizes)}
+
+
+def coder_findings(m: Mapping[str, Any], keys: Sequence[str], sizes: Sizes) -> tuple[Finding, Finding]:
+    """HUB-CODER: the coder's argmax layer differs from the base model's."""
+    robust = {key: robustness_figures({f"seed {SEEDS[0]}": m[f"{role} rigorous"]},
+                                      {f"robustness {x}": m[f"{role} robustness {x}"] for x in ROBUSTNESS_METHODS},
+                                      f"seed {SEEDS[0]}") for key, role in zip(keys, ("coder", "base"))}
+    seed = decide_coder("seed", m["coder seed"], m["base seed"], "Seed protocol: residual zeroing; coder 4 "
                         f"families x 10 prompts, base first {sizes.seed_per_family}/family.", sizes.hub_delta or 0.0)
-    rigorous = decide_coder("rigorous", coder_rig, base_rig, "Rigorous protocol: "
+    rigorous = decide_coder("rigorous", m["coder rigorous"], m["base rigorous"], "Rigorous protocol: "
                             f"layer-contribution ablation, {sizes.rigorous_per_family}/family, seed {SEEDS[0]}.",
                             sizes.hub_delta or 0.0)
     rigorous.figures["robustness"] = robust
@@ -473,18 +545,10 @@ def hub_coder(load_model: Loader, keys: Sequence[str], sizes: Sizes, tier: str =
     return seed, rigorous
 
 
-def hub_migrate(load_model: Loader, keys: Sequence[str], sizes: Sizes, params: Mapping[str, Any],
-                tier: str = "gpu") -> tuple[Finding, Finding]:
-    """HUB-MIGRATE: argmax depth rises along ``keys`` (models in scale order, loaded one at a time). On the cpu
-    tier: UNTESTED (one model per family)."""
-    if tier != "gpu":
-        return _untested(SEVERAL_SIZES)
-    seed_atlases, rigorous_atlases, robust = {}, {}, {}
-    for key in keys:
-        lm = load_model(key)
-        seed_atlases[key], rigorous_atlases[key] = seed_atlas(lm, sizes), rigorous_atlas(lm, sizes)
-        robust[key] = robustness_figures(lm, sizes, {f"seed {SEEDS[0]}": rigorous_atlases[key]})
-        load_model.release(key)
+def migrate_findings(m: Mapping[str, Any], keys: Sequence[str], sizes: Sizes,
+                     params: Mapping[str, Any]) -> tuple[Finding, Finding]:
+    """HUB-MIGRATE: argmax depth rises along ``keys`` (models in scale order, loaded one at a time)."""
+    seed_atlases, rigorous_atlases, robust = _per_model(m, keys)
     delta, why = params["depth_delta"], params["depth_delta_rationale"]
     seed = decide_migration("seed", seed_atlases, delta, why, "Seed protocol: residual zeroing.",
                             sizes.hub_delta or 0.0)
@@ -495,50 +559,12 @@ def hub_migrate(load_model: Loader, keys: Sequence[str], sizes: Sizes, params: M
     return seed, rigorous
 
 
-def hub_seeds(lm, sizes: Sizes) -> tuple[Finding, Finding]:
-    """HUB-SEEDS: the argmax layer does not move across seeds 42, 137, 256 that resample the prompts. Checks that
-    the rigorous seeds draw different samples (else the procedure fails)."""
-    seed, rigorous = seed_protocol_hub_seeds(lm, sizes), rigorous_hub_seeds(lm, sizes)
-    require(not seed.figures["samples_differ"], "the seed protocol's seeds must reuse the same examples")
-    require(rigorous.figures["samples_differ"] and rigorous.figures["prompt_overlap"] < 1.0,
-            "the rigorous seeds must resample the prompts")
-    require(len(set(rigorous.figures["suite_hashes"])) == len(SEEDS),
-            f"the rigorous seeds must draw {len(SEEDS)} different samples")
-    hub_seeds_contrast(seed, rigorous)
-    return seed, rigorous
-
-
-def hub_nl(lm, sizes: Sizes) -> tuple[Finding, Finding]:
-    """HUB-NL: the NL suite's argmax layer equals the synthetic suite's."""
-    seed, rigorous = seed_protocol_nl_agreement(lm, sizes), rigorous_nl_agreement(lm, sizes)
-    require(rigorous.figures["n_unique_prompts"] <= rigorous.figures["n_prompts"],
-            "the NL suite cannot have more unique prompts than prompts")
-    nl_contrast(seed, rigorous)
-    return seed, rigorous
-
-
-def hub_breadth(lm, sizes: Sizes) -> tuple[Finding, Finding]:
-    """HUB-BREADTH: the 4-family and the 12-family argmax layers both exist and differ (CONFIRMED); the same layer
-    (FAILED); no argmax decided in a suite (INCONCLUSIVE)."""
-    seed, rigorous = seed_protocol_breadth(lm, sizes), rigorous_breadth(lm, sizes)
-    contrast(seed, rigorous, "residual zeroing ties every layer in both suites; contribution removal separates them")
-    return seed, rigorous
-
-
-def own_atlas(load_model: Loader, keys: Sequence[str], sizes: Sizes,
-              params: Mapping[str, Any]) -> tuple[Finding, Finding]:
+def own_atlas_findings(m: Mapping[str, Any], keys: Sequence[str], sizes: Sizes,
+                       params: Mapping[str, Any]) -> tuple[Finding, Finding]:
     """OWN-ATLAS: some two of the models ``keys`` have different argmax depths (paired per prompt: the stratified
-    sample is the same for every model). Each model is measured with its own tier's sizes; a gpu-tier model is
-    released after its sweeps. The rigorous atlas is the HUB-SEEDS / HUB-SMOL seed-42 atlas (cached)."""
-    seed_atlases, rigorous_atlases, robust = {}, {}, {}
-    for key in keys:
-        lm = load_model(key)
-        tier = models.spec_for(key).tier
-        key_sizes = sizes_for(tier, params)
-        seed_atlases[key], rigorous_atlases[key] = seed_atlas(lm, key_sizes), rigorous_atlas(lm, key_sizes)
-        robust[key] = robustness_figures(lm, key_sizes, {f"seed {SEEDS[0]}": rigorous_atlases[key]})
-        if tier == "gpu":
-            load_model.release(key)
+    sample is the same for every model). Each model is measured with its own tier's sizes; the rigorous atlas is
+    the HUB-SEEDS / HUB-SMOL seed-42 atlas (the same spec)."""
+    seed_atlases, rigorous_atlases, robust = _per_model(m, keys)
     delta, why = params["depth_tolerance"], params["depth_tolerance_rationale"]
     seed = decide_own_atlas("seed", seed_atlases, delta, why, "Seed protocol: residual zeroing, first "
                             f"{sizes.seed_per_family}/family.")
@@ -549,3 +575,37 @@ def own_atlas(load_model: Loader, keys: Sequence[str], sizes: Sizes,
              "gives each model its own profile")
     return seed, rigorous
 
+
+# ------------------------------------------------------------------------------------------------ on a loaded model
+# The same specs and findings on a model in hand (unit tests, calibration, the CLI); a catalogue row runs them
+# through its template (engine.templates).
+
+
+def hub(lm, sizes: Sizes, claimed: int | None = None) -> tuple[Finding, Finding]:
+    return hub_findings(measure_on(lm, hub_specs(lm.key, sizes)), sizes, claimed)
+
+
+def hub_seeds(lm, sizes: Sizes) -> tuple[Finding, Finding]:
+    return hub_seeds_findings(measure_on(lm, hub_specs(lm.key, sizes)), sizes)
+
+
+def hub_nl(lm, sizes: Sizes) -> tuple[Finding, Finding]:
+    return nl_findings(measure_on(lm, nl_specs(lm.key, sizes)), sizes)
+
+
+def hub_breadth(lm, sizes: Sizes) -> tuple[Finding, Finding]:
+    return breadth_findings(measure_on(lm, one_seed_specs(lm.key, sizes)), sizes)
+
+
+def own_atlas(load_model: Loader, keys: Sequence[str], sizes_of: Callable[[str], Sizes],
+              params: Mapping[str, Any]) -> tuple[Finding, Finding]:
+    return own_atlas_findings(measure(per_model_specs(keys, sizes_of), load_model), keys, sizes_of(keys[0]), params)
+
+
+def hub_migrate(load_model: Loader, keys: Sequence[str], sizes: Sizes,
+                params: Mapping[str, Any]) -> tuple[Finding, Finding]:
+    return migrate_findings(measure(per_model_specs(keys, lambda key: sizes), load_model), keys, sizes, params)
+
+
+def hub_coder(load_model: Loader, keys: Sequence[str], sizes: Sizes) -> tuple[Finding, Finding]:
+    return coder_findings(measure(coder_specs(keys, sizes), load_model), keys, sizes)

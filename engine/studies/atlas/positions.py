@@ -15,15 +15,17 @@ from engine import decisions as D
 from engine.atlas import Atlas
 from engine.studies.atlas.common import (
     SEEDS,
+    AtlasSpec,
     Sizes,
     accuracy_figures,
     aligned,
     logit_profile,
-    reported_atlas,
-    rigorous_atlas,
-    seed_atlas,
+    reported_spec,
+    rigorous_spec,
+    seed_spec,
 )
 from engine.studies.findings import Finding, StudyError, contrast, require  # noqa: F401 (re-exported)
+from engine.studies.specs import measure_on
 
 
 def decide_positions(protocol: str, answer: Atlas, bos: Atlas, params: Mapping[str, Any], text: str,
@@ -61,39 +63,45 @@ def _robustness(answer: Atlas, bos: Atlas, ea: np.ndarray, eb: np.ndarray) -> di
     return out
 
 
-def seed_protocol_positions(lm, sizes: Sizes, params: Mapping[str, Any]) -> Finding:
+def positions_specs(model: str, sizes: Sizes, seed: int = SEEDS[0]) -> dict[str, AtlasSpec]:
+    """POS-ANSWER's sweeps: the seed's position classes on its first k per family; the rigorous one-token sets on
+    seed ``seed``'s sample; the measured position alone (reported)."""
+    return {"seed answer": seed_spec(model, sizes, positions="last3"),
+            "seed bos": seed_spec(model, sizes, positions="first"),
+            "answer": rigorous_spec(model, sizes, seed, component="resid", positions=(-2,)),
+            "bos": rigorous_spec(model, sizes, seed, component="resid", positions="first"),
+            "measured": reported_spec(model, sizes, component="resid", positions="answer")}
+
+
+def seed_protocol_positions(answer: Atlas, bos: Atlas, sizes: Sizes, params: Mapping[str, Any],
+                            has_bos: bool) -> Finding:
     """The seed: zero the residual at "bos" (position 0) and at "answer" (the last three prompt positions, which
     include the measured one) at each layer; KL at the last position; first k per family."""
-    answer = seed_atlas(lm, sizes, positions="last3")
-    bos = seed_atlas(lm, sizes, positions="first")
-    has_bos = _adds_bos(lm)
     return decide_positions("seed", answer, bos, params,
                             f"Seed protocol: residual zeroing at the last 3 prompt positions (incl. the measured one) "
                             f"vs position 0 ({'the BOS token' if has_bos else 'the first prompt token: no BOS here'}),"
                             f" first {sizes.seed_per_family}/family ({answer.n_examples} prompts).")
 
 
-def rigorous_positions(lm, sizes: Sizes, params: Mapping[str, Any], seed: int = SEEDS[0]) -> Finding:
+def rigorous_positions(pre: Atlas, bos: Atlas, measured: Atlas, sizes: Sizes, params: Mapping[str, Any],
+                       has_bos: bool, seed: int = SEEDS[0]) -> Finding:
     """Equal-size sets, the measured position apart: the token before the answer position (1 token, the nearest
     answer-side token that is not measured) vs BOS (1 token; the first token where the tokenizer adds none), on
     the seed's stratified sample, residual zeroing at those positions (as the seed, so a disagreement is due to
     the position sets and the sample); the measured position itself reported separately (large by construction).
     """
-    pre = rigorous_atlas(lm, sizes, seed, component="resid", positions=[-2])
-    bos = rigorous_atlas(lm, sizes, seed, component="resid", positions="first")
-    measured = reported_atlas(lm, sizes, component="resid", positions="answer")  # a figure beside the decision
-    pm = np.asarray(measured.layer_effect)
-    bos_text = "the BOS token" if _adds_bos(lm) else "the first token (this tokenizer adds no BOS)"
+    pm = np.asarray(measured.layer_effect)  # a figure beside the decision
+    bos_text = "the BOS token" if has_bos else "the first token (this tokenizer adds no BOS)"
     return decide_positions("rigorous", pre, bos, params,
                             f"Rigorous protocol: residual zeroing of one position each on the stratified sample "
                             f"({sizes.rigorous_per_family}/family, seed {seed}): the token before the measured "
                             f"position vs {bos_text}; the measured position alone ({measured.n_examples} prompts): {pm.mean():.4g} (reported, not "
                             f"compared: it is the position whose output is measured).",
                             extra={"measured_position_effect": float(pm.mean()), "measured_position_n": measured.n_examples,
-                                   "measured_position_profile": pm.tolist(), "bos_is_real_bos": _adds_bos(lm)})
+                                   "measured_position_profile": pm.tolist(), "bos_is_real_bos": has_bos})
 
 
-def _adds_bos(lm) -> bool:
+def adds_bos(lm) -> bool:
     bos = getattr(lm.tokenizer, "bos_token_id", None)
     if bos is None:
         return False
@@ -109,8 +117,17 @@ def positions_contrast(seed: Finding, rigorous: Finding) -> None:
              f"{rigorous.figures['layers_answer_dominates']}/{rigorous.figures['n_layers']} layers")
 
 
-def pos_answer(lm, sizes: Sizes, params: Mapping[str, Any]) -> tuple[Finding, Finding]:
-    """POS-ANSWER: ablating the answer positions beats ablating BOS at every layer."""
-    seed, rigorous = seed_protocol_positions(lm, sizes, params), rigorous_positions(lm, sizes, params)
+def positions_findings(m: Mapping[str, Any], model: str, sizes: Sizes,
+                       params: Mapping[str, Any]) -> tuple[Finding, Finding]:
+    """POS-ANSWER on :func:`positions_specs`' measurements: ablating the answer positions beats ablating BOS at
+    every layer."""
+    has_bos = adds_bos(m.load_model(model))
+    seed = seed_protocol_positions(m["seed answer"], m["seed bos"], sizes, params, has_bos)
+    rigorous = rigorous_positions(m["answer"], m["bos"], m["measured"], sizes, params, has_bos)
     positions_contrast(seed, rigorous)
     return seed, rigorous
+
+
+def pos_answer(lm, sizes: Sizes, params: Mapping[str, Any]) -> tuple[Finding, Finding]:
+    """:func:`positions_findings` on a model in hand (unit tests; a catalogue row runs through its template)."""
+    return positions_findings(measure_on(lm, positions_specs(lm.key, sizes)), lm.key, sizes, params)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from engine import decisions as D
-from engine import metrics
+from engine import metrics, tasks
 from engine.cache import measured as cached_measurement
 from engine.interventions import (
     Ablate,
@@ -19,8 +20,10 @@ from engine.interventions import (
     encode,
     run_from,
 )
+from engine.planner import Need
 from engine.studies.atlas.common import SEEDS, TEMPLATE, Sizes, by_length, first_examples, stratified_sample
 from engine.studies.findings import Finding, StudyError, contrast, require  # noqa: F401 (re-exported)
+from engine.studies.specs import measure_on
 
 
 def skip_configs(n_layers: int, singles: int | None = None) -> dict[str, list[int]]:
@@ -98,32 +101,58 @@ def decide_skip(protocol: str, overlaps: Mapping[str, Sequence[float]], groups: 
     return Finding(protocol, figures, holds=holds, seeds=[SEEDS[0]], notes=notes)
 
 
-def _skip_protocol(lm, sizes: Sizes, params: Mapping[str, Any], protocol: str, component: str) -> Finding:
-    """SKIP-ALL under one protocol: the seed's first k per family with residual zeroing, or the stratified sample
-    with the layers' contributions removed."""
-    if protocol == "seed":
-        sample = first_examples(sizes.seed_per_family, sizes.families)
-    else:
-        sample = stratified_sample(SEEDS[0], sizes.rigorous_per_family, sizes.families)
-    configs = skip_configs(lm.n_layers, sizes.skip_single_layers)
-    overlaps, groups = skip_overlaps(lm, sample, configs, component, batch_size=sizes.batch_size)
+@dataclass(frozen=True)
+class SkipSpec:
+    """SKIP-ALL's sweep under one protocol: the seed's first k per family with residual zeroing (``"seed"``), or
+    seed ``SEEDS[0]``'s stratified sample with the layers' contributions removed (``"rigorous"``); every skip
+    configuration of :func:`skip_configs`. ``measure`` returns ``{"overlaps", "groups", "n_configs", "n"}``."""
+
+    model: str
+    sizes: Sizes
+    protocol: str
+
+    @property
+    def component(self) -> str:
+        return "resid" if self.protocol == "seed" else "layer"
+
+    def examples(self):
+        s = self.sizes
+        if self.protocol == "seed":
+            return first_examples(s.seed_per_family, s.families)
+        return stratified_sample(SEEDS[0], s.rigorous_per_family, s.families)
+
+    @property
+    def need(self) -> Need:
+        s = self.sizes
+        families = len(s.families or tasks.FAMILIES)
+        if self.protocol == "seed":
+            return Need(self.model, "skip-overlaps", "seed first-k synthetic", s.seed_per_family * families,
+                        self.component)
+        return Need(self.model, "skip-overlaps", f"synthetic seed {SEEDS[0]}", s.rigorous_per_family * families,
+                    self.component)
+
+    def measure(self, load_model) -> dict[str, Any]:
+        lm = load_model(self.model)
+        sample = self.examples()
+        configs = skip_configs(lm.n_layers, self.sizes.skip_single_layers)
+        overlaps, groups = skip_overlaps(lm, sample, configs, self.component, batch_size=self.sizes.batch_size)
+        return {"overlaps": overlaps, "groups": groups, "n_configs": len(configs), "n": len(sample)}
+
+
+def skip_specs(model: str, sizes: Sizes) -> dict[str, SkipSpec]:
+    return {p: SkipSpec(model, sizes, p) for p in ("seed", "rigorous")}
+
+
+def _skip_protocol(got: Mapping[str, Any], sizes: Sizes, params: Mapping[str, Any], protocol: str) -> Finding:
+    n, n_configs = got["n"], got["n_configs"]
     if protocol == "seed":
         notes = (f"Seed protocol: 'skip' zeroes the residual after each skipped layer (the layers still "
-                 f"run); first {sizes.seed_per_family}/family ({len(sample)} prompts), {len(configs)} "
-                 "configurations.")
+                 f"run); first {sizes.seed_per_family}/family ({n} prompts), {n_configs} configurations.")
     else:
         notes = (f"Rigorous protocol: skipping = removing the layer's contribution (output := input), "
-                 f"{sizes.rigorous_per_family}/family stratified (seed {SEEDS[0]}, {len(sample)} prompts), "
-                 f"{len(configs)} configurations.")
-    return decide_skip(protocol, overlaps, groups, params, notes)
-
-
-def seed_protocol_skip(lm, sizes: Sizes, params: Mapping[str, Any]) -> Finding:
-    return _skip_protocol(lm, sizes, params, "seed", "resid")
-
-
-def rigorous_skip(lm, sizes: Sizes, params: Mapping[str, Any]) -> Finding:
-    return _skip_protocol(lm, sizes, params, "rigorous", "layer")
+                 f"{sizes.rigorous_per_family}/family stratified (seed {SEEDS[0]}, {n} prompts), "
+                 f"{n_configs} configurations.")
+    return decide_skip(protocol, got["overlaps"], got["groups"], params, notes)
 
 
 def skip_contrast(seed: Finding, rigorous: Finding) -> None:
@@ -133,8 +162,15 @@ def skip_contrast(seed: Finding, rigorous: Finding) -> None:
              f"{rigorous.figures['max_top5_overlap']:.2f} ({rigorous.figures['max_config']})")
 
 
-def skip_all(lm, sizes: Sizes, params: Mapping[str, Any]) -> tuple[Finding, Finding]:
-    """SKIP-ALL: no skip configuration keeps ``params["keep_threshold"]`` of the full model's top-5 tokens."""
-    seed, rigorous = seed_protocol_skip(lm, sizes, params), rigorous_skip(lm, sizes, params)
+def skip_findings(m: Mapping[str, Any], sizes: Sizes, params: Mapping[str, Any]) -> tuple[Finding, Finding]:
+    """SKIP-ALL on :func:`skip_specs`' measurements: no skip configuration keeps ``params["keep_threshold"]`` of
+    the full model's top-5 tokens."""
+    seed = _skip_protocol(m["seed"], sizes, params, "seed")
+    rigorous = _skip_protocol(m["rigorous"], sizes, params, "rigorous")
     skip_contrast(seed, rigorous)
     return seed, rigorous
+
+
+def skip_all(lm, sizes: Sizes, params: Mapping[str, Any]) -> tuple[Finding, Finding]:
+    """:func:`skip_findings` on a model in hand (unit tests; a catalogue row runs through its template)."""
+    return skip_findings(measure_on(lm, skip_specs(lm.key, sizes)), sizes, params)

@@ -1,0 +1,180 @@
+"""What every rule template is made of: its parameters, the measurements it needs (specs), its decision.
+
+A template turns a ``[[claim]]`` row into verdicts in two steps that the planner and the run share:
+
+1. ``specs(ctx) -> {name: Spec}``: every measurement the rule reads, named, for the row's models and plan (a
+   :class:`Spec` is one atlas sweep, one skip sweep, one steering or quantisation study: ``spec.need`` is what
+   the planner (:mod:`engine.planner`) shows and shares, ``spec.measure(load_model)`` computes it through the
+   content-addressed cache). There is no other description of what a claim measures.
+2. ``decide(ctx, measured) -> (seed, rigorous)``: the rule on those measurements, through the
+   :mod:`engine.decisions` primitives, as two :class:`~engine.studies.findings.Finding` objects.
+
+:func:`measure` runs the specs model by model (a gpu-tier model of a multi-model claim is released before the
+next is loaded). A row whose rule is a procedure by nature names ``procedure = "module:function"`` instead
+(:class:`Procedure`): ``function(ctx, load_model) -> (seed, rigorous)``, optionally with a ``specs`` attribute
+(``ctx -> {name: Spec}``) for the planner.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from engine.planner import Dynamic
+from engine.settings import RunSettings
+from engine.studies.findings import Finding
+from engine.studies.specs import Loader, Measured, Spec, measure
+from engine.verdicts import GROUP_SEP, Claim, ClaimError
+
+
+class TemplateError(ClaimError):
+    """A row names an unknown template or procedure, or a parameter is missing, unknown or of the wrong type; one
+    line naming the file, the claim and the field."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One template parameter of a ``[[claim]]`` row: its type(s), whether the row must set it, its default and
+    what it means (the README's templates table is made from these)."""
+
+    kinds: tuple[type, ...]
+    doc: str
+    required: bool = False
+    default: Any = None
+
+    def check(self, value: Any, at: str) -> None:
+        if isinstance(value, bool) and bool not in self.kinds:
+            ok = False
+        else:
+            ok = isinstance(value, self.kinds)
+        if not ok:
+            names = " or ".join(k.__name__ for k in self.kinds)
+            raise TemplateError(f"{at} = {value!r}: expected {names} ({self.doc})")
+
+
+@dataclass(frozen=True)
+class ClaimContext:
+    """One claim row on one target under one run: what a template's ``specs`` and ``decide`` read."""
+
+    claim: Claim
+    models: tuple[str, ...]
+    tier: str
+    settings: RunSettings = field(default_factory=RunSettings)
+
+    @property
+    def params(self) -> Mapping[str, Any]:
+        """The row's ``[claim.params]``: rule thresholds and size overrides (never the plan of the run)."""
+        return self.claim.params
+
+    @property
+    def plan(self) -> str:
+        return self.settings.plan_for(self.claim.params)
+
+    @property
+    def model(self) -> str:
+        return GROUP_SEP.join(self.models)
+
+    @property
+    def seed_figures(self) -> Mapping[str, Any]:
+        """The seed's figures for this target (empty on the cpu tier: the seed measured other models)."""
+        return self.claim.seed.get(self.model, {}) if self.tier == "gpu" else {}
+
+    def arg(self, name: str, template: Template) -> Any:
+        """The row's value of template parameter ``name`` (its default when the row leaves it out)."""
+        return self.claim.args.get(name, template.parameters[name].default)
+
+
+class Template:
+    """A registered rule template (one module of :mod:`engine.templates` each). Subclasses set ``name``,
+    ``block``, ``parameters``, ``measures`` and ``rule`` (one line each for the README's table) and implement
+    :meth:`specs` and :meth:`decide`."""
+
+    name: ClassVar[str] = ""
+    block: ClassVar[str] = "atlas"
+    parameters: ClassVar[dict[str, Param]] = {}
+    measures: ClassVar[str] = ""
+    rule: ClassVar[str] = ""
+
+    def check(self, claim: Claim, where: str) -> None:
+        """Every parameter the row sets is one of the template's, of the right type; every required one is set."""
+        for key, value in claim.args.items():
+            if key not in self.parameters:
+                known = ", ".join(self.parameters) or "none"
+                raise TemplateError(f"{where}: claim {claim.id}: {key}: not a parameter of template {self.name!r} "
+                                    f"(its parameters: {known})")
+            self.parameters[key].check(value, f"{where}: claim {claim.id}: {key}")
+        for key, p in self.parameters.items():
+            if p.required and key not in claim.args:
+                raise TemplateError(f"{where}: claim {claim.id}: {key}: missing (template {self.name!r} needs it: "
+                                    f"{p.doc})")
+
+    def specs(self, ctx: ClaimContext) -> dict[str, Spec]:
+        raise NotImplementedError
+
+    def decide(self, ctx: ClaimContext, m: Measured) -> tuple[Finding, Finding]:
+        raise NotImplementedError
+
+    def declared(self, ctx: ClaimContext) -> Dynamic:
+        """What the planner shows for this claim: its specs' needs."""
+        return Dynamic(tuple(spec.need for spec in self.specs(ctx).values()), "")
+
+    def run(self, ctx: ClaimContext, load_model: Loader) -> tuple[Finding, Finding]:
+        return self.decide(ctx, measure(self.specs(ctx), load_model))
+
+
+# ------------------------------------------------------------------------------------------------ procedures
+
+
+class Procedure(Template):
+    """A row's ``procedure = "module:function"``: a rule that no template fits (training runs, a cross-model map,
+    a benchmark). ``function(ctx, load_model) -> (seed, rigorous)``; its ``specs`` attribute, when it has one,
+    tells the planner what it measures, else the planner says the procedure decides at run time."""
+
+    name = "procedure"
+    measures = "whatever the procedure measures (its docstring)"
+    rule = "the procedure's own (its docstring)"
+
+    def __init__(self, target: str, function: Callable[..., tuple[Finding, Finding]]):
+        self.target = target
+        self.function = function
+
+    @classmethod
+    def load(cls, target: str, where: str) -> Procedure:
+        module, _, attr = target.partition(":")
+        if not module or not attr:
+            raise TemplateError(f"{where}: procedure = {target!r}: expected 'package.module:function'")
+        try:
+            function = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise TemplateError(f"{where}: procedure = {target!r}: cannot import it ({exc})") from exc
+        if not callable(function):
+            raise TemplateError(f"{where}: procedure = {target!r}: not a function")
+        return cls(target, function)
+
+    def specs(self, ctx: ClaimContext) -> dict[str, Spec]:
+        declare = getattr(self.function, "specs", None)
+        return dict(declare(ctx)) if declare is not None else {}
+
+    def declared(self, ctx: ClaimContext) -> Dynamic:
+        declare = getattr(self.function, "specs", None)
+        if declare is None:
+            why = getattr(self.function, "dynamic", "") or f"the procedure {self.target} decides what it measures"
+            return Dynamic((), why)
+        return Dynamic(tuple(spec.need for spec in declare(ctx).values()), getattr(self.function, "dynamic", ""))
+
+    def run(self, ctx: ClaimContext, load_model: Loader) -> tuple[Finding, Finding]:
+        return self.function(ctx, load_model)
+
+
+def procedure(*, specs: Callable[[ClaimContext], Mapping[str, Spec]] | None = None, dynamic: str = ""):
+    """Mark a function as a row's procedure: ``specs`` (what it measures, for the planner) and ``dynamic`` (what
+    it decides at run time, and why) are attached to it."""
+    def mark(fn):
+        fn.specs = specs
+        fn.dynamic = dynamic
+        if specs is None:
+            del fn.specs
+        return fn
+    return mark
