@@ -6,7 +6,7 @@ One schema for every block: ``[plans.<plan>.<tier>.<block>]`` (tier ``cpu`` | ``
 ``sizes_for(tier, params)`` (``engine.studies.atlas.sizes_for``, ``engine.studies.steer.sizes_for``,
 ``engine.studies.quant.quant_sizes_for``, ``engine.lora.plan_for``) calls it.
 
-The table must list every field, except one whose dataclass default is None (TOML has no null): left out, it is
+The table (with what it inherits, below) must list every field, except one whose dataclass default is None (TOML has no null): left out, it is
 None. Arrays become tuples; an integer where the field is a float becomes a float. The loader sets two fields
 itself, never read from the file: ``name`` (the plan's name: ``sizes.name``, for the records of a later issue)
 and, where the dataclass has one, ``tier``. Any unknown plan, tier, block or key, a missing field or a value of
