@@ -127,6 +127,7 @@ CATALOGUE = pytest.StashKey[Catalogue]()
 SETTINGS = pytest.StashKey[RunSettings]()
 RECORDER = pytest.StashKey[Recorder]()
 TARGET = pytest.StashKey[Target]()
+_PLAN: list[str] = [plans.DEFAULT_PLAN]  # the session's plan (set by pytest_configure): claim_params' cpu models
 REPORTED = pytest.StashKey[int]()
 
 
@@ -177,6 +178,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except (ClaimError, plans.PlanError) as exc:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[CATALOGUE] = catalogue
+    _PLAN[0] = session_plan(config)
     _check_baseline_options(config)
     for name, text in BASE_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
@@ -236,15 +238,16 @@ def claim_params(claim_id: str, models: list[str] | None = None, *, protocols: t
                  claim_in_id: bool = False):
     """``pytest.param`` per model, each marked ``claim(claim_id, model=...)``: parametrize a claim test with it.
 
-    Default models: the claim's gpu-tier models, then its cpu-tier targets (each cpu model, or all cpu models as
-    one "+"-joined group for a multi-model claim), from the packaged catalogue. ``claim_in_id``: the test id is
-    ``<claim>:<model>`` (a test parametrized with several claims' params, which would share a model id).
+    Default models: the claim's gpu-tier models, then its cpu-tier targets (each cpu model the session's plan
+    lists, or all of them as one "+"-joined group for a multi-model claim), from the packaged catalogue.
+    ``claim_in_id``: the test id is ``<claim>:<model>`` (a test parametrized with several claims' params, which
+    would share a model id).
     """
     catalogue = verdicts.load_catalogue()
     claim = catalogue[claim_id]
     if models is None:
         models = (list(claim.models) if "gpu" in claim.tiers else []) + (
-            catalogue.cpu_targets(claim) if "cpu" in claim.tiers else [])
+            catalogue.cpu_targets(claim, _PLAN[0]) if "cpu" in claim.tiers else [])
     kwargs = {"protocols": tuple(protocols)} if protocols else {}
     return [pytest.param(model, marks=pytest.mark.claim(claim_id, model=model, **kwargs),
                          id=f"{claim_id}:{model}" if claim_in_id else model)

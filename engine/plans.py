@@ -6,11 +6,20 @@ One schema for every block: ``[plans.<plan>.<tier>.<block>]`` (tier ``cpu`` | ``
 ``sizes_for(tier, params)`` (``engine.studies.atlas.sizes_for``, ``engine.studies.steer.sizes_for``,
 ``engine.studies.quant.quant_sizes_for``, ``engine.lora.plan_for``) calls it.
 
-The table must list every field, except one whose dataclass default is None (TOML has no null): left out, it is
+The table (with what it inherits, below) must list every field, except one whose dataclass default is None (TOML has no null): left out, it is
 None. Arrays become tuples; an integer where the field is a float becomes a float. The loader sets two fields
 itself, never read from the file: ``name`` (the plan's name: ``sizes.name``, for the records of a later issue)
 and, where the dataclass has one, ``tier``. Any unknown plan, tier, block or key, a missing field or a value of
 the wrong type is a :class:`PlanError` naming the file and the key.
+
+A block table may start from another plan's table of the same tier and block: ``inherits = "<plan>"`` copies
+that table (itself resolved first), then the keys the table lists replace its values (a field cannot be set back
+to None: TOML has no null). An unknown base plan, a base without that table or a cycle is a :class:`PlanError`
+naming the file and the key; :func:`read` returns the resolved tables only.
+
+A plan's cpu tier may list its models: ``[plans.<plan>.cpu] models = [...]`` (registry keys, each one of the
+catalogue's ``cpu_models``); :func:`cpu_models` gives them (a plan without the list: every cpu model). The cpu
+targets of a claim are chosen from them (``engine.verdicts.Catalogue.cpu_targets(claim, plan)``).
 
 The whole file is checked when it is read (:func:`read`), every plan, tier and block: a value out of its field's
 range (:data:`RANGES`: sizes and strides >= 1, ``n_resamples`` >= 100, fractions in (0, 1], ...; an absurd count
@@ -40,7 +49,7 @@ import tomllib
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 PLANS_FILE = "engine/data/plans.toml"
 PLANS_ENV = "MI_ATLAS_PLANS"  # a plans file that replaces the packaged one (read by every loader of the process)
@@ -48,6 +57,8 @@ DEFAULT_PLAN = "default"
 TIERS = ("cpu", "gpu")
 BLOCKS = ("atlas", "steer", "quant", "lora")
 SET_BY_LOADER = ("name", "tier")  # fields the loader fills in, never read from the file or a claim's params
+INHERITS = "inherits"  # a block table's key: the plan whose same tier / block table it starts from
+MODELS = "models"  # [plans.<plan>.cpu] models = [...]: the cpu-tier models the plan runs (default: all)
 
 T = TypeVar("T")
 
@@ -60,8 +71,15 @@ class PlanError(ValueError):
 
 
 def read(path: str | Path | None = None) -> tuple[str, dict[str, dict[str, dict[str, dict[str, Any]]]]]:
-    """(where, plans): the parsed plans file, its plan / tier / block structure and every value's range checked.
-    Default: ``$MI_ATLAS_PLANS`` if set, else the packaged ``engine/data/plans.toml``."""
+    """(where, plans): the parsed plans file, its plan / tier / block structure and every value's range checked,
+    every ``inherits`` resolved (each block table holds its fields only). Default: ``$MI_ATLAS_PLANS`` if set,
+    else the packaged ``engine/data/plans.toml``."""
+    where, tables, _ = _read_file(path)
+    return where, tables
+
+
+def _read_file(path: str | Path | None = None) -> tuple[str, dict, dict[str, tuple[str, ...]]]:
+    """(where, plans, cpu model lists): :func:`read` plus each plan's ``[plans.<plan>.cpu] models``."""
     if path is None:
         path = os.environ.get(PLANS_ENV) or None
         if path is None:
@@ -72,21 +90,30 @@ def read(path: str | Path | None = None) -> tuple[str, dict[str, dict[str, dict[
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PlanError(f"plans file {path}: cannot read it ({exc})") from exc
-    return str(path), parse(text, str(path))
+    return (str(path), *parse_file(text, str(path)))
 
 
 @lru_cache(maxsize=8)
 def _read_cached(path: str):
-    return read(Path(path))
+    return _read_file(Path(path))
 
 
 @lru_cache(maxsize=1)
 def _default():
     text = resources.files("engine").joinpath("data/plans.toml").read_text(encoding="utf-8")
-    return PLANS_FILE, parse(text, PLANS_FILE)
+    return (PLANS_FILE, *parse_file(text, PLANS_FILE))
 
 
 def parse(text: str, where: str = "<plans>") -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """The plans of a plans file's text (:func:`parse_file` without the cpu model lists)."""
+    return parse_file(text, where)[0]
+
+
+def parse_file(text: str, where: str = "<plans>") -> tuple[dict[str, dict[str, dict[str, dict[str, Any]]]],
+                                                           dict[str, tuple[str, ...]]]:
+    """(plans, models): every plan / tier / block table with its values checked as written and its ``inherits``
+    resolved (:func:`_resolve`), and each plan's cpu model list (``[plans.<plan>.cpu] models``; a plan without
+    one is not in it)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -97,20 +124,91 @@ def parse(text: str, where: str = "<plans>") -> dict[str, dict[str, dict[str, di
     plans = data.get("plans", {})
     if not plans:
         raise PlanError(f"{where}: no [plans.<plan>.<tier>.<block>] tables")
+    models: dict[str, tuple[str, ...]] = {}
     for name, tiers in plans.items():
         _table(tiers, f"{where}: [plans.{name}]")
         for tier, blocks in tiers.items():
             if tier not in TIERS:
                 raise PlanError(f"{where}: unknown key 'plans.{name}.{tier}': a tier is one of {', '.join(TIERS)}")
             _table(blocks, f"{where}: [plans.{name}.{tier}]")
+            if MODELS in blocks:
+                models[name] = _models(blocks.pop(MODELS), tier, f"{where}: 'plans.{name}.{tier}.{MODELS}'")
             for block, fields in blocks.items():
                 if block not in BLOCKS:
                     raise PlanError(f"{where}: unknown key 'plans.{name}.{tier}.{block}': a block is one of "
-                                    f"{', '.join(BLOCKS)}")
+                                    f"{', '.join(BLOCKS)}" + (f" (or, in the cpu tier, {MODELS} = [...])"
+                                                              if tier == "cpu" else ""))
                 _table(fields, f"{where}: [plans.{name}.{tier}.{block}]")
                 for field, value in fields.items():
+                    if field == INHERITS:
+                        continue  # checked when resolved
                     check_value(field, value, f"{where}: 'plans.{name}.{tier}.{block}.{field}'")
-    return plans
+    return _resolve(plans, where), models
+
+
+def _models(value: Any, tier: str, where: str) -> tuple[str, ...]:
+    """A plan's cpu model list as written: a non-empty array of distinct registry keys (checked against the
+    catalogue's cpu models by :func:`cpu_models`)."""
+    if tier != "cpu":
+        raise PlanError(f"{where}: only the cpu tier lists its models (a gpu-tier claim runs on its own models, "
+                        "engine/data/claims.toml)")
+    if not isinstance(value, list) or not value or not all(isinstance(m, str) and m for m in value):
+        raise PlanError(f"{where} = {_short(value)}: expected a non-empty array of model keys (strings)")
+    if len(set(value)) != len(value):
+        twice = next(m for m in value if value.count(m) > 1)
+        raise PlanError(f"{where}: {twice!r} is listed twice")
+    return tuple(value)
+
+
+def _resolve(plans: dict, where: str) -> dict:
+    """Every block table with its ``inherits = "<plan>"`` resolved: the base plan's table of the same tier and
+    block (itself resolved first), then the keys the table lists. An unknown base, a base without that table or a
+    cycle is a :class:`PlanError` naming the file and the key."""
+    done: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def table(name: str, tier: str, block: str, chain: tuple[str, ...]) -> dict[str, Any]:
+        if (name, tier, block) in done:
+            return done[name, tier, block]
+        own = plans[name][tier][block]
+        if INHERITS not in own:
+            done[name, tier, block] = dict(own)
+            return done[name, tier, block]
+        base, key = own[INHERITS], f"plans.{name}.{tier}.{block}.{INHERITS}"
+        if not isinstance(base, str):
+            raise PlanError(f"{where}: '{key}' = {_short(base)}: expected a plan name (a string)")
+        if base not in plans:
+            raise PlanError(f"{where}: '{key}' = {base!r}: no such plan (plans: {', '.join(plans)})")
+        if base in chain:
+            cycle = " -> ".join((*chain[chain.index(base):], base))
+            raise PlanError(f"{where}: '{key}' = {base!r}: inheritance cycle ({cycle}, each "
+                            f"[plans.<plan>.{tier}.{block}]); a table inherits from a plan that does not inherit it")
+        if block not in plans[base].get(tier, {}):
+            raise PlanError(f"{where}: '{key}' = {base!r}: plan {base!r} has no table [plans.{base}.{tier}.{block}] "
+                            "to inherit")
+        inherited = table(base, tier, block, (*chain, base))
+        done[name, tier, block] = inherited | {k: v for k, v in own.items() if k != INHERITS}
+        return done[name, tier, block]
+
+    return {name: {tier: {block: table(name, tier, block, (name,)) for block in blocks}
+                   for tier, blocks in tiers.items()}
+            for name, tiers in plans.items()}
+
+
+def cpu_models(plan: str, available: Sequence[str], *, path: str | Path | None = None) -> tuple[str, ...]:
+    """The cpu-tier models ``plan`` runs, in the order of ``available`` (the catalogue's ``cpu_models``): those its
+    ``[plans.<plan>.cpu] models`` lists, or every one of ``available`` when it lists none. A listed model that is
+    not in ``available`` is a :class:`PlanError` naming the file and the key."""
+    where, tables, models = _read_file(path)
+    if plan not in tables:
+        raise PlanError(f"{where}: no plan {plan!r} (plans: {', '.join(tables)})")
+    listed = models.get(plan)
+    if listed is None:
+        return tuple(available)
+    unknown = [m for m in listed if m not in available]
+    if unknown:
+        raise PlanError(f"{where}: 'plans.{plan}.cpu.{MODELS}': {unknown[0]!r} is not a cpu model of the catalogue "
+                        f"(cpu_models: {', '.join(available)})")
+    return tuple(m for m in available if m in listed)
 
 
 # ------------------------------------------------------------------------------------------------ ranges

@@ -754,7 +754,7 @@ def declared_records(catalogue: Catalogue, plan: str, tier: str = GATED_TIER) ->
     for claim in catalogue:
         if tier not in claim.tiers or claim.block not in blocks:
             continue
-        targets = catalogue.cpu_targets(claim) if tier == "cpu" else list(claim.models)
+        targets = catalogue.cpu_targets(claim, plan) if tier == "cpu" else list(claim.models)
         out.update((claim.id, target, protocol) for target in targets for protocol in catalogue.protocols)
     return out
 

@@ -165,11 +165,16 @@ class Catalogue:
         claim = self.claims.get(claim_id)
         return claim.tolerance_for(figure, self.default_tolerance) if claim else self.default_tolerance
 
-    def cpu_targets(self, claim: Claim) -> list[str]:
-        """Default cpu-tier targets: each cpu model alone, or all of them as one group for a multi-model claim."""
+    def cpu_targets(self, claim: Claim, plan: str | None = None) -> list[str]:
+        """Default cpu-tier targets: each cpu model alone, or all of them as one group for a multi-model claim. The
+        cpu models are those ``plan`` lists (``[plans.<plan>.cpu] models``, engine.plans.cpu_models); None: every
+        cpu model of the catalogue."""
+        from engine import plans
+
+        models = self.cpu_models if plan is None else plans.cpu_models(plan, self.cpu_models)
         if any(GROUP_SEP in model for model in claim.models):
-            return [GROUP_SEP.join(self.cpu_models)]
-        return list(self.cpu_models)
+            return [GROUP_SEP.join(models)]
+        return list(models)
 
 
 DEFAULT_CATALOGUE = "engine/data/claims.toml"
@@ -233,6 +238,8 @@ def check_catalogue(catalogue: Catalogue) -> Catalogue:
     from engine import plans
 
     _, plan_tables = plans.read()  # a fault there is its own PlanError (a ValueError), naming the plans file
+    for name in plan_tables:  # each plan's cpu model list names cpu models of this catalogue (a PlanError)
+        plans.cpu_models(name, catalogue.cpu_models)
     size_fields: dict[str, set[str]] = {}
     for tiers in plan_tables.values():
         for blocks in tiers.values():

@@ -156,7 +156,7 @@ def run_file(root: Path) -> dict:
 def test_catalogue_holds_every_claim_with_registry_models_and_scales():
     catalogue = load_catalogue()
     assert set(catalogue.claims) == CATALOGUE_IDS
-    assert set(catalogue.cpu_models) == {"smollm2-135m", "gemma3-270m"}
+    assert set(catalogue.cpu_models) == {"smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"}
     for model in catalogue.cpu_models:
         assert models.REGISTRY[model].tier == "cpu"
         assert models.REGISTRY[model].scale in catalogue.scales

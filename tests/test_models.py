@@ -23,7 +23,7 @@ def test_registry_has_every_required_entry():
     cpu = {k for k, s in models.REGISTRY.items() if s.tier == "cpu"}
     gpu = {s.hf_id for s in models.REGISTRY.values() if s.tier == "gpu"}
     test = {s.arch for s in models.REGISTRY.values() if s.tier == "test"}
-    assert cpu == {"smollm2-135m", "gemma3-270m"}
+    assert cpu == {"smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"}
     assert gpu == {"Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-3B", "Qwen/Qwen2.5-Coder-0.5B",
                    "HuggingFaceTB/SmolLM2-1.7B"}
     assert test == {"llama", "qwen2", "gemma3_text"}

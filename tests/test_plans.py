@@ -205,3 +205,115 @@ def test_a_missing_field_or_a_wrong_type_is_an_error(tmp_path):
         plans.load("atlas", A.Sizes, "cpu", path=path)
     # a field whose default is None may be left out (TOML has no null): the gpu atlas plan does so
     assert A.sizes_for("gpu").skip_single_layers is None
+
+
+# ------------------------------------------------------------------------------------------------ inheritance
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "plans.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_an_inheriting_table_is_its_base_with_its_own_keys_replaced(tmp_path):
+    """`inherits = "default"` copies the base plan's table of the same tier and block, then the keys it lists; a
+    chain resolves base first; the committed file's inheriting tables are their base with only those keys changed."""
+    extra = ('\n[plans.big.cpu.atlas]\ninherits = "default"\nrigorous_per_family = 7\nfamilies = ["copying"]\n'
+             '\n[plans.bigger.cpu.atlas]\ninherits = "big"\nbatch_size = 2\n')
+    path = _write(tmp_path, PLANS_TOML.read_text(encoding="utf-8") + extra)
+    default = plans.load("atlas", A.Sizes, "cpu", path=path)
+    big = plans.load("atlas", A.Sizes, "cpu", {"plan": "big"}, path=path)
+    bigger = plans.load("atlas", A.Sizes, "cpu", {"plan": "bigger"}, path=path)
+    assert big == dataclasses.replace(default, name="big", rigorous_per_family=7, families=("copying",))
+    assert bigger == dataclasses.replace(big, name="bigger", batch_size=2)
+    assert "inherits" not in plans.read(path)[1]["bigger"]["cpu"]["atlas"]
+    assert plans.validate(path)[1]["big"]["cpu"]["atlas"]["rigorous_per_family"] == 7
+
+    import tomllib
+
+    raw = tomllib.loads(PLANS_TOML.read_text(encoding="utf-8"))["plans"]
+    inheriting = [(name, tier, block) for name, tiers in raw.items() for tier, blocks in tiers.items()
+                  for block, table in blocks.items() if isinstance(table, dict) and "inherits" in table]
+    assert {name for name, _, _ in inheriting} == {"smoke", "full"} and len(inheriting) >= 10
+    for name, tier, block in inheriting:
+        own = {k: v for k, v in raw[name][tier][block].items() if k != "inherits"}
+        base = raw[name][tier][block]["inherits"]
+        resolved = SIZES_FOR[block](tier, {"plan": name})
+        expected = dataclasses.replace(SIZES_FOR[block](tier, {"plan": base}), name=name, **{
+            k: plans.coerce(v, getattr(resolved, k), k) for k, v in own.items()})
+        assert resolved == expected, (name, tier, block)
+
+
+@pytest.mark.parametrize("extra, named", [
+    ('[plans.x.cpu.atlas]\ninherits = "nope"\n', r"'plans.x.cpu.atlas.inherits' = 'nope': no such plan \(plans: "),
+    ('[plans.x.cpu.atlas]\ninherits = "smoke"\n[plans.x.cpu.lora]\ninherits = "y"\n'
+     '[plans.y.cpu.lora]\ninherits = "x"\n',
+     r"'plans.\w.cpu.lora.inherits' = '\w': inheritance cycle \((x -> y -> x|y -> x -> y), each "),
+    ('[plans.x.cpu.steer]\ninherits = "x"\n', r"'plans.x.cpu.steer.inherits' = 'x': inheritance cycle \(x -> x"),
+    ('[plans.x.gpu.atlas]\ninherits = "smoke"\n',
+     r"'plans.x.gpu.atlas.inherits' = 'smoke': plan 'smoke' has no table \[plans.smoke.gpu.atlas\]"),
+    ('[plans.x.cpu.atlas]\ninherits = 3\n', r"'plans.x.cpu.atlas.inherits' = 3: expected a plan name"),
+    ('[plans.x.cpu.atlas]\ninherits = "default"\nbatch_size = 0\n', r"'plans.x.cpu.atlas.batch_size' = 0: out of range"),
+])
+def test_a_bad_inherits_is_one_line_naming_the_file_and_key(tmp_path, extra, named):
+    path = _write(tmp_path, PLANS_TOML.read_text(encoding="utf-8") + "\n" + extra)
+    with pytest.raises(plans.PlanError, match=named) as err:
+        plans.read(path)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------------ cpu models
+
+ALL_CPU = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b-instruct")
+
+
+def test_each_plan_names_its_cpu_models_and_a_plan_without_a_list_runs_every_one():
+    catalogue = load_catalogue()
+    assert catalogue.cpu_models == ALL_CPU
+    assert plans.cpu_models("default", ALL_CPU) == plans.cpu_models("smoke", ALL_CPU) == ALL_CPU[:2]
+    assert plans.cpu_models("full", ALL_CPU) == ALL_CPU
+    assert plans.cpu_models("smoke", tuple(reversed(ALL_CPU))) == ("gemma3-270m", "smollm2-135m")  # catalogue order
+    single, group = catalogue["HUB-SMOL"], catalogue["OWN-ATLAS"]
+    assert catalogue.cpu_targets(single, "smoke") == list(ALL_CPU[:2])
+    assert catalogue.cpu_targets(single, "full") == catalogue.cpu_targets(single) == list(ALL_CPU)
+    assert catalogue.cpu_targets(group, "default") == ["smollm2-135m+gemma3-270m"]
+    assert catalogue.cpu_targets(group, "full") == ["+".join(ALL_CPU)]
+
+
+def test_the_smoke_and_default_record_sets_are_the_two_small_models_only():
+    from engine import results
+
+    catalogue = load_catalogue()
+    for plan in ("smoke", "default"):
+        models = {m for _, target, _ in results.declared_records(catalogue, plan) for m in target.split("+")}
+        assert models == set(ALL_CPU[:2]), plan
+    full = {target for _, target, _ in results.declared_records(catalogue, "full")}
+    assert "qwen2.5-coder-0.5b-instruct" in full and "+".join(ALL_CPU) in full
+
+
+@pytest.mark.parametrize("table, named", [
+    ('[plans.x.cpu]\nmodels = ["smollm2-135m", "smollm2-135m"]\n', r"'plans.x.cpu.models': 'smollm2-135m' is listed twice"),
+    ('[plans.x.cpu]\nmodels = []\n', r"'plans.x.cpu.models' = \[\]: expected a non-empty array of model keys"),
+    ('[plans.x.cpu]\nmodels = "smollm2-135m"\n', r"'plans.x.cpu.models' = 'smollm2-135m': expected a non-empty array"),
+    ('[plans.x.gpu]\nmodels = ["qwen2.5-0.5b"]\n', r"'plans.x.gpu.models': only the cpu tier lists its models"),
+])
+def test_a_malformed_model_list_is_one_line_naming_the_file_and_key(tmp_path, table, named):
+    path = _write(tmp_path, PLANS_TOML.read_text(encoding="utf-8") + "\n" + table)
+    with pytest.raises(plans.PlanError, match=named) as err:
+        plans.read(path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_a_model_list_naming_no_cpu_model_of_the_catalogue_is_refused(tmp_path, monkeypatch):
+    from engine import verdicts
+
+    path = _write(tmp_path, PLANS_TOML.read_text(encoding="utf-8") + '\n[plans.x.cpu]\nmodels = ["qwen2.5-0.5b"]\n')
+    with pytest.raises(plans.PlanError, match=r"'plans.x.cpu.models': 'qwen2.5-0.5b' is not a cpu model of the "
+                                              r"catalogue \(cpu_models: smollm2-135m, gemma3-270m, qwen2.5-coder"):
+        plans.cpu_models("x", ALL_CPU, path=path)
+    with pytest.raises(plans.PlanError, match=r"no plan 'nope'"):
+        plans.cpu_models("nope", ALL_CPU, path=path)
+    monkeypatch.setenv(plans.PLANS_ENV, str(path))  # the catalogue's check (every load) refuses it too
+    with pytest.raises(plans.PlanError, match=r"'plans.x.cpu.models': 'qwen2.5-0.5b' is not a cpu model"):
+        verdicts.load_catalogue(Path(verdicts.__file__).parent / "data" / "claims.toml")

@@ -24,18 +24,25 @@ def _fail(message: str) -> None:
 
 @models_app.command("list")
 def models_list() -> None:
-    """Every registry entry with its tier, architecture, layers and local presence."""
+    """Every registry entry with its tier, architecture, layers, size, origin and local presence; then each
+    model's notes (a stand-in says whose weights it replaces and how it differs)."""
+    from rich.markup import escape
+
     from engine import models
 
+    rows = models.describe()
     table = Table(title=f"MI-Atlas models (cache: {models.cache_root()})")
-    for column in ("key", "tier", "arch", "layers", "params", "scale", "present", "size MB", "where"):
-        table.add_column(column)
-    for row in models.describe():
+    for column in ("key", "tier", "arch", "layers", "params", "scale", "origin", "present", "size MB", "where"):
+        table.add_column(column, no_wrap=column == "key")
+    for row in rows:
         present = "[green]yes[/]" if row["present"] else "[red]no[/]"
         table.add_row(row["key"], row["tier"], row["arch"], str(row["n_layers"]), row["params"], row["scale"],
-                      present, "" if row["size_mb"] is None else f"{row['size_mb']:.0f}",
-                      row["where"])
+                      escape(row["origin"]), present, "" if row["size_mb"] is None else f"{row['size_mb']:.0f}",
+                      escape(row["where"]))
     console.print(table)
+    for row in rows:
+        stand_in = f" [bold]stand-in for {row['stand_in_for']}[/]:" if row["stand_in_for"] else ""
+        console.print(f"{row['key']}:{stand_in} {escape(row['notes'])}", soft_wrap=True, highlight=False)
 
 
 @models_app.command("pull")

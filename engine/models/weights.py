@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import ModelError
-from .registry import REGISTRY, ModelSpec, spec_for
+from .registry import REGISTRY, ModelSpec, origin, spec_for
 from .sources import source_for
 
 
@@ -46,12 +46,14 @@ def pull(key: str, *, force: bool = False, progress: bool = True, gguf_file: str
 
 
 def describe() -> list[dict]:
-    """One row per registry entry: key, tier, arch, layers, presence and cache size."""
+    """One row per registry entry: key, tier, arch, layers, origin, notes (a stand-in's caveat), presence and
+    cache size."""
     rows = []
     for spec in REGISTRY.values():
         row = {"key": spec.key, "tier": spec.tier, "source": spec.source, "arch": spec.arch,
                "n_layers": spec.n_layers, "params": spec.params, "scale": spec.scale,
-               "hf_id": spec.hf_id or "", "present": False, "size_mb": None, "where": ""}
+               "hf_id": spec.hf_id or "", "origin": origin(spec), "stand_in_for": spec.stand_in_for or "",
+               "notes": spec.notes, "present": False, "size_mb": None, "where": ""}
         row.update(source_for(spec).describe(spec))
         rows.append(row)
     return rows
