@@ -178,7 +178,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except (ClaimError, plans.PlanError) as exc:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[CATALOGUE] = catalogue
-    _PLAN[0] = session_plan(config)
+    _PLAN[0] = settings(config).session_plan
     _check_baseline_options(config)
     for name, text in BASE_MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
@@ -261,10 +261,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "row" not in metafunc.fixturenames:
         return
     catalogue = metafunc.config.stash[CATALOGUE]
+    plan = settings(metafunc.config).session_plan  # the plan's cpu models (engine/data/plans.toml)
     params = []
     for claim in (c for c in catalogue if c.template or c.procedure):
         models = (list(claim.models) if "gpu" in claim.tiers else []) + (
-            catalogue.cpu_targets(claim) if "cpu" in claim.tiers else [])
+            catalogue.cpu_targets(claim, plan) if "cpu" in claim.tiers else [])
         for model in models:
             marks = [pytest.mark.claim(claim.id, model=model), *(getattr(pytest.mark, m) for m in claim.marks)]
             params.append(pytest.param(claim.id, marks=marks, id=f"{claim.id}:{model}"))
