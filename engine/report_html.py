@@ -714,7 +714,7 @@ def _thresholds(record: VerdictRecord) -> str:
     return ('<table class="figs"><tr><th>threshold</th><th>value</th><th>why</th></tr>' + "".join(rows) + "</table>")
 
 
-def _protocol_block(record: VerdictRecord, drawn: Drawn, marks) -> str:
+def _protocol_block(record: VerdictRecord, drawn: Drawn, marks, rule: str = "") -> str:
     out = [f'<div class="protocol" data-protocol="{esc(record.protocol)}">',
            f"<h4>{esc(record.protocol)} protocol {verdict_badge(record.verdict.value)}</h4>",
            f"<p>{esc(record.reason)}.</p>"]
@@ -725,7 +725,8 @@ def _protocol_block(record: VerdictRecord, drawn: Drawn, marks) -> str:
         out.append(f'<p class="small">Decision <b>{esc(mark)}</b>: the same evidence as {links} (one decision, '
                    "counted once).</p>")
     if record.verdict is not Verdict.UNTESTED:
-        out.append(f"<p class=\"small\">Expectation: {esc(record.expectation)}</p>")
+        if record.expectation != rule:
+            out.append(f"<p class=\"small\">Expectation: {esc(record.expectation)}</p>")
         out.append(_evidence_list(record))
         if record.verdict is Verdict.INCONCLUSIVE:
             out.append(f"<p class=\"small\"><b>What would decide it:</b> "
@@ -764,7 +765,7 @@ def _card(row, cache: PictureCache, marks) -> str:
         out.append(f"<details><summary class=\"small\">thresholds ({len(with_thresholds.thresholds)})</summary>"
                    f"{_thresholds(with_thresholds)}</details>")
     for record in row.by_protocol.values():
-        out.append(_protocol_block(record, cache.draw(record), marks))
+        out.append(_protocol_block(record, cache.draw(record), marks, rule))
     out.append('<p class="small"><a href="#matrix">back to the matrix</a></p></section>')
     return "".join(out)
 
