@@ -288,8 +288,8 @@ def _controls_panel(ax, e: dict, record: VerdictRecord) -> None:
             ax.plot([thresholds[kind]] * 2, [row - 0.35, row + 0.35], color="#bc4c00", linewidth=2)
     bottom = len(rows)
     direction_ci = details.get("direction_ci")
-    effect = next((record.figures[k] for k in ("direction_effect", "mapped_effect") if is_number(record.figures.get(k))),
-                  None)
+    effect = next((record.figures[k] for k in ("direction_effect", "mapped_effect")
+                   if is_number(record.figures.get(k))), None)
     if direction_ci:
         ax.plot(direction_ci, [bottom, bottom], color="#0969da", linewidth=3.0, solid_capstyle="butt")
     if effect is not None:
@@ -611,8 +611,8 @@ def decision_marks(records: Iterable[VerdictRecord]) -> dict[int, tuple[str, lis
     from engine.results import shared_evidence
 
     marks: dict[int, tuple[str, list[VerdictRecord]]] = {}
-    groups = [g for g in shared_evidence(r for r in records if r.evidence and r.verdict is not Verdict.UNTESTED).values()
-              if len(g) > 1]
+    measured = (r for r in records if r.evidence and r.verdict is not Verdict.UNTESTED)
+    groups = [g for g in shared_evidence(measured).values() if len(g) > 1]
     for n, group in enumerate(groups, start=1):
         for r in group:
             marks[id(r)] = (f"D{n}", [o for o in group if o is not r])
@@ -663,7 +663,8 @@ def _figures_table(record: VerdictRecord) -> str:
     rows = []
     for name, value in record.figures.items():
         if isinstance(value, dict):
-            if value and all(is_number(v) or v is None or isinstance(v, str) for v in value.values()) and len(value) <= 12:
+            if value and len(value) <= 12 and all(is_number(v) or v is None or isinstance(v, str)
+                                                  for v in value.values()):
                 shown = fmt(value, 300)
             else:
                 shown = f"(a table of {len(value)} entries: in claims.json)"
@@ -729,7 +730,7 @@ def _protocol_block(record: VerdictRecord, drawn: Drawn, marks, rule: str = "") 
             out.append(f"<p class=\"small\">Expectation: {esc(record.expectation)}</p>")
         out.append(_evidence_list(record))
         if record.verdict is Verdict.INCONCLUSIVE:
-            out.append(f"<p class=\"small\"><b>What would decide it:</b> "
+            out.append("<p class=\"small\"><b>What would decide it:</b> "
                        + (f"~{esc(record.n_to_decide)} examples per family (a power projection from the observed "
                           "variance)." if record.n_to_decide else "no projection (see the reason above).") + "</p>")
         out.append(_figures_table(record))
@@ -753,7 +754,8 @@ def _protocol_block(record: VerdictRecord, drawn: Drawn, marks, rule: str = "") 
 def _card(row, cache: PictureCache, marks) -> str:
     first = next(iter(row.by_protocol.values()))
     badges = " ".join(f"{esc(p)} {verdict_badge(r.verdict.value)}" for p, r in row.by_protocol.items())
-    rule = next((r.expectation for r in row.by_protocol.values() if r.verdict is not Verdict.UNTESTED), first.expectation)
+    rule = next((r.expectation for r in row.by_protocol.values() if r.verdict is not Verdict.UNTESTED),
+                first.expectation)
     out = [f'<section class="card" id="{esc(anchor(row.claim_id, row.model))}" data-card="{esc(row.claim_id)}|'
            f'{esc(row.model)}">',
            f"<h3>{esc(row.claim_id)} · {esc(row.model)} <span class=\"muted small\">({esc(row.tier)} tier, "
@@ -780,10 +782,11 @@ def _changes(run) -> str:
         out.append("<p>Baselines were re-pinned by this run (<code>--claims-update-baseline</code>).</p>")
     if gate_meta:
         outcome = "passed" if gate_meta.get("passed") else "did not pass"
-        out.append(f"<p>Gate (plan {esc(gate_meta.get('plan'))}, pinned at {esc(', '.join(gate_meta.get('commits', [])))}"
-                   f"): {esc(gate_meta.get('compared'))} of {esc(gate_meta.get('expected'))} pinned record(s) compared, "
-                   f"{esc(gate_meta.get('gated'))} gated figure(s), {esc(gate_meta.get('reported_only'))} reported-only; "
-                   f"<b>{outcome}</b>.</p>")
+        commits = ", ".join(gate_meta.get("commits", []))
+        out.append(f"<p>Gate (plan {esc(gate_meta.get('plan'))}, pinned at {esc(commits)}): "
+                   f"{esc(gate_meta.get('compared'))} of {esc(gate_meta.get('expected'))} pinned record(s) compared, "
+                   f"{esc(gate_meta.get('gated'))} gated figure(s), {esc(gate_meta.get('reported_only'))} "
+                   f"reported-only; <b>{outcome}</b>.</p>")
     missing = [tuple(k) for k in gate_meta.get("missing", [])]
     not_pinned = [tuple(k) for k in gate_meta.get("not_pinned", [])]
     if run.changes or missing or not_pinned:
