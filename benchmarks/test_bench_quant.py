@@ -4,10 +4,15 @@ Run alone, never under xdist (pytest-benchmark disables itself there)::
 
     pytest benchmarks -m bench -p no:xdist --benchmark-json=results/bench/benchmarks.json
 
-Every (model, precision) is one benchmark of the same batch (the same token ids) in the group of its model; the
-model is loaded, timed and freed before the next precision is loaded. The last test of each model turns the medians
-into slowdowns vs bf16 and writes ``results/bench/quant-<model>.json`` and ``.png`` (the same report as
-``mi-atlas bench quant``). On CPU the ratios are information only: the claim (8-bit 52% slower, NF4 9% slower)
+Every (model, precision) is one benchmark of the same batch (the same token ids) in the group of its model: warm
+rounds (``MI_ATLAS_BENCH_WARMUP``, default 3, untimed) then ``MI_ATLAS_BENCH_ROUNDS`` timed rounds (default 20: enough
+paired rounds for a CI of each ratio); the model is loaded, timed and freed before the next precision is loaded. The
+last test of each model writes ``results/bench/quant-<model>.json`` and ``.png`` (the same report as ``mi-atlas bench
+quant``) and the benchmark report ``quant-bench-<model>-<device>.json`` / ``.png`` (``engine.bench_report``: latency
+ratios to bf16 and fp32 with 95% CIs through QUANT-SPEED's decision primitive, tokens/s, memory; CPU and GPU apart).
+``tox -e bench`` keeps pytest-benchmark's JSON of every run (``--benchmark-autosave`` under ``results/bench/history``,
+so ``pytest-benchmark compare`` works across runs) and draws ``results/bench/quant-history.png`` from them
+(``mi-atlas bench history``). On CPU the ratios are information only: the claim (8-bit 52% slower, NF4 9% slower)
 is about GPU kernels, and its verdict is the claim test's. Models: ``MI_ATLAS_BENCH_MODELS`` (comma-separated,
 default both embedded cpu-tier models).
 """
@@ -20,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from engine import bench_report
 from engine import interventions as iv
 from engine import memory, models, quant
 from engine.studies import steer as steer_studies
@@ -30,7 +37,9 @@ pytestmark = pytest.mark.bench
 MODELS = [m for m in os.environ.get("MI_ATLAS_BENCH_MODELS", "smollm2-135m,gemma3-270m").split(",") if m]
 REFERENCE = "bf16"
 PRECISIONS = list(dict.fromkeys([REFERENCE, *quant.SPEED_PRECISIONS]))
-BATCH, ROUNDS, WARMUP = 4, 5, 2
+BATCH = 4
+ROUNDS = int(os.environ.get("MI_ATLAS_BENCH_ROUNDS", "20"))
+WARMUP = int(os.environ.get("MI_ATLAS_BENCH_WARMUP", "3"))
 OUT = Path(__file__).resolve().parent.parent / "results" / "bench"
 
 _rows: dict[str, dict[str, quant.SpeedRow]] = {}
@@ -47,6 +56,9 @@ def test_forward_latency(benchmark, model, precision):
     present, why = models.availability(model)
     if not present:
         pytest.skip(why)
+    reset = memory.rss_peak_reset()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     try:
         lm = quant.load_precision(model, precision)
     except (RuntimeError, ImportError, models.ModelError) as exc:  # recorded as a failed row, shown in the report
@@ -66,7 +78,10 @@ def test_forward_latency(benchmark, model, precision):
         assert np.isfinite(out.logits.float().numpy()).any()
         times = list(benchmark.stats.stats.data)
         row = quant.SpeedRow(precision, ok=True, times_s=times, tokens=tokens,
-                             footprint_mb=memory.footprint_bytes(lm) / 2**20)
+                             footprint_mb=memory.footprint_bytes(lm) / 2**20,
+                             peak_rss_mb=memory.rss_mb("VmHWM") if reset else None)
+        if lm.device.type == "cuda":
+            row.cuda_peak_mb = torch.cuda.max_memory_allocated(lm.device) / 2**20
         benchmark.extra_info["tokens_per_s"] = round(row.tokens_per_s, 1)
         _rows.setdefault(model, {})[precision] = row
         _shapes[model] = (len(batch), batch.seq_len, str(lm.device))
@@ -85,9 +100,13 @@ def test_slowdown_report(model):
                                {p: rows[p] for p in PRECISIONS if p in rows})
     json_path, png_path = quant.write_speed_report(report, OUT)
     assert json_path.is_file() and png_path.is_file()
+    bench_json, bench_png = bench_report.write_bench_report(report, OUT)
+    assert bench_json.is_file() and bench_png.is_file()
     measured = [p for p, r in report.rows.items() if r.ok]
     assert REFERENCE in measured, f"the reference {REFERENCE} was not measured: {rows[REFERENCE].error}"
     for p in measured:
         assert report.rows[p].median_s > 0 and np.isfinite(report.slowdown(p))
-    print(f"\n{model} on {device}: " + ", ".join(f"{p} {report.slowdown(p):+.0%}" for p in measured)
-          + f" vs {REFERENCE} -> {json_path}")
+    ratios = bench_report.ratios(report)
+    print(f"\n{model} on {device}: " + ", ".join(
+        f"{p} x{r.ratio:.3g} [{r.low:.3g}, {r.high:.3g}]" if r.low is not None else f"{p} x{r.ratio:.3g} (no CI)"
+        for p, r in ratios.get(REFERENCE, {}).items()) + f" vs {REFERENCE} -> {bench_json}")

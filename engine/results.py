@@ -4,6 +4,7 @@ Layout under the results root (default ``<rootdir>/results``)::
 
     runs/<timestamp>-<commit>/claims.json   every verdict record of the run, plus its provenance
     runs/<timestamp>-<commit>/report.md     the table and one paragraph per claim x model
+    runs/<timestamp>-<commit>/report.html   the same run as one self-contained page (engine.report_html)
     latest                                  symlink to the newest run (a text file naming it where symlinks fail)
     registry.jsonl                          one JSON line per verdict, appended as verdicts arrive
     baselines/<plan>/<model>.json           a plan's pinned gated figures per claim x protocol, with their spread,
@@ -289,7 +290,8 @@ def reserve_run_dir(root: Path, commit: str, when: datetime | None = None) -> Pa
 
 
 def write_run(run_dir: Path, run: Run) -> list[str]:
-    """Write claims.json and report.md atomically; point ``latest`` at this run only when it is complete.
+    """Write claims.json, report.md and report.html (``engine.report_html``) atomically; point ``latest`` at this
+    run only when it is complete.
 
     Each file is attempted even when the other fails (a full disk, a read-only tree): a write error is returned as
     one line per file (never raised), and a run whose claims.json could not be written is marked incomplete in its
@@ -305,6 +307,9 @@ def write_run(run_dir: Path, run: Run) -> list[str]:
         write_atomic(run_dir / REPORT_FILE, render_markdown(run))
     except (OSError, ValueError) as exc:
         problems.append(f"{run_dir / REPORT_FILE}: not written ({_one_line(exc)})")
+    from engine.report_html import write_page_quietly  # report.html: a problem is one line, never raised
+
+    problems += write_page_quietly(run_dir, run)
     if not problems and not run.meta.get("incomplete"):
         try:
             point_latest(run_dir.parent.parent, run_dir.name)

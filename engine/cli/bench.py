@@ -1,7 +1,11 @@
-"""`mi-atlas bench quant --model KEY`: forward latency and tokens/s per precision, side by side in one process.
+"""`mi-atlas bench quant --model KEY`: forward latency and tokens/s per precision, side by side in one process;
+`mi-atlas bench history`: the latency history chart of the saved pytest-benchmark runs.
 
-A thin command over ``engine.quant.measure_speed`` / ``write_speed_report``: prints the table, writes
-``results/bench/quant-<model>.json`` and a bar chart ``quant-<model>.png``. ``register(app)`` mounts it on the
+Thin commands over ``engine.quant.measure_speed`` / ``write_speed_report`` and ``engine.bench_report``: ``quant``
+prints the table, writes ``results/bench/quant-<model>.json`` and a bar chart ``quant-<model>.png``, and the
+benchmark report ``quant-bench-<model>-<device>.json`` / ``.png`` (latency ratios to bf16 and fp32 with 95% CIs,
+tokens/s, memory); ``history`` reads pytest-benchmark's saved JSONs (``tox -e bench`` keeps them under
+``results/bench/history``) and writes ``results/bench/quant-history.png``. ``register(app)`` mounts it on the
 ``mi-atlas`` typer app (under an existing ``bench`` group if another module already made one).
 """
 
@@ -76,4 +80,24 @@ def register(app: typer.Typer) -> None:
             console.print("[yellow]CPU run: the QUANT-SPEED claim is about GPU speed; these ratios are reported, "
                           "not a verdict.[/]")
         json_path, png_path = quant.write_speed_report(report, out)
-        console.print(f"wrote {json_path} and {png_path}")
+        from engine import bench_report
+
+        bench_json, bench_png = bench_report.write_bench_report(report, out)
+        console.print(f"wrote {json_path}, {png_path}, {bench_json} and {bench_png}")
+
+    @bench.command("history")
+    def bench_history(
+        storage: Path = typer.Option(DEFAULT_OUT / "history", help="pytest-benchmark storage (its saved JSONs, "
+                                     "searched recursively)."),
+        out: Path = typer.Option(DEFAULT_OUT / "quant-history.png", help="The chart to write."),
+    ) -> None:
+        """Median forward latency per precision across the saved benchmark runs, one panel per model and device."""
+        from engine import bench_report
+
+        written = bench_report.history_chart(storage, out)
+        if written is None:
+            Console(stderr=True, soft_wrap=True, highlight=False).print(
+                f"[bold red]error:[/] {storage}: no saved quantisation benchmark (run `tox -e bench`, which keeps "
+                "them there)")
+            raise typer.Exit(2)
+        console.print(f"wrote {written} ({len(bench_report.read_saved_benchmarks(storage))} benchmark(s))")

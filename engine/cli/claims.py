@@ -1,5 +1,5 @@
-"""`mi-atlas claims | report | diff | merge`: run the claim suite, re-render a run's report, compare two runs,
-merge another machine's registry.
+"""`mi-atlas claims | report | diff | merge`: run the claim suite, re-render a run's report (``report --html``: its
+self-contained HTML page), compare two runs, merge another machine's registry.
 
 Thin commands over ``engine.results``; ``register(app)`` mounts them on the ``mi-atlas`` typer app. What they read
 is checked before it is used: every record's field types (a wrong-typed run-file or registry entry is one line;
@@ -27,7 +27,7 @@ from engine.verdicts import VerdictRecord, load_catalogue
 RESULTS_HELP = "results root (runs, registry, baselines); default: ./results if present, else <project>/results"
 # The pytest plugins the project's root conftest.py loads (``pytest_plugins``): their options are known when
 # ``mi-atlas claims ARGS`` tells an option's value from a test path.
-CLAIMS_PLUGINS = ("claims.plugin", "claims.xdist_groups", "claims.progress")
+CLAIMS_PLUGINS = ("claims.plugin", "claims.xdist_groups", "claims.progress", "claims.html_extras")
 DIRECTORY_OPTIONS = ("claims_results", "claims_baselines")  # pytest option dests that name a directory
 MAX_RECOMPUTE_RESAMPLES = 100_000  # report --recompute: Monte Carlo sign patterns per interval, at most
 
@@ -313,14 +313,44 @@ def recompute_text(run: str | None = None, root: Path | None = None,
     return "\n".join(lines), differ
 
 
+def render_html_report(run: str | None = None, root: Path | None = None, out: Path | None = None) -> Path:
+    """Write the run's self-contained page (``report.html``, :mod:`engine.report_html`) from its claims.json into
+    the run directory (or ``out``); returns the path written."""
+    from engine import report_html
+
+    root = default_results_root() if root is None else root
+    directory = results.run_dir(root, run)
+    loaded = load_checked_run(root, str(directory))
+    text = _rendered("rendering the HTML page", loaded, lambda: report_html.render_page(loaded))
+    path = Path(out) if out is not None else directory / report_html.PAGE_FILE
+    if path.is_dir():
+        path = path / report_html.PAGE_FILE
+    try:
+        results.write_atomic(path, text)
+    except OSError as exc:
+        raise ValueError(f"{path}: the HTML page could not be written ({exc.strerror or exc}); give --out "
+                         "a writable file") from None
+    return path
+
+
 def report_command(run: str = typer.Argument(None, help="run name or directory (default: latest)"),
                    results_root: Path = typer.Option(None, "--results", help=RESULTS_HELP),
                    recompute: bool = typer.Option(False, "--recompute", help="decide every verdict again from the "
                                                   "per-example data stored in the run; exit 1 if one differs"),
-                   catalogue: Path = typer.Option(None, help="claims catalogue (default: the packaged one)")) -> None:
-    """Re-render a run's report.md from its claims.json and print it (or, with --recompute, re-decide it); a run
-    directory that cannot be written: the report is printed, with one warning."""
+                   catalogue: Path = typer.Option(None, help="claims catalogue (default: the packaged one)"),
+                   as_html: bool = typer.Option(False, "--html", help="write the run's self-contained HTML page "
+                                                "(report.html in the run directory, or --out) instead of printing "
+                                                "report.md"),
+                   out: Path = typer.Option(None, "--out", help="with --html: where to write the page (a file, or "
+                                            "a directory for report.html)")) -> None:
+    """Re-render a run's report.md from its claims.json and print it (or, with --recompute, re-decide it; with
+    --html, write its HTML page); a run directory that cannot be written: the report is printed, with one warning."""
     with user_errors():  # also where these commands are mounted on another app
+        if as_html:
+            typer.echo(f"wrote {render_html_report(run, results_root, out)}")
+            return
+        if out is not None:
+            raise ValueError("--out goes with --html (report.md is printed)")
         if recompute:
             text, differ = recompute_text(run, results_root, catalogue)
             typer.echo(text)
