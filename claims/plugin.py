@@ -104,6 +104,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 import time
 from pathlib import Path
 
@@ -140,6 +141,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="results root for runs, registry and baselines (default: <rootdir>/results)")
     group.addoption("--claims-catalogue", metavar="FILE", default=None,
                     help="claims catalogue TOML (default: the packaged engine/data/claims.toml)")
+    group.addoption("--claims-file", metavar="FILE", default=None,
+                    help="a researcher's own claims file (TOML rows run by the rule templates, about registry models "
+                         "or local model directories): run its claims instead of the catalogue's (README, 'Write "
+                         "your own claim')")
+    group.addoption("--with-catalogue", action="store_true",
+                    help="with --claims-file: run the catalogue's claims too")
     group.addoption("--claims-strict", action="store_true",
                     help="a REVISED or INCONCLUSIVE verdict fails its test")
     group.addoption("--claims-baselines", metavar="DIR", default=None,
@@ -175,6 +182,7 @@ def pytest_configure(config: pytest.Config) -> None:
         planner.check_session(config.getoption("--plan"), yes=config.getoption("--yes") or config.option.collectonly)
         catalogue = verdicts.load_catalogue(config.getoption("--claims-catalogue"))
         templates.check(catalogue)  # every row's template and parameters (or procedure), before anything runs
+        catalogue = _with_claims_file(config, catalogue)
     except (ClaimError, plans.PlanError) as exc:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[CATALOGUE] = catalogue
@@ -188,6 +196,20 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{block}: claims of the {block} block")
     if not hasattr(config, "workerinput"):  # the xdist controller or a plain session writes the results
         config.pluginmanager.register(ClaimsSession(config), "mi-atlas-claims-session")
+
+
+def _with_claims_file(config: pytest.Config, catalogue: Catalogue) -> Catalogue:
+    """The session's claims: the catalogue, or a user's ``--claims-file`` (beside the catalogue with
+    ``--with-catalogue``), every row checked before anything runs."""
+    path = config.getoption("--claims-file")
+    if not path:
+        if config.getoption("--with-catalogue"):
+            raise ClaimError("--with-catalogue goes with --claims-file FILE (the catalogue runs by default)")
+        return catalogue
+    from engine import claims_file
+
+    user = claims_file.load_claims_file(path)
+    return claims_file.merged(catalogue, user) if config.getoption("--with-catalogue") else user
 
 
 def settings(config: pytest.Config) -> RunSettings:
@@ -264,9 +286,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     plan = settings(metafunc.config).session_plan  # the plan's cpu models (engine/data/plans.toml)
     params = []
     for claim in (c for c in catalogue if c.template or c.procedure):
-        models = (list(claim.models) if "gpu" in claim.tiers else []) + (
-            catalogue.cpu_targets(claim, plan) if "cpu" in claim.tiers else [])
-        for model in models:
+        for model in catalogue.targets(claim, plan):
             marks = [pytest.mark.claim(claim.id, model=model), *(getattr(pytest.mark, m) for m in claim.marks)]
             params.append(pytest.param(claim.id, marks=marks, id=f"{claim.id}:{model}"))
     metafunc.parametrize("row", params)
@@ -316,16 +336,16 @@ def _target(mark: pytest.Mark, catalogue: Catalogue, registry: dict) -> tuple[Ta
         if key not in registry:
             raise ClaimError(f"{claim.id}: model {key!r} is not in the model registry ({', '.join(registry)})")
         specs.append(registry[key])
-    if any(spec.tier not in ("cpu", "gpu") for spec in specs):
-        raise ClaimError(f"{claim.id}: model {model!r} is not a cpu- or gpu-tier model; test-tier models never "
-                         "give a verdict")
+    if any(spec.tier not in ("cpu", "gpu", "local") for spec in specs):
+        raise ClaimError(f"{claim.id}: model {model!r} is not a cpu- or gpu-tier model (or a local directory of a "
+                         "claims file); test-tier models never give a verdict")
     tier = "gpu" if any(spec.tier == "gpu" for spec in specs) else "cpu"
     if tier not in claim.tiers:
         raise ClaimError(f"{claim.id} has no {tier} tier (tiers: {', '.join(claim.tiers)})")
     if tier == "gpu" and model not in claim.models:
         raise ClaimError(f"{claim.id}: {model!r} is not one of the claim's gpu-tier models "
                          f"({', '.join(claim.models)}) in {catalogue.path}")
-    protocols = tuple(mark.kwargs.get("protocols") or catalogue.protocols)
+    protocols = tuple(mark.kwargs.get("protocols") or catalogue.protocols_of(claim))
     bad = [p for p in protocols if p not in catalogue.protocols]
     if bad:
         raise ClaimError(f"{claim.id}: unknown protocol(s) {bad} (catalogue: {', '.join(catalogue.protocols)})")
@@ -633,6 +653,8 @@ class ClaimsSession:
             "run": self.run_dir.name, "git_commit": self.commit, "started": self.started.isoformat(timespec="seconds"),
             "duration_s": round(time.perf_counter() - self.clock, 1), "args": list(self.config.invocation_params.args),
             "catalogue": catalogue.path, "plan": self.plan, "baseline_updated": False,
+            "claims_file": self.config.getoption("--claims-file"),
+            "with_catalogue": bool(self.config.getoption("--with-catalogue")),
             "exit_status": int(exitstatus), "torch_threads": _torch_threads(), **results.provenance(),
         }
         if self.gate is not None:
@@ -719,7 +741,10 @@ class ClaimsSession:
             for i, (cell, width) in enumerate(zip(cells, widths)):
                 tr.write(cell.ljust(width) + "  ", **(VERDICT_MARKUP.get(cell, {}) if i in verdict_columns else {}))
             room = max(40, config.get_terminal_writer().fullwidth - sum(widths) - 2 * len(widths) - 1)
-            tr.write_line(cells[-1] if len(cells[-1]) <= room else cells[-1][: room - 3] + "...")
+            lines = textwrap.wrap(cells[-1], room) or [""]  # the decisive figure in full: wrapped, never cut
+            tr.write_line(lines[0])
+            for line in lines[1:]:
+                tr.write_line(" " * (sum(widths) + 2 * len(widths)) + line)
         counts = self.run.counts()
         tr.write_line("claims: " + ", ".join(f"{n} {v}" for v, n in counts.items())
                       + " (per claim x model x protocol)")

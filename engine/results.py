@@ -759,8 +759,8 @@ def declared_records(catalogue: Catalogue, plan: str, tier: str = GATED_TIER) ->
     for claim in catalogue:
         if tier not in claim.tiers or claim.block not in blocks:
             continue
-        targets = catalogue.cpu_targets(claim, plan) if tier == "cpu" else list(claim.models)
-        out.update((claim.id, target, protocol) for target in targets for protocol in catalogue.protocols)
+        out.update((claim.id, target, protocol) for target in catalogue.targets(claim, plan, tier)
+                   for protocol in catalogue.protocols_of(claim))
     return out
 
 
@@ -1011,8 +1011,10 @@ class Row:
                               else f"rule checked ({r.protocol})" for r in measured)
         elif keys != {""}:
             text = f"{first.key} = " + " | ".join(f"{fmt(r.measured, 24)} ({r.protocol})" for r in measured)
-        else:
-            text = "rule checked"
+        else:  # no key figure: the decisions themselves, per protocol, in full (the terminal wraps them)
+            decided = [f"{r.protocol}: " + "; ".join(e.get("statement", "") for e in r.evidence) for r in measured
+                       if r.evidence]
+            text = " | ".join(decided) if decided else "rule checked"
         if first.expected is not None and first.tolerance:
             return f"{text} vs seed figure {fmt(first.expected, 24)} {Tolerance(**first.tolerance).describe()}"
         return f"{text}; expected: {first.expectation}"

@@ -118,6 +118,8 @@ class Claim:
     procedure: str = ""  # "module:function": a procedure for a rule no template fits
     args: Mapping[str, Any] = field(default_factory=dict)  # the row's template parameters (checked by the template)
     marks: tuple[str, ...] = ()  # extra pytest markers of the row's test (e.g. "slow")
+    targets: tuple[str, ...] = ()  # a user's claim (engine.claims_file): the models it names, whatever the tier
+    protocols: tuple[str, ...] = ()  # the protocols it is measured under (empty: the catalogue's)
 
     def seed_figure(self, model: str, figure: str) -> Any:
         """The seed's figure for ``model`` (None where the seed gives none, e.g. every cpu-tier model)."""
@@ -164,6 +166,20 @@ class Catalogue:
         """Tolerance used when a figure is compared with a baseline or another run."""
         claim = self.claims.get(claim_id)
         return claim.tolerance_for(figure, self.default_tolerance) if claim else self.default_tolerance
+
+    def targets(self, claim: Claim, plan: str | None = None, tier: str | None = None) -> list[str]:
+        """The models (or "+"-joined groups) a claim is measured on: a user's claim, the models its row names; a
+        catalogue claim, its gpu-tier models, then its cpu-tier targets (:meth:`cpu_targets`). ``tier``: that
+        tier's only."""
+        if claim.targets:
+            return list(claim.targets) if tier is None or tier in claim.tiers else []
+        gpu = list(claim.models) if "gpu" in claim.tiers and tier in (None, "gpu") else []
+        cpu = self.cpu_targets(claim, plan) if "cpu" in claim.tiers and tier in (None, "cpu") else []
+        return gpu + cpu
+
+    def protocols_of(self, claim: Claim) -> tuple[str, ...]:
+        """The protocols a claim is recorded under (a user's claim: rigorous only)."""
+        return claim.protocols or self.protocols
 
     def cpu_targets(self, claim: Claim, plan: str | None = None) -> list[str]:
         """Default cpu-tier targets: each cpu model alone, or all of them as one group for a multi-model claim. The

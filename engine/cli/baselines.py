@@ -75,6 +75,11 @@ def _catalogue_of(run: results.Run) -> verdicts.Catalogue:
     records the gate expects."""
     path = run.meta.get("catalogue")
     try:
+        if run.meta.get("claims_file"):  # a researcher's claims file (beside the catalogue, or alone)
+            from engine import claims_file
+
+            user = claims_file.load_claims_file(run.meta["claims_file"])
+            return claims_file.merged(verdicts.load_catalogue(), user) if run.meta.get("with_catalogue") else user
         if not path or path == verdicts.DEFAULT_CATALOGUE:
             return verdicts.load_catalogue()
         return verdicts.load_catalogue(path)

@@ -27,7 +27,7 @@ from .integrity import IdentityRecord, check_identity, defining_files, identity
 from .loaded import LoadedModel, default_device, default_dtype, free, seed_everything
 from .loading import (DTYPES, QUANT_BYTES, QUANT_MODES, DType, dtype_info, fingerprint, load, load_dir,
                       quantization_config)
-from .registry import REGISTRY, ModelSpec, cache_root, model_cache_dir, spec_for
+from .registry import REGISTRY, ModelSpec, cache_root, model_cache_dir, register_local, spec_for
 from .pool import holds, metadata, release, shared
 from .sources import SOURCES, WeightSource, register_source, source_for, unregister_source
 from .sources.gguf_cache import (CACHE_FORMAT, MANIFEST_NAME, SAFETENSORS_NAME, convert_gguf, fetch_gguf,
@@ -43,7 +43,7 @@ __all__ = [
     "IdentityRecord", "check_identity", "defining_files", "identity", "check_directory",
     "DTYPES", "DType", "QUANT_BYTES", "QUANT_MODES", "dtype_info", "LoadedModel", "default_device",
     "default_dtype", "fingerprint", "free", "load", "load_dir", "quantization_config", "seed_everything",
-    "REGISTRY", "ModelSpec", "cache_root", "model_cache_dir", "spec_for",
+    "REGISTRY", "ModelSpec", "cache_root", "model_cache_dir", "register_local", "spec_for",
     "holds", "metadata", "release", "shared",
     "SOURCES", "WeightSource", "register_source", "source_for", "unregister_source",
     "CACHE_FORMAT", "MANIFEST_NAME", "SAFETENSORS_NAME", "convert_gguf", "fetch_gguf", "sha256_file",

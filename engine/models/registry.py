@@ -93,6 +93,19 @@ def spec_for(key_or_path: str) -> ModelSpec:
     )
 
 
+def register_local(path: str | Path) -> ModelSpec:
+    """A local Hugging Face directory as a registry entry keyed by its directory name (a user's claims file names a
+    model by path; its records, baselines and markers then name it by that key). The directory is checked as any
+    local model is (config, no remote code); a name already used by another model is a :class:`ModelError`."""
+    spec = _local_spec(Path(path).expanduser().resolve())
+    have = REGISTRY.get(spec.key)
+    if have is not None and have.path != spec.path:
+        raise ModelError(f"{path}: its directory name {spec.key!r} is already the key of "
+                         f"{have.path or 'a registry model'}: rename the directory")
+    REGISTRY[spec.key] = spec
+    return spec
+
+
 def _local_spec(path: Path) -> ModelSpec:
     config = check_directory(path)  # no auto_map, a supported top-level model_type
     try:

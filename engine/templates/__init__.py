@@ -21,6 +21,8 @@ import importlib
 import pkgutil
 
 from engine import lora as _lora  # noqa: F401 (its rows are procedures; its sizes register with engine.plans)
+from engine.planner import Dynamic
+from engine.plans import PlanError
 from engine.templates.base import (
     ClaimContext,
     Measured,
@@ -32,8 +34,6 @@ from engine.templates.base import (
     measure,
     procedure,
 )
-from engine.planner import Dynamic
-from engine.plans import PlanError
 from engine.verdicts import Catalogue, Claim
 
 _REGISTRY: dict[str, Template] = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from engine.studies.atlas import hubs
 from engine.studies.atlas.common import SEEDS, sizes_for
-from engine.templates import ClaimContext, Param, Template, register
+from engine.templates import ClaimContext, Param, Template, TemplateError, register
 
 
 def claimed_layer(ctx: ClaimContext, template: Template) -> int | None:
@@ -29,6 +29,29 @@ def seeds_of(ctx: ClaimContext, template: Template) -> tuple[int, ...]:
     return tuple(ctx.arg("seeds", template))
 
 
+MEASURE_KEYS = {"kind": ("atlas",), "method": None, "component": ("layer", "resid", "attn", "mlp")}
+
+
+def check_measure(claim, template: Template, where: str) -> None:
+    """``measure = { kind = "atlas", method = "<a registered ablation method>", component = "layer" | ... }``."""
+    from engine.interventions import methods
+
+    measure = claim.args.get("measure", {})
+    for key, value in measure.items():
+        allowed = MEASURE_KEYS.get(key, ())
+        allowed = tuple(methods.names()) if key == "method" else allowed
+        if value not in allowed:
+            raise TemplateError(f"{where}: claim {claim.id}: measure.{key} = {value!r}: expected one of "
+                                f"{', '.join(map(str, allowed)) or '(no such key: kind, method, component)'}")
+
+
+def atlas_options(ctx: ClaimContext, template: Template) -> dict:
+    """The rigorous atlas's suite, method and component from the row (``prompts.file``, ``measure``)."""
+    measure = ctx.arg("measure", template)
+    return {"suite": ctx.arg("prompts_file", template) or "synthetic", "method": measure.get("method", "zero"),
+            "component": measure.get("component", "layer"), "seed_protocol": "seed" in ctx.protocols}
+
+
 @register
 class ArgmaxIs(Template):
     name = "argmax_is"
@@ -37,12 +60,33 @@ class ArgmaxIs(Template):
         "layer": Param((int, str), 'the claimed hub layer, or "seed": the seed\'s figure (none on the cpu tier: '
                                    '"an argmax exists")', default="seed"),
         "seeds": Param((list,), "seeds that resample the prompts (one rigorous atlas each)", default=list(SEEDS)),
+        "measure": Param((dict,), "{ kind = \"atlas\", method = <ablation method>, component = \"layer\" | "
+                                  "\"resid\" | ... } of the rigorous atlas", default={}),
+        "prompts_file": Param((str,), "a user's prompts (JSONL; a claims file's prompts.file)", default=None),
     }
     measures = "seed sweep (residual zeroing, first k/family) + one contribution-ablation atlas per seed"
     rule = "L beats every other layer in every seed (IUT, Holm for against; hub_delta); no layer: one argmax, same in every seed"
 
+    def check(self, claim, where):
+        super().check(claim, where)
+        check_measure(claim, self, where)
+        layer = claim.args.get("layer", "seed")
+        if isinstance(layer, str) and layer != "seed":
+            raise TemplateError(f"{where}: claim {claim.id}: layer = {layer!r}: expected a layer index or \"seed\" "
+                                "(the seed's own figure)")
+        seeds = claim.args.get("seeds", [])
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+            raise TemplateError(f"{where}: claim {claim.id}: seeds = {seeds!r}: expected a list of integers")
+
+    def check_models(self, claim, specs, where):
+        layer = claim.args.get("layer", "seed")
+        if layer != "seed" and not (isinstance(layer, int) and all(0 <= layer < s.n_layers for s in specs)):
+            raise TemplateError(f"{where}: claim {claim.id}: layer = {layer!r}: beyond the model "
+                                f"({', '.join(f'{s.key}: layers 0-{s.n_layers - 1}' for s in specs)})")
+
     def specs(self, ctx):
-        return hubs.hub_specs(ctx.model, sizes_for(ctx.tier, ctx.params, ctx.plan), seeds_of(ctx, self))
+        return hubs.hub_specs(ctx.model, sizes_for(ctx.tier, ctx.params, ctx.plan), seeds_of(ctx, self),
+                              **atlas_options(ctx, self))
 
     def decide(self, ctx, m):
         return hubs.hub_findings(m, sizes_for(ctx.tier, ctx.params, ctx.plan), claimed_layer(ctx, self),

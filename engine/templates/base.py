@@ -77,6 +77,11 @@ class ClaimContext:
         return GROUP_SEP.join(self.models)
 
     @property
+    def protocols(self) -> tuple[str, ...]:
+        """The protocols the row is measured under (a user's claim: rigorous only, so no seed-protocol sweep)."""
+        return self.claim.protocols or ("seed", "rigorous")
+
+    @property
     def seed_figures(self) -> Mapping[str, Any]:
         """The seed's figures for this target (empty on the cpu tier: the seed measured other models)."""
         return self.claim.seed.get(self.model, {}) if self.tier == "gpu" else {}
@@ -109,6 +114,10 @@ class Template:
             if p.required and key not in claim.args:
                 raise TemplateError(f"{where}: claim {claim.id}: {key}: missing (template {self.name!r} needs it: "
                                     f"{p.doc})")
+
+    def check_models(self, claim: Claim, specs: list, where: str) -> None:
+        """A user's row against the models it names (``engine.models.ModelSpec``), e.g. a layer beyond the model;
+        nothing to check by default."""
 
     def specs(self, ctx: ClaimContext) -> dict[str, Spec]:
         raise NotImplementedError

@@ -88,8 +88,11 @@ def first_examples(per_family: int, families: Sequence[str] | None = None, suite
 
 def stratified_sample(seed: int, per_family: int, families: Sequence[str] | None = None, suite="synthetic",
                       split: str | None = SPLIT) -> list[tasks.Example]:
-    """The rigorous protocol's sample for one seed: ``per_family`` examples drawn per family with that seed."""
-    if isinstance(suite, str) and suite == "nl":
+    """The rigorous protocol's sample for one seed: ``per_family`` examples drawn per family with that seed.
+    ``suite``: "synthetic", "nl" or a user's prompts file (JSONL, ``tasks.load_prompts``: every split)."""
+    if isinstance(suite, str) and suite not in tasks.SUITES:
+        suite, split = tasks.load_prompts(suite), None  # a user's prompts file (checked by engine.claims_file)
+    elif isinstance(suite, str) and suite == "nl":
         split = None  # the NL suite has its own split
     return tasks.sample(families=families, per_family=per_family, seed=seed, suite=suite, split=split)
 

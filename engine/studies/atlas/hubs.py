@@ -107,8 +107,11 @@ def rigorous_hub(atlases: Mapping[str, Atlas], sizes: Sizes, robust: Mapping[str
     figures, holds = decide_hub(atlases, claimed, sizes.hub_delta or 0.0, sizes.hub_delta_rationale or "")
     figures["prompt_overlap"] = prompt_overlap([a.example_ids for a in atlases.values()])
     figures["robustness"] = dict(robust)
-    notes = [(f"Rigorous protocol (prompt template {next(iter(atlases.values())).template!r}: raw prompts, no chat "
-              f"rendering): layer-contribution ablation, {sizes.rigorous_per_family} examples/family drawn "
+    first = next(iter(atlases.values()))
+    how = ("layer-contribution ablation" if (first.method, first.component) == ("zero", "layer") else
+           f"{first.method} ablation of each {first.component}")
+    notes = [(f"Rigorous protocol (prompt template {first.template!r}: raw prompts, no chat "
+              f"rendering): {how}, {first.n_examples // max(len(first.families), 1)} examples/family drawn "
              f"per seed ({figures['n_examples']} prompts/seed, Jaccard overlap {figures['prompt_overlap']:.2f}), "
              f"argmax re-selected in {sizes.n_resamples} stratified resamples per seed. {evidence_text(holds)}.")]
     return Finding("rigorous", figures, holds=holds, seeds=list(seeds), notes=notes,
@@ -423,16 +426,36 @@ def decide_coder(protocol: str, coder: Atlas, base: Atlas, text: str, delta: flo
 # ------------------------------------------------------------------------------------------------ claim procedures
 
 
-def hub_specs(model: str, sizes: Sizes, seeds: Sequence[int] = SEEDS) -> dict[str, AtlasSpec]:
-    """What HUB-Q05/Q15/Q3/SMOL and HUB-SEEDS read on one model: the seed protocol's sweep, one rigorous atlas per
-    seed, and the robustness sweeps beside seed ``SEEDS[0]``'s."""
-    return {"seed": seed_spec(model, sizes), **{f"seed {s}": rigorous_spec(model, sizes, s) for s in seeds},
-            **robustness_specs(model, sizes)}
+def hub_specs(model: str, sizes: Sizes, seeds: Sequence[int] = SEEDS, *, suite: str = "synthetic",
+              method: str = "zero", component: str = "layer", seed_protocol: bool = True) -> dict[str, AtlasSpec]:
+    """What HUB-Q05/Q15/Q3/SMOL and HUB-SEEDS read on one model: the seed protocol's sweep (``seed_protocol``),
+    one rigorous atlas per seed (``method`` ablation of each ``component``, on ``suite``'s stratified samples), and
+    the robustness sweeps beside seed ``SEEDS[0]``'s default atlas."""
+    specs = {"seed": seed_spec(model, sizes)} if seed_protocol else {}
+    specs.update({f"seed {s}": rigorous_spec(model, sizes, s, suite=suite, method=method, component=component)
+                  for s in seeds})
+    if (suite, method, component) == ("synthetic", "zero", "layer"):
+        specs.update(robustness_specs(model, sizes))
+    return specs
 
 
 def _rigorous(m: Mapping[str, Any], seeds: Sequence[int]) -> tuple[dict[str, Atlas], dict[str, Any]]:
     atlases = {f"seed {s}": m[f"seed {s}"] for s in seeds}
-    return atlases, robustness_figures(atlases, m, f"seed {SEEDS[0]}" if SEEDS[0] in seeds else None)
+    default = f"seed {SEEDS[0]}" if SEEDS[0] in seeds and all(f"robustness {x}" in m for x in ROBUSTNESS_METHODS) \
+        else None
+    return atlases, robustness_figures(atlases, m, default)
+
+
+NO_SEED_PROTOCOL = "not measured: a user's claim is measured under the rigorous protocol only"
+
+
+def _findings(m: Mapping[str, Any], seed_of, rigorous: Finding, contrast_of) -> tuple[Finding, Finding]:
+    """The seed protocol's finding when its sweep was measured (and the two protocols contrasted), else not run."""
+    if "seed" not in m:
+        return Finding.not_run("seed", NO_SEED_PROTOCOL), rigorous
+    seed = seed_of(m["seed"])
+    contrast_of(seed, rigorous)
+    return seed, rigorous
 
 
 def hub_findings(m: Mapping[str, Any], sizes: Sizes, claimed: int | None = None,
@@ -440,24 +463,25 @@ def hub_findings(m: Mapping[str, Any], sizes: Sizes, claimed: int | None = None,
     """HUB-Q05 / HUB-Q15 / HUB-Q3 / HUB-SMOL on :func:`hub_specs`' measurements: the argmax layer (``claimed``, or
     "one exists" on the cpu tier) in every seed, seed protocol vs rigorous protocol."""
     atlases, robust = _rigorous(m, seeds)
-    seed, rigorous = seed_protocol_hub(m["seed"], sizes, claimed=claimed), rigorous_hub(atlases, sizes, robust,
-                                                                                     claimed=claimed)
-    hub_contrast(seed, rigorous)
-    return seed, rigorous
+    return _findings(m, lambda a: seed_protocol_hub(a, sizes, claimed=claimed),
+                     rigorous_hub(atlases, sizes, robust, claimed=claimed), hub_contrast)
 
 
 def hub_seeds_findings(m: Mapping[str, Any], sizes: Sizes, seeds: Sequence[int] = SEEDS) -> tuple[Finding, Finding]:
     """HUB-SEEDS on :func:`hub_specs`' measurements: the argmax layer does not move across seeds that resample the
     prompts. Checks that the rigorous seeds draw different samples (else the procedure fails)."""
     atlases, robust = _rigorous(m, seeds)
-    seed, rigorous = seed_protocol_hub_seeds(m["seed"], sizes, seeds), rigorous_hub_seeds(atlases, sizes, robust)
-    require(not seed.figures["samples_differ"], "the seed protocol's seeds must reuse the same examples")
+    rigorous = rigorous_hub_seeds(atlases, sizes, robust)
     require(rigorous.figures["samples_differ"] and rigorous.figures["prompt_overlap"] < 1.0,
             "the rigorous seeds must resample the prompts")
     require(len(set(rigorous.figures["suite_hashes"])) == len(seeds),
             f"the rigorous seeds must draw {len(seeds)} different samples")
-    hub_seeds_contrast(seed, rigorous)
-    return seed, rigorous
+
+    def seed_of(a: Atlas) -> Finding:
+        seed = seed_protocol_hub_seeds(a, sizes, seeds)
+        require(not seed.figures["samples_differ"], "the seed protocol's seeds must reuse the same examples")
+        return seed
+    return _findings(m, seed_of, rigorous, hub_seeds_contrast)
 
 
 def nl_specs(model: str, sizes: Sizes) -> dict[str, AtlasSpec]:
