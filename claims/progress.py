@@ -114,7 +114,8 @@ class Progress:
             return
         pad = "  " * entry.depth
         if event == "start":
-            line = f"[measure] start  {pad}{entry.what:<40} for {entry.context or '-':<36} {self.eta()}"
+            what = f"{entry.stage} {entry.what}" if entry.stage else entry.what
+            line = f"[measure] start  {pad}{what:<40} for {entry.context or '-':<36} {self.eta()}"
         elif entry.source == "cached":
             line = f"[measure] cached {pad}{entry.what:<40} for {entry.context or '-'}"
         else:

@@ -48,6 +48,7 @@ API::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Sequence
@@ -356,6 +357,34 @@ def sweep_units(lm, options: AtlasOptions) -> tuple[list, list[str] | None]:
 
 
 # --------------------------------------------------------------------------------------------- computing
+
+
+def concat(parts: Sequence[Atlas]) -> Atlas:
+    """One atlas of the examples of ``parts`` (the same model, options and layer axis), in order: per-example
+    rows are stacked and everything derived is recomputed. The erasure guard's ratio per layer is the largest of
+    the parts' (a layer counts as erasing only where every part shows it); unchanged counts and seconds add up."""
+    first = parts[0]
+    same = ("model", "fingerprint", "arch", "n_layers", "method", "component", "positions", "measure", "template",
+            "seed", "units", "layers", "n_resamples")
+    for other in parts[1:]:
+        moved = [k for k in same if getattr(other, k) != getattr(first, k)]
+        if moved:
+            raise AtlasError(f"concat: the parts differ in {moved}")
+    data = first.to_json()
+    data["example_ids"] = [ex for a in parts for ex in a.example_ids]
+    data["example_families"] = [f for a in parts for f in a.example_families]
+    data["per_example"] = np.concatenate([a.per_example for a in parts]).tolist()
+    with_logits = all(a.logit_effect is not None for a in parts)
+    data["logit_effect"] = np.concatenate([a.logit_effect for a in parts]).tolist() if with_logits else None
+    data["correct"] = [c for a in parts for c in a.correct] if with_logits else None
+    ratios = [a.erase_ratio for a in parts if a.erase_ratio]
+    data["erase_ratio"] = [None if not np.isfinite(r) else float(r) for r in np.max(ratios, axis=0)] if ratios \
+        and len({len(r) for r in ratios}) == 1 else []
+    data["unchanged"] = [int(sum(u)) for u in zip(*(a.unchanged for a in parts))] if all(
+        a.unchanged for a in parts) else first.unchanged
+    data["seconds"] = float(sum(a.seconds for a in parts))
+    data["suite_hash"] = hashlib.sha256("+".join(a.suite_hash for a in parts).encode()).hexdigest()
+    return Atlas.from_json(data)
 
 
 def _edit(options: AtlasOptions, layer: int, unit) -> Ablate:

@@ -431,6 +431,8 @@ def plan_sizes(rule: Rule) -> list[int]:
             if not isinstance(tier, Mapping) or block not in tier or key not in tier[block]:
                 continue
             ns.add(int(tier[block][key]))  # steer / quant: the total prompts (spread over families by _shape)
+            if key == "rigorous_per_family":  # every sequential look's n below it (each look at a stricter level)
+                ns.update(int(n) for n in tier[block].get("stages", []) if n < int(tier[block][key]))
     return sorted(ns)
 
 

@@ -52,12 +52,15 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as sps
 
 LEVEL = 0.95  # two-sided CI level of "A > B" and "for every"; one-sided tests at (1 - LEVEL) / 2
+_LOOKS: ContextVar[int] = ContextVar("mi_atlas_looks", default=1)  # sequential looks the error is spent over
 N_RESAMPLES = 2000  # Monte Carlo sign patterns where the exact enumeration is too large (> 2^16)
 EXACT_SIGN_FLIPS = 16  # up to this many families every sign pattern is enumerated
 MIN_PER_STRATUM = 2  # the t-interval needs a within-family variance; below it the sign-flip test of family means
@@ -321,7 +324,7 @@ def _ci_text(label: str, iv: Interval, delta: float | None) -> str:
 
 
 def greater(diffs: Sequence[float], groups: Sequence[str], *, delta: float, label: str = "A - B",
-            level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = 0, rationale: str = "",
+            level: float | None = None, n_resamples: int = N_RESAMPLES, seed: int = 0, rationale: str = "",
             precondition: str = "", bounds: tuple[float, float] | None = None, discrete: bool = False) -> Evidence:
     """"A > B" on per-example paired differences ``diffs`` (A - B), stratified by ``groups``.
 
@@ -330,6 +333,7 @@ def greater(diffs: Sequence[float], groups: Sequence[str], *, delta: float, labe
     precondition of the rule did not hold: undecided for that reason whatever the CI says (stored, so
     :func:`recompute` decides the same). ``bounds``: the range of the per-example values (Hoeffding's interval).
     """
+    level = looked_level() if level is None else level
     if not math.isfinite(delta):
         raise ValueError(f"greater({label}): delta must be finite (the smallest effect of interest; 0: a threshold "
                          f"claim; negative: against only below it, e.g. after an estimated threshold's "
@@ -373,7 +377,7 @@ def paired(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
 
 def argmax(values: Sequence | np.ndarray, groups: Sequence[str], *, claimed: int | None = None,
            units: Sequence[int] | None = None, label: str = "argmax layer", delta: float = 0.0,
-           level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = 0, erasing: bool = False,
+           level: float | None = None, n_resamples: int = N_RESAMPLES, seed: int = 0, erasing: bool = False,
            rationale: str = "") -> Evidence:
     """"The argmax is unit L" on per-example effects ``values`` [n_examples, n_units] (units: layer indices).
 
@@ -383,6 +387,7 @@ def argmax(values: Sequence | np.ndarray, groups: Sequence[str], *, claimed: int
     lead over some unit decided < ``delta`` (Holm across the other units; another unit beating L is such a case).
     An exact tie where ``erasing`` (the measurement's erasure guard fired): undecided, a failed precondition.
     """
+    level = looked_level() if level is None else level
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] < 2 or arr.shape[0] < 1:
         raise ValueError(f"argmax({label}): values must be [n_examples >= 1, n_units >= 2], got shape {arr.shape}")
@@ -463,6 +468,48 @@ def argmax(values: Sequence | np.ndarray, groups: Sequence[str], *, claimed: int
                     statement=f"{statement}; {how}", undecided=why, n_to_decide=n_next, **common)
 
 
+# ------------------------------------------------------------------------------------------------ sequential looks
+
+
+def looked_level(level: float = LEVEL) -> float:
+    """The CI level a decision uses inside :func:`looks`: the error ``1 - level`` spent evenly over the looks
+    (Bonferroni), so the chance of any false decision over all looks together stays within ``1 - level``."""
+    return 1.0 - (1.0 - level) / _LOOKS.get()
+
+
+@contextmanager
+def looks(k: int):
+    """Decide inside as one of ``k`` sequential looks at growing samples (every primitive's default level becomes
+    :func:`looked_level`); the levels used are stored in each evidence's params, so :func:`recompute` agrees."""
+    if k < 1:
+        raise ValueError(f"looks: {k} looks")
+    token = _LOOKS.set(k)
+    try:
+        yield
+    finally:
+        _LOOKS.reset(token)
+
+
+def decided(outcome: Outcome | None) -> bool:
+    return outcome in (Outcome.FOR, Outcome.AGAINST)
+
+
+def sequential(stages: Sequence[int], decide_at, outcome_of) -> tuple[int, Any, list[tuple[int, str]]]:
+    """Group-sequential looks (catalogue v3 bounds over all looks together): ``decide_at(n)`` at each stage ``n``
+    in order, every look at :func:`looked_level` for ``len(stages)`` looks, stopping at the first look whose
+    ``outcome_of(result)`` is decided. Returns (the index of the look that stopped, its result, every look's
+    (n, outcome))."""
+    history = []
+    with looks(len(stages)):
+        for i, n in enumerate(stages):
+            result = decide_at(n)
+            outcome = outcome_of(result)
+            history.append((n, "undecided" if outcome is None else outcome.value))
+            if decided(outcome) or i == len(stages) - 1:
+                return i, result, history
+    raise ValueError("sequential: no stages")
+
+
 def holm(pvalues: Sequence[float], alpha: float) -> list[bool]:
     """Holm's step-down: which null hypotheses are rejected at family-wise level ``alpha``."""
     p = np.asarray(pvalues, dtype=np.float64)
@@ -476,7 +523,7 @@ def holm(pvalues: Sequence[float], alpha: float) -> list[bool]:
 
 
 def for_every(members: Mapping[str, tuple[Sequence[float], Sequence[str]]], *, delta: float,
-              label: str = "every member", level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = 0,
+              label: str = "every member", level: float | None = None, n_resamples: int = N_RESAMPLES, seed: int = 0,
               rationale: str = "", precondition: str = "", bounds: tuple[float, float] | None = None,
               discrete: bool = False) -> Evidence:
     """"For every X, A > B": ``members`` maps X to its (per-example differences, groups).
@@ -486,6 +533,7 @@ def for_every(members: Mapping[str, tuple[Sequence[float], Sequence[str]]], *, d
     for: every member's "<= 0" rejected (a member without a valid test makes for impossible); else undecided.
     ``delta = 0``: a threshold claim on each member (against: some member's whole CI below it).
     """
+    level = looked_level() if level is None else level
     if not members:
         raise ValueError(f"for_every({label}): no members")
     if not delta >= 0 or not math.isfinite(delta):
@@ -535,7 +583,7 @@ def for_every(members: Mapping[str, tuple[Sequence[float], Sequence[str]]], *, d
 
 
 def differs(members: Mapping[str, tuple[Sequence[float], Sequence[str]]], *, delta: float,
-            label: str = "some member differs", level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = 0,
+            label: str = "some member differs", level: float | None = None, n_resamples: int = N_RESAMPLES, seed: int = 0,
             rationale: str = "", precondition: str = "", discrete: bool = False) -> Evidence:
     """"Some X differs from 0" (e.g. some pair of models' hub depths differ; the direction is not chosen from the
     data): ``members`` maps X to its (per-example paired differences, groups).
@@ -545,6 +593,7 @@ def differs(members: Mapping[str, tuple[Sequence[float], Sequence[str]]], *, del
     intersection-union test needs no correction); for: some member's two-sided test rejected after Holm; else
     undecided.
     """
+    level = looked_level() if level is None else level
     if not members:
         raise ValueError(f"differs({label}): no members")
     if not delta > 0 or not math.isfinite(delta):
@@ -600,7 +649,7 @@ def rank_sum_p(ranks: Sequence[int], n_draws: int) -> float:
 
 
 def beats_draws(members: Mapping[str, tuple[Sequence[float], Sequence[Sequence[float]]]], *, delta: float,
-                label: str = "ours beats its draws", level: float = LEVEL, rationale: str = "",
+                label: str = "ours beats its draws", level: float | None = None, rationale: str = "",
                 precondition: str = "") -> Evidence:
     """"Our run beats the random-matched draws" with the training run as the unit (LORA-ATLAS, SKIP-RECOVER):
     ``members`` maps a family (or "all") to (ours [S]: our run's loss per training seed, draws [S, D]: each random
@@ -614,6 +663,7 @@ def beats_draws(members: Mapping[str, tuple[Sequence[float], Sequence[Sequence[f
     t interval over the seeds' gaps; with one seed, over the draws' gaps to our one run, whose own noise is then
     not observable) is reported, never deciding.
     """
+    level = looked_level() if level is None else level
     if not members:
         raise ValueError(f"beats_draws({label}): no members")
     if not math.isfinite(delta):

@@ -46,6 +46,7 @@ class Entry:
     seconds: float = 0.0
     started: float = field(default_factory=time.time)
     depth: int = 0  # nesting: a measurement computed inside another one's computation
+    stage: str = ""  # the sequential look it belongs to ("stage 2/3"), "" outside staged claims
 
     @property
     def what(self) -> str:
@@ -57,6 +58,7 @@ class Entry:
 
 Listener = Callable[[str, Entry], None]  # (event "start" | "end", entry)
 
+_stage: list[str] = []  # the sequential looks being measured (engine.templates), innermost last
 _lock = threading.RLock()
 _entries: list[Entry] = []
 _listeners: list[Listener] = []
@@ -114,6 +116,18 @@ def context(name: str) -> Iterator[None]:
             _context.pop()
 
 
+@contextmanager
+def stage(index: int, total: int) -> Iterator[None]:
+    """The measurements asked for inside belong to look ``index`` of ``total`` (shown on the [measure] lines)."""
+    with _lock:
+        _stage.append(f"stage {index}/{total}")
+    try:
+        yield
+    finally:
+        with _lock:
+            _stage.pop()
+
+
 def current() -> Entry | None:
     """The innermost measurement being computed in this process (None outside any computation)."""
     with _lock:
@@ -123,7 +137,8 @@ def current() -> Entry | None:
 def _new(key_parts: Mapping[str, Any], digest: str) -> Entry:
     kind, model, n = describe(key_parts)
     with _lock:
-        return Entry(kind, model, n, digest, _context[-1] if _context else "", depth=len(_active))
+        return Entry(kind, model, n, digest, _context[-1] if _context else "", depth=len(_active),
+                     stage=_stage[-1] if _stage else "")
 
 
 def hit(key_parts: Mapping[str, Any], digest: str) -> Entry:

@@ -1015,6 +1015,11 @@ class Row:
             decided = [f"{r.protocol}: " + "; ".join(e.get("statement", "") for e in r.evidence) for r in measured
                        if r.evidence]
             text = " | ".join(decided) if decided else "rule checked"
+        looks = [f"{r.protocol} stopped at look {r.figures['looks']['stopped_at_look']}/"
+                 f"{r.figures['looks']['n_looks']} ({r.figures['looks']['history'][-1][0]}/family)"
+                 for r in measured if isinstance(r.figures.get("looks"), dict)]
+        if looks:
+            text = f"[{'; '.join(looks)}] {text}"
         if first.expected is not None and first.tolerance:
             return f"{text} vs seed figure {fmt(first.expected, 24)} {Tolerance(**first.tolerance).describe()}"
         return f"{text}; expected: {first.expectation}"

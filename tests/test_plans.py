@@ -159,7 +159,7 @@ def test_the_plan_is_named_and_a_claim_may_select_another(tmp_path):
 
 def _atlas_table(**changes) -> str:
     values = plans.values(A.SIZES["cpu"]) | changes
-    return "".join(f"{k} = {v}\n" for k, v in values.items() if v is not None)
+    return "".join(f"{k} = {list(v) if isinstance(v, tuple) else v}\n" for k, v in values.items() if v is not None)
 
 
 # ------------------------------------------------------------------------------------------------ malformed files

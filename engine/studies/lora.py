@@ -42,6 +42,8 @@ def model_atlas(tier: str, params: Mapping[str, Any] | None = None, plan: str | 
     from engine.studies.atlas import common
 
     sizes = common.sizes_for(tier, params, plan)
+    if sizes.stages:  # the hub claims' first look: the atlas every staged claim computes first
+        sizes = dataclasses.replace(sizes, rigorous_per_family=sizes.stages[0])
     return lambda lm: common.rigorous_atlas(lm, sizes)
 
 __all__ = ["LoraPlan", "decide_atlas", "decide_late", "decide_lockin", "decide_oproj", "decide_oproj_seed",

@@ -324,12 +324,15 @@ def load_suite(name: str = "synthetic") -> list[Example]:
 
 
 def sample(families: Sequence[str] | None = None, per_family: int = 4, seed: int = 0,
-           suite: str | Sequence[Example] = "synthetic", split: str | None = None) -> list[Example]:
+           suite: str | Sequence[Example] = "synthetic", split: str | None = None,
+           nested: bool = False) -> list[Example]:
     """A stratified sample: ``per_family`` examples drawn without replacement from each family.
 
     ``suite`` is a suite name or a list of examples (e.g. from :func:`load_prompts`); ``split`` restricts
     the pool (None: all splits). The draw for each family depends on (seed, family, split) only, so the
-    same seed always gives the same sample and different seeds give different samples. The result lists
+    same seed always gives the same sample and different seeds give different samples. ``nested``: the first
+    ``per_family`` of a fixed order of the family per (seed, family, split), so a larger sample contains every
+    smaller one (the stages of sequential looks); a different draw from the default one. The result lists
     families in the order given (default: :data:`FAMILIES` order, or first appearance for custom lists).
     """
     pool = load_suite(suite) if isinstance(suite, str) else list(suite)
@@ -354,7 +357,7 @@ def sample(families: Sequence[str] | None = None, per_family: int = 4, seed: int
         if per_family > len(members):
             raise SuiteError(f"family {family!r} has {len(members)} examples, asked for {per_family}")
         rng = random.Random(f"mi-atlas-sample/{seed}/{family}/{split}")
-        out.extend(rng.sample(members, per_family))
+        out.extend(rng.sample(members, len(members))[:per_family] if nested else rng.sample(members, per_family))
     return out
 
 

@@ -18,6 +18,7 @@ from engine.templates import Param, Template, register
 class ArgmaxDiffers(Template):
     name = "argmax_differs"
     block = "atlas"
+    staged = True
     parameters = {
         "between": Param((str,), '"suites" (4 vs 12 families, one sweep) or "models" (first vs second model)',
                          required=True),

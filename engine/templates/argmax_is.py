@@ -56,6 +56,7 @@ def atlas_options(ctx: ClaimContext, template: Template) -> dict:
 class ArgmaxIs(Template):
     name = "argmax_is"
     block = "atlas"
+    staged = True
     parameters = {
         "layer": Param((int, str), 'the claimed hub layer, or "seed": the seed\'s figure (none on the cpu tier: '
                                    '"an argmax exists")', default="seed"),

@@ -17,6 +17,7 @@ from engine.templates import Param, Template, register
 class ArgmaxStable(Template):
     name = "argmax_stable"
     block = "atlas"
+    staged = True
     parameters = {"seeds": Param((list,), "seeds that resample the prompts", default=list(SEEDS))}
     measures = "as argmax_is (shared)"
     rule = "one argmax layer in every seed and the same one; seeds must resample the prompts"

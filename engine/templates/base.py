@@ -17,11 +17,14 @@ next is loaded). A row whose rule is a procedure by nature names ``procedure = "
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from engine import decisions as D
+from engine import progress
 from engine.planner import Dynamic
 from engine.settings import RunSettings
 from engine.studies.findings import Finding
@@ -63,10 +66,19 @@ class ClaimContext:
     tier: str
     settings: RunSettings = field(default_factory=RunSettings)
 
+    stage: int | None = None  # a sequential look: the rigorous sample's examples per family at this look
+
     @property
     def params(self) -> Mapping[str, Any]:
-        """The row's ``[claim.params]``: rule thresholds and size overrides (never the plan of the run)."""
-        return self.claim.params
+        """The row's ``[claim.params]``: rule thresholds and size overrides (never the plan of the run); at a
+        sequential look, the look's sample size too."""
+        if self.stage is None:
+            return self.claim.params
+        return {**self.claim.params, "rigorous_per_family": self.stage}
+
+    def at(self, stage: int) -> ClaimContext:
+        """The same claim at the sequential look whose rigorous sample has ``stage`` examples per family."""
+        return dataclasses.replace(self, stage=stage)
 
     @property
     def plan(self) -> str:
@@ -101,6 +113,7 @@ class Template:
     parameters: ClassVar[dict[str, Param]] = {}
     measures: ClassVar[str] = ""
     rule: ClassVar[str] = ""
+    staged: ClassVar[bool] = False  # its rigorous sample grows in sequential looks when the plan has stages
 
     def check(self, claim: Claim, where: str) -> None:
         """Every parameter the row sets is one of the template's, of the right type; every required one is set."""
@@ -129,8 +142,52 @@ class Template:
         """What the planner shows for this claim: its specs' needs."""
         return Dynamic(tuple(spec.need for spec in self.specs(ctx).values()), "")
 
+    def stages(self, ctx: ClaimContext) -> tuple[int, ...]:
+        """The sequential looks of this row under its plan (the atlas block's ``stages``: examples per family of
+        the rigorous sample at each look); () for a template whose sample does not grow."""
+        if not self.staged:
+            return ()
+        from engine.studies.atlas.common import sizes_for
+
+        sizes = sizes_for(ctx.tier, ctx.params, ctx.plan)
+        return sizes.looks if sizes.stages else ()
+
     def run(self, ctx: ClaimContext, load_model: Loader) -> tuple[Finding, Finding]:
-        return self.decide(ctx, measure(self.specs(ctx), load_model))
+        """Measure the specs and decide; with stages, group-sequential looks (:func:`engine.decisions.sequential`:
+        the error spent evenly over the looks, nested samples computed stage by stage), stopping at the first look
+        whose rigorous finding is decided. The seed protocol's sample does not grow: it is decided once, at the
+        nominal level, on the last look's measurements."""
+        stages = self.stages(ctx)
+        if len(stages) <= 1:
+            return self.decide(ctx, measure(self.specs(ctx), load_model))
+
+        def look(n: int):
+            at = ctx.at(n)
+            with progress.stage(stages.index(n) + 1, len(stages)):
+                measured = measure(self.specs(at), load_model)
+            return at, measured, self.decide(at, measured)
+
+        index, (at, measured, (_, rigorous)), history = D.sequential(stages, look, lambda r: _stop_outcome(r[2][1]))
+        seed, _ = self.decide(at, measured)
+        with D.looks(len(stages)):
+            level = D.looked_level()
+        rigorous.figures["looks"] = {"stages_per_family": list(stages), "stopped_at_look": index + 1,
+                                     "n_looks": len(stages), "history": [list(h) for h in history],
+                                     "level_per_look": level}
+        rigorous.notes.append(
+            f"Sequential looks at {list(stages)} examples/family (nested samples), each at the {level:.4g} level "
+            f"(Bonferroni over {len(stages)} looks): stopped at look {index + 1} "
+            f"({'decided' if D.decided(_stop_outcome(rigorous)) else 'the last look, undecided'}).")
+        return seed, rigorous
+
+
+def _stop_outcome(finding: Finding):
+    """A look stops when its rigorous finding is decided (for, against, or parts decided both ways)."""
+    from engine.decisions import Outcome
+    from engine.studies.findings import outcome
+
+    got = outcome(finding)
+    return Outcome.FOR if got is None else got
 
 
 # ------------------------------------------------------------------------------------------------ procedures

@@ -19,6 +19,7 @@ from engine.templates import Template, register
 class BeatsAtEvery(Template):
     name = "beats_at_every"
     block = "atlas"
+    staged = True
     measures = "residual zeroing at the answer-side and BOS position sets, both protocols"
     rule = "A - B CI > 0 at every layer (Holm); some layer below delta: FAILED"
 

@@ -19,6 +19,7 @@ from engine.templates import Template, register
 class BelowAtEvery(Template):
     name = "below_at_every"
     block = "atlas"
+    staged = True
     measures = "top-5 overlap under every skip configuration, both protocols"
     rule = "every configuration's overlap CI below keep_threshold (Holm); one wholly above: FAILED"
 

@@ -18,6 +18,7 @@ from engine.templates import Template, register
 class DepthsDiffer(Template):
     name = "depths_differ"
     block = "atlas"
+    staged = True
     measures = "each model: seed sweep + seed-42 atlas (its own tier's sizes)"
     rule = "some pair's per-prompt argmax depth difference decided (Holm); all within depth_tolerance: FAILED"
 

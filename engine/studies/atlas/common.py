@@ -10,7 +10,7 @@ import numpy as np
 
 from engine import decisions as D
 from engine import plans, tasks
-from engine.atlas import Atlas, atlas
+from engine.atlas import Atlas, atlas, concat
 from engine.planner import Need
 from engine.studies.findings import Finding, StudyError, contrast, require  # noqa: F401 (re-exported)
 
@@ -51,9 +51,24 @@ class Sizes:
     reported_per_family: int | None = None  # sweeps whose figures are reported beside a decision, never deciding
     # it (robustness: mean / resample; POS-ANSWER's measured position), on the first k per family of seed
     # SEEDS[0]'s sample (None: the whole sample); robustness compares with the zero atlas on the same prompts
+    stages: tuple[int, ...] | None = None  # sequential looks: the rigorous sample's examples per family at each
+    # look (nested samples; None: one look at rigorous_per_family); a claim stops at its first decided look
     name: str = plans.DEFAULT_PLAN  # the plan these sizes come from (engine/data/plans.toml)
     hub_delta: float | None = None  # the hub rules' smallest meaningful lead of the top layer (nats): a rule
     hub_delta_rationale: str | None = None  # threshold set by the claim's [claim.params], never by a plan
+
+    def __post_init__(self):
+        stages = self.stages
+        if stages is not None and (not stages or list(stages) != sorted(set(stages))):
+            raise plans.PlanError(f"plan {self.name!r}: stages {list(stages)}: expected strictly increasing examples "
+                                  "per family")
+
+    @property
+    def looks(self) -> tuple[int, ...]:
+        """The rigorous sample's examples per family at each sequential look: the plan's stages below
+        ``rigorous_per_family``, then ``rigorous_per_family`` itself (one look without stages)."""
+        below = tuple(n for n in self.stages or () if n < self.rigorous_per_family)
+        return below + (self.rigorous_per_family,)
 
 
 def sizes_for(tier: str, params: Mapping[str, Any] | None = None, plan: str | None = None) -> Sizes:
@@ -87,14 +102,14 @@ def first_examples(per_family: int, families: Sequence[str] | None = None, suite
 
 
 def stratified_sample(seed: int, per_family: int, families: Sequence[str] | None = None, suite="synthetic",
-                      split: str | None = SPLIT) -> list[tasks.Example]:
+                      split: str | None = SPLIT, nested: bool = False) -> list[tasks.Example]:
     """The rigorous protocol's sample for one seed: ``per_family`` examples drawn per family with that seed.
     ``suite``: "synthetic", "nl" or a user's prompts file (JSONL, ``tasks.load_prompts``: every split)."""
     if isinstance(suite, str) and suite not in tasks.SUITES:
         suite, split = tasks.load_prompts(suite), None  # a user's prompts file (checked by engine.claims_file)
     elif isinstance(suite, str) and suite == "nl":
         split = None  # the NL suite has its own split
-    return tasks.sample(families=families, per_family=per_family, seed=seed, suite=suite, split=split)
+    return tasks.sample(families=families, per_family=per_family, seed=seed, suite=suite, split=split, nested=nested)
 
 
 def by_length(lm, examples: Sequence[tasks.Example]) -> list[tasks.Example]:
@@ -159,8 +174,9 @@ class AtlasSpec:
         if self.sample == "first":
             return first_examples(self.k, families, self.suite, None if self.suite == "nl" else SPLIT)
         if self.sample == "stratified":
-            return stratified_sample(self.seed, self.k, families, self.suite)
-        sample = stratified_sample(SEEDS[0], self.sizes.rigorous_per_family, self.sizes.families)
+            return stratified_sample(self.seed, self.k, families, self.suite, nested=self.nested)
+        sample = stratified_sample(SEEDS[0], self.sizes.rigorous_per_family, self.sizes.families,
+                                   nested=self.sizes.stages is not None)
         if self.sizes.reported_per_family is None:
             return sample
         taken: dict[str, int] = {}
@@ -183,11 +199,35 @@ class AtlasSpec:
             sample = f"{self.suite} seed {self.seed if self.sample == 'stratified' else SEEDS[0]}"
         return Need(self.model, "atlas", sample, n, f"{self.method}/{self.component}", positions)
 
+    @property
+    def nested(self) -> bool:
+        """The plan grows this sample in stages (sequential looks): nested samples, computed stage by stage."""
+        return self.sizes.stages is not None and self.sample == "stratified"
+
+    def increments(self) -> list[list[tasks.Example]]:
+        """The examples new at each stage up to this spec's n (one part: a sample that is not staged)."""
+        examples = self.examples()
+        if not self.nested:
+            return [examples]
+        bounds = [n for n in self.sizes.looks if n < self.k] + [self.k]
+        parts, taken, previous = [], set(), 0
+        for n in bounds:
+            part = [ex for ex in stratified_sample(self.seed, n, self.families or self.sizes.families, self.suite,
+                                                   nested=True) if ex.id not in taken]
+            taken.update(ex.id for ex in part)
+            parts.append(part)
+            previous = n
+        assert previous == self.k and sum(map(len, parts)) == len(examples)
+        return parts
+
     def compute(self, lm) -> Atlas:
+        """The atlas, through the content-addressed cache; a staged sample as one atlas per stage's new examples,
+        concatenated (a larger stage computes only the prompts it adds)."""
         positions = list(self.positions) if isinstance(self.positions, tuple) else self.positions
-        return _atlas(lm, self.examples(), self.sizes, method=self.method, component=self.component,
-                      positions=positions, measure="answer", seed=self.seed if self.sample == "stratified"
-                      else SEEDS[0])
+        parts = [_atlas(lm, part, self.sizes, method=self.method, component=self.component, positions=positions,
+                        measure="answer", seed=self.seed if self.sample == "stratified" else SEEDS[0])
+                 for part in self.increments()]
+        return parts[0] if len(parts) == 1 else concat(parts)
 
     def measure(self, load_model) -> Atlas:
         return self.compute(load_model(self.model))

@@ -119,7 +119,7 @@ class SkipSpec:
         s = self.sizes
         if self.protocol == "seed":
             return first_examples(s.seed_per_family, s.families)
-        return stratified_sample(SEEDS[0], s.rigorous_per_family, s.families)
+        return stratified_sample(SEEDS[0], s.rigorous_per_family, s.families, nested=s.stages is not None)
 
     @property
     def need(self) -> Need:
