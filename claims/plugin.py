@@ -678,7 +678,9 @@ class ClaimsSession:
                         self.records, [])
             for reason in self.incomplete:
                 results.mark_incomplete(self.run, reason)
-            self.write_problems = results.write_run(self.run_dir, self.run)
+            from engine.report_html import write_page_quietly  # report.html, in the same finally
+
+            self.write_problems = results.write_run(self.run_dir, self.run, pages=(write_page_quietly,))
             for reason in self.run.meta.get("incomplete_reasons", []):
                 self._incomplete(reason)
         except Exception as exc:

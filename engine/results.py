@@ -4,7 +4,8 @@ Layout under the results root (default ``<rootdir>/results``)::
 
     runs/<timestamp>-<commit>/claims.json   every verdict record of the run, plus its provenance
     runs/<timestamp>-<commit>/report.md     the table and one paragraph per claim x model
-    runs/<timestamp>-<commit>/report.html   the same run as one self-contained page (engine.report_html)
+    runs/<timestamp>-<commit>/report.html   the same run as one self-contained page (engine.report_html,
+                                            written by the claims plugin through write_run's pages)
     latest                                  symlink to the newest run (a text file naming it where symlinks fail)
     registry.jsonl                          one JSON line per verdict, appended as verdicts arrive
     baselines/<plan>/<model>.json           a plan's pinned gated figures per claim x protocol, with their spread,
@@ -40,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from filelock import FileLock
 
@@ -289,9 +290,9 @@ def reserve_run_dir(root: Path, commit: str, when: datetime | None = None) -> Pa
     raise RuntimeError(f"{runs}: cannot find a free run directory name for {base}")
 
 
-def write_run(run_dir: Path, run: Run) -> list[str]:
-    """Write claims.json, report.md and report.html (``engine.report_html``) atomically; point ``latest`` at this
-    run only when it is complete.
+def write_run(run_dir: Path, run: Run, pages: Sequence[Callable[[Path, Run], list[str]]] = ()) -> list[str]:
+    """Write claims.json, report.md and each of ``pages`` (e.g. ``engine.report_html.write_page_quietly``: the
+    claims plugin writes report.html here) atomically; point ``latest`` at this run only when it is complete.
 
     Each file is attempted even when the other fails (a full disk, a read-only tree): a write error is returned as
     one line per file (never raised), and a run whose claims.json could not be written is marked incomplete in its
@@ -307,9 +308,8 @@ def write_run(run_dir: Path, run: Run) -> list[str]:
         write_atomic(run_dir / REPORT_FILE, render_markdown(run))
     except (OSError, ValueError) as exc:
         problems.append(f"{run_dir / REPORT_FILE}: not written ({_one_line(exc)})")
-    from engine.report_html import write_page_quietly  # report.html: a problem is one line, never raised
-
-    problems += write_page_quietly(run_dir, run)
+    for page in pages:  # a page's problem is one line, never raised
+        problems += page(run_dir, run)
     if not problems and not run.meta.get("incomplete"):
         try:
             point_latest(run_dir.parent.parent, run_dir.name)

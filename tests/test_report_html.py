@@ -214,18 +214,21 @@ def test_console_lines_reads_chromiums_log_format():
 # ------------------------------------------------------------------------------------------------ write_run
 
 
+PAGES = (report_html.write_page_quietly,)  # what the claims plugin passes to write_run
+
+
 def test_write_run_writes_the_page_beside_claims_json_and_an_incomplete_run_gets_a_marked_page(tmp_path):
     root = tmp_path / "results"
     complete = results.reserve_run_dir(root, "abc123")
     run = toy_run(complete.name)
-    assert results.write_run(complete, run) == []
+    assert results.write_run(complete, run, pages=PAGES) == []
     page = (complete / report_html.PAGE_FILE).read_text()
     check_cards(parse(page), run)
     assert 'data-state="complete"' in page
     partial = results.reserve_run_dir(root, "abc123")
     interrupted = toy_run(partial.name)
     results.mark_incomplete(interrupted, "interrupted")
-    assert results.write_run(partial, interrupted) == []
+    assert results.write_run(partial, interrupted, pages=PAGES) == []
     marked = (partial / report_html.PAGE_FILE).read_text()
     assert 'data-state="incomplete"' in marked and "<b>Incomplete run</b> (interrupted)" in marked
     assert results.run_dir(root) == complete.resolve()  # latest stays on the complete run
@@ -239,7 +242,7 @@ def test_a_page_that_cannot_be_rendered_is_one_problem_line_and_the_other_files_
         raise RuntimeError("a planted rendering bug\nsecond line")
 
     monkeypatch.setattr(report_html, "render_page", broken)
-    problems = results.write_run(directory, toy_run(directory.name))
+    problems = results.write_run(directory, toy_run(directory.name), pages=PAGES)
     assert problems == [f"{directory / 'report.html'}: not written (RuntimeError: a planted rendering bug)"]
     assert (directory / results.RUN_FILE).is_file() and (directory / results.REPORT_FILE).is_file()
     assert not (root / results.LATEST).exists()  # not fully written: latest does not move
