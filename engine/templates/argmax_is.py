@@ -11,6 +11,7 @@ the same in every seed".
 
 from __future__ import annotations
 
+from engine.atlas import LAYER_COMPONENTS
 from engine.studies.atlas import hubs
 from engine.studies.atlas.common import SEEDS, sizes_for
 from engine.templates import ClaimContext, Param, Template, TemplateError, register
@@ -29,7 +30,7 @@ def seeds_of(ctx: ClaimContext, template: Template) -> tuple[int, ...]:
     return tuple(ctx.arg("seeds", template))
 
 
-MEASURE_KEYS = {"kind": ("atlas",), "method": None, "component": ("layer", "resid", "attn", "mlp")}
+MEASURE_KEYS = {"kind": ("atlas",), "method": None, "component": LAYER_COMPONENTS}  # a hub is per layer
 
 
 def check_measure(claim, template: Template, where: str) -> None:
