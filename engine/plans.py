@@ -287,6 +287,24 @@ def check_models(plan: str, available: Sequence[str], *, path: str | Path | None
                             f"(it runs {', '.join(runs)}): sizes for a model never measured")
 
 
+def left_out(plan: str, available: Sequence[str], *, path: str | Path | None = None) -> str:
+    """One line naming the cpu models of ``available`` that ``plan`` leaves out of some of its cpu blocks, each
+    with the plans that run it there ("" when it runs them all): what the session's plan line says."""
+    where, tables, _ = _read_file(path)
+    blocks = [b for b in BLOCKS if b in tables.get(plan, {}).get("cpu", {})]
+    parts = []
+    for model in available:
+        missing = [b for b in blocks if model not in cpu_models(plan, available, b, path=path)]
+        if not missing:
+            continue
+        others = [name for name in tables if name != plan and all(
+            b in tables[name].get("cpu", {}) and model in cpu_models(name, available, b, path=path) for b in missing)]
+        runs = f"--plan {' / '.join(others)}" if others else "no plan"
+        scope = "" if len(missing) == len(blocks) else f" in {', '.join(missing)}"
+        parts.append(f"{model}{scope} runs under {runs}")
+    return f"not in plan {plan}: {'; '.join(parts)}" if parts else ""
+
+
 def model_fields(plan: str, block: str, model: str | None, *, path: str | Path | None = None) -> dict[str, Any]:
     """The fields ``plan`` sets for ``model`` alone in its cpu ``block`` (``per_model``; empty for most)."""
     if not model:
