@@ -220,16 +220,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def session_plan(session: pytest.Session):
     """The planner's view of the collected claim tests (``engine.planner``): every declared measurement once, the
     claims reading each, as each row's template declares them (``engine.templates``) under the session's plan."""
-    from claims.plugin import TARGET, settings
-    from engine import planner, templates
+    from claims.plugin import CATALOGUE, TARGET, settings
+    from engine import planner, plans, templates
 
-    tests = []
+    tests, cpu = [], False
     for item in session.items:
         target = item.stash.get(TARGET, None)
         if target is not None:
             ctx = templates.ClaimContext(target.claim, target.models, target.tier, settings(session.config))
             tests.append((f"{target.claim.id}[{target.model}]", templates.declared(ctx)))
-    return planner.plan(_plan(session.config), tests)
+            cpu = cpu or target.tier == "cpu"
+    out = planner.plan(_plan(session.config), tests)
+    catalogue = session.config.stash.get(CATALOGUE, None)
+    if cpu and catalogue is not None:  # a cpu session says which cpu models its plan leaves out, and who runs them
+        out.left_out = plans.left_out(out.name, catalogue.cpu_models)
+    return out
 
 
 @pytest.hookimpl(wrapper=True)

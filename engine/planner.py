@@ -76,6 +76,7 @@ class Plan:
     users: dict[Need, list[str]] = field(default_factory=dict)  # need -> the claim tests reading it, in order
     dynamic: dict[str, str] = field(default_factory=dict)  # claim test -> why part of it is decided at run time
     claims: list[str] = field(default_factory=list)
+    left_out: str = ""  # the cpu models the plan does not run, and which plans do (engine.plans.left_out)
 
     @property
     def measurements(self) -> list[Need]:
@@ -104,6 +105,8 @@ class Plan:
             whys = sorted(set(self.dynamic.values()))
             text += (f"; decided at run time in {len(self.dynamic)} test(s) ({', '.join(claims)}): "
                      f"{'; '.join(whys)}")
+        if self.left_out:
+            text += f"; {self.left_out}"
         return text
 
 

@@ -18,8 +18,12 @@ to None: TOML has no null). An unknown base plan, a base without that table or a
 naming the file and the key; :func:`read` returns the resolved tables only.
 
 A plan's cpu tier may list its models: ``[plans.<plan>.cpu] models = [...]`` (registry keys, each one of the
-catalogue's ``cpu_models``); :func:`cpu_models` gives them (a plan without the list: every cpu model). The cpu
-targets of a claim are chosen from them (``engine.verdicts.Catalogue.cpu_targets(claim, plan)``).
+catalogue's ``cpu_models``); a block table may list its own (``[plans.<plan>.cpu.<block>] models = [...]``: that
+block's claims run on these instead). :func:`cpu_models` gives them (a plan without a list: every cpu model). The
+cpu targets of a claim are chosen from its block's list (``engine.verdicts.Catalogue.cpu_targets(claim, plan)``).
+A cpu atlas table may size one model apart: ``[plans.<plan>.cpu.atlas.per_model."<model>"]`` replaces fields of that
+table for that model only (``engine.studies.atlas.sizes_for(..., model=...)``). Neither ``models`` nor
+``per_model`` is inherited (``inherits`` copies sizes; which models a plan runs is its own).
 
 The whole file is checked when it is read (:func:`read`), every plan, tier and block: a value out of its field's
 range (:data:`RANGES`: sizes and strides >= 1, ``n_resamples`` >= 100, fractions in (0, 1], ...; an absurd count
@@ -58,7 +62,10 @@ TIERS = ("cpu", "gpu")
 BLOCKS = ("atlas", "steer", "quant", "lora")
 SET_BY_LOADER = ("name", "tier")  # fields the loader fills in, never read from the file or a claim's params
 INHERITS = "inherits"  # a block table's key: the plan whose same tier / block table it starts from
-MODELS = "models"  # [plans.<plan>.cpu] models = [...]: the cpu-tier models the plan runs (default: all)
+MODELS = "models"  # [plans.<plan>.cpu] models = [...]: the cpu-tier models the plan runs (default: all); the same
+# key in a cpu block table: that block's models
+PER_MODEL = "per_model"  # [plans.<plan>.cpu.<block>.per_model."<model>"]: that model's own values of some fields
+PER_MODEL_BLOCKS = ("atlas",)  # the blocks whose sizes_for is given the model (engine.studies.atlas.sizes_for)
 
 T = TypeVar("T")
 
@@ -78,8 +85,23 @@ def read(path: str | Path | None = None) -> tuple[str, dict[str, dict[str, dict[
     return where, tables
 
 
-def _read_file(path: str | Path | None = None) -> tuple[str, dict, dict[str, tuple[str, ...]]]:
-    """(where, plans, cpu model lists): :func:`read` plus each plan's ``[plans.<plan>.cpu] models``."""
+@dataclasses.dataclass(frozen=True)
+class PlanModels:
+    """What one plan's cpu tier says about models: its ``models`` list (None: every cpu model), each block's own
+    list (``[plans.<plan>.cpu.<block>] models``) and each block's per-model fields (``per_model``)."""
+
+    models: tuple[str, ...] | None = None
+    blocks: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    per_model: Mapping[str, Mapping[str, Mapping[str, Any]]] = dataclasses.field(default_factory=dict)
+
+    def listed(self, block: str | None = None) -> tuple[str, ...] | None:
+        """The models ``block`` runs (its own list, else the tier's; None: every cpu model)."""
+        return self.blocks.get(block, self.models) if block is not None else self.models
+
+
+def _read_file(path: str | Path | None = None) -> tuple[str, dict, dict[str, PlanModels]]:
+    """(where, plans, models): :func:`read` plus each plan's cpu model lists and per-model fields
+    (:class:`PlanModels`; a plan that says nothing about models is not in it)."""
     if path is None:
         path = os.environ.get(PLANS_ENV) or None
         if path is None:
@@ -110,10 +132,10 @@ def parse(text: str, where: str = "<plans>") -> dict[str, dict[str, dict[str, di
 
 
 def parse_file(text: str, where: str = "<plans>") -> tuple[dict[str, dict[str, dict[str, dict[str, Any]]]],
-                                                           dict[str, tuple[str, ...]]]:
+                                                           dict[str, PlanModels]]:
     """(plans, models): every plan / tier / block table with its values checked as written and its ``inherits``
-    resolved (:func:`_resolve`), and each plan's cpu model list (``[plans.<plan>.cpu] models``; a plan without
-    one is not in it)."""
+    resolved (:func:`_resolve`), and each plan's cpu model lists and per-model fields (:class:`PlanModels`; a plan
+    that says nothing about models is not in it)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -124,25 +146,33 @@ def parse_file(text: str, where: str = "<plans>") -> tuple[dict[str, dict[str, d
     plans = data.get("plans", {})
     if not plans:
         raise PlanError(f"{where}: no [plans.<plan>.<tier>.<block>] tables")
-    models: dict[str, tuple[str, ...]] = {}
+    models: dict[str, PlanModels] = {}
     for name, tiers in plans.items():
         _table(tiers, f"{where}: [plans.{name}]")
+        listed, per_block, per_model = None, {}, {}
         for tier, blocks in tiers.items():
             if tier not in TIERS:
                 raise PlanError(f"{where}: unknown key 'plans.{name}.{tier}': a tier is one of {', '.join(TIERS)}")
             _table(blocks, f"{where}: [plans.{name}.{tier}]")
             if MODELS in blocks:
-                models[name] = _models(blocks.pop(MODELS), tier, f"{where}: 'plans.{name}.{tier}.{MODELS}'")
+                listed = _models(blocks.pop(MODELS), tier, f"{where}: 'plans.{name}.{tier}.{MODELS}'")
             for block, fields in blocks.items():
                 if block not in BLOCKS:
                     raise PlanError(f"{where}: unknown key 'plans.{name}.{tier}.{block}': a block is one of "
                                     f"{', '.join(BLOCKS)}" + (f" (or, in the cpu tier, {MODELS} = [...])"
                                                               if tier == "cpu" else ""))
                 _table(fields, f"{where}: [plans.{name}.{tier}.{block}]")
+                key = f"plans.{name}.{tier}.{block}"
+                if MODELS in fields:
+                    per_block[block] = _models(fields.pop(MODELS), tier, f"{where}: '{key}.{MODELS}'")
+                if PER_MODEL in fields:
+                    per_model[block] = _per_model(fields.pop(PER_MODEL), tier, block, f"{where}: '{key}.{PER_MODEL}'")
                 for field, value in fields.items():
                     if field == INHERITS:
                         continue  # checked when resolved
-                    check_value(field, value, f"{where}: 'plans.{name}.{tier}.{block}.{field}'")
+                    check_value(field, value, f"{where}: '{key}.{field}'")
+        if listed is not None or per_block or per_model:
+            models[name] = PlanModels(listed, per_block, per_model)
     return _resolve(plans, where), models
 
 
@@ -158,6 +188,30 @@ def _models(value: Any, tier: str, where: str) -> tuple[str, ...]:
         twice = next(m for m in value if value.count(m) > 1)
         raise PlanError(f"{where}: {twice!r} is listed twice")
     return tuple(value)
+
+
+def _per_model(value: Any, tier: str, block: str, where: str) -> dict[str, dict[str, Any]]:
+    """A block's ``per_model`` table as written: model key -> a table of that block's fields (each value checked
+    as the block table's are; the keys against the block's sizes by :func:`validate`, the models against the
+    catalogue's cpu models by :func:`check_models`)."""
+    if tier != "cpu":
+        raise PlanError(f"{where}: only the cpu tier sizes a model apart (a gpu-tier claim runs on its own models)")
+    if block not in PER_MODEL_BLOCKS:
+        raise PlanError(f"{where}: only the {', '.join(PER_MODEL_BLOCKS)} block reads per-model sizes (its sizes_for "
+                        "is given the model)")
+    if not isinstance(value, dict) or not value:
+        raise PlanError(f"{where} = {_short(value)}: expected a table of model keys, each a table of fields")
+    out: dict[str, dict[str, Any]] = {}
+    for model, fields in value.items():
+        at = f'{where[:-1]}."{model}"\'' if where.endswith("'") else f"{where}.{model}"
+        if not isinstance(fields, dict) or not fields:
+            raise PlanError(f"{at} = {_short(fields)}: expected a table of {block} fields and their values")
+        for field, v in fields.items():
+            if field in (INHERITS, MODELS, PER_MODEL, *SET_BY_LOADER):
+                raise PlanError(f"{at[:-1]}.{field}': not a field that can be set for one model")
+            check_value(field, v, f"{at[:-1]}.{field}'")
+        out[model] = dict(fields)
+    return out
 
 
 def _resolve(plans: dict, where: str) -> dict:
@@ -194,21 +248,76 @@ def _resolve(plans: dict, where: str) -> dict:
             for name, tiers in plans.items()}
 
 
-def cpu_models(plan: str, available: Sequence[str], *, path: str | Path | None = None) -> tuple[str, ...]:
-    """The cpu-tier models ``plan`` runs, in the order of ``available`` (the catalogue's ``cpu_models``): those its
-    ``[plans.<plan>.cpu] models`` lists, or every one of ``available`` when it lists none. A listed model that is
-    not in ``available`` is a :class:`PlanError` naming the file and the key."""
+def cpu_models(plan: str, available: Sequence[str], block: str | None = None, *,
+               path: str | Path | None = None) -> tuple[str, ...]:
+    """The cpu-tier models ``plan`` runs (in ``block``: its own list when it has one), in the order of
+    ``available`` (the catalogue's ``cpu_models``): those listed, or every one of ``available`` when no list
+    applies. A listed model that is not in ``available`` is a :class:`PlanError` naming the file and the key."""
     where, tables, models = _read_file(path)
     if plan not in tables:
         raise PlanError(f"{where}: no plan {plan!r} (plans: {', '.join(tables)})")
-    listed = models.get(plan)
+    selection = models.get(plan, PlanModels())
+    listed = selection.listed(block)
     if listed is None:
         return tuple(available)
+    key = f"plans.{plan}.cpu.{block}.{MODELS}" if block in selection.blocks else f"plans.{plan}.cpu.{MODELS}"
+    _known(listed, available, where, key)
+    return tuple(m for m in available if m in listed)
+
+
+def check_models(plan: str, available: Sequence[str], *, path: str | Path | None = None) -> None:
+    """Every model ``plan`` names (its cpu list, each block's list, each ``per_model`` key) is one of
+    ``available`` (the catalogue's ``cpu_models``), and a ``per_model`` key is a model its block runs; else a
+    :class:`PlanError` naming the file and the key."""
+    where, tables, models = _read_file(path)
+    if plan not in tables:
+        raise PlanError(f"{where}: no plan {plan!r} (plans: {', '.join(tables)})")
+    selection = models.get(plan, PlanModels())
+    if selection.models is not None:
+        _known(selection.models, available, where, f"plans.{plan}.cpu.{MODELS}")
+    for block, listed in selection.blocks.items():
+        _known(listed, available, where, f"plans.{plan}.cpu.{block}.{MODELS}")
+    for block, by_model in selection.per_model.items():
+        key = f"plans.{plan}.cpu.{block}.{PER_MODEL}"
+        _known(tuple(by_model), available, where, key)
+        runs = cpu_models(plan, available, block, path=path)
+        idle = [m for m in by_model if m not in runs]
+        if idle:
+            raise PlanError(f'{where}: \'{key}."{idle[0]}"\': the plan does not run {idle[0]!r} in its {block} block '
+                            f"(it runs {', '.join(runs)}): sizes for a model never measured")
+
+
+def left_out(plan: str, available: Sequence[str], *, path: str | Path | None = None) -> str:
+    """One line naming the cpu models of ``available`` that ``plan`` leaves out of some of its cpu blocks, each
+    with the plans that run it there ("" when it runs them all): what the session's plan line says."""
+    where, tables, _ = _read_file(path)
+    blocks = [b for b in BLOCKS if b in tables.get(plan, {}).get("cpu", {})]
+    parts = []
+    for model in available:
+        missing = [b for b in blocks if model not in cpu_models(plan, available, b, path=path)]
+        if not missing:
+            continue
+        others = [name for name in tables if name != plan and all(
+            b in tables[name].get("cpu", {}) and model in cpu_models(name, available, b, path=path) for b in missing)]
+        runs = f"--plan {' / '.join(others)}" if others else "no plan"
+        scope = "" if len(missing) == len(blocks) else f" in {', '.join(missing)}"
+        parts.append(f"{model}{scope} runs under {runs}")
+    return f"not in plan {plan}: {'; '.join(parts)}" if parts else ""
+
+
+def model_fields(plan: str, block: str, model: str | None, *, path: str | Path | None = None) -> dict[str, Any]:
+    """The fields ``plan`` sets for ``model`` alone in its cpu ``block`` (``per_model``; empty for most)."""
+    if not model:
+        return {}
+    _, _, models = _read_file(path)
+    return dict(models.get(plan, PlanModels()).per_model.get(block, {}).get(model, {}))
+
+
+def _known(listed: Sequence[str], available: Sequence[str], where: str, key: str) -> None:
     unknown = [m for m in listed if m not in available]
     if unknown:
-        raise PlanError(f"{where}: 'plans.{plan}.cpu.{MODELS}': {unknown[0]!r} is not a cpu model of the catalogue "
+        raise PlanError(f"{where}: '{key}': {unknown[0]!r} is not a cpu model of the catalogue "
                         f"(cpu_models: {', '.join(available)})")
-    return tuple(m for m in available if m in listed)
 
 
 # ------------------------------------------------------------------------------------------------ ranges
@@ -277,11 +386,18 @@ def validate(path: str | Path | None = None) -> tuple[str, dict[str, dict[str, d
     dataclass: a missing key, a wrong type or an unknown key anywhere in the file is a :class:`PlanError`, not
     only in the tables a run happens to read. The blocks register their dataclasses (:func:`sizes_of`)."""
     where, plans = read(path)
+    _, _, models = _read_file(path)
     classes = block_classes()
     for name, tiers in plans.items():
         for tier, blocks in tiers.items():
             for block in blocks:
                 load(block, classes[block], tier, {"plan": name}, path=path)
+        for block, by_model in models.get(name, PlanModels()).per_model.items():
+            if block not in plans[name].get("cpu", {}):
+                raise PlanError(f"{where}: 'plans.{name}.cpu.{block}.{PER_MODEL}': no table [plans.{name}.cpu.{block}] "
+                                "whose fields it replaces")
+            for model in by_model:
+                load(block, classes[block], "cpu", {"plan": name}, path=path, model=model)
     return where, plans
 
 
@@ -319,10 +435,11 @@ def _table(value: Any, where: str) -> None:
 
 
 def load(block: str, cls: type[T], tier: str, params: Mapping[str, Any] | None = None, *,
-         path: str | Path | None = None, plan: str | None = None) -> T:
+         path: str | Path | None = None, plan: str | None = None, model: str | None = None) -> T:
     """The ``block``'s sizes on ``tier`` (a ``cls`` instance): ``plan`` (a run's plan, ``RunSettings.plan_for``),
-    else the plan that ``params`` name (default ``"default"``), read from the plans file, then ``params``'
-    overrides (:func:`override`)."""
+    else the plan that ``params`` name (default ``"default"``), read from the plans file; on the cpu tier the
+    plan's fields for ``model`` alone (``per_model``, :func:`model_fields`); then ``params``' overrides
+    (:func:`override`)."""
     where, plans = read(path)
     name = plan or plan_name(params)
     if name not in plans:
@@ -336,6 +453,14 @@ def load(block: str, cls: type[T], tier: str, params: Mapping[str, Any] | None =
         raise PlanError(f"{where}: missing table [{key}]")
     table = plans[name][tier][block]
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if tier == "cpu" and model:
+        own = model_fields(name, block, model, path=path)
+        for k in own:
+            if k not in fields:
+                known = [f for f in fields if f not in SET_BY_LOADER]
+                raise PlanError(f"{where}: unknown key '{key}.{PER_MODEL}.\"{model}\".{k}' (fields of "
+                                f"{cls.__name__}: {', '.join(known)})")
+        table = {**table, **own}
     for k in table:
         if k not in fields or k in SET_BY_LOADER:
             known = [f for f in fields if f not in SET_BY_LOADER]

@@ -120,6 +120,8 @@ class Claim:
     marks: tuple[str, ...] = ()  # extra pytest markers of the row's test (e.g. "slow")
     targets: tuple[str, ...] = ()  # a user's claim (engine.claims_file): the models it names, whatever the tier
     protocols: tuple[str, ...] = ()  # the protocols it is measured under (empty: the catalogue's)
+    cpu_models: tuple[str, ...] = ()  # cpu-tier targets as the row names them (keys or "+"-joined groups); empty:
+    # each cpu model alone, or all of them as one group for a multi-model claim (Catalogue.cpu_targets)
 
     def seed_figure(self, model: str, figure: str) -> Any:
         """The seed's figure for ``model`` (None where the seed gives none, e.g. every cpu-tier model)."""
@@ -182,12 +184,21 @@ class Catalogue:
         return claim.protocols or self.protocols
 
     def cpu_targets(self, claim: Claim, plan: str | None = None) -> list[str]:
-        """Default cpu-tier targets: each cpu model alone, or all of them as one group for a multi-model claim. The
-        cpu models are those ``plan`` lists (``[plans.<plan>.cpu] models``, engine.plans.cpu_models); None: every
-        cpu model of the catalogue."""
+        """Default cpu-tier targets: the row's own (``cpu_models``: keys or "+"-joined groups, in the row's order),
+        else each cpu model alone, or all of them as one group for a multi-model claim. Only the cpu models that
+        ``plan`` runs in the claim's block count (``[plans.<plan>.cpu.<block>] models``, else ``[plans.<plan>.cpu]
+        models``: engine.plans.cpu_models); None: every cpu model of the catalogue. A group keeps the members the
+        plan runs; one left with fewer than two (of two or more) is not a target: a comparison needs both sides."""
         from engine import plans
 
-        models = self.cpu_models if plan is None else plans.cpu_models(plan, self.cpu_models)
+        models = self.cpu_models if plan is None else plans.cpu_models(plan, self.cpu_models, claim.block)
+        if claim.cpu_models:
+            targets = []
+            for target in claim.cpu_models:
+                members = [m for m in target.split(GROUP_SEP) if m in models]
+                if len(members) == len(target.split(GROUP_SEP)) or len(members) >= 2:
+                    targets.append(GROUP_SEP.join(members))
+            return targets
         if any(GROUP_SEP in model for model in claim.models):
             return [GROUP_SEP.join(models)]
         return list(models)
@@ -254,8 +265,8 @@ def check_catalogue(catalogue: Catalogue) -> Catalogue:
     from engine import plans
 
     _, plan_tables = plans.read()  # a fault there is its own PlanError (a ValueError), naming the plans file
-    for name in plan_tables:  # each plan's cpu model list names cpu models of this catalogue (a PlanError)
-        plans.cpu_models(name, catalogue.cpu_models)
+    for name in plan_tables:  # each plan's cpu model lists name cpu models of this catalogue (a PlanError)
+        plans.check_models(name, catalogue.cpu_models)
     size_fields: dict[str, set[str]] = {}
     for tiers in plan_tables.values():
         for blocks in tiers.values():
@@ -264,6 +275,12 @@ def check_catalogue(catalogue: Catalogue) -> Catalogue:
     tolerances = [("[catalogue] default_tolerance", catalogue.default_tolerance)]
     for claim in catalogue:
         where = f"{catalogue.path}: claim {claim.id}"
+        for target in claim.cpu_models:
+            strays = [m for m in target.split(GROUP_SEP) if m not in catalogue.cpu_models]
+            if strays or "cpu" not in claim.tiers:
+                raise CatalogueError(f"{where}: cpu_models {target!r}: " + (
+                    f"{strays[0]!r} is not a cpu model of the catalogue (cpu_models: "
+                    f"{', '.join(catalogue.cpu_models)})" if strays else "the claim has no cpu tier"))
         tolerances += [(f"claim {claim.id}: tolerance", claim.tolerance)] + [
             (f"claim {claim.id}: tolerances.{name}", t) for name, t in claim.tolerances.items()]
         sizes = size_fields.get(claim.block, set())
@@ -349,7 +366,7 @@ def parse_catalogue(text: str, where: str = "<catalogue>") -> Catalogue:
 
 _REQUIRED = ("id", "block", "statement", "rule", "tiers", "models", "tolerance")
 _KNOWN = set(_REQUIRED) | {"source", "scales", "key", "tolerances", "params", "seed", "notes", "template", "procedure",
-                           "marks"}
+                           "marks", "cpu_models"}
 
 
 def _claim(row: dict, where: str, blocks: tuple[str, ...]) -> Claim:
@@ -362,6 +379,11 @@ def _claim(row: dict, where: str, blocks: tuple[str, ...]) -> Claim:
     for name in ("template", "procedure"):
         if not isinstance(row.get(name, ""), str):
             raise ClaimError(f"{where}: field {name!r} must be a string, got {row[name]!r}")
+    cpu_models = row.get("cpu_models", [])
+    if not isinstance(cpu_models, list) or not all(isinstance(m, str) and m for m in cpu_models) \
+            or len(set(cpu_models)) != len(cpu_models):
+        raise ClaimError(f"{where}: field 'cpu_models' must be a list of distinct registry keys or '+'-joined "
+                         f"groups, got {cpu_models!r}")
     marks = row.get("marks", [])
     if not isinstance(marks, list) or not all(isinstance(m, str) and m.isidentifier() for m in marks):
         raise ClaimError(f"{where}: field 'marks' must be a list of marker names, got {marks!r}")
@@ -387,6 +409,7 @@ def _claim(row: dict, where: str, blocks: tuple[str, ...]) -> Claim:
                     for name, value in row.get("tolerances", {}).items()},
         params=dict(row.get("params", {})), seed=seed, notes=row.get("notes", ""),
         template=row.get("template", ""), procedure=row.get("procedure", ""), args=args, marks=tuple(marks),
+        cpu_models=tuple(cpu_models),
     )
 
 

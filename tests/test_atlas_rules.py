@@ -306,19 +306,102 @@ def test_hub_migration_rule_reaches_each_outcome(layers, expected):
     assert record.verdict in (expected, Verdict.REVISED if expected is Verdict.CONFIRMED else expected), record.reason
 
 
-@pytest.mark.parametrize("claim_id", ["HUB-CODER", "HUB-MIGRATE"])
-def test_multi_size_claims_are_untested_on_the_cpu_tier_with_the_reason(claim_id):
+def test_hub_migration_is_untested_on_the_cpu_tier_with_the_reason():
     from engine import templates
 
     def loader(key):
         raise AssertionError("no model may be loaded for an untested claim")
 
-    ctx = templates.ClaimContext(CATALOGUE[claim_id], ("a", "b"), "cpu")
-    template = templates.template_of(CATALOGUE[claim_id])
+    ctx = templates.ClaimContext(CATALOGUE["HUB-MIGRATE"], ("a", "b"), "cpu")
+    template = templates.template_of(CATALOGUE["HUB-MIGRATE"])
     assert template.specs(ctx) == {}  # nothing planned, nothing measured
     seed, rigorous = template.run(ctx, loader)
     assert seed.untested and rigorous.untested and rigorous.skip_test
-    assert ("several sizes" if claim_id == "HUB-MIGRATE" else "code-trained") in seed.untested
+    assert "several sizes" in seed.untested
+
+
+# ------------------------------------------------------------------------------------------------ HUB-CODER's stand-in
+
+CODER = "qwen2.5-coder-0.5b-instruct"
+STAND_IN = hubs.StandIn(**{"model": CODER, **CATALOGUE["HUB-CODER"].args["stand_in"][CODER]})
+
+
+def _stand_in_record(finding):
+    """As the claim test records it (``record_both``: every field of the finding, its expectation included)."""
+    return Recorder(Target(CATALOGUE["HUB-CODER"], CODER, "cpu")).record(**finding.record())
+
+
+def _coder_profile(top: int, second: int | None = None, gap: float = 1.0, n_layers: int = 24) -> list[float]:
+    profile = [0.2] * n_layers
+    profile[top] = 0.2 + gap
+    if second is not None:
+        profile[second] = 0.2 + gap / 2
+    return profile
+
+
+@pytest.mark.parametrize("case, is_argmax, gap_outcome", [
+    ("L22 leads", "for", "for"),             # the stand-in's hub is the seed's layer, decided
+    ("L9 leads", "against", "undecided"),    # another layer leads: L22 decided not the argmax; L22 = L2
+    ("L2 leads", "against", "against"),      # L2 above L22: the gap decided below 0
+    ("flat", "against", "undecided"),        # noise only: no argmax decided; L22 loses to some layer by chance
+])
+def test_the_stand_in_record_reports_its_own_decided_figures_and_is_never_decided_against_the_seed(
+        case, is_argmax, gap_outcome):
+    """Whatever the stand-in's atlas decides (L22 its argmax or not, the L22 - L2 gap above, below or straddling
+    0), the record is INCONCLUSIVE for the row's reason, with the figures beside the seed's L22; a recompute from
+    the stored evidence agrees."""
+    profile = {"L22 leads": _coder_profile(22, 2), "L9 leads": _coder_profile(9),
+               "L2 leads": _coder_profile(2, 22), "flat": [0.5] * 24}[case]
+    values, groups = effects(profile, per_family=6, noise=0.05 if case != "flat" else 0.3, seed=3)
+    finding = hubs.decide_stand_in("rigorous", atlas_of(values, groups), STAND_IN, "t.", delta=0.0)
+    record = _stand_in_record(finding)
+    assert record.verdict is Verdict.INCONCLUSIVE
+    assert "stand-in" in record.reason and "other weights" in record.reason and "L22" in record.reason
+    figures = record.figures
+    assert figures["seed_hub_layer"] == 22 and figures["stands_in_for"] == "qwen2.5-coder-0.5b"
+    assert figures["stand_in"] == CODER and record.expected is None  # no seed figure for the stand-in: none compared
+    assert "never compared" in record.expectation
+    if case != "flat":
+        assert figures["seed_layer_is_argmax"] == is_argmax and figures["gap_outcome"] == gap_outcome, figures
+        assert "L22 - L2" in record.ci and record.ci["L22 - L2"][0] <= figures["gap"] <= record.ci["L22 - L2"][1]
+    if case == "L22 leads":
+        assert figures["hub_layer"] == 22 and figures["seed_layer_rank"] == 1 and figures["gap"] > 0
+    assert recompute(record, CATALOGUE["HUB-CODER"]) is Verdict.INCONCLUSIVE
+
+
+def test_a_stand_in_whose_layers_were_not_swept_reports_no_gap():
+    values, groups = effects([0.2, 1.0, 0.3, 0.2], per_family=3, seed=1)
+    a = Atlas(model="constructed", fingerprint="f", arch="qwen2", n_layers=24, method="zero", component="layer",
+              positions="all", measure="answer", template="none", seed=42, example_ids=[f"x{i}" for i in range(36)],
+              example_families=list(groups), per_example=values, n_resamples=500, layers=[0, 3, 6, 21])
+    finding = hubs.decide_stand_in("rigorous", a, STAND_IN, "t.")
+    assert finding.figures["gap"] is None and finding.figures["seed_layer_is_argmax"] is None
+    assert finding.figures["argmax_layer"] == 3 and "not swept" in " ".join(finding.notes)
+    assert _stand_in_record(finding).verdict is Verdict.INCONCLUSIVE
+
+
+def test_hub_coder_on_the_cpu_tier_measures_the_stand_in_alone_under_both_protocols():
+    """The template's stand-in path: the stand-in's seed sweep (as the seed ran the coder: 4 families x 10) and
+    its seed-42 atlas with the robustness sweeps, nothing of any other model; both findings INCONCLUSIVE."""
+    from engine import templates
+
+    claim = CATALOGUE["HUB-CODER"]
+    ctx = templates.ClaimContext(claim, (CODER,), "cpu")
+    template = templates.template_of(claim)
+    specs = template.specs(ctx)
+    assert {spec.model for spec in specs.values()} == {CODER}
+    assert specs["seed"].k == 10 and specs["seed"].families == tuple(tasks.BREADTH_FAMILIES)
+    assert specs["seed 42"].component == "layer" and specs["seed"].component == "resid"
+    # a lead of 1.5 nats over L2 (the row's hub_delta is 1 nat)
+    values, groups = effects(_coder_profile(22, 2, gap=3.0), per_family=10, families=tasks.BREADTH_FAMILIES, seed=4)
+    full, fgroups = effects(_coder_profile(22, 2, gap=3.0), per_family=2, seed=5)
+    measured = {name: atlas_of(values, groups) if name == "seed" else atlas_of(full, fgroups) for name in specs}
+    seed, rigorous = template.decide(ctx, measured)
+    for finding in (seed, rigorous):
+        record = _stand_in_record(finding)
+        assert record.verdict is Verdict.INCONCLUSIVE and record.figures["seed_layer_is_argmax"] == "for"
+    assert "Argmax by protocol on the stand-in: seed L22" in " ".join(rigorous.notes)
+    assert "robustness" in rigorous.figures
 
 
 # ------------------------------------------------------------------------------------------------ POS-ANSWER

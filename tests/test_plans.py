@@ -317,3 +317,149 @@ def test_a_model_list_naming_no_cpu_model_of_the_catalogue_is_refused(tmp_path, 
     monkeypatch.setenv(plans.PLANS_ENV, str(path))  # the catalogue's check (every load) refuses it too
     with pytest.raises(plans.PlanError, match=r"'plans.x.cpu.models': 'qwen2.5-0.5b' is not a cpu model"):
         verdicts.load_catalogue(Path(verdicts.__file__).parent / "data" / "claims.toml")
+
+
+# ------------------------------------------------------------------------------------------------ per-block models
+
+CODER = ALL_CPU[2]
+COMPLETE_X = ('\n[plans.x.cpu]\nmodels = ["smollm2-135m", "gemma3-270m"]\n'
+              + "".join(f'\n[plans.x.cpu.{block}]\ninherits = "default"\n' for block in ("steer", "quant", "lora")))
+
+
+def _plan_x(tmp_path: Path, atlas: str = "", tail: str = "") -> Path:
+    """A plan ``x`` whose cpu tier runs the two small models, every block as default's; ``atlas``: lines of its
+    atlas table after ``inherits = "default"``; ``tail``: more tables."""
+    return _write(tmp_path, PLANS_TOML.read_text(encoding="utf-8") + COMPLETE_X
+                  + f'\n[plans.x.cpu.atlas]\ninherits = "default"\n{atlas}\n{tail}')
+
+
+def test_a_block_may_run_its_own_models_and_the_claims_of_that_block_target_them(tmp_path, monkeypatch):
+    """[plans.x.cpu.atlas] models = [...] replaces the tier's list for the atlas block only: the atlas claims gain the
+    coder (a single-model claim one target more, a multi-model one a member more), the other blocks do not; a row's
+    own cpu_models are filtered by the block's list."""
+    path = _plan_x(tmp_path, f'models = {list(ALL_CPU)!r}'.replace("'", '"'))
+    assert plans.cpu_models("x", ALL_CPU, "atlas", path=path) == ALL_CPU
+    assert plans.cpu_models("x", ALL_CPU, "steer", path=path) == ALL_CPU[:2]
+    assert plans.cpu_models("x", ALL_CPU, path=path) == ALL_CPU[:2]
+    plans.check_models("x", ALL_CPU, path=path)
+    monkeypatch.setenv(plans.PLANS_ENV, str(path))
+    catalogue = load_catalogue(Path(plans.__file__).parent / "data" / "claims.toml")
+    assert catalogue.cpu_targets(catalogue["HUB-SMOL"], "x") == list(ALL_CPU)
+    assert catalogue.cpu_targets(catalogue["HUB-CODER"], "x") == [CODER]
+    assert catalogue.cpu_targets(catalogue["OWN-ATLAS"], "x") == ["+".join(ALL_CPU)]
+    assert catalogue.cpu_targets(catalogue["STEER-ALL"], "x") == list(ALL_CPU[:2])
+    assert catalogue.cpu_targets(catalogue["STEER-TRANSFER"], "x") == ["smollm2-135m+gemma3-270m"]
+    assert catalogue.cpu_targets(catalogue["LORA-ATLAS"], "x") == list(ALL_CPU[:2])
+
+
+def test_a_plans_model_lists_are_not_inherited(tmp_path):
+    path = _plan_x(tmp_path, f'models = {list(ALL_CPU)!r}'.replace("'", '"'),
+                   '[plans.y.cpu.atlas]\ninherits = "x"\n')
+    assert plans.cpu_models("y", ALL_CPU, "atlas", path=path) == ALL_CPU  # y lists none: every cpu model
+    path = _plan_x(tmp_path, 'models = ["smollm2-135m"]', '[plans.y.cpu]\nmodels = ["gemma3-270m"]\n'
+                   '[plans.y.cpu.atlas]\ninherits = "x"\n')
+    assert plans.cpu_models("y", ALL_CPU, "atlas", path=path) == ("gemma3-270m",)  # the tier's list, not x's
+
+
+def test_a_model_may_be_sized_apart_in_the_atlas_block_and_a_claims_override_comes_after(tmp_path):
+    """per_model replaces fields of the plan's cpu atlas table for one model (the coder's seed protocol at 2 per
+    family); the other models and the gpu tier keep the table; a claim's [claim.params] still overrides last."""
+    path = _plan_x(tmp_path, f'models = {list(ALL_CPU)!r}'.replace("'", '"'),
+                   f'[plans.x.cpu.atlas.per_model."{CODER}"]\nseed_per_family = 2\nbatch_size = 2\n')
+    plans.validate(path)
+    plans.check_models("x", ALL_CPU, path=path)
+    coder = plans.load("atlas", A.Sizes, "cpu", {"plan": "x"}, path=path, model=CODER)
+    small = plans.load("atlas", A.Sizes, "cpu", {"plan": "x"}, path=path, model="smollm2-135m")
+    assert (coder.seed_per_family, coder.batch_size) == (2, 2) and coder.name == "x"
+    assert small == plans.load("atlas", A.Sizes, "cpu", {"plan": "x"}, path=path) == dataclasses.replace(
+        A.SIZES["cpu"], name="x")
+    assert plans.load("atlas", A.Sizes, "cpu", {"plan": "x", "seed_per_family": 3}, path=path,
+                      model=CODER).seed_per_family == 3
+    assert plans.load("atlas", A.Sizes, "cpu", {"plan": "x"}, path=path, model=f"smollm2-135m+{CODER}") == small
+    assert plans.model_fields("x", "atlas", CODER, path=path) == {"seed_per_family": 2, "batch_size": 2}
+
+
+def test_every_atlas_template_sizes_its_model_with_the_plans_per_model_fields(tmp_path, monkeypatch):
+    from engine import templates
+    from engine.settings import RunSettings
+
+    path = _plan_x(tmp_path, f'models = {list(ALL_CPU)!r}'.replace("'", '"'),
+                   f'[plans.x.cpu.atlas.per_model."{CODER}"]\nseed_per_family = 2\n')
+    monkeypatch.setenv(plans.PLANS_ENV, str(path))
+    catalogue = load_catalogue(Path(plans.__file__).parent / "data" / "claims.toml")
+    for claim in (c for c in catalogue if c.block == "atlas" and "cpu" in c.tiers):
+        for target in catalogue.cpu_targets(claim, "x"):
+            ctx = templates.ClaimContext(claim, tuple(target.split("+")), "cpu", RunSettings(plan="x"))
+            for name, spec in templates.template_of(claim).specs(ctx).items():
+                if getattr(spec, "sample", None) == "first" and spec.per_family is None:
+                    assert spec.k == (2 if spec.model == CODER else 1), (claim.id, target, name)
+
+
+@pytest.mark.parametrize("tail, named", [
+    ('[plans.x.cpu.steer.per_model."smollm2-135m"]\nn_test = 2\n',
+     r"'plans.x.cpu.steer.per_model': only the atlas block reads per-model sizes"),
+    ('[plans.x.gpu.atlas]\ninherits = "default"\n[plans.x.gpu.atlas.per_model."smollm2-135m"]\nbatch_size = 2\n',
+     r"'plans.x.gpu.atlas.per_model': only the cpu tier sizes a model apart"),
+    ('[plans.x.cpu.atlas.per_model."smollm2-135m"]\nbatch_size = 0\n',
+     r"""'plans.x.cpu.atlas.per_model."smollm2-135m".batch_size' = 0: out of range"""),
+    ('[plans.x.cpu.atlas.per_model]\n"smollm2-135m" = 3\n',
+     r"""'plans.x.cpu.atlas.per_model."smollm2-135m"' = 3: expected a table of atlas fields"""),
+    ('[plans.x.cpu.atlas.per_model."smollm2-135m"]\ninherits = "default"\n',
+     r"""'plans.x.cpu.atlas.per_model."smollm2-135m".inherits': not a field that can be set for one model"""),
+    ('[plans.x.gpu.atlas]\ninherits = "default"\nmodels = ["qwen2.5-0.5b"]\n',
+     r"'plans.x.gpu.atlas.models': only the cpu tier lists its models"),
+    ('[plans.x.cpu.quant.models]\nx = 1\n', r"'plans.x.cpu.quant.models' = \{'x': 1\}: expected a non-empty array"),
+])
+def test_a_malformed_block_model_list_or_per_model_table_is_one_line_naming_the_file_and_key(tmp_path, tail, named):
+    path = _plan_x(tmp_path, tail=tail)
+    with pytest.raises(plans.PlanError, match=named) as err:
+        plans.read(path)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("atlas, tail, named", [
+    ('models = ["qwen2.5-0.5b"]', "",
+     r"'plans.x.cpu.atlas.models': 'qwen2.5-0.5b' is not a cpu model of the catalogue"),
+    ("", '[plans.x.cpu.atlas.per_model."qwen2.5-0.5b"]\nbatch_size = 2\n',
+     r"'plans.x.cpu.atlas.per_model': 'qwen2.5-0.5b' is not a cpu model of the catalogue"),
+    ("", f'[plans.x.cpu.atlas.per_model."{CODER}"]\nbatch_size = 2\n',
+     rf"""'plans.x.cpu.atlas.per_model."{CODER}"': the plan does not run '{CODER}' in its atlas block \(it runs """
+     r"smollm2-135m, gemma3-270m\): sizes for a model never measured"),
+])
+def test_a_model_the_catalogue_or_the_block_does_not_run_is_refused_by_the_catalogues_check(
+        tmp_path, monkeypatch, atlas, tail, named):
+    from engine import verdicts
+
+    path = _plan_x(tmp_path, atlas, tail)
+    with pytest.raises(plans.PlanError, match=named):
+        plans.check_models("x", ALL_CPU, path=path)
+    monkeypatch.setenv(plans.PLANS_ENV, str(path))
+    with pytest.raises(plans.PlanError, match=named):
+        verdicts.load_catalogue(Path(verdicts.__file__).parent / "data" / "claims.toml")
+
+
+def test_a_per_model_field_that_is_no_field_of_the_block_is_refused_when_the_file_is_validated(tmp_path):
+    path = _plan_x(tmp_path, f'models = {list(ALL_CPU)!r}'.replace("'", '"'),
+                   f'[plans.x.cpu.atlas.per_model."{CODER}"]\nseed_per_famly = 2\n')
+    with pytest.raises(plans.PlanError, match=rf"""unknown key 'plans.x.cpu.atlas.per_model."{CODER}".seed_per_famly'"""
+                                              r" \(fields of Sizes: seed_per_family"):
+        plans.validate(path)
+
+
+def test_every_plan_that_runs_the_coder_runs_its_seed_protocol_at_two_prompts_per_family_or_more():
+    """The coder (Qwen2: residual zeroing separates its layers, unlike the bias-free models) gets a seed protocol
+    that can form a CI: >= 2 prompts per family in every plan that runs it (full: 5; default and smoke do not run
+    it: its atlas block alone took 27 min on one worker at the default sizes, README)."""
+    for name in plans.read()[1]:
+        if CODER in plans.cpu_models(name, ALL_CPU, "atlas"):
+            assert A.sizes_for("cpu", None, name, CODER).seed_per_family >= 2, name
+    assert CODER in plans.cpu_models("full", ALL_CPU, "atlas")
+
+
+def test_the_plan_line_names_the_cpu_models_a_plan_leaves_out_and_the_plans_that_run_them(tmp_path):
+    assert plans.left_out("default", ALL_CPU) == f"not in plan default: {CODER} runs under --plan full"
+    assert plans.left_out("smoke", ALL_CPU) == f"not in plan smoke: {CODER} runs under --plan full"
+    assert plans.left_out("full", ALL_CPU) == ""
+    path = _plan_x(tmp_path, f'models = {list(ALL_CPU)!r}'.replace("'", '"'))
+    assert plans.left_out("x", ALL_CPU, path=path) == (f"not in plan x: {CODER} in steer, quant, lora runs under "
+                                                       "--plan full")

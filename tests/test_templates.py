@@ -74,3 +74,126 @@ tolerance = {{ abs = 0 }}
         templates.check(parse_catalogue(text, "my-claims.toml"))
     text = str(info.value)
     assert "\n" not in text and text.startswith("my-claims.toml: claim MY-HUB") and message in text, text
+
+
+# ------------------------------------------------------------------------------------------------ stand-ins
+
+CODER = "qwen2.5-coder-0.5b-instruct"
+STAND_IN_ROW = '''[catalogue]
+cpu_models = ["smollm2-135m", "qwen2.5-coder-0.5b-instruct"]
+
+[[claim]]
+id = "MY-CODER"
+block = "atlas"
+statement = "s"
+rule = "r"
+tiers = ["gpu", "cpu"]
+models = ["qwen2.5-coder-0.5b+qwen2.5-0.5b"]
+tolerance = { abs = 0 }
+template = "argmax_differs"
+between = "models"
+cpu_models = CPU_MODELS
+[claim.stand_in."KEY"]
+FIELDS
+'''
+GOOD = {"of": '"qwen2.5-coder-0.5b"', "layer": "22", "versus": "2", "withheld": '"other weights"'}
+
+
+def _stand_in_row(key=CODER, cpu_models=f'["{CODER}"]', **changes) -> str:
+    fields = {k: v for k, v in {**GOOD, **changes}.items() if v is not None}
+    return (STAND_IN_ROW.replace("KEY", key).replace("CPU_MODELS", cpu_models)
+            .replace("FIELDS", "".join(f"{k} = {v}\n" for k, v in fields.items())))
+
+
+def test_the_catalogues_stand_in_is_the_registrys_and_a_good_row_passes():
+    from engine import models
+
+    row = CATALOGUE["HUB-CODER"].args["stand_in"]
+    assert list(row) == [CODER] and row[CODER]["of"] == models.REGISTRY[CODER].stand_in_for
+    seed = CATALOGUE["HUB-CODER"].seed["qwen2.5-coder-0.5b+qwen2.5-0.5b"]
+    assert (row[CODER]["layer"], row[CODER]["versus"]) == (seed["hub_layer"], seed["base_hub_layer"])
+    assert "untested" not in CATALOGUE["HUB-CODER"].args  # the cpu tier is the stand-in's record now
+    templates.check(parse_catalogue(_stand_in_row(), "my-claims.toml"))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"layer": "24"}, "stand_in.qwen2.5-coder-0.5b-instruct.layer = 24: beyond the model (qwen2.5-coder-0.5b-instruct: "
+                      "layers 0-23)"),
+    ({"layer": '"22"'}, "stand_in.qwen2.5-coder-0.5b-instruct.layer = '22': expected int"),
+    ({"withheld": None}, "stand_in.qwen2.5-coder-0.5b-instruct.withheld: missing (why the seed's figure is not"),
+    ({"colour": '"red"'}, "stand_in.qwen2.5-coder-0.5b-instruct.colour: unknown field"),
+    ({"of": '"qwen2.5-0.5b"'}, "not a registry stand-in for 'qwen2.5-0.5b' (its stand_in_for is 'qwen2.5-coder-0.5b'"),
+    ({"key": "smollm2-135m", "cpu_models": '["smollm2-135m"]'},
+     "stand_in.smollm2-135m: not a registry stand-in for 'qwen2.5-coder-0.5b' (its stand_in_for is None"),
+    ({"cpu_models": '["smollm2-135m"]'}, "not one of the row's cpu_models (smollm2-135m): a stand-in is measured as a "
+                                         "target of its own"),
+])
+def test_a_bad_stand_in_is_one_line_naming_the_file_the_claim_and_the_field(changes, message):
+    changes = dict(changes)
+    key, cpu_models = changes.pop("key", CODER), changes.pop("cpu_models", f'["{CODER}"]')
+    with pytest.raises(templates.TemplateError) as info:
+        templates.check(parse_catalogue(_stand_in_row(key, cpu_models, **changes), "my-claims.toml"))
+    text = str(info.value)
+    assert "\n" not in text and text.startswith("my-claims.toml: claim MY-CODER: stand_in.") and message in text, text
+
+
+def test_every_multi_model_row_with_a_cpu_tier_names_its_cpu_models():
+    """A third cpu model changed the default "all cpu models as one group": each multi-model row says which."""
+    multi = {c.id for c in CATALOGUE if "cpu" in c.tiers and any("+" in m for m in c.models)}
+    assert multi == {"HUB-CODER", "HUB-MIGRATE", "OWN-ATLAS", "STEER-TRANSFER"}
+    assert all(CATALOGUE[c].cpu_models for c in multi)
+    assert CATALOGUE["STEER-TRANSFER"].cpu_models == ("smollm2-135m+gemma3-270m",)  # source -> target
+
+
+@pytest.mark.parametrize("line, message", [
+    ('cpu_models = "smollm2-135m"', "field 'cpu_models' must be a list of distinct registry keys"),
+    ('cpu_models = ["smollm2-135m", "smollm2-135m"]', "field 'cpu_models' must be a list of distinct"),
+    ('cpu_models = ["qwen2.5-0.5b"]', "cpu_models 'qwen2.5-0.5b': 'qwen2.5-0.5b' is not a cpu model of the catalogue"),
+])
+def test_a_bad_cpu_models_field_is_one_line(line, message):
+    from engine import verdicts
+
+    text = f'''[catalogue]
+cpu_models = ["smollm2-135m", "gemma3-270m"]
+
+[[claim]]
+id = "MY-PAIR"
+block = "atlas"
+statement = "s"
+rule = "r"
+tiers = ["cpu"]
+models = ["qwen2.5-0.5b+qwen2.5-1.5b"]
+tolerance = {{ abs = 0 }}
+{line}
+'''
+    with pytest.raises(verdicts.ClaimError) as info:
+        verdicts.check_catalogue(verdicts.parse_catalogue(text, "c.toml"))
+    assert "\n" not in str(info.value) and message in str(info.value), str(info.value)
+
+
+def test_a_rows_cpu_groups_keep_the_members_the_plan_runs_and_a_lone_member_is_no_target(tmp_path, monkeypatch):
+    from engine import plans, verdicts
+
+    text = '''[catalogue]
+cpu_models = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"]
+
+[[claim]]
+id = "MY-GROUPS"
+block = "atlas"
+statement = "s"
+rule = "r"
+tiers = ["cpu"]
+models = ["qwen2.5-0.5b+qwen2.5-1.5b"]
+tolerance = { abs = 0 }
+cpu_models = ["gemma3-270m+smollm2-135m", "smollm2-135m+gemma3-270m+qwen2.5-coder-0.5b-instruct",
+              "qwen2.5-coder-0.5b-instruct"]
+'''
+    catalogue = verdicts.check_catalogue(verdicts.parse_catalogue(text, "c.toml"))
+    claim = catalogue["MY-GROUPS"]
+    assert catalogue.cpu_targets(claim, "full") == list(claim.cpu_models)  # the row's order (gemma3 -> smollm2)
+    assert catalogue.cpu_targets(claim, "default") == ["gemma3-270m+smollm2-135m", "smollm2-135m+gemma3-270m"]
+    extra = '\n[plans.one.cpu]\nmodels = ["smollm2-135m"]\n'
+    path = tmp_path / "plans.toml"
+    path.write_text(Path(plans.__file__).with_name("data").joinpath("plans.toml").read_text() + extra)
+    monkeypatch.setenv(plans.PLANS_ENV, str(path))
+    assert catalogue.cpu_targets(claim, "one") == []  # a pair needs both sides

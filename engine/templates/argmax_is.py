@@ -87,9 +87,9 @@ class ArgmaxIs(Template):
                                 f"({', '.join(f'{s.key}: layers 0-{s.n_layers - 1}' for s in specs)})")
 
     def specs(self, ctx):
-        return hubs.hub_specs(ctx.model, sizes_for(ctx.tier, ctx.params, ctx.plan), seeds_of(ctx, self),
+        return hubs.hub_specs(ctx.model, sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model), seeds_of(ctx, self),
                               **atlas_options(ctx, self))
 
     def decide(self, ctx, m):
-        return hubs.hub_findings(m, sizes_for(ctx.tier, ctx.params, ctx.plan), claimed_layer(ctx, self),
+        return hubs.hub_findings(m, sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model), claimed_layer(ctx, self),
                                  seeds_of(ctx, self))

@@ -20,7 +20,7 @@ class ArgmaxSame(Template):
     rule = "both suites' argmax layers exist and are equal; both exist and differ: FAILED"
 
     def specs(self, ctx):
-        return hubs.nl_specs(ctx.model, sizes_for(ctx.tier, ctx.params, ctx.plan))
+        return hubs.nl_specs(ctx.model, sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model))
 
     def decide(self, ctx, m):
-        return hubs.nl_findings(m, sizes_for(ctx.tier, ctx.params, ctx.plan))
+        return hubs.nl_findings(m, sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model))

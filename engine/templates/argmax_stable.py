@@ -23,8 +23,9 @@ class ArgmaxStable(Template):
     rule = "one argmax layer in every seed and the same one; seeds must resample the prompts"
 
     def specs(self, ctx):
-        return hubs.hub_specs(ctx.model, sizes_for(ctx.tier, ctx.params, ctx.plan), tuple(ctx.arg("seeds", self)),
-                              seed_protocol="seed" in ctx.protocols)
+        sizes = sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model)
+        return hubs.hub_specs(ctx.model, sizes, tuple(ctx.arg("seeds", self)), seed_protocol="seed" in ctx.protocols)
 
     def decide(self, ctx, m):
-        return hubs.hub_seeds_findings(m, sizes_for(ctx.tier, ctx.params, ctx.plan), tuple(ctx.arg("seeds", self)))
+        sizes = sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model)
+        return hubs.hub_seeds_findings(m, sizes, tuple(ctx.arg("seeds", self)))

@@ -24,7 +24,8 @@ class BeatsAtEvery(Template):
     rule = "A - B CI > 0 at every layer (Holm); some layer below delta: FAILED"
 
     def specs(self, ctx):
-        return positions.positions_specs(ctx.model, sizes_for(ctx.tier, ctx.params, ctx.plan))
+        return positions.positions_specs(ctx.model, sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model))
 
     def decide(self, ctx, m):
-        return positions.positions_findings(m, ctx.model, sizes_for(ctx.tier, ctx.params, ctx.plan), ctx.params)
+        sizes = sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model)
+        return positions.positions_findings(m, ctx.model, sizes, ctx.params)

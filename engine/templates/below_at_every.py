@@ -24,7 +24,7 @@ class BelowAtEvery(Template):
     rule = "every configuration's overlap CI below keep_threshold (Holm); one wholly above: FAILED"
 
     def specs(self, ctx):
-        return skips.skip_specs(ctx.model, sizes_for(ctx.tier, ctx.params, ctx.plan))
+        return skips.skip_specs(ctx.model, sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model))
 
     def decide(self, ctx, m):
-        return skips.skip_findings(m, sizes_for(ctx.tier, ctx.params, ctx.plan), ctx.params)
+        return skips.skip_findings(m, sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model), ctx.params)

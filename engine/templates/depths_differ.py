@@ -23,7 +23,7 @@ class DepthsDiffer(Template):
     rule = "some pair's per-prompt argmax depth difference decided (Holm); all within depth_tolerance: FAILED"
 
     def _sizes(self, ctx):
-        return lambda key: sizes_for(models.spec_for(key).tier, ctx.params, ctx.plan)
+        return lambda key: sizes_for(models.spec_for(key).tier, ctx.params, ctx.plan, key)
 
     def specs(self, ctx):
         return hubs.per_model_specs(ctx.models, self._sizes(ctx))

@@ -24,8 +24,7 @@ class RisesAlong(Template):
     def specs(self, ctx):
         if ctx.tier in ctx.arg("untested", self):
             return {}
-        sizes = sizes_for(ctx.tier, ctx.params, ctx.plan)
-        return hubs.per_model_specs(ctx.models, lambda key: sizes)
+        return hubs.per_model_specs(ctx.models, lambda key: sizes_for(ctx.tier, ctx.params, ctx.plan, key))
 
     def decide(self, ctx, m):
         why = ctx.arg("untested", self).get(ctx.tier)

@@ -301,7 +301,7 @@ def abl_mean(lm, sizes: Sizes, params: Mapping[str, Any]) -> tuple[Finding, Find
 
 def abl_mean_claim(ctx, load_model) -> tuple[Finding, Finding]:
     """The ABL-MEAN row's procedure (the seed's no-op mean hook is a quirk no template models)."""
-    return abl_mean(load_model(ctx.model), sizes_for(ctx.tier, ctx.params, ctx.plan), ctx.params)
+    return abl_mean(load_model(ctx.model), sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model), ctx.params)
 
 
 abl_mean_claim.dynamic = "the seed's mean hook, the residual mean ratios and every ablation method's NL sweep"

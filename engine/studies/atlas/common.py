@@ -71,10 +71,12 @@ class Sizes:
         return below + (self.rigorous_per_family,)
 
 
-def sizes_for(tier: str, params: Mapping[str, Any] | None = None, plan: str | None = None) -> Sizes:
-    """The tier's sizes (any tier but ``gpu`` reads the cpu plan) from ``engine/data/plans.toml``, with a claim's
-    ``[claim.params]`` size overrides (:func:`engine.plans.override`)."""
-    return plans.load("atlas", Sizes, "gpu" if tier == "gpu" else "cpu", params, plan=plan)
+def sizes_for(tier: str, params: Mapping[str, Any] | None = None, plan: str | None = None,
+              model: str | None = None) -> Sizes:
+    """The tier's sizes (any tier but ``gpu`` reads the cpu plan) from ``engine/data/plans.toml``; on the cpu tier
+    the plan's own fields for ``model`` (``[plans.<plan>.cpu.atlas.per_model."<model>"]``; a "+"-joined group has
+    none); then a claim's ``[claim.params]`` size overrides (:func:`engine.plans.override`)."""
+    return plans.load("atlas", Sizes, "gpu" if tier == "gpu" else "cpu", params, plan=plan, model=model)
 
 
 SIZES: dict[str, Sizes] = {tier: sizes_for(tier) for tier in plans.TIERS}  # the default plan

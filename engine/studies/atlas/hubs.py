@@ -10,6 +10,7 @@ decision is one function of atlases (``decide_*``), so a unit test reaches every
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import combinations, pairwise
 from typing import Any
 
@@ -423,6 +424,73 @@ def decide_coder(protocol: str, coder: Atlas, base: Atlas, text: str, delta: flo
                    notes=[f"{text} {evidence_text(per_model)}."])
 
 
+# ------------------------------------------------------------------------------------------------ a stand-in
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """A model measured in place of a seed model whose weights the suite does not have (a row's ``stand_in``
+    table): ``model`` stands in for ``of`` (other weights: ``withheld`` says how); ``layer`` is the seed's figure
+    on ``of`` (its hub), ``versus`` the layer the seed's margin was over; ``seed_figure`` the seed's own words."""
+
+    model: str
+    of: str
+    layer: int
+    versus: int
+    withheld: str
+    seed_figure: str = ""
+
+    @property
+    def reason(self) -> str:
+        """Why the record is not decided against the seed's figure (its INCONCLUSIVE reason)."""
+        return (f"stand-in: {self.model} is measured in place of {self.of}, so its figures are reported beside the "
+                f"seed's hub L{self.layer} and never compared with it ({self.withheld})")
+
+
+def decide_stand_in(protocol: str, a: Atlas, s: StandIn, text: str, delta: float = 0.0,
+                    rationale: str = "") -> Finding:
+    """The stand-in's own figures on one atlas, each decided by :mod:`engine.decisions`: its argmax layer ("an
+    argmax exists"), whether the seed's layer ``s.layer`` is decided its argmax ("the argmax is L", named in
+    advance) and the paired per-prompt gap L``s.layer`` - L``s.versus`` with its CI (``greater``, delta 0: the
+    whole CI above or below 0). The seed's figure is shown beside them and never compared: the finding is
+    undecided for :attr:`StandIn.reason` (a precondition every part carries, so a recompute agrees), whatever
+    the parts decided."""
+    exists = argmax_evidence(a, label=f"argmax layer ({s.model})", delta=delta, rationale=rationale)
+    parts: dict[str, D.Evidence] = {"argmax layer": exists}
+    hub = argmax_of(exists)
+    means = {layer: float(x) for layer, x in zip(a.layers, a.layer_effect)}
+    figures: dict[str, Any] = {
+        "stand_in": s.model, "stands_in_for": s.of, "seed_hub_layer": s.layer, "seed_versus_layer": s.versus,
+        "seed_figure": s.seed_figure, "hub_layer": hub, "hub_depth": _depth(hub, a.n_layers),
+        "argmax_layer": exists.estimate, "argmax_depth": _depth(exists.estimate, a.n_layers),
+        "seed_layer_is_argmax": None, "seed_layer_rank": None, "gap": None, "gap_outcome": None,
+        "per_model": argmax_figures({s.model: exists}), **_profile_figures(a)}
+    ci: dict[str, tuple[float, float]] = {}
+    gap_label = f"L{s.layer} - L{s.versus}"
+    if s.layer in means and s.versus in means:
+        at = argmax_evidence(a, claimed=s.layer, label=f"L{s.layer} (the seed's {s.of} hub) is the argmax "
+                             f"({s.model})", delta=delta, rationale=rationale)
+        i, j = a.layers.index(s.layer), a.layers.index(s.versus)
+        gap = D.greater(D.paired(a.per_example[:, i], a.per_example[:, j]), a.example_families, delta=0.0,
+                        label=f"{gap_label} ({s.model})", n_resamples=a.n_resamples, seed=a.seed)
+        parts[f"L{s.layer} is the argmax"], parts[f"{gap_label} > 0"] = at, gap
+        figures.update(seed_layer_is_argmax=at.outcome.value, gap=gap.estimate, gap_outcome=gap.outcome.value,
+                       seed_layer_rank=1 + sorted(means.values(), reverse=True).index(means[s.layer]))
+        if gap.ci is not None:
+            ci[gap_label] = gap.ci
+    gap_text = (f"not measured (L{s.layer} or L{s.versus} not swept: layers {a.layers})" if figures["gap"] is None
+                else f"{figures['gap']:.4g}" + (f", 95% CI [{ci[gap_label][0]:.4g}, {ci[gap_label][1]:.4g}]"
+                                                  if gap_label in ci else " (no CI)"))
+    notes = [f"{text} Stand-in {s.model} for the seed's {s.of}: argmax L{exists.estimate} ({exists.outcome.value}); "
+             f"the seed's L{s.layer} is decided the argmax: {figures['seed_layer_is_argmax']} (rank "
+             f"{figures['seed_layer_rank']}); {gap_label} = {gap_text}. Beside it, never compared: the seed's "
+             f"figure on {s.of}: {s.seed_figure or f'hub L{s.layer}'}. {evidence_text(parts)}.", erasing_note(a)]
+    return Finding(protocol, figures, holds=parts, ci=ci, seeds=[a.seed], undecided=s.reason,
+                   notes=[n for n in notes if n], suite_hash=a.suite_hash,
+                   expectation=f"the stand-in's own figures beside the seed's hub L{s.layer} on {s.of} (never "
+                               "compared: other weights)")
+
+
 # ------------------------------------------------------------------------------------------------ claim procedures
 
 
@@ -520,7 +588,6 @@ def breadth_findings(m: Mapping[str, Any], sizes: Sizes) -> tuple[Finding, Findi
 
 
 SEVERAL_SIZES = "needs models of several sizes of one family (the cpu tier has one model per family)"
-NO_CODER = "needs a code-trained model and its base model (the cpu tier has neither pair)"
 
 
 def untested(reason: str) -> tuple[Finding, Finding]:
@@ -541,11 +608,14 @@ def _per_model(m: Mapping[str, Any], keys: Sequence[str]) -> tuple[dict, dict, d
     return seed, rigorous, robust
 
 
+CODER_SEED_PER_FAMILY = 10  # the seed's HUB-CODER run: 4 families (tasks.BREADTH_FAMILIES) x 10 prompts
+
+
 def coder_specs(keys: Sequence[str], sizes: Sizes) -> dict[str, AtlasSpec]:
     """HUB-CODER: the coder (``keys[0]``) as the seed ran it (4 families x 10 prompts, residual zeroing) and the
     base (``keys[1]``) from the 12-family seed sweep; both rigorous atlases with their robustness sweeps."""
     coder, base = keys
-    return {"coder seed": seed_spec(coder, sizes, families=tasks.BREADTH_FAMILIES, per_family=10),
+    return {"coder seed": seed_spec(coder, sizes, families=tasks.BREADTH_FAMILIES, per_family=CODER_SEED_PER_FAMILY),
             "coder rigorous": rigorous_spec(coder, sizes),
             **{f"coder {k}": v for k, v in robustness_specs(coder, sizes).items()},
             "base rigorous": rigorous_spec(base, sizes),
@@ -566,6 +636,32 @@ def coder_findings(m: Mapping[str, Any], keys: Sequence[str], sizes: Sizes) -> t
     rigorous.figures["robustness"] = robust
     contrast(seed, rigorous, "the coder's seed-protocol hub is a narrow margin (1.9% in the seed) over 4 families; "
              "with contribution ablation over 12 families and the argmax re-selected per resample it changes")
+    return seed, rigorous
+
+
+def stand_in_specs(model: str, sizes: Sizes) -> dict[str, AtlasSpec]:
+    """A stand-in for the coder of HUB-CODER: its seed sweep as the seed ran the coder (4 families x 10 prompts,
+    residual zeroing) and its seed-42 rigorous atlas with the robustness sweeps (the same specs as every other
+    claim's on this model, so shared)."""
+    return {"seed": seed_spec(model, sizes, families=tasks.BREADTH_FAMILIES, per_family=CODER_SEED_PER_FAMILY),
+            f"seed {SEEDS[0]}": rigorous_spec(model, sizes), **robustness_specs(model, sizes)}
+
+
+def stand_in_findings(m: Mapping[str, Any], s: StandIn, sizes: Sizes) -> tuple[Finding, Finding]:
+    """HUB-CODER on a stand-in (:func:`decide_stand_in` under both protocols): its own figures beside the seed's
+    layer, never compared with it."""
+    atlases, robust = _rigorous(m, [SEEDS[0]])
+    delta, why = sizes.hub_delta or 0.0, sizes.hub_delta_rationale or ""
+    seed = decide_stand_in("seed", m["seed"], s, "Seed protocol as the seed ran the coder: residual zeroing, "
+                           f"{len(tasks.BREADTH_FAMILIES)} families x {CODER_SEED_PER_FAMILY} prompts.", delta, why)
+    rigorous = decide_stand_in("rigorous", atlases[f"seed {SEEDS[0]}"], s, "Rigorous protocol: layer-contribution "
+                               f"ablation, {sizes.rigorous_per_family}/family, seed {SEEDS[0]}.", delta, why)
+    rigorous.figures["robustness"] = robust
+    both = (f"Argmax by protocol on the stand-in: seed L{seed.figures['argmax_layer']} "
+            f"({seed.figures['per_model'][s.model]['outcome']}), rigorous L{rigorous.figures['argmax_layer']} "
+            f"({rigorous.figures['per_model'][s.model]['outcome']}).")
+    seed.notes.append(both)
+    rigorous.notes.append(both)
     return seed, rigorous
 
 
