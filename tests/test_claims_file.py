@@ -80,7 +80,9 @@ def test_a_planted_hub_is_confirmed_at_its_layer_and_failed_elsewhere_with_no_py
         result.stdout[-3000:]
     hub = got[("MY-HUB", "planted-l2", "rigorous")]
     assert hub["figures"]["argmax_layers"] == [2, 2, 2] and hub["plan"] == "default"
-    assert hub["figures"]["n_examples"] == 120  # prompts.per_family = 10 over the 12 families
+    looks = hub["figures"]["looks"]  # prompts.per_family = 10: looks at the default plan's 2, 5, then 10
+    assert looks["stages_per_family"] == [2, 5, 10]
+    assert hub["figures"]["n_examples"] == 12 * looks["history"][-1][0]  # stopped at its first decided look
     assert result.returncode == 1  # the FAILED verdicts fail their tests, as in the catalogue
 
 
