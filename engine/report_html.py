@@ -24,8 +24,8 @@ pictures decoded):
   - per-layer profiles the record stores (answer vs BOS positions, ablation methods, steering effect by layer,
     adapter effect per layer) and per-precision / per-configuration bars.
 
-  A picture whose data the record does not hold (a layer x scale grid, sequential looks) is named on the card as
-  missing, never drawn from anything else.
+  A picture whose data the record does not hold (a layer x scale grid) is named on the card as missing, never drawn
+  from anything else; a staged record's looks are listed with its figures.
 * provenance at the bottom (commit, engine, machine, packages, arguments).
 
 The pictures are deterministic (fixed resampling seeds), so re-rendering a run gives the same page.
@@ -855,8 +855,9 @@ def render_page(run, *, title: str | None = None) -> str:
                 "<sup>D<i>n</i></sup>: records that share one piece of evidence (one decision, counted once).</p>")
     body.append(verdict_matrix(run.records, order=order))
     body.append('<h2 id="claims">Claims</h2><p class="small muted">Pictures are drawn from what each record stores in '
-                "claims.json. Sequential looks: no record of this engine stores interim looks (every rule decides "
-                "once, at the plan's sample size), so none are drawn.</p>")
+                "claims.json. Sequential looks: a staged record stores each look's outcome (its <code>looks</code> "
+                "figure: stages per family, the look it stopped at, the level), listed with its figures, not "
+                "drawn.</p>")
     for row in _records_sorted(run.records, order):
         body.append(_card(row, cache, marks))
     body.append(_provenance(run))
