@@ -16,7 +16,7 @@ from toy_catalogue import HEADER
 
 import claims.plugin  # noqa: F401  (imported here, so the inline sessions below import nothing new)
 from engine import atlas as atlas_lib
-from engine import cache, executors, models, tasks
+from engine import executors, models, tasks
 from engine.lora import training
 from engine.lora.adapters import LoraTarget
 from engine.studies import atlas as _studies_atlas  # noqa: F401
