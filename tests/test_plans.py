@@ -66,6 +66,29 @@ def test_the_full_plan_reaches_every_rules_calibrated_n(tier):
             assert A.sizes_for(tier, {"plan": smaller}).rigorous_per_family <= atlas.rigorous_per_family
 
 
+@pytest.mark.parametrize("plan", ["default", "full"])
+def test_no_cpu_plan_pays_for_a_count_its_rule_cannot_decide_from(plan):
+    """#29 item 4: a count below the smallest at which its rule can decide at all buys no decision, only a figure
+    for the report: such a count is cut to 1 (what the report shows). The smoke plan is exempt (fixed CI sizes).
+    A sign-flip test over one prompt per family reaches 2.5% only from 6 families (1/64); the LoRA draws and skips
+    count from the catalogue's minimums; LOCKIN's early checkpoint must lie after the warm-up."""
+    catalogue = load_catalogue()
+    steer = S.sizes_for("cpu", {"plan": plan})
+    quant = Q.quant_sizes_for("cpu", {"plan": plan})
+    plan_ = lora.plan_for("cpu", {"plan": plan})
+    assert steer.n_random >= int(catalogue["STEER-RANDOM"].params["min_random"])
+    assert steer.n_random >= int(catalogue["STEER-TRANSFER"].params["min_random"])
+    assert quant.n_eval >= 6 and steer.n_test >= quant.n_eval  # QUANT-KL reads the steer plan's test prompts
+    atlas_rule, skip_rule = catalogue["LORA-ATLAS"].params, catalogue["SKIP-RECOVER"].params
+    decidable = plan_.n_train_seeds >= int(atlas_rule["min_seeds"]) and plan_.n_random >= int(atlas_rule["min_draws"])
+    assert decidable or plan_.n_random == 1, (plan, plan_.n_train_seeds, plan_.n_random)
+    assert plan_.n_skip_random >= int(skip_rule["min_draws"]) or plan_.n_skip_random == 1, plan_.n_skip_random
+    early = plan_.train_config().checkpoint_steps()[min(plan_.checkpoints)]
+    assert early > plan_.warmup_steps or plan_.lock_per_family == 1, (plan, early, plan_.warmup_steps)
+    if plan == "full":
+        assert early > plan_.warmup_steps, "the powered plan must be able to decide LOCKIN"
+
+
 def test_the_module_tables_are_the_default_plan():
     assert A.SIZES == {t: A.sizes_for(t) for t in plans.TIERS}
     assert S.SIZES == {t: S.sizes_for(t) for t in plans.TIERS}
