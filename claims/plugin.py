@@ -130,6 +130,8 @@ RECORDER = pytest.StashKey[Recorder]()
 TARGET = pytest.StashKey[Target]()
 _PLAN: list[str] = [plans.DEFAULT_PLAN]  # the session's plan (set by pytest_configure): claim_params' cpu models
 REPORTED = pytest.StashKey[int]()
+EXECUTOR = pytest.StashKey[object]()  # this process's measurement executor (--executor ray)
+PREVIOUS_EXECUTOR = pytest.StashKey[object]()
 
 
 # ------------------------------------------------------------------------------------------------ options
@@ -168,6 +170,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run a plan whose estimated core time exceeds the limit (engine.planner.check_session)")
     group.addoption("--allow-cpu-gpu-tier", action="store_true",
                     help="run gpu-tier claims on CPU when their weights are present")
+    group.addoption("--executor", metavar="NAME", default="local",
+                    help="where the measurements a claim's cache misses need are computed: local (this process, "
+                         "default) or ray (a Ray cluster, --ray-address; pip install -e '.[ray]'): same cache keys, "
+                         "same records (README, 'A claims run on Ray')")
+    group.addoption("--ray-address", metavar="ADDR", default=None,
+                    help="with --executor ray: the cluster (HOST:PORT, ray://HOST:PORT, auto; default $RAY_ADDRESS, "
+                         "else a running local cluster, else a new one)")
     group.addoption("--model-dir", metavar="DIR", default=None,
                     help="directory holding local model folders of the seed's models (sets MI_ATLAS_MODEL_DIR)")
 
@@ -186,6 +195,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except (ClaimError, plans.PlanError) as exc:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[CATALOGUE] = catalogue
+    _configure_executor(config)
     _PLAN[0] = settings(config).session_plan
     _check_baseline_options(config)
     for name, text in BASE_MARKERS.items():
@@ -196,6 +206,40 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{block}: claims of the {block} block")
     if not hasattr(config, "workerinput"):  # the xdist controller or a plain session writes the results
         config.pluginmanager.register(ClaimsSession(config), "mi-atlas-claims-session")
+
+
+def _configure_executor(config: pytest.Config) -> None:
+    """``--executor`` / ``--ray-address``: usage errors (one line, before anything runs), then this process's
+    measurement executor (``engine.executors``: a Ray actor per pytest process, connected at the first cache miss;
+    the xdist controller, which measures nothing, never connects)."""
+    from engine import executors
+
+    name, address = config.getoption("--executor"), config.getoption("--ray-address")
+    try:
+        executors.measurement_options(name, address)
+    except executors.ExecutorError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if name == "ray":
+        config.stash[EXECUTOR] = executors.RayMeasurements(address)
+        config.stash[PREVIOUS_EXECUTOR] = executors.use_measurement_executor(config.stash[EXECUTOR])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    executor = config.stash.get(EXECUTOR, None)
+    if executor is not None:
+        from engine import executors
+
+        executors.use_measurement_executor(config.stash.get(PREVIOUS_EXECUTOR, None))
+        executor.close()
+
+
+def executor_meta(config: pytest.Config) -> dict:
+    """What a run's meta says about where its measurements were computed (no figure depends on it)."""
+    name = config.getoption("--executor")
+    meta: dict = {"executor": name}
+    if name == "ray":
+        meta["ray_address"] = config.getoption("--ray-address") or os.environ.get("RAY_ADDRESS") or "default"
+    return meta
 
 
 def _with_claims_file(config: pytest.Config, catalogue: Catalogue) -> Catalogue:
@@ -656,6 +700,7 @@ class ClaimsSession:
             "claims_file": self.config.getoption("--claims-file"),
             "with_catalogue": bool(self.config.getoption("--with-catalogue")),
             "exit_status": int(exitstatus), "torch_threads": _torch_threads(), **results.provenance(),
+            **executor_meta(self.config),
         }
         if self.gate is not None:
             meta["gate"] = self.gate.to_dict()

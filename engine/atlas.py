@@ -776,10 +776,22 @@ def atlas(lm, examples: Sequence, options: AtlasOptions | None = None, *, refere
         raise AtlasError("atlas: no examples")
     options = options.resolved(lm.n_layers)
     if cache:
+        remote = None
+        if executor is None:  # a claims run on Ray: a miss is computed there (engine.executors.remote)
+            from engine import executors
+
+            remote = executors.remote(sweep_json, lm, list(examples), options,
+                                      None if reference is None else list(reference), label=f"atlas {lm.key}")
         data = cached(cache_key(lm, examples, options, reference=reference),
-                      lambda: _sweep(lm, examples, options, reference, progress, executor).to_json())
+                      lambda: _sweep(lm, examples, options, reference, progress, executor).to_json(), remote=remote)
         return Atlas.from_json(data)
     return _sweep(lm, examples, options, reference, progress, executor)
+
+
+def sweep_json(lm, examples: Sequence, options: AtlasOptions, reference=None) -> dict:
+    """The cached payload of ``atlas(lm, examples, options, reference=reference, cache=True)``, computed in this
+    process: what a measurement executor's worker runs on a cache miss."""
+    return _sweep(lm, examples, options, reference, None, None).to_json()
 
 
 def _sweep(lm, examples: Sequence, options: AtlasOptions, reference, progress, executor) -> Atlas:

@@ -114,7 +114,8 @@ def lookup(key_parts: dict, root: Path | None = None) -> tuple[bool, Any]:
     return _read(entry_path(key_parts, root), key)
 
 
-def cached(key_parts: dict, compute: Callable[[], Any], *, root: Path | None = None, timeout: float = -1) -> Any:
+def cached(key_parts: dict, compute: Callable[[], Any], *, root: Path | None = None, timeout: float = -1,
+           remote: Callable[[], Any] | None = None) -> Any:
     """The result for ``key_parts``: read from the cache, or computed once by ``compute()`` and stored.
 
     ``compute`` must return a JSON-serialisable value (e.g. ``Atlas.to_json()``). ``timeout`` is how long to
@@ -122,7 +123,13 @@ def cached(key_parts: dict, compute: Callable[[], Any], *, root: Path | None = N
 
     Every call is a measurement of the session's ledger (:mod:`engine.progress`): a hit is noted as cached, a
     computation with its seconds (progress lines and the time table are drawn from it).
+
+    ``remote``: the same computation as an ``engine.executors.Remote`` (None when the session computes here,
+    see ``engine.executors.remote``): on a miss it runs on the session's measurement executor (a Ray worker)
+    instead of ``compute``, and its payload is stored here under the same key.
     """
+    if remote is not None:
+        compute = remote
     key = full_key(key_parts)
     path = entry_path(key_parts, root)
     digest_ = path.stem
@@ -170,13 +177,15 @@ def _warn_unwritable(base: Path, where: Path, exc: OSError) -> None:
           file=sys.stderr)
 
 
-def measured(kind: str, lm, examples, compute: Callable[[], Any], **params) -> Any:
+def measured(kind: str, lm, examples, compute: Callable[[], Any], *, remote: Callable[[], Any] | None = None,
+             **params) -> Any:
     """:func:`cached` for one measurement of a loaded model on examples: keyed on the model's identity
     (``engine.provenance.model_identity``: key, weights fingerprint, dtype, quantisation, library versions and device;
     an adapted or skipped model carries its own fingerprint), the examples' content hash and ``params``
-    (everything else the numbers depend on). ``compute()`` returns JSON-serialisable data."""
+    (everything else the numbers depend on). ``compute()`` returns JSON-serialisable data; ``remote`` as in
+    :func:`cached`."""
     return cached({"kind": kind, **model_identity(lm), "suite": suite_hash(examples), "n_examples": len(examples),
-                   **params}, compute)
+                   **params}, compute, remote=remote)
 
 
 def suite_hash(examples: Sequence) -> str:

@@ -512,3 +512,229 @@ def comparable(result: dict) -> dict:
     out = {k: v for k, v in result.items() if k not in ("seconds", "executor", "ray")}
     out["atlases"] = [{k: v for k, v in a.items() if k != "seconds"} for a in result["atlases"]]
     return out
+
+
+# ------------------------------------------------------------------------------------------------ measurements
+#
+# A claims run (``pytest claims --executor ray --ray-address ADDR``) hands its measurements to a Ray cluster one
+# at a time per driver (each pytest process is sequential): the driver keys the content-addressed cache exactly
+# as a local run does (``engine.cache.cached``) and, on a miss, sends the measurement's module-level function and
+# its arguments (``Remote``) to its one actor, where models are loaded once (``engine.models.shared``) and the
+# result is computed with the driver's torch thread count. The payload comes back and is stored in the driver's
+# cache, so keys, records and reruns are those of a local run. A loaded model travels as a ``ModelRef`` (the
+# ``models.shared`` call that loaded it, and its identity, re-checked on the worker); a model no load reproduces
+# (an adapted or layer-skipped copy) is not sent: that measurement is computed in the driver.
+
+
+@dataclass
+class ModelRef:
+    """A model as a worker loads it: the driver's ``models.shared(key_or_path, **load_kwargs)`` call (device and
+    dtype pinned to the driver's) and its ``engine.provenance.model_identity``, which the worker's load must
+    match (same weights, dtype, quantisation, libraries and device type), or the call fails."""
+
+    key_or_path: str
+    load_kwargs: dict
+    identity: dict
+
+    def load(self, max_models: int | None = None):
+        from engine import models
+        from engine.provenance import model_identity
+
+        lm = models.shared(self.key_or_path, max_models=max_models, **self.load_kwargs)
+        if model_identity(lm) != self.identity:
+            theirs = {k: v for k, v in model_identity(lm).items() if self.identity.get(k) != v}
+            raise ExecutorError(f"{self.key_or_path}: loads on this worker as {theirs}, the driver's model is "
+                                f"{ {k: self.identity.get(k) for k in theirs} }: a result computed here would "
+                                "not be the one its cache key names")
+        return lm
+
+
+def model_ref(lm) -> ModelRef | None:
+    """The ``ModelRef`` of a model the driver holds in ``engine.models.shared``; None for any other model."""
+    from engine.models import pool
+    from engine.provenance import model_identity
+
+    args = pool.load_args(lm)
+    if args is None or getattr(lm, "model", None) is None:
+        return None
+    key_or_path, kwargs = args
+    kwargs = {**kwargs, "device": str(lm.device), "dtype": lm.dtype}
+    return ModelRef(key_or_path, kwargs, model_identity(lm))
+
+
+@dataclass
+class Remote:
+    """A measurement as a worker computes it: ``fn(*args, **kwargs)`` (``fn`` module-level, arguments picklable,
+    ``ModelRef`` arguments loaded on the worker); ``label`` names it in errors."""
+
+    fn: Callable
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    label: str = ""
+
+    def __call__(self) -> Any:
+        """Compute it on the session's measurement executor."""
+        executor = measurement_executor()
+        if executor is None:
+            raise ExecutorError("no measurement executor is set")
+        return executor.call(self)
+
+
+def remote(fn: Callable, *args, label: str = "", **kwargs) -> Remote | None:
+    """A ``Remote`` for ``fn(*args, **kwargs)`` when the session hands measurements to an executor (else None: the
+    caller computes in this process). Loaded-model arguments become ``ModelRef``; when one is not a model the
+    driver can name (``model_ref`` is None), None: that measurement stays here."""
+    if measurement_executor() is None:
+        return None
+    from engine.models import LoadedModel
+
+    def ref(value):
+        return model_ref(value) if isinstance(value, LoadedModel) else value
+
+    args2, kwargs2 = tuple(ref(a) for a in args), {k: ref(v) for k, v in kwargs.items()}
+    if any(r is None and isinstance(v, LoadedModel) for r, v in zip((*args2, *kwargs2.values()),
+                                                                     (*args, *kwargs.values()))):
+        return None
+    return Remote(fn, args2, kwargs2, label or getattr(fn, "__name__", "measurement"))
+
+
+def driver_identity() -> dict:
+    """What a worker must share with the driver for its result to be the one the driver's cache key names: the
+    engine's version and code fingerprint, the compute libraries' versions, and the torch thread count (float32
+    reductions depend on it)."""
+    import torch
+
+    from engine.provenance import engine_identity, library_versions
+
+    return {"engine": engine_identity(), "libraries": library_versions(), "threads": torch.get_num_threads()}
+
+
+def compute_remote(driver: dict, max_models: int | None, task: Remote) -> Any:
+    """Runs on the worker: check it is the driver's engine and libraries, use the driver's thread count, load the
+    ``ModelRef`` arguments and compute."""
+    import torch
+
+    from engine.provenance import engine_identity, library_versions
+
+    here = {"engine": engine_identity(), "libraries": library_versions()}
+    for name, value in here.items():
+        if driver[name] != value:
+            raise ExecutorError(f"{task.label}: this Ray worker's {name} {value} is not the driver's {driver[name]} "
+                                "(install the same engine and libraries on every node)")
+    if torch.get_num_threads() != driver["threads"]:
+        torch.set_num_threads(driver["threads"])
+
+    def load(value):
+        return value.load(max_models) if isinstance(value, ModelRef) else value
+
+    return task.fn(*(load(a) for a in task.args), **{k: load(v) for k, v in task.kwargs.items()})
+
+
+class RayMeasurements:
+    """The measurement executor of a claims run on Ray: one actor per driver process (a pytest process measures
+    one thing at a time), created at the first measurement with ``num_cpus`` = the driver's torch thread count,
+    restarted and its call retried when lost (``max_restarts`` / ``max_task_retries``). Connects to ``address``
+    (``ray.init``) unless Ray is already initialised in this process."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, max_models: int = 1, max_restarts: int = 3,
+                 max_task_retries: int = 3, init: dict | None = None):
+        self.ray = require_ray()
+        self.address = address
+        self.max_models = max_models
+        self.max_restarts, self.max_task_retries = max_restarts, max_task_retries
+        self.init = dict(init or {})
+        self._actor = None
+        self._threads = None
+        self._started = False
+        self.calls = 0
+        self.seconds = 0.0
+        self.pids: set[int] = set()
+
+    def _connect(self) -> None:
+        if self.ray.is_initialized():
+            return
+        check_ray_address(self.address)
+        try:
+            self.ray.init(address=self.address, include_dashboard=False, log_to_driver=False, **self.init)
+        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            raise ExecutorError(f"ray: cannot connect to the cluster at {self.address or 'default'}: "
+                                f"{text[:300]}") from None
+        self._started = True
+
+    def _worker(self, threads: int):
+        if self._actor is not None and self._threads == threads:
+            return self._actor
+        self._connect()
+        if self._actor is not None:
+            self.ray.kill(self._actor, no_restart=True)
+        cls = self.ray.remote(_Worker).options(num_cpus=threads, max_restarts=self.max_restarts,
+                                               max_task_retries=self.max_task_retries)
+        self._actor, self._threads = cls.remote(f"measure-{os.getpid()}", float(threads)), threads
+        return self._actor
+
+    def call(self, task: Remote) -> Any:
+        """``task`` computed on this driver's actor (the worker's exception is raised here as it was there)."""
+        driver = driver_identity()
+        actor = self._worker(driver["threads"])
+        start = time.perf_counter()
+        from ray.exceptions import RayActorError
+
+        try:
+            out, info = self.ray.get(actor.run.remote(compute_remote, driver, self.max_models, task))
+        except RayActorError as exc:
+            raise ExecutorError(f"{task.label}: the Ray worker was lost more often than max_restarts="
+                                f"{self.max_restarts} / max_task_retries={self.max_task_retries} allow: "
+                                f"{' '.join(str(exc).split())[:300]}") from None
+        self.calls += 1
+        self.seconds += time.perf_counter() - start
+        self.pids.add(info["pid"])
+        return out
+
+    def info(self) -> dict:
+        return {"executor": self.name, "address": self.address, "calls": self.calls,
+                "seconds": round(self.seconds, 1), "pids": sorted(self.pids)}
+
+    def close(self) -> None:
+        if self._actor is not None:
+            try:
+                self.ray.kill(self._actor, no_restart=True)
+            except Exception:  # the cluster may already be gone at the session's end
+                pass
+            self._actor = None
+        if self._started:
+            self.ray.shutdown()
+            self._started = False
+
+
+_MEASUREMENTS: list = [None]  # this process's measurement executor (None: every measurement computed here)
+
+
+def measurement_executor():
+    """The executor this process hands its measurements' cache misses to (None: local)."""
+    return _MEASUREMENTS[0]
+
+
+def use_measurement_executor(executor) -> Any:
+    """Set this process's measurement executor (None: local); returns the previous one."""
+    previous, _MEASUREMENTS[0] = _MEASUREMENTS[0], executor
+    return previous
+
+
+def measurement_options(name: str, address: str | None) -> None:
+    """Usage errors of ``--executor NAME --ray-address ADDR`` (one ``ExecutorError`` line each): an unknown
+    executor, an address without ``ray``, ray not installed, an address where no cluster answers."""
+    if name not in EXECUTORS:
+        raise ExecutorError(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")
+    if name == "local":
+        if address:
+            raise ExecutorError("--ray-address needs --executor ray")
+        return
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise ExecutorError(f"--executor ray needs the optional dependency 'ray', which is not installed: "
+                            f"{RAY_INSTALL}") from None
+    check_ray_address(address)

@@ -229,5 +229,18 @@ def evaluate_cached(lm: LoadedModel, examples: Sequence[Example], *, run=None, *
         with adapted(lm, run) as alm:
             return evaluate(alm, examples, **kwargs).to_dict()
 
+    from engine import executors
+
     params = dict(kwargs, adapter=None if run is None else adapter_digest(run.state))
-    return EvalResult.from_dict(measured("lora-eval", lm, examples, compute, **params))
+    remote = executors.remote(eval_json, lm, list(examples), run, kwargs, label=f"lora-eval {lm.key}")
+    return EvalResult.from_dict(measured("lora-eval", lm, examples, compute, remote=remote, **params))
+
+
+def eval_json(lm: LoadedModel, examples: Sequence[Example], run, kwargs: dict) -> dict:
+    """The cached payload of :func:`evaluate_cached`, computed in this process (a measurement executor's worker)."""
+    from .adapters import adapted
+
+    if run is None:
+        return evaluate(lm, examples, **kwargs).to_dict()
+    with adapted(lm, run) as alm:
+        return evaluate(alm, examples, **kwargs).to_dict()

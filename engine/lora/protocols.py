@@ -208,8 +208,12 @@ class LoraBench:
                 with adapted(self.lm, self.all_linear) as alm:
                     return localise(alm, examples).to_dict()
 
+            from engine import executors
+
+            remote = executors.remote(localise_json, self.lm, list(examples), self.all_linear,
+                                      label=f"lora-localise {self.lm.key}")
             # keyed on the base model and the adapter's own weights, so a hit attaches nothing
-            data = measured("lora-localise", self.lm, examples, compute,
+            data = measured("lora-localise", self.lm, examples, compute, remote=remote,
                             adapter=adapter_digest(self.all_linear.state))
             self._loc[protocol] = Localisation(**data)
         return self._loc[protocol]
@@ -245,3 +249,11 @@ class LoraBench:
         return skip_study(self.lm, self.train_examples, self.eval_examples, importance=self.importance,
                           config=self.config, k=k, n_random=self.plan.n_skip_random, r=self.plan.r,
                           alpha=self.plan.alpha, random_seed=self.plan.data_seed)
+
+
+def localise_json(lm, examples, run) -> dict:
+    """The cached payload of ``LoraBench.localisation``, computed in this process (a measurement executor's worker)."""
+    from .adapters import adapted
+
+    with adapted(lm, run) as alm:
+        return localise(alm, examples).to_dict()

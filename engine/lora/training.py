@@ -357,21 +357,54 @@ def train_cached(lm: LoadedModel, examples: Sequence[Example], target: LoraTarge
         keep = False
         try:
             with progress.computing(what, key):
-                run = train(lm, examples, target, config, out_dir=staging)
+                remote = _remote_training(lm, examples, target, config)
+                if remote is None:
+                    run = train(lm, examples, target, config, out_dir=staging)
+                else:  # a claims run on Ray: the run's files (checkpoints, adapter, run.json) trained there
+                    _unpack(remote(), staging)
+                    run = None
             try:
-                (staging / "run.json").write_text(json.dumps(run.summary(), indent=1))
+                if run is not None:
+                    (staging / "run.json").write_text(json.dumps(run.summary(), indent=1))
                 write_manifest(staging, key)
                 _replace(entry, staging)
             except OSError as exc:  # the trained run is returned all the same; its checkpoints stay in staging
                 keep = True
                 _warn_unwritable(root, exc)
-                return run
+                return run if run is not None else load_run(staging, verify=False)
         finally:
             if not keep and staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         return load_run(entry, verify=False)
     finally:
         lock.release()
+
+
+def _remote_training(lm: LoadedModel, examples: Sequence[Example], target: LoraTarget, config: TrainConfig):
+    """The training as an ``engine.executors.Remote`` when the session hands measurements to an executor (None:
+    train here)."""
+    from engine import executors
+
+    return executors.remote(train_files, lm, list(examples), target, config, label=f"lora-train {lm.key}")
+
+
+def train_files(lm: LoadedModel, examples: Sequence[Example], target: LoraTarget, config: TrainConfig) -> dict:
+    """What :func:`train_cached` stores for a run, computed in this process: ``{relative path: bytes}`` of the
+    run's directory (checkpoints, ``final`` adapter, ``run.json``), as a measurement executor's worker returns it."""
+    with tempfile.TemporaryDirectory(prefix="mi-atlas-lora-") as tmp:
+        out = Path(tmp)
+        run = train(lm, examples, target, config, out_dir=out)
+        (out / "run.json").write_text(json.dumps(run.summary(), indent=1))
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _unpack(files: dict, directory: Path) -> None:
+    for name, data in files.items():
+        path = directory / name
+        if path.resolve().parent != directory.resolve() and directory.resolve() not in path.resolve().parents:
+            raise LoraError(f"a remote LoRA run returned a file outside its directory: {name!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
 
 def _warn_corrupt(entry: Path, problem: str | None) -> None:

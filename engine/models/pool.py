@@ -22,6 +22,7 @@ from .loading import dtype_info, load
 from .registry import spec_for
 
 _CACHE: OrderedDict[tuple, LoadedModel] = OrderedDict()
+_ARGS: dict[tuple, tuple[str, dict]] = {}  # cache key -> the (key_or_path, load_kwargs) it was loaded with
 
 
 def _cache_key(key_or_path: str, load_kwargs: dict) -> tuple:
@@ -49,7 +50,18 @@ def shared(key_or_path: str, *, max_models: int | None = None, **load_kwargs) ->
             torch.cuda.empty_cache()
     lm = load(key_or_path, **load_kwargs)
     _CACHE[key] = lm
+    _ARGS[key] = (key_or_path, dict(load_kwargs))
     return lm
+
+
+def load_args(lm: LoadedModel) -> tuple[str, dict] | None:
+    """``(key_or_path, load_kwargs)`` of the ``shared`` call that returned ``lm`` (this very object, still cached),
+    so that another process can load the same model (``engine.executors.model_ref``); None for a model this
+    cache does not hold (e.g. an adapted or layer-skipped copy, which no load reproduces)."""
+    for key, held in _CACHE.items():
+        if held is lm:
+            return _ARGS.get(key)
+    return None
 
 
 def release(key_or_path: str | None = None) -> None:

@@ -122,8 +122,23 @@ def cached_quant_study(key: str, sizes: QuantSizes, steer_sizes: SteerSizes) -> 
              "sizes": plans.values(sizes), "steer_sizes": plans.values(steer_sizes),
              "device": str(models.default_device()),
              "versions": quant_engine.backend_versions()}
+    from engine import executors
+
+    remote = executors.remote(quant_json, key, parts["device"], parts["weights"], parts["versions"], sizes,
+                              steer_sizes, label=f"quant-study {key}")
     return cache.cached(parts, lambda: {**quant_study(key, sizes, steer_sizes),
-                                        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                                        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, remote=remote)
+
+
+def quant_json(key: str, device: str, weights: str, versions: dict, sizes: QuantSizes,
+               steer_sizes: SteerSizes) -> dict:
+    """The cached payload of :func:`cached_quant_study` computed in this process (a measurement executor's worker:
+    on the driver's device, with its weights and backend versions checked to be the driver's)."""
+    here = {"weights": quant_engine.weights_fingerprint(key), "versions": quant_engine.backend_versions()}
+    if here != {"weights": weights, "versions": versions}:
+        raise StudyError(f"{key}: this worker's weights / backends {here} are not the driver's "
+                         f"{ {'weights': weights, 'versions': versions} }")
+    return {**quant_study(key, sizes, steer_sizes, device=device), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 @dataclass(frozen=True)

@@ -341,7 +341,21 @@ def cached_steer_study(load_model: Callable[[str], Any], key: str, sizes: SteerS
     the study is not cached)."""
     parts = {"kind": "steer-study-v2", "model": key, "weights": quant.weights_fingerprint(key),
              "sizes": plans.values(sizes), "guess": guess}
-    return cache.cached(parts, lambda: steer_study(load_model(key), sizes, guess_layer=guess))
+    from engine import executors, models
+
+    remote = executors.remote(steer_json, key, str(models.default_device()), parts["weights"], sizes, guess,
+                              label=f"steer-study {key}")
+    return cache.cached(parts, lambda: steer_study(load_model(key), sizes, guess_layer=guess), remote=remote)
+
+
+def steer_json(key: str, device: str, weights: str, sizes: SteerSizes, guess: int | None) -> dict:
+    """The cached payload of :func:`cached_steer_study` computed in this process (a measurement executor's worker:
+    the model loaded on the driver's device, its weights checked to be the driver's)."""
+    from engine import models
+
+    if quant.weights_fingerprint(key) != weights:
+        raise StudyError(f"{key}: this worker's weights are {quant.weights_fingerprint(key)}, the driver's {weights}")
+    return steer_study(models.shared(key, device=device, max_models=1), sizes, guess_layer=guess)
 
 
 @dataclass(frozen=True)
