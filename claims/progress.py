@@ -215,6 +215,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if listener.worker is None or listener.worker == "gw0":  # one header line under xdist
             listener.write(line)
             listener.write(session_plan(session).summary())
+            line = _budget_line(session)
+            if line:
+                listener.write(line)
+
+
+def _budget_line(session: pytest.Session) -> str:
+    """The session plan's budget line (``engine.budget.summary``) for a session with cpu claims; "" otherwise."""
+    from claims.plugin import TARGET
+    from engine import budget
+
+    if not any(getattr(item.stash.get(TARGET, None), "tier", None) == "cpu" for item in session.items):
+        return ""
+    return budget.summary(_plan(session.config))
 
 
 def session_plan(session: pytest.Session):

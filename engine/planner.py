@@ -234,31 +234,59 @@ def read_timings(path: str | Path, *, warn: bool = True) -> dict | None:
 def measured_block_seconds(timings: Path = TIMINGS) -> dict[str, float]:
     """Core seconds per block of the reference plan's last measured session (its claims' computed seconds); empty
     when there are none (a malformed file: one :class:`TimingsWarning`)."""
+    out: dict[str, float] = {}
+    for (block, _), seconds in _measured(timings).items():
+        out[block] = out.get(block, 0.0) + seconds
+    return out
+
+
+def measured_model_seconds(block: str, timings: Path = TIMINGS) -> dict[str, float]:
+    """Core seconds of ``block`` per model in the reference plan's last measured session (a claim test of a
+    "+"-joined group counts evenly for each member); empty when there are none."""
+    out: dict[str, float] = {}
+    for (b, model), seconds in _measured(timings).items():
+        if b == block:
+            members = model.split("+")
+            for member in members:
+                out[member] = out.get(member, 0.0) + seconds / len(members)
+    return out
+
+
+def _measured(timings: Path) -> dict[tuple[str, str], float]:
+    """(block, model as the claim test names it) -> the computed seconds of its claim tests in ``timings``."""
     from engine.verdicts import load_catalogue
 
     data = read_timings(timings)
     if data is None:
         return {}
-    rows = [(row["claim"].split("[")[0], float(row["seconds"])) for row in data.get("claims", [])]
     catalogue = load_catalogue()
-    out: dict[str, float] = {}
-    for claim_id, seconds in rows:
+    out: dict[tuple[str, str], float] = {}
+    for row in data.get("claims", []):
+        claim_id, _, model = row["claim"].partition("[")
         if claim_id in catalogue:
-            block = catalogue[claim_id].block
-            out[block] = out.get(block, 0.0) + seconds
+            key = (catalogue[claim_id].block, model.rstrip("]"))
+            out[key] = out.get(key, 0.0) + float(row["seconds"])
     return out
 
 
 def estimate(plan: str, *, path: str | Path | None = None, timings: Path = TIMINGS) -> float | None:
-    """Estimated core seconds of ``plan``'s cpu tier: each block's measured seconds under the reference plan times
-    the ratio of the plan's :func:`block_work` to the reference's (:data:`REFERENCE_WORK`; a block the plan does
-    not size runs the reference plan's sizes). None without measured timings or a cpu tier."""
+    """Estimated core seconds of ``plan``'s cpu tier (the sum of :func:`estimate_blocks`). None without measured
+    timings or a cpu tier."""
+    parts = estimate_blocks(plan, path=path, timings=timings)
+    return sum(parts.values()) if parts else None
+
+
+def estimate_blocks(plan: str, *, path: str | Path | None = None, timings: Path = TIMINGS) -> dict[str, float]:
+    """Estimated core seconds of each block of ``plan``'s cpu tier: the block's measured seconds under the
+    reference plan times the ratio of the plan's :func:`block_work` to the reference's (:data:`REFERENCE_WORK`; a
+    block the plan does not size runs the reference plan's sizes). Empty without measured timings or a cpu tier."""
     _, table = plans_data.read(path)
     measured = measured_block_seconds(timings)
     mine, ref = table.get(plan, {}).get("cpu", {}), table.get(REFERENCE_PLAN, {}).get("cpu", {})
-    parts = [seconds * (block_work(b, mine[b]) / REFERENCE_WORK[b] if b in mine else 1.0)
-             for b, seconds in measured.items() if b in REFERENCE_WORK and (b in mine or b in ref)]
-    return sum(parts) if parts and mine else None
+    if not mine:
+        return {}
+    return {b: seconds * (block_work(b, mine[b]) / REFERENCE_WORK[b] if b in mine else 1.0)
+            for b, seconds in measured.items() if b in REFERENCE_WORK and (b in mine or b in ref)}
 
 
 def check_session(plan: str | None, *, yes: bool = False, limit_s: float = COST_LIMIT_S,
@@ -270,6 +298,9 @@ def check_session(plan: str | None, *, yes: bool = False, limit_s: float = COST_
     if plan is not None and plan not in table:
         raise plans_data.PlanError(f"--plan {plan}: no such plan in {where} (plans: {', '.join(table)})")
     name = plan or plans_data.DEFAULT_PLAN
+    from engine import budget
+
+    budget.check(name)
     if yes:
         return
     cost = estimate(name, timings=timings)

@@ -25,6 +25,10 @@ A cpu atlas table may size one model apart: ``[plans.<plan>.cpu.atlas.per_model.
 table for that model only (``engine.studies.atlas.sizes_for(..., model=...)``). Neither ``models`` nor
 ``per_model`` is inherited (``inherits`` copies sizes; which models a plan runs is its own).
 
+A plan's cpu tier may give a budget: ``[plans.<plan>.cpu] budget_core_s = { atlas = 1500, steer = 300, ... }``, the
+core seconds each block may spend (a finite number > 0 per block the tier sizes; not inherited); :func:`budget_of`
+reads it and ``engine.budget`` spends it (the atlas block's sequential looks, model by model).
+
 The whole file is checked when it is read (:func:`read`), every plan, tier and block: a value out of its field's
 range (:data:`RANGES`: sizes and strides >= 1, ``n_resamples`` >= 100, fractions in (0, 1], ...; an absurd count
 above 1,000,000 is a typo) or not finite (NaN, inf) is a :class:`PlanError` naming the file, the table and the key
@@ -65,6 +69,7 @@ INHERITS = "inherits"  # a block table's key: the plan whose same tier / block t
 MODELS = "models"  # [plans.<plan>.cpu] models = [...]: the cpu-tier models the plan runs (default: all); the same
 # key in a cpu block table: that block's models
 PER_MODEL = "per_model"  # [plans.<plan>.cpu.<block>.per_model."<model>"]: that model's own values of some fields
+BUDGET = "budget_core_s"  # [plans.<plan>.cpu] budget_core_s = {<block> = <core seconds>, ...} (engine.budget)
 PER_MODEL_BLOCKS = ("atlas",)  # the blocks whose sizes_for is given the model (engine.studies.atlas.sizes_for)
 
 T = TypeVar("T")
@@ -87,12 +92,14 @@ def read(path: str | Path | None = None) -> tuple[str, dict[str, dict[str, dict[
 
 @dataclasses.dataclass(frozen=True)
 class PlanModels:
-    """What one plan's cpu tier says about models: its ``models`` list (None: every cpu model), each block's own
-    list (``[plans.<plan>.cpu.<block>] models``) and each block's per-model fields (``per_model``)."""
+    """What one plan's cpu tier says beside its block tables: its ``models`` list (None: every cpu model), each
+    block's own list (``[plans.<plan>.cpu.<block>] models``), each block's per-model fields (``per_model``) and
+    its budget in core seconds per block (``budget_core_s``; empty: none)."""
 
     models: tuple[str, ...] | None = None
     blocks: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     per_model: Mapping[str, Mapping[str, Mapping[str, Any]]] = dataclasses.field(default_factory=dict)
+    budget: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def listed(self, block: str | None = None) -> tuple[str, ...] | None:
         """The models ``block`` runs (its own list, else the tier's; None: every cpu model)."""
@@ -149,18 +156,19 @@ def parse_file(text: str, where: str = "<plans>") -> tuple[dict[str, dict[str, d
     models: dict[str, PlanModels] = {}
     for name, tiers in plans.items():
         _table(tiers, f"{where}: [plans.{name}]")
-        listed, per_block, per_model = None, {}, {}
+        listed, per_block, per_model, budget = None, {}, {}, {}
         for tier, blocks in tiers.items():
             if tier not in TIERS:
                 raise PlanError(f"{where}: unknown key 'plans.{name}.{tier}': a tier is one of {', '.join(TIERS)}")
             _table(blocks, f"{where}: [plans.{name}.{tier}]")
             if MODELS in blocks:
                 listed = _models(blocks.pop(MODELS), tier, f"{where}: 'plans.{name}.{tier}.{MODELS}'")
+            spend = blocks.pop(BUDGET, None)
             for block, fields in blocks.items():
                 if block not in BLOCKS:
+                    also = f" (or, in the cpu tier, {MODELS} = [...] or {BUDGET} = {{...}})" if tier == "cpu" else ""
                     raise PlanError(f"{where}: unknown key 'plans.{name}.{tier}.{block}': a block is one of "
-                                    f"{', '.join(BLOCKS)}" + (f" (or, in the cpu tier, {MODELS} = [...])"
-                                                              if tier == "cpu" else ""))
+                                    f"{', '.join(BLOCKS)}{also}")
                 _table(fields, f"{where}: [plans.{name}.{tier}.{block}]")
                 key = f"plans.{name}.{tier}.{block}"
                 if MODELS in fields:
@@ -171,9 +179,38 @@ def parse_file(text: str, where: str = "<plans>") -> tuple[dict[str, dict[str, d
                     if field == INHERITS:
                         continue  # checked when resolved
                     check_value(field, value, f"{where}: '{key}.{field}'")
-        if listed is not None or per_block or per_model:
-            models[name] = PlanModels(listed, per_block, per_model)
+            if spend is not None:  # after the blocks: an unknown block table is named first
+                budget = _budget(spend, tier, blocks, f"plans.{name}.{tier}", where)
+        if listed is not None or per_block or per_model or budget:
+            models[name] = PlanModels(listed, per_block, per_model, budget)
     return _resolve(plans, where), models
+
+
+def _budget(value: Any, tier: str, blocks: Mapping[str, Any], key: str, file: str) -> dict[str, float]:
+    """A plan's cpu budget as written: a table of block -> core seconds (a finite number > 0), each block one
+    the tier sizes."""
+    where = f"{file}: '{key}.{BUDGET}'"
+    if tier != "cpu":
+        raise PlanError(f"{where}: a budget is given in the cpu tier only (the gpu tier runs the seed's sizes)")
+    if not isinstance(value, dict) or not value:
+        raise PlanError(f"{where} must be a table of block = core seconds, e.g. {{ atlas = 1500 }}, got {value!r}")
+    out = {}
+    for block, seconds in value.items():
+        if block not in BLOCKS:
+            raise PlanError(f"{where}: unknown block {block!r} (blocks: {', '.join(BLOCKS)})")
+        if block not in blocks:
+            raise PlanError(f"{where}: {block!r}: there is no [{key}.{block}] table to spend it on")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+                or seconds <= 0:
+            raise PlanError(f"{where}.{block}: {seconds!r} is not a number of core seconds > 0")
+        out[block] = float(seconds)
+    return out
+
+
+def budget_of(plan: str, *, path: str | Path | None = None) -> dict[str, float]:
+    """The core seconds each cpu block of ``plan`` may spend (``budget_core_s``; empty: the plan has no budget)."""
+    _, _, models = _read_file(path)
+    return dict(models.get(plan, PlanModels()).budget)
 
 
 def _models(value: Any, tier: str, where: str) -> tuple[str, ...]:

@@ -149,8 +149,8 @@ class Template:
             return ()
         from engine.studies.atlas.common import sizes_for
 
-        sizes = sizes_for(ctx.tier, ctx.params, ctx.plan)
-        return sizes.looks if sizes.stages else ()
+        each = [sizes_for(ctx.tier, ctx.params, ctx.plan, m) for m in ctx.models]  # a budget may cut a model's
+        return min((s.looks if s.stages else () for s in each), key=len)  # looks: a group runs those all have
 
     def run(self, ctx: ClaimContext, load_model: Loader) -> tuple[Finding, Finding]:
         """Measure the specs and decide; with stages, group-sequential looks (:func:`engine.decisions.sequential`:
@@ -159,7 +159,8 @@ class Template:
         nominal level, on the last look's measurements."""
         stages = self.stages(ctx)
         if len(stages) <= 1:
-            return self.decide(ctx, measure(self.specs(ctx), load_model))
+            seed, rigorous = self.decide(ctx, measure(self.specs(ctx), load_model))
+            return seed, _budget_noted(ctx, self.staged, rigorous)
 
         def look(n: int):
             at = ctx.at(n)
@@ -178,7 +179,21 @@ class Template:
             f"Sequential looks at {list(stages)} examples/family (nested samples), each at the {level:.4g} level "
             f"(Bonferroni over {len(stages)} looks): stopped at look {index + 1} "
             f"({'decided' if D.decided(_stop_outcome(rigorous)) else 'the last look, undecided'}).")
-        return seed, rigorous
+        return seed, _budget_noted(ctx, True, rigorous)
+
+
+def _budget_noted(ctx: ClaimContext, staged: bool, rigorous: Finding) -> Finding:
+    """A staged record whose looks the plan's budget cut says so, with what the next look would cost and buy
+    (``engine.budget.atlas_note``); its projection, where the rule makes one, is in its own text."""
+    if staged and ctx.tier != "gpu":
+        from engine import budget
+
+        for m in ctx.models:
+            note = budget.atlas_note(ctx.plan, m)
+            if note:
+                rigorous.notes.append(f"Looks cut by the budget: {note}.")
+                rigorous.figures.setdefault("budget", {})[m] = note
+    return rigorous
 
 
 def _stop_outcome(finding: Finding):

@@ -75,8 +75,15 @@ def sizes_for(tier: str, params: Mapping[str, Any] | None = None, plan: str | No
               model: str | None = None) -> Sizes:
     """The tier's sizes (any tier but ``gpu`` reads the cpu plan) from ``engine/data/plans.toml``; on the cpu tier
     the plan's own fields for ``model`` (``[plans.<plan>.cpu.atlas.per_model."<model>"]``; a "+"-joined group has
-    none); then a claim's ``[claim.params]`` size overrides (:func:`engine.plans.override`)."""
-    return plans.load("atlas", Sizes, "gpu" if tier == "gpu" else "cpu", params, plan=plan, model=model)
+    none); then a claim's ``[claim.params]`` size overrides (:func:`engine.plans.override`); then, when the plan
+    gives the atlas block a budget, its stages cut after the last look the budget buys on ``model``
+    (:func:`engine.budget.cap_atlas`)."""
+    sizes = plans.load("atlas", Sizes, "gpu" if tier == "gpu" else "cpu", params, plan=plan, model=model)
+    if tier != "gpu" and model and "+" not in model:
+        from engine import budget
+
+        sizes = budget.cap_atlas(sizes, model)
+    return sizes
 
 
 SIZES: dict[str, Sizes] = {tier: sizes_for(tier) for tier in plans.TIERS}  # the default plan
