@@ -313,9 +313,11 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         path = _timings_path(config)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            from engine.planner import atlas_work
+
             write_atomic(path, json.dumps({"plan": _plan(config), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                           time.gmtime()),
-                                           **tab}, indent=1, sort_keys=True))
+                                           "atlas_work": atlas_work(_plan(config)), **tab}, indent=1, sort_keys=True))
             tr.write_line(f"timings of plan {_plan(config)}: {path}")
         except OSError as exc:
             tr.write_line(f"timings not written ({path}: {exc.strerror or exc})")

@@ -133,6 +133,7 @@ def atlas_budget(plan: str, *, path: str | Path | None = None, timings: Path | N
     models = plans_data.cpu_models(plan, catalogue.cpu_models, "atlas", path=path)
     timings = timings or planner.TIMINGS
     seconds = planner.measured_model_seconds("atlas", timings)
+    timed = planner.timed_atlas_work(timings)  # the work each model's seconds bought (else the reference plan's)
     out: dict[str, ModelLooks] = {}
     for model in models:
         sizes = plans_data.load("atlas", Sizes, "cpu", {"plan": plan}, path=path, model=model)
@@ -146,7 +147,7 @@ def atlas_budget(plan: str, *, path: str | Path | None = None, timings: Path | N
         if model not in seconds:
             out[model] = ModelLooks(model, looks, len(looks), None, gain)
             continue
-        unit = seconds[model] / planner.REFERENCE_WORK["atlas"]
+        unit = seconds[model] / timed.get(model, planner.REFERENCE_WORK["atlas"])
         cost = (unit * work(looks[0]),) + tuple(unit * (work(b) - work(a)) for a, b in zip(looks, looks[1:]))
         out[model] = ModelLooks(model, looks, 1, cost, gain)
     first = sum(m.cost[0] for m in out.values() if m.cost)

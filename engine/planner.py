@@ -240,6 +240,32 @@ def measured_block_seconds(timings: Path = TIMINGS) -> dict[str, float]:
     return out
 
 
+def atlas_work(plan: str) -> dict[str, float]:
+    """Each cpu model's atlas :func:`block_work` under ``plan`` as a session runs it (its per-model fields and the
+    looks its budget buys, ``engine.studies.atlas.sizes_for``): written into the timings file, so that a later
+    plan is priced per model by the work that was timed (:func:`timed_atlas_work`)."""
+    from engine.studies.atlas.common import sizes_for
+    from engine.verdicts import load_catalogue
+
+    _, table = plans_data.read()
+    if "atlas" not in table.get(plan, {}).get("cpu", {}):
+        return {}
+    out = {}
+    for model in plans_data.cpu_models(plan, load_catalogue().cpu_models, "atlas"):
+        out[model] = block_work("atlas", plans_data.values(sizes_for("cpu", {"plan": plan}, plan, model)))
+    return out
+
+
+def timed_atlas_work(timings: Path = TIMINGS) -> dict[str, float]:
+    """The per-model atlas work the timings file's session ran (``atlas_work``: :func:`atlas_work` at the time);
+    empty for a file written before it was recorded (priced by :data:`REFERENCE_WORK` instead)."""
+    data = read_timings(timings)
+    work = (data or {}).get("atlas_work")
+    if not isinstance(work, dict):
+        return {}
+    return {m: float(w) for m, w in work.items() if isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0}
+
+
 def measured_model_seconds(block: str, timings: Path = TIMINGS) -> dict[str, float]:
     """Core seconds of ``block`` per model in the reference plan's last measured session (a claim test of a
     "+"-joined group counts evenly for each member); empty when there are none."""
@@ -285,8 +311,20 @@ def estimate_blocks(plan: str, *, path: str | Path | None = None, timings: Path 
     mine, ref = table.get(plan, {}).get("cpu", {}), table.get(REFERENCE_PLAN, {}).get("cpu", {})
     if not mine:
         return {}
-    return {b: seconds * (block_work(b, mine[b]) / REFERENCE_WORK[b] if b in mine else 1.0)
-            for b, seconds in measured.items() if b in REFERENCE_WORK and (b in mine or b in ref)}
+    out = {b: seconds * (block_work(b, mine[b]) / REFERENCE_WORK[b] if b in mine else 1.0)
+           for b, seconds in measured.items() if b in REFERENCE_WORK and (b in mine or b in ref)}
+    timed = timed_atlas_work(timings)
+    if "atlas" in out and "atlas" in mine and timed:  # priced per model by the work that was timed
+        per_model = measured_model_seconds("atlas", timings)
+        out["atlas"] = sum(seconds * block_work("atlas", mine["atlas"]) / timed[m]
+                           for m, seconds in per_model.items() if m in timed)
+    from engine import budget
+
+    bought = budget.atlas_budget(plan, path=path, timings=timings) if "atlas" in out else None
+    if bought is not None:  # what the atlas budget buys (a model the timings do not price: the others' mean)
+        out["atlas"] = bought.spent + sum(
+            out["atlas"] / max(1, len(bought.models)) for m in bought.models.values() if m.cost is None)
+    return out
 
 
 def check_session(plan: str | None, *, yes: bool = False, limit_s: float = COST_LIMIT_S,

@@ -1085,7 +1085,9 @@ def shared_evidence(records: Iterable[VerdictRecord]) -> dict[str, list[VerdictR
 
 def decision_summary(records: Iterable[VerdictRecord]) -> str:
     """One line: records and distinct decisions (records sharing one piece of evidence count once), how many of
-    each are decided (CONFIRMED / REVISED / FAILED) and INCONCLUSIVE."""
+    each are decided (CONFIRMED / REVISED / FAILED) and INCONCLUSIVE, and the rigorous protocol's distinct share
+    apart when both protocols are there. UNTESTED records (a protocol that could not run: its reason says why)
+    count in none of them."""
     records = [r for r in records if r.verdict is not Verdict.UNTESTED]
     if not records:
         return "decisions: none (every record UNTESTED)"
@@ -1099,6 +1101,10 @@ def decision_summary(records: Iterable[VerdictRecord]) -> str:
             f"({distinct_decided / len(groups):.0%})")
     if shared:
         text += f"; {shared} record(s) share their evidence with another record (counted once)"
+    rigorous = [g for g in groups.values() if g[0].protocol == "rigorous"]
+    if rigorous and len(rigorous) < len(groups):  # the careful re-measurement's own share (#29's target)
+        got = sum(any(r.verdict in decided for r in g) for g in rigorous)
+        text += f"; rigorous protocol: {got} of {len(rigorous)} distinct decided ({got / len(rigorous):.0%})"
     return text
 
 

@@ -27,17 +27,37 @@ def _with_budget(tmp_path: Path, monkeypatch, value: str) -> Path:
     return path
 
 
-def test_the_default_budget_buys_every_look_so_the_default_plan_measures_what_its_run_did():
+def test_the_default_budget_buys_smollm2s_second_look_and_not_gemmas():
+    """The default plan's budget as committed: both first looks, then the second look with more expected decisions
+    per core-second (SmolLM2's); Gemma's does not fit."""
     got = budget.for_plan("default")
     assert got is not None and got.budget >= got.spent
     assert {m: (g.looks, g.bought) for m, g in got.models.items()} == {
-        "smollm2-135m": ((2, 5), 2), "gemma3-270m": ((2, 5), 2)}
-    for model in got.models:
-        assert sizes_for("cpu", None, "default", model).looks == (2, 5)
+        "smollm2-135m": ((2, 5), 2), "gemma3-270m": ((2, 5), 1)}
+    assert sizes_for("cpu", None, "default", "smollm2-135m").looks == (2, 5)
+    assert sizes_for("cpu", None, "default", "gemma3-270m").looks == (2,)
     line = budget.summary("default")
-    assert line.startswith("[budget] default: core-s each block may spend: atlas 1500 (looks bought, est. ")
-    assert "smollm2-135m looks [2, 5]" in line and "steer 300 (est. " in line and "not bought" not in line
+    assert line.startswith("[budget] default: core-s each block may spend: atlas 1100 (looks bought, est. ")
+    assert "smollm2-135m looks [2, 5]" in line and "gemma3-270m looks [2]" in line and "steer 300 (est. " in line
+    assert "not bought: 5/family" in line
     assert budget.summary("smoke") == ""  # the gate's plan: fixed sizes
+
+
+def test_a_group_claim_runs_the_looks_all_its_models_have():
+    from engine import templates
+    from engine.settings import RunSettings
+    from engine.verdicts import load_catalogue
+
+    catalogue = load_catalogue()
+    claim = catalogue["OWN-ATLAS"]
+    ctx = templates.ClaimContext(claim, ("smollm2-135m", "gemma3-270m"), "cpu", RunSettings(plan="default"))
+    template = templates.template_of(claim)
+    assert template.stages(ctx) == (2,)
+    sized = {(spec.model, getattr(spec, "k", None)) for spec in template.specs(ctx.at(2)).values()
+             if getattr(spec, "sample", None) == "stratified"}
+    assert sized and {k for _, k in sized} == {2} and {m for m, _ in sized} == set(ctx.models)  # paired prompts
+    hub = templates.ClaimContext(catalogue["HUB-Q05"], ("smollm2-135m",), "cpu", RunSettings(plan="default"))
+    assert templates.template_of(catalogue["HUB-Q05"]).stages(hub) == (2, 5)
 
 
 def test_a_tight_budget_buys_the_look_with_more_expected_decisions_per_core_second(tmp_path, monkeypatch):
@@ -153,3 +173,23 @@ def test_a_model_the_timings_do_not_price_runs_every_look_and_the_line_says_so(t
     assert all(g.cost is None and g.bought == len(g.looks) for g in got.models.values())
     assert "(not priced: no measured timings)" in budget.summary("default")
     budget._cached.cache_clear()
+
+
+def test_a_model_is_priced_by_the_work_its_timed_seconds_bought(tmp_path, monkeypatch):
+    """A timings file records the atlas work each model ran (``atlas_work``, cut looks included): a model's
+    seconds are divided by its own timed work, so a run that bought fewer looks does not make the next one look
+    cheap."""
+    import json
+
+    data = json.loads(planner.TIMINGS.read_text(encoding="utf-8"))
+    seconds = planner.measured_model_seconds("atlas")
+    data["atlas_work"] = {"smollm2-135m": 204.0, "gemma3-270m": 96.0}  # gemma timed at its first look only
+    path = tmp_path / "plan-default-timings.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    monkeypatch.setattr(planner, "TIMINGS", path)
+    got = budget.for_plan("default")
+    assert got.models["gemma3-270m"].cost[0] == pytest.approx(seconds["gemma3-270m"])  # 96 units bought them
+    assert got.models["smollm2-135m"].cost[0] == pytest.approx(seconds["smollm2-135m"] * 96 / 204)
+    assert planner.timed_atlas_work(path) == data["atlas_work"]
+    assert planner.estimate_blocks("default", timings=path)["atlas"] == pytest.approx(got.spent)
+    assert set(planner.atlas_work("default")) == {"smollm2-135m", "gemma3-270m"}

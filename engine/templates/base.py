@@ -158,8 +158,9 @@ class Template:
         whose rigorous finding is decided. The seed protocol's sample does not grow: it is decided once, at the
         nominal level, on the last look's measurements."""
         stages = self.stages(ctx)
-        if len(stages) <= 1:
-            seed, rigorous = self.decide(ctx, measure(self.specs(ctx), load_model))
+        if len(stages) <= 1:  # one look (a budget may leave one): every model sized at it, as a group must be
+            at = ctx.at(stages[0]) if stages else ctx
+            seed, rigorous = self.decide(at, measure(self.specs(at), load_model))
             return seed, _budget_noted(ctx, self.staged, rigorous)
 
         def look(n: int):
