@@ -201,12 +201,17 @@ def claim_group(model: str, block: str, atlas_blocks: Sequence[str] = ATLAS_BLOC
 
     Claims of the blocks that read the model's atlas (``atlas_blocks``) share ``"<model>/atlas"``; the others
     group per model and block (``"<model>/steer"``), so they load the model once per worker but need not
-    queue behind the atlas claims. A multi-model claim is its own group: its atlases come from the shared
-    cache, computed once by whichever worker gets there first.
+    queue behind the atlas claims. A multi-model claim of the atlas blocks is its own group: its atlases come
+    from the shared cache, computed once by whichever worker gets there first. One of the other blocks joins its
+    first model's group: STEER-TRANSFER reads its source's steering study, so it runs after it on that worker
+    (as its own group it was handed out last and waited for the study while the other worker idled: run
+    20261205T073516Z-ebf1900c7749's last ~100 s).
     """
     if not model or not block:
         raise DeviceError(f"claim_group: model and block must be non-empty (got {model!r}, {block!r})")
-    return f"{model}{GROUP_JOIN}{'atlas' if block in atlas_blocks else block}"
+    if block not in atlas_blocks:
+        return f"{model.split('+')[0]}{GROUP_JOIN}{block}"
+    return f"{model}{GROUP_JOIN}atlas"
 
 
 def loadgroup_suffix(group_names: Sequence[str]) -> str:

@@ -115,6 +115,7 @@ def test_claim_groups():
     assert devices.claim_group("smollm2-135m", "steer") != devices.claim_group("smollm2-135m", "atlas")
     assert devices.claim_group("a+b", "atlas") not in {devices.claim_group("a", "atlas"),
                                                        devices.claim_group("b", "atlas")}
+    assert devices.claim_group("a+b", "steer") == devices.claim_group("a", "steer")  # after its source's study
     with pytest.raises(DeviceError):
         devices.claim_group("", "atlas")
 
