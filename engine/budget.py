@@ -1,9 +1,12 @@
 """A plan as a budget: how far each model's atlas looks may go within the plan's core seconds (#29 item 2).
 
 A plan's cpu tier may give each block a budget (``[plans.<plan>.cpu] budget_core_s = { atlas = 1500, ... }``,
-``engine.plans.budget_of``). It is spent before the run, on costs estimated from the committed timings file of the
-reference plan (``engine.planner``: ``results/bench/plan-default-timings.json``), so the same commit makes the same
-measurements on any machine; wall time is reported, never a stopping rule.
+``engine.plans.budget_of``). It is spent before the run, on costs priced from ``engine/data/atlas-prices.json``
+(:data:`PRICES`: each model's measured atlas seconds and the block work they bought, pinned from one timed run of
+the reference plan with ``python -m engine.budget --pin TIMINGS``), so the same commit makes the same measurements
+on any machine; wall time is reported, never a stopping rule. The prices are data a run never rewrites: priced from
+the timings file each run rewrites (``results/bench/plan-default-timings.json``), the run after one that bought
+fewer looks would plan differently (seen at b241be0: its own timings priced SmolLM2's second look out).
 
 The atlas block is the one whose sample grows (the plan's ``stages``: sequential looks, ``engine.templates.base``).
 Its budget buys looks model by model:
@@ -19,7 +22,7 @@ Its budget buys looks model by model:
   look that does not fit what is left ends that model's looks (the looks are nested); cheaper looks of other models
   may still fit. Ties go to the model named first.
 
-A model the timings do not price (no measured atlas seconds) gets every look, and the budget line says so: its cost
+A model the prices do not cover (no measured atlas seconds) gets every look, and the budget line says so: its cost
 is not known, so no budget can hold it. Every other block's budget is checked against its estimate before the run
 (``engine.planner.check_session``): its sizes are fixed, so an estimate over budget is a plan error, not a cut.
 
@@ -39,6 +42,7 @@ from typing import Any
 
 from engine import plans as plans_data
 
+PRICES = Path(__file__).resolve().parent / "data" / "atlas-prices.json"
 SEEDS_PER_LOOK = 3  # the hub claims' resampled seeds: each look adds its examples per family to each seed's sample
 
 
@@ -50,7 +54,7 @@ class ModelLooks:
     model: str
     looks: tuple[int, ...]
     bought: int
-    cost: tuple[float, ...] | None  # None: no measured timings price this model (every look is run)
+    cost: tuple[float, ...] | None  # None: no pinned price for this model (every look is run)
     gain: tuple[float, ...]
 
     @property
@@ -60,7 +64,7 @@ class ModelLooks:
     def describe(self) -> str:
         shown = list(self.looks[:self.bought])
         if self.cost is None:
-            return f"{self.model} looks {shown} (not priced: no measured timings)"
+            return f"{self.model} looks {shown} (not priced: not in {PRICES.name})"
         text = f"{self.model} looks {shown} ({self.spent:.0f})"
         if self.bought < len(self.looks):
             k = self.bought
@@ -116,7 +120,42 @@ def expected_decisions(model: str, before: int, after: int, table: dict | None =
     return total
 
 
-def atlas_budget(plan: str, *, path: str | Path | None = None, timings: Path | None = None) -> AtlasBudget | None:
+def read_prices(prices: Path | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """(seconds, work) per model from a prices file (:func:`pin`); empty when there is none."""
+    import json
+
+    try:
+        data = json.loads((prices or PRICES).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}, {}
+    def numbers(key: str) -> dict[str, float]:
+        got = data.get(key) if isinstance(data, dict) else None
+        return {m: float(v) for m, v in (got or {}).items() if isinstance(v, (int, float)) and v > 0}
+    return numbers("atlas_seconds"), numbers("atlas_work")
+
+
+def pin(timings: Path, prices: Path | None = None) -> Path:
+    """Write the prices file from a timed run's timings file: each model's atlas seconds and the block work they
+    bought (the file's ``atlas_work``, else the reference plan's :data:`engine.planner.REFERENCE_WORK`)."""
+    import json
+
+    from engine import planner
+
+    seconds = planner.measured_model_seconds("atlas", timings)
+    work = planner.timed_atlas_work(timings)
+    data = planner.read_timings(timings) or {}
+    out = {"about": "each cpu model's measured atlas core-seconds and the block work (engine.planner.block_work) they "
+                    "bought, in one timed run of the reference plan: what engine/budget.py prices atlas looks by",
+           "source": {"timings": str(timings), "written": data.get("written")},
+           "atlas_seconds": {m: round(s, 3) for m, s in seconds.items()},
+           "atlas_work": {m: work.get(m, planner.REFERENCE_WORK["atlas"]) for m in seconds}}
+    target = prices or PRICES
+    target.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    _cached.cache_clear()
+    return target
+
+
+def atlas_budget(plan: str, *, path: str | Path | None = None, prices: Path | None = None) -> AtlasBudget | None:
     """The atlas looks ``plan``'s budget buys on each model its cpu atlas block runs; None when the plan gives the
     atlas block no budget or has no stages."""
     from engine import planner
@@ -131,9 +170,8 @@ def atlas_budget(plan: str, *, path: str | Path | None = None, timings: Path | N
         return None
     catalogue = load_catalogue()
     models = plans_data.cpu_models(plan, catalogue.cpu_models, "atlas", path=path)
-    timings = timings or planner.TIMINGS
-    seconds = planner.measured_model_seconds("atlas", timings)
-    timed = planner.timed_atlas_work(timings)  # the work each model's seconds bought (else the reference plan's)
+    prices = prices or PRICES
+    seconds, timed = read_prices(prices)  # each model's seconds, and the block work they bought
     out: dict[str, ModelLooks] = {}
     for model in models:
         sizes = plans_data.load("atlas", Sizes, "cpu", {"plan": plan}, path=path, model=model)
@@ -155,7 +193,7 @@ def atlas_budget(plan: str, *, path: str | Path | None = None, timings: Path | N
         raise plans_data.PlanError(
             f"plans.{plan}.cpu.{plans_data.BUDGET}.atlas = {budget:g}: the first look of every model costs "
             f"{first:.0f} core-s ({', '.join(f'{m.model} {m.cost[0]:.0f}' for m in out.values() if m.cost)}; "
-            f"priced by {timings.name}): raise the budget or cut the first stage")
+            f"priced by {prices.name}): raise the budget or cut the first stage")
     left, open_ = budget - first, [m for m in out if out[m].cost and out[m].bought < len(out[m].looks)]
     while open_:
         def rate(model: str) -> float:
@@ -176,15 +214,13 @@ def atlas_budget(plan: str, *, path: str | Path | None = None, timings: Path | N
 
 
 @lru_cache(maxsize=16)
-def _cached(plan: str, plans_file: str | None, timings: str, stamp: tuple) -> AtlasBudget | None:
-    return atlas_budget(plan, path=plans_file, timings=Path(timings))
+def _cached(plan: str, plans_file: str | None, prices: str, stamp: tuple) -> AtlasBudget | None:
+    return atlas_budget(plan, path=plans_file, prices=Path(prices))
 
 
 def for_plan(plan: str) -> AtlasBudget | None:
-    """:func:`atlas_budget` of ``plan`` under this process's plans file and the committed timings (cached per
-    version of both)."""
-    from engine import planner
-
+    """:func:`atlas_budget` of ``plan`` under this process's plans file and the pinned prices (cached per version
+    of both)."""
     plans_file = os.environ.get(plans_data.PLANS_ENV) or None
 
     def stamp(p: str | None) -> tuple:
@@ -193,7 +229,7 @@ def for_plan(plan: str) -> AtlasBudget | None:
             return (st.st_size, st.st_mtime_ns)
         except (OSError, TypeError):
             return ()
-    return _cached(plan, plans_file, str(planner.TIMINGS), (stamp(plans_file), stamp(str(planner.TIMINGS))))
+    return _cached(plan, plans_file, str(PRICES), (stamp(plans_file), stamp(str(PRICES))))
 
 
 def cap_atlas(sizes: Any, model: str) -> Any:
@@ -261,3 +297,18 @@ def check(plan: str) -> None:
                 f"plans.{plan}.cpu.{plans_data.BUDGET}.{block} = {seconds:g}: its sizes are estimated at "
                 f"{estimates[block]:.0f} core-s ({planner.TIMINGS.name}); a fixed-size block is not cut: raise its "
                 "budget or cut its sizes")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m engine.budget", description=__doc__.split("\n")[0])
+    parser.add_argument("--pin", metavar="TIMINGS", type=Path, required=True,
+                        help="write engine/data/atlas-prices.json from a timed run of the reference plan")
+    args = parser.parse_args(argv)
+    print(pin(args.pin))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -166,30 +166,40 @@ def test_power_between_simulated_sizes_is_interpolated_and_expected_decisions_su
     assert budget.expected_decisions("m2", 2, 6, table) == pytest.approx(0.4)  # b only
 
 
-def test_a_model_the_timings_do_not_price_runs_every_look_and_the_line_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(planner, "TIMINGS", tmp_path / "absent.json")
-    budget._cached.cache_clear()
-    got = budget.for_plan("default")
-    assert all(g.cost is None and g.bought == len(g.looks) for g in got.models.values())
-    assert "(not priced: no measured timings)" in budget.summary("default")
-    budget._cached.cache_clear()
-
-
 def test_a_model_is_priced_by_the_work_its_timed_seconds_bought(tmp_path, monkeypatch):
-    """A timings file records the atlas work each model ran (``atlas_work``, cut looks included): a model's
-    seconds are divided by its own timed work, so a run that bought fewer looks does not make the next one look
-    cheap."""
+    """The prices are pinned from a timings file (``python -m engine.budget --pin``): each model's seconds and the
+    atlas work they bought (the file's ``atlas_work``: a run that bought fewer looks on a model is priced by what it
+    ran); a run never rewrites them, so the same commit plans the same looks after any run."""
     import json
 
     data = json.loads(planner.TIMINGS.read_text(encoding="utf-8"))
     seconds = planner.measured_model_seconds("atlas")
     data["atlas_work"] = {"smollm2-135m": 204.0, "gemma3-270m": 96.0}  # gemma timed at its first look only
-    path = tmp_path / "plan-default-timings.json"
-    path.write_text(json.dumps(data), encoding="utf-8")
-    monkeypatch.setattr(planner, "TIMINGS", path)
+    timings = tmp_path / "plan-default-timings.json"
+    timings.write_text(json.dumps(data), encoding="utf-8")
+    prices = tmp_path / "atlas-prices.json"
+    monkeypatch.setattr(budget, "PRICES", prices)
+    assert budget.pin(timings, prices) == prices
     got = budget.for_plan("default")
-    assert got.models["gemma3-270m"].cost[0] == pytest.approx(seconds["gemma3-270m"])  # 96 units bought them
-    assert got.models["smollm2-135m"].cost[0] == pytest.approx(seconds["smollm2-135m"] * 96 / 204)
-    assert planner.timed_atlas_work(path) == data["atlas_work"]
-    assert planner.estimate_blocks("default", timings=path)["atlas"] == pytest.approx(got.spent)
+    assert got.models["gemma3-270m"].cost[0] == pytest.approx(seconds["gemma3-270m"], rel=1e-4)  # 96 units bought them
+    assert got.models["smollm2-135m"].cost[0] == pytest.approx(seconds["smollm2-135m"] * 96 / 204, rel=1e-4)
+    assert planner.timed_atlas_work(timings) == data["atlas_work"]
     assert set(planner.atlas_work("default")) == {"smollm2-135m", "gemma3-270m"}
+    budget._cached.cache_clear()
+
+
+def test_the_budget_does_not_read_the_timings_a_run_rewrites(tmp_path, monkeypatch):
+    before = budget.summary("default")
+    monkeypatch.setattr(planner, "TIMINGS", tmp_path / "absent.json")
+    budget._cached.cache_clear()
+    assert {m: g.bought for m, g in budget.for_plan("default").models.items()} == {
+        "smollm2-135m": 2, "gemma3-270m": 1}
+    assert before.split(", steer")[0] == budget.summary("default").split(", steer")[0]
+    budget._cached.cache_clear()
+
+
+def test_a_model_the_prices_do_not_cover_runs_every_look_and_the_line_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(budget, "PRICES", tmp_path / "absent.json")
+    got = budget.for_plan("default")
+    assert all(g.cost is None and g.bought == len(g.looks) for g in got.models.values())
+    assert "(not priced: not in absent.json)" in budget.summary("default")
