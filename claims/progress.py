@@ -313,14 +313,25 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         path = _timings_path(config)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            from engine.planner import atlas_work
-
             write_atomic(path, json.dumps({"plan": _plan(config), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                           time.gmtime()),
-                                           "atlas_work": atlas_work(_plan(config)), **tab}, indent=1, sort_keys=True))
+                                           "atlas_work": _atlas_work(_plan(config)), **tab}, indent=1, sort_keys=True))
             tr.write_line(f"timings of plan {_plan(config)}: {path}")
         except OSError as exc:
             tr.write_line(f"timings not written ({path}: {exc.strerror or exc})")
+
+
+def _atlas_work(plan: str) -> dict:
+    """Each model's atlas work under ``plan`` as this session ran it (``engine.planner.atlas_work``), for the timings
+    file; {} when the plans or the catalogue cannot say (a user's files): the timings are written all the same."""
+    from engine.planner import atlas_work
+    from engine.plans import PlanError
+    from engine.verdicts import ClaimError
+
+    try:
+        return atlas_work(plan)
+    except (PlanError, ClaimError):
+        return {}
 
 
 def _duration(seconds: float) -> str:
