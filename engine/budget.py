@@ -43,7 +43,6 @@ from typing import Any
 from engine import plans as plans_data
 
 PRICES = Path(__file__).resolve().parent / "data" / "atlas-prices.json"
-SEEDS_PER_LOOK = 3  # the hub claims' resampled seeds: each look adds its examples per family to each seed's sample
 
 
 @dataclasses.dataclass(frozen=True)
