@@ -107,6 +107,16 @@ def test_the_staged_record_of_a_model_whose_looks_were_cut_says_so(tmp_path, mon
     assert "budget" not in unstaged.figures
 
 
+def test_every_atlas_template_that_reads_the_rigorous_sample_says_when_the_budget_cut_it():
+    """HUB-NL is not staged, yet its synthetic side is the rigorous sample: its record names a cut too."""
+    from engine import templates
+    from engine.verdicts import load_catalogue
+
+    catalogue = load_catalogue()
+    nl = templates.template_of(catalogue["HUB-NL"])
+    assert not nl.staged and nl.reads_rigorous_sample
+
+
 def test_a_budget_below_the_first_looks_is_one_line_naming_the_key(tmp_path, monkeypatch):
     _with_budget(tmp_path, monkeypatch, "{ atlas = 10 }")
     with pytest.raises(plans.PlanError, match=r"^plans\.default\.cpu\.budget_core_s\.atlas = 10: the first look of "

@@ -18,6 +18,7 @@ class ArgmaxSame(Template):
     block = "atlas"
     measures = "synthetic and NL suites, seed sweep + contribution ablation (seed 42)"
     rule = "both suites' argmax layers exist and are equal; both exist and differ: FAILED"
+    reads_rigorous_sample = True  # the synthetic suite is seed 42's stratified sample (a budget may cut it)
 
     def specs(self, ctx):
         return hubs.nl_specs(ctx.model, sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model))

@@ -114,6 +114,8 @@ class Template:
     measures: ClassVar[str] = ""
     rule: ClassVar[str] = ""
     staged: ClassVar[bool] = False  # its rigorous sample grows in sequential looks when the plan has stages
+    reads_rigorous_sample: ClassVar[bool] = False  # unstaged, but reads the atlas block's rigorous sample, which a
+    # plan's budget may cut on a model (its record says so, as a staged one does)
 
     def check(self, claim: Claim, where: str) -> None:
         """Every parameter the row sets is one of the template's, of the right type; every required one is set."""
@@ -161,7 +163,7 @@ class Template:
         if len(stages) <= 1:  # one look (a budget may leave one): every model sized at it, as a group must be
             at = ctx.at(stages[0]) if stages else ctx
             seed, rigorous = self.decide(at, measure(self.specs(at), load_model))
-            return seed, _budget_noted(ctx, self.staged, rigorous)
+            return seed, _budget_noted(ctx, self.staged or self.reads_rigorous_sample, rigorous)
 
         def look(n: int):
             at = ctx.at(n)
@@ -184,7 +186,7 @@ class Template:
 
 
 def _budget_noted(ctx: ClaimContext, staged: bool, rigorous: Finding) -> Finding:
-    """A staged record whose looks the plan's budget cut says so, with what the next look would cost and buy
+    """A record of a staged template (or one reading the rigorous sample) whose looks the plan's budget cut says so, with what the next look would cost and buy
     (``engine.budget.atlas_note``); its projection, where the rule makes one, is in its own text."""
     if staged and ctx.tier != "gpu":
         from engine import budget
