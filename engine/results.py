@@ -172,6 +172,49 @@ def read_registry(root: Path) -> list[dict]:
     return out
 
 
+REGISTRY_INDEX_KEYS = ("run", "claim_id", "model", "protocol", "tier", "verdict", "test", "git_commit",
+                       "engine_version", "timestamp", "plan")  # what a compacted line keeps
+
+
+def compact_registry(root: Path) -> tuple[int, int, int, int]:
+    """Shrink ``root/registry.jsonl`` without losing a recorded verdict: a line whose run has a complete
+    ``runs/<run>/claims.json`` holding the very same record is cut to its index fields (:data:`REGISTRY_INDEX_KEYS`)
+    plus ``"record": "runs/<run>/claims.json"``, where the whole record is; every other line (a run killed before its
+    claims.json, a record the file does not hold) stays whole, so :func:`load_run` can still rebuild that run.
+    Rewritten atomically under the registry's lock. Returns ``(compacted, kept_whole, bytes_before, bytes_after)``."""
+    path = Path(root) / REGISTRY_FILE
+    if not path.exists():
+        return 0, 0, 0, 0
+    with FileLock(str(path) + ".lock"):
+        before = path.stat().st_size
+        held: dict[str, set[str] | None] = {}
+
+        def records_of(run: str) -> set[str] | None:
+            if run not in held:
+                held[run] = None
+                claims = Path(root) / RUNS_DIR / run / RUN_FILE
+                if claims.is_file():
+                    got = Run.from_json(claims.read_text(encoding="utf-8"), str(claims))
+                    if not got.meta.get("incomplete"):
+                        held[run] = {json.dumps(r.to_dict(), sort_keys=True, allow_nan=False) for r in got.records}
+            return held[run]
+
+        lines, compacted, whole = [], 0, 0
+        for line in read_registry(root):
+            run = line.get("run")
+            full = json.dumps(line, sort_keys=True, allow_nan=False)
+            stored = records_of(run) if isinstance(run, str) and "record" not in line else None
+            if stored is not None and full in stored:
+                line = {k: line[k] for k in REGISTRY_INDEX_KEYS if k in line} | {
+                    "record": f"{RUNS_DIR}/{run}/{RUN_FILE}"}
+                compacted += 1
+            else:
+                whole += 1
+            lines.append(json.dumps(line, sort_keys=True, allow_nan=False) + "\n")
+        write_atomic(path, "".join(lines))
+    return compacted, whole, before, path.stat().st_size
+
+
 def merge_registry(root: Path, source: Path) -> tuple[int, int, list[str]]:
     """Append the verdict lines of another machine's ``registry.jsonl`` to ``root``'s, safely.
 
@@ -385,7 +428,8 @@ def load_run(root: Path, which: str | None = None) -> Run:
     path = directory / RUN_FILE
     if path.is_file():
         return Run.from_json(path.read_text(encoding="utf-8"), str(path))
-    records = [VerdictRecord.from_dict(line) for line in read_registry(root) if line.get("run") == directory.name]
+    records = [VerdictRecord.from_dict(line) for line in read_registry(root)
+               if line.get("run") == directory.name and "record" not in line]  # not a compacted index line
     if not records:
         raise FileNotFoundError(f"run {directory.name}: no {RUN_FILE} and no verdict of it in {REGISTRY_FILE}")
     commits = sorted({r.git_commit for r in records})

@@ -384,10 +384,20 @@ def merge_command(source: Path = typer.Argument(..., help="another machine's reg
     typer.echo(f"{appended} verdict line(s) appended to {root / results.REGISTRY_FILE}, {duplicate} already present")
 
 
+def compact_command(results_root: Path = typer.Option(None, "--results", help=RESULTS_HELP)) -> None:
+    """Shrink the verdict registry: a line whose run's claims.json holds the same record keeps only its index fields."""
+    root = Path(results_root) if results_root else default_results_root()
+    with user_errors():
+        compacted, whole, before, after = results.compact_registry(root)
+    typer.echo(f"{root / results.REGISTRY_FILE}: {compacted} line(s) compacted (their records are in their runs' "
+               f"{results.RUN_FILE}), {whole} kept whole; {before} -> {after} bytes")
+
+
 def register(app: typer.Typer) -> None:
-    """Add `claims`, `report`, `diff` and `merge` to the `mi-atlas` app."""
+    """Add `claims`, `report`, `diff`, `merge` and `compact` to the `mi-atlas` app."""
     app.command("claims", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                                             "help_option_names": []})(claims_command)
     app.command("report")(report_command)
     app.command("diff")(diff_command)
     app.command("merge")(merge_command)
+    app.command("compact")(compact_command)

@@ -1,0 +1,47 @@
+"""``mi-atlas compact`` (``engine.results.compact_registry``): the tracked registry shrinks without losing a verdict."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from engine import results
+
+ROOT = Path(__file__).resolve().parents[1] / "results"
+RUN = "20261205T082339Z-b241be0fece3"
+
+
+def _copy(tmp_path: Path, run: str = RUN) -> Path:
+    root = tmp_path / "results"
+    shutil.copytree(ROOT / "runs" / run, root / "runs" / run)
+    for record in results.load_run(root, run).records:  # the lines the run appended, as it appended them
+        results.append_registry(root, record)
+    return root
+
+
+def test_lines_whose_run_file_holds_the_record_keep_their_index_and_point_at_it(tmp_path):
+    root = _copy(tmp_path)
+    full = results.read_registry(root)
+    compacted, whole, before, after = results.compact_registry(root)
+    assert (compacted, whole) == (len(full), 0) and after < before / 5
+    slim = results.read_registry(root)
+    assert [(s["claim_id"], s["model"], s["protocol"], s["verdict"]) for s in slim] == \
+        [(f["claim_id"], f["model"], f["protocol"], f["verdict"]) for f in full]
+    assert all(s["record"] == f"runs/{RUN}/claims.json" for s in slim)
+    assert len(results.load_run(root, RUN).records) == len(full)  # the records are read from the run file
+    assert results.compact_registry(root)[:2] == (0, len(full))  # again: nothing left to compact
+
+
+def test_a_run_without_its_run_file_or_a_record_it_does_not_hold_stays_whole(tmp_path):
+    root = _copy(tmp_path)
+    lines = (root / "registry.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    changed = json.loads(lines[0]) | {"verdict": "FAILED" if json.loads(lines[0])["verdict"] != "FAILED" else "CONFIRMED"}
+    (root / "registry.jsonl").write_text(json.dumps(changed, sort_keys=True) + "\n" + "".join(lines[1:]),
+                                         encoding="utf-8")
+    assert results.compact_registry(root)[:2] == (len(lines) - 1, 1)  # the edited line is not the run file's
+    (root / "runs" / RUN / "claims.json").unlink()
+    other = _copy(tmp_path / "b")
+    (other / "runs" / RUN / "claims.json").unlink()
+    assert results.compact_registry(other)[:2] == (0, len(lines))  # a killed run: rebuilt from its whole lines
+    assert len(results.load_run(other, RUN).records) == len(lines)
