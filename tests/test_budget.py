@@ -213,3 +213,13 @@ def test_a_model_the_prices_do_not_cover_runs_every_look_and_the_line_says_so(tm
     got = budget.for_plan("default")
     assert all(g.cost is None and g.bought == len(g.looks) for g in got.models.values())
     assert "(not priced: not in absent.json)" in budget.summary("default")
+
+
+def test_an_untested_finding_decides_nothing_so_no_look_stops_on_it():
+    from engine.decisions import Outcome
+    from engine.studies.findings import Finding, outcome
+
+    untested = Finding.not_run("rigorous", "needs a GPU")
+    assert untested.holds is None and outcome(untested) is Outcome.UNDECIDED
+    with pytest.raises(ValueError, match="untested"):
+        untested.record()

@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.decisions import Evidence, Outcome
 
-Holds = bool | Evidence | Mapping[str, Evidence]
+Holds = bool | Evidence | Mapping[str, Evidence] | None  # None: an untested finding (nothing decided)
 """What decided a rule: a bare bool (legacy v1), one :class:`~engine.decisions.Evidence`, or named parts."""
 
 
@@ -66,7 +66,7 @@ class Finding:
         a whole cannot run here, so after both findings are recorded the test is skipped with this reason."""
         if not reason:
             raise ValueError(f"an untested {protocol} finding needs a reason")
-        return cls(protocol, {}, holds=False, untested=reason, skip_test=skip_test)  # holds unused: never recorded
+        return cls(protocol, {}, holds=None, untested=reason, skip_test=skip_test)
 
     def record(self) -> dict[str, Any]:
         """Keyword arguments for ``claim.record`` (unbounded intervals are left out)."""
@@ -86,8 +86,9 @@ class Finding:
 
 
 def outcome(f: Finding) -> Outcome | None:
-    """The finding's decision: for / against / undecided; None for parts that are decided both ways (REVISED)."""
-    if f.undecided:
+    """The finding's decision: for / against / undecided; None for parts that are decided both ways (REVISED). An
+    untested finding decides nothing: undecided (a sequential look does not stop on it)."""
+    if f.undecided or f.untested or f.holds is None:
         return Outcome.UNDECIDED
     if isinstance(f.holds, Evidence):
         return f.holds.outcome
