@@ -131,10 +131,11 @@ TIMINGS = Path(__file__).resolve().parents[1] / "results" / "bench" / f"plan-{RE
 # block_work of the reference plan's cpu tier as it was when TIMINGS were measured (plans.toml at eaea2be, timings
 # of run 20261205T032734Z-eaea2be23bc6: atlas at its last stage, 5 per family): kept here, so that editing the
 # reference plan's own sizes is priced too. Re-pin both together. A timings file that records each model's atlas
-# work (``atlas_work``, since b241be0) prices the atlas block by it instead (run b241be0: SmolLM2 204, Gemma 96). (At c390af4 it was steer 261, quant 168, lora 18480
-# work units: priced from those timings, eaea2be's plan was estimated at 2383 core-s and measured 2260. Its steer
-# block, 32 -> 100 random controls, was priced at 2.6x c390af4's 136 core-s and measured 172 (1.3x): the block's
-# fixed cost, not its controls, is most of its time; atlas 1336 -> 1350, quant 191 -> 199, lora 612 -> 540.)
+# work (``atlas_work``, since b241be0) prices the atlas block by it instead (run b241be0: SmolLM2 204, Gemma 96).
+# (At c390af4 it was steer 261, quant 168, lora 18480 work units: priced from those timings, eaea2be's plan was
+# estimated at 2383 core-s and measured 2260. Its steer block, 32 -> 100 random controls, was priced at 2.6x c390af4's
+# 136 core-s and measured 172 (1.3x): the block's fixed cost, not its controls, is most of its time; atlas 1336 ->
+# 1350, quant 191 -> 199, lora 612 -> 540.)
 REFERENCE_WORK = {"atlas": 204.0, "steer": 669.0, "quant": 192.0, "lora": 14520.0}
 
 
@@ -322,9 +323,10 @@ def estimate_blocks(plan: str, *, path: str | Path | None = None, timings: Path 
     from engine import budget
 
     bought = budget.atlas_budget(plan, path=path) if "atlas" in out else None
-    if bought is not None:  # what the atlas budget buys (a model the timings do not price: the others' mean)
-        out["atlas"] = bought.spent + sum(
-            out["atlas"] / max(1, len(bought.models)) for m in bought.models.values() if m.cost is None)
+    if bought is not None:  # what the atlas budget buys; a model the prices do not cover: the priced ones' mean
+        priced = [m for m in bought.models.values() if m.cost is not None]
+        unpriced = len(bought.models) - len(priced)
+        out["atlas"] = bought.spent + (unpriced * bought.spent / len(priced) if priced else out["atlas"])
     return out
 
 
