@@ -5,8 +5,8 @@ Registered from the root ``conftest.py`` (``pytest_plugins``), next to ``claims.
 * ``pytest_configure`` (first): an xdist worker sets ``CUDA_VISIBLE_DEVICES`` to its own device, chosen from its
   worker id and the run's visible devices, before anything initialises CUDA. Outside xdist, or without a GPU,
   nothing changes: the same code runs on CPU with ``-n 2``.
-* ``pytest_collection_modifyitems`` (first): every claim test gets ``xdist_group("<model>/atlas")`` (atlas and
-  lora claims of a model share its atlas) or ``"<model>/<block>"``; ``--dist loadgroup`` keeps a group on one
+* ``pytest_collection_modifyitems`` (first): every claim test gets ``xdist_group("<model>/<block>")``
+  (``"<model>/atlas"``, ``"<model>/lora"``, ``"<model>/steer"``, ...); ``--dist loadgroup`` keeps a group on one
   worker, which loads the model once. An explicit ``xdist_group`` mark on a test wins.
 * the same hook (last): re-applies xdist's ``@group`` node-id suffix where pytest >= 9.2 ignores xdist 3.8's
   write to ``_nodeid`` (pytest-dev/pytest-xdist#1386); a no-op where xdist's own write took effect.
@@ -16,6 +16,8 @@ computed once across workers: a second worker asking for it waits and reads it.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -74,13 +76,19 @@ def _group(item: pytest.Item) -> str:
 def longest_groups_first(config: pytest.Config, items: list[pytest.Item]) -> list[pytest.Item]:
     """The items regrouped so that the groups that took longest in the plan's last timed run come first (xdist's
     loadgroup hands groups out in order of first appearance: longest first leaves no long group for the end, when
-    the other worker would idle). Within a group, and without timings, the collection order is kept. Every worker
-    reads the same timings file, so every worker collects the same order."""
+    the other worker would idle); a plan without timings of its own is ranked by the default plan's. Within a group,
+    and without timings, the collection order is kept. Every worker reads the same timings file, so every worker
+    collects the same order."""
     from claims.progress import timings_source
     from engine.planner import read_timings
 
     # None: no file, or a malformed one (one warning, from the controller or the only process)
-    data = read_timings(timings_source(config), warn=not hasattr(config, "workerinput"))
+    source = timings_source(config)
+    data = read_timings(source, warn=not hasattr(config, "workerinput"))
+    reference = Path(str(config.rootpath)) / "results" / "bench" / "plan-default-timings.json"
+    if data is None and not source.is_file() and reference.is_file():
+        # a plan never timed (e.g. the first `--plan full`): the reference plan's claim times rank the groups
+        data = read_timings(reference, warn=not hasattr(config, "workerinput"))
     if data is None:
         return items
     seconds = {c["claim"]: float(c["seconds"]) for c in data.get("claims", [])}

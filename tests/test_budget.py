@@ -14,7 +14,7 @@ from engine import budget, planner, plans
 from engine.studies.atlas.common import sizes_for
 
 PACKAGED = Path(plans.__file__).parent / "data" / "plans.toml"
-LINE = re.compile(r"^budget_core_s = \{[^}]*\}$", re.M)
+LINE = re.compile(r"^budget_core_s = \{ atlas = 1100[^}]*\}$", re.M)  # the default plan's
 
 
 def _with_budget(tmp_path: Path, monkeypatch, value: str) -> Path:

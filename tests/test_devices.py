@@ -110,7 +110,9 @@ def test_loadgroup_suffix_mirrors_xdist():
 
 
 def test_claim_groups():
-    assert devices.claim_group("smollm2-135m", "atlas") == devices.claim_group("smollm2-135m", "lora")
+    assert devices.claim_group("smollm2-135m", "atlas") != devices.claim_group("smollm2-135m", "lora")
+    assert devices.claim_group("smollm2-135m", "atlas", ("atlas", "lora")) == devices.claim_group("smollm2-135m", "lora",
+                                                                                               ("atlas", "lora"))
     assert devices.claim_group("smollm2-135m", "atlas") != devices.claim_group("gemma3-270m", "atlas")
     assert devices.claim_group("smollm2-135m", "steer") != devices.claim_group("smollm2-135m", "atlas")
     assert devices.claim_group("a+b", "atlas") not in {devices.claim_group("a", "atlas"),
@@ -182,9 +184,10 @@ def test_xdist_workers_are_pinned_and_claims_sharing_a_model_share_a_worker(tmp_
     for run in runs:
         assert run["worker"] in ("gw0", "gw1")
         assert run["cuda"] == {"gw0": "3", "gw1": "5"}[run["worker"]]
-    # claims that read a model's atlas (atlas and lora blocks) ran on one worker; steer claims form their own group
+    # a model's claims of one group ran on one worker: atlas claims, lora claims, steer claims (three groups each)
     where = {}
+    block = {"HUB-SMOL": "atlas", "HUB-SEEDS": "atlas", "LORA-LATE": "lora", "STEER-ALL": "steer"}
     for run in runs:
-        group = devices.claim_group(run["model"], "steer" if run["claim"].startswith("STEER") else "atlas")
+        group = devices.claim_group(run["model"], block[run["claim"]])
         where.setdefault(group, set()).add(run["worker"])
-    assert len(where) == 4 and all(len(workers) == 1 for workers in where.values()), where
+    assert len(where) == 6 and all(len(workers) == 1 for workers in where.values()), where

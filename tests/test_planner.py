@@ -278,6 +278,15 @@ def test_groups_that_took_longest_are_handed_out_first(tmp_path):
     assert [i.nodeid for i in longest_groups_first(config, items)] == ["C-m2", "A-m1", "B-m1", "D-m3"]
     config_without = config_at(tmp_path / "x")
     assert longest_groups_first(config_without, items) == items  # no timings: the collection order
+    # a plan never timed (the first `--plan full`) is ranked by the repository's default-plan timings
+    root = tmp_path / "repo"
+    (root / "results" / "bench").mkdir(parents=True)
+    (root / "results" / "bench" / "plan-default-timings.json").write_text(
+        (tmp_path / "bench" / "plan-default-timings.json").read_text())
+    untimed = SimpleNamespace(getoption=lambda name, default=None: {"--claims-results": tmp_path / "fresh",
+                                                                    "--plan": "full"}.get(name, default),
+                              rootpath=root, stash={})
+    assert [i.nodeid for i in longest_groups_first(untimed, items)] == ["C-m2", "A-m1", "B-m1", "D-m3"]
 
 
 def test_a_plan_without_a_tiers_tables_does_not_crash_collection():

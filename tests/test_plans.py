@@ -258,7 +258,7 @@ def test_an_inheriting_table_is_its_base_with_its_own_keys_replaced(tmp_path):
     raw = tomllib.loads(PLANS_TOML.read_text(encoding="utf-8"))["plans"]
     inheriting = [(name, tier, block) for name, tiers in raw.items() for tier, blocks in tiers.items()
                   for block, table in blocks.items() if isinstance(table, dict) and "inherits" in table]
-    assert {name for name, _, _ in inheriting} == {"smoke", "full"} and len(inheriting) >= 10
+    assert {name for name, _, _ in inheriting} == {"smoke", "full", "full-coder"} and len(inheriting) >= 10
     for name, tier, block in inheriting:
         own = {k: v for k, v in raw[name][tier][block].items() if k != "inherits"}
         base = raw[name][tier][block]["inherits"]
@@ -295,13 +295,16 @@ def test_each_plan_names_its_cpu_models_and_a_plan_without_a_list_runs_every_one
     catalogue = load_catalogue()
     assert catalogue.cpu_models == ALL_CPU
     assert plans.cpu_models("default", ALL_CPU) == plans.cpu_models("smoke", ALL_CPU) == ALL_CPU[:2]
-    assert plans.cpu_models("full", ALL_CPU) == ALL_CPU
+    assert plans.cpu_models("full", ALL_CPU) == ALL_CPU[:2]  # #30: the coder's full sizes run under full-coder
+    assert plans.cpu_models("full-coder", ALL_CPU) == ALL_CPU[2:]
     assert plans.cpu_models("smoke", tuple(reversed(ALL_CPU))) == ("gemma3-270m", "smollm2-135m")  # catalogue order
     single, group = catalogue["HUB-SMOL"], catalogue["OWN-ATLAS"]
     assert catalogue.cpu_targets(single, "smoke") == list(ALL_CPU[:2])
-    assert catalogue.cpu_targets(single, "full") == catalogue.cpu_targets(single) == list(ALL_CPU)
-    assert catalogue.cpu_targets(group, "default") == ["smollm2-135m+gemma3-270m"]
-    assert catalogue.cpu_targets(group, "full") == ["+".join(ALL_CPU)]
+    assert catalogue.cpu_targets(single, "full") == list(ALL_CPU[:2])
+    assert catalogue.cpu_targets(single, "full-coder") == list(ALL_CPU[2:])
+    assert catalogue.cpu_targets(single) == list(ALL_CPU)
+    assert catalogue.cpu_targets(group, "default") == catalogue.cpu_targets(group, "full") == ["smollm2-135m+gemma3-270m"]
+    assert catalogue.cpu_targets(group, "full-coder") == []  # a group claim needs two of the plan's models
 
 
 def test_the_smoke_and_default_record_sets_are_the_two_small_models_only():
@@ -311,8 +314,8 @@ def test_the_smoke_and_default_record_sets_are_the_two_small_models_only():
     for plan in ("smoke", "default"):
         models = {m for _, target, _ in results.declared_records(catalogue, plan) for m in target.split("+")}
         assert models == set(ALL_CPU[:2]), plan
-    full = {target for _, target, _ in results.declared_records(catalogue, "full")}
-    assert "qwen2.5-coder-0.5b-instruct" in full and "+".join(ALL_CPU) in full
+    full = {target for _, target, _ in results.declared_records(catalogue, "full-coder")}
+    assert full == {"qwen2.5-coder-0.5b-instruct"}
 
 
 @pytest.mark.parametrize("table, named", [
@@ -476,13 +479,13 @@ def test_every_plan_that_runs_the_coder_runs_its_seed_protocol_at_two_prompts_pe
     for name in plans.read()[1]:
         if CODER in plans.cpu_models(name, ALL_CPU, "atlas"):
             assert A.sizes_for("cpu", None, name, CODER).seed_per_family >= 2, name
-    assert CODER in plans.cpu_models("full", ALL_CPU, "atlas")
+    assert CODER in plans.cpu_models("full-coder", ALL_CPU, "atlas")
 
 
 def test_the_plan_line_names_the_cpu_models_a_plan_leaves_out_and_the_plans_that_run_them(tmp_path):
-    assert plans.left_out("default", ALL_CPU) == f"not in plan default: {CODER} runs under --plan full"
-    assert plans.left_out("smoke", ALL_CPU) == f"not in plan smoke: {CODER} runs under --plan full"
-    assert plans.left_out("full", ALL_CPU) == ""
+    assert plans.left_out("default", ALL_CPU) == f"not in plan default: {CODER} runs under --plan full-coder"
+    assert plans.left_out("smoke", ALL_CPU) == f"not in plan smoke: {CODER} runs under --plan full-coder"
+    assert plans.left_out("full", ALL_CPU) == f"not in plan full: {CODER} runs under --plan full-coder"
     path = _plan_x(tmp_path, f'models = {list(ALL_CPU)!r}'.replace("'", '"'))
     assert plans.left_out("x", ALL_CPU, path=path) == (f"not in plan x: {CODER} in steer, quant, lora runs under "
-                                                       "--plan full")
+                                                       "--plan full-coder")
