@@ -265,8 +265,14 @@ def check_catalogue(catalogue: Catalogue) -> Catalogue:
     from engine import plans
 
     _, plan_tables = plans.read()  # a fault there is its own PlanError (a ValueError), naming the plans file
-    for name in plan_tables:  # each plan's cpu model lists name cpu models of this catalogue (a PlanError)
-        plans.check_models(name, catalogue.cpu_models)
+    # each plan's cpu model lists name cpu models (a PlanError): this catalogue's, or the registry's cpu models (a
+    # plan for a model this catalogue lacks, e.g. full-coder beside a claims file of its own, is an error only when
+    # it is run: plans.cpu_models)
+    from engine.models.registry import REGISTRY
+
+    known = tuple(dict.fromkeys((*catalogue.cpu_models, *(k for k, s in REGISTRY.items() if s.tier == "cpu"))))
+    for name in plan_tables:
+        plans.check_models(name, known)
     size_fields: dict[str, set[str]] = {}
     for tiers in plan_tables.values():
         for blocks in tiers.values():

@@ -345,6 +345,20 @@ def test_a_model_list_naming_no_cpu_model_of_the_catalogue_is_refused(tmp_path, 
         verdicts.load_catalogue(Path(verdicts.__file__).parent / "data" / "claims.toml")
 
 
+def test_a_catalogue_without_a_plans_model_loads_and_the_plan_is_refused_only_when_run():
+    """full-coder lists the coder; a claims file of its own with only the two small models still loads (the plan
+    is checked against the registry's cpu models there), and running full-coder on it is the one-line PlanError."""
+    from engine import verdicts
+
+    text = CATALOGUE.split("[claim.params]")[0]  # the two small models only
+    small = verdicts.check_catalogue(parse_catalogue(text, "toy.toml"))
+    assert tuple(small.cpu_models) == ALL_CPU[:2]
+    assert plans.cpu_models("full", small.cpu_models) == ALL_CPU[:2]
+    with pytest.raises(plans.PlanError, match=r"'plans.full-coder.cpu.models': 'qwen2.5-coder-0.5b-instruct' is not "
+                                              r"a cpu model of the catalogue \(cpu_models: smollm2-135m, gemma3-270m\)"):
+        plans.cpu_models("full-coder", small.cpu_models)
+
+
 # ------------------------------------------------------------------------------------------------ per-block models
 
 CODER = ALL_CPU[2]

@@ -190,10 +190,12 @@ cpu_models = ["gemma3-270m+smollm2-135m", "smollm2-135m+gemma3-270m+qwen2.5-code
 '''
     catalogue = verdicts.check_catalogue(verdicts.parse_catalogue(text, "c.toml"))
     claim = catalogue["MY-GROUPS"]
-    assert catalogue.cpu_targets(claim, "full") == list(claim.cpu_models)  # the row's order (gemma3 -> smollm2)
     assert catalogue.cpu_targets(claim, "default") == ["gemma3-270m+smollm2-135m", "smollm2-135m+gemma3-270m"]
-    extra = '\n[plans.one.cpu]\nmodels = ["smollm2-135m"]\n'
+    assert catalogue.cpu_targets(claim, "full") == ["gemma3-270m+smollm2-135m", "smollm2-135m+gemma3-270m"]
+    extra = ('\n[plans.one.cpu]\nmodels = ["smollm2-135m"]\n'
+             '\n[plans.all3.cpu]\nmodels = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"]\n')
     path = tmp_path / "plans.toml"
     path.write_text(Path(plans.__file__).with_name("data").joinpath("plans.toml").read_text() + extra)
     monkeypatch.setenv(plans.PLANS_ENV, str(path))
     assert catalogue.cpu_targets(claim, "one") == []  # a pair needs both sides
+    assert catalogue.cpu_targets(claim, "all3") == list(claim.cpu_models)  # the row's order (gemma3 -> smollm2)
