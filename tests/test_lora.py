@@ -535,3 +535,24 @@ def test_every_lora_claim_runs_end_to_end_on_a_tiny_model(tmp_path, monkeypatch)
             if claim_id != "LORA-LATE":  # below their minimum runs / inside warm-up; LORA-LATE has no unit minimum
                 assert finding.holds.outcome is Outcome.UNDECIDED or finding.undecided, (claim_id,
                                                                                           finding.holds.statement)
+
+
+def test_each_training_seed_gets_random_draws_of_its_own(tiny_llama, examples):
+    """#30 (catalogue v3: LORA-ATLAS's unit is the training run): the atlas-guided set is trained under every seed,
+    each random-matched set under one seed only, no set shared by two seeds; losses() gives seed i its own draws."""
+    from engine.lora.studies import targeting_study
+
+    study = targeting_study(tiny_llama, examples[:6], examples[6:10], importance=[0.1, 0.9, 0.2, 0.3], config=FAST,
+                            k=1, n_random=1, seeds=(0, 1), generate=False, cache=False, protocols=("rigorous",))
+    assert [o.run.config.seed for o in study.outcomes["atlas"]] == [0, 1]
+    assert study.random_names == ["random-0", "random-1"]
+    runs = [study.outcomes[name] for name in study.random_names]
+    assert [len(r) for r in runs] == [1, 1] and [r[0].run.config.seed for r in runs] == [0, 1]
+    sets = [r[0].run.target.layers for r in runs]
+    assert len(set(sets)) == 2 and (1,) not in sets  # distinct, never the atlas-guided set
+    atlas, random, _ = study.losses("rigorous")
+    assert atlas.shape == (2, 4) and random.shape == (2, 1, 4)
+    assert random[1, 0].tolist() == runs[1][0].heldout.losses()
+    with pytest.raises(lora.LoraError, match="fewer than its 4 training seeds"):
+        targeting_study(tiny_llama, examples[:6], examples[6:10], importance=[0.1, 0.9, 0.2, 0.3], config=FAST,
+                        k=3, n_random=1, seeds=(0, 1, 2, 3), generate=False, cache=False, protocols=("rigorous",))

@@ -2,13 +2,14 @@
 
 Every study keeps the per-example values its claim's decision resamples (``engine.studies.lora`` decides with
 ``engine.decisions``): examples are the units, grouped by task family; training seeds and random draws are
-averaged per example (the rule's minimum numbers of seeds and draws are checked by the decision).
+averaged per example, except LORA-ATLAS's runs, each its own unit (the rule's minimum numbers of seeds and draws are
+checked by the decision).
 
 * :func:`targeting_study` (LORA-ATLAS): atlas-guided vs random-matched vs all-linear adapters, trained on a
   mix of task families. Seed protocol: layers [2, 7, 9] (clipped), one random draw (seed 42), modules
   o/up/down, one training seed, padding labels unmasked (as the seed trained), metric = final training loss
-  per training example. Rigorous: top-k layers of the model's own atlas, random-matched as a distribution over
-  ``n_random`` draws, each strategy trained with every training seed, held-out loss per example.
+  per training example. Rigorous: top-k layers of the model's own atlas trained with every training seed, and
+  ``n_random`` random-matched draws per training seed (each seed's own, never shared), held-out loss per example.
 * :func:`module_sweep` (LORA-OPROJ): one module type alone on every layer. Seed: rank r for every module (so
   parameter counts differ), padding unmasked, training loss, loss reduction per parameter. Rigorous: the rank
   of each module chosen so that parameter counts match o_proj's within 5% (:func:`~.adapters.matched_ranks`),
@@ -34,6 +35,7 @@ from engine.tasks import Example
 from .adapters import (
     ALL_LINEAR,
     MODULE_GROUPS,
+    LoraError,
     LoraTarget,
     adapted,
     atlas_layers,
@@ -103,8 +105,9 @@ def families_of(result: EvalResult) -> list[str]:
 
 @dataclass
 class TargetingStudy:
-    """LORA-ATLAS's runs: ``outcomes[name]`` is one :class:`Outcome` per training seed (``seeds``); the seed
-    protocol's ``seed-layers`` / ``seed-random`` have one (the first seed, padding labels unmasked)."""
+    """LORA-ATLAS's runs: ``outcomes[name]`` is one :class:`Outcome` per training seed (``seeds``) for ``atlas``;
+    ``random-<j>`` is one run, under seed ``j // per_seed`` (each seed's draws are its own); the seed protocol's
+    ``seed-layers`` / ``seed-random`` have one (the first seed, padding labels unmasked)."""
 
     model: str
     n_layers: int
@@ -131,7 +134,12 @@ class TargetingStudy:
             atlas, rand = self.outcomes["atlas"], [self.outcomes[n] for n in self.random_names]
             pick = (lambda o: o.heldout)
         a = np.asarray([pick(o).losses() for o in atlas])
-        r = np.asarray([[pick(draw[i]).losses() for draw in rand] for i in range(len(atlas))])
+        if protocol == "seed":
+            r = np.asarray([[pick(draw[i]).losses() for draw in rand] for i in range(len(atlas))])
+        else:  # draw d of seed i is random-(i * per_seed + d), trained under that seed only
+            per_seed = len(rand) // len(atlas)
+            r = np.asarray([[pick(rand[i * per_seed + d][0]).losses() for d in range(per_seed)]
+                            for i in range(len(atlas))])
         return a, r, families_of(pick(atlas[0]))
 
     def figures(self, protocol: str) -> dict:
@@ -164,7 +172,7 @@ class TargetingStudy:
             name, mask = short(family), groups_arr == family
             figures[f"atlas_{name}_loss"] = float(a[:, mask].mean())
             figures[f"random_{name}_loss"] = float(r[:, :, mask].mean())
-            figures[f"random_{name}_losses"] = [float(v) for v in r[:, :, mask].mean(axis=(0, 2))]
+            figures[f"random_{name}_losses"] = [float(v) for v in r[:, :, mask].mean(axis=2).reshape(-1)]  # per run
             figures[f"base_{name}_loss"] = base.loss(family)
             figures[f"all_linear_{name}_loss"] = (linear.train_eval if seed else linear.heldout).loss(family)
             figures[f"atlas_{name}_exact"] = atlas.heldout.tf_exact(family)
@@ -185,8 +193,9 @@ def targeting_study(lm: LoadedModel, train_examples: Sequence[Example], eval_exa
     """Train and evaluate the strategies each protocol needs.
 
     Seed: ``seed-layers`` ([2, 7, 9] clipped) and ``seed-random`` (k layers, ``random.Random(42)``), first seed,
-    padding labels unmasked. Rigorous: ``atlas`` (top-k of ``importance``) and ``random-0..n_random-1``
-    (distinct draws, the seed's draw first), each trained with every seed. ``all-linear`` (first seed) for the
+    padding labels unmasked. Rigorous: ``atlas`` (top-k of ``importance``) trained with every seed, and
+    ``n_random`` random-matched draws per seed, each trained under its seed only (``n_random * len(seeds)``
+    distinct draws, the seed's draw first: seed i's are ``random-(i * n_random) ..``). ``all-linear`` (first seed) for the
     parameter ratio and the exact-match figures; greedy generation (``generate``) only for atlas and all-linear.
     """
     modules = tuple(modules)
@@ -213,9 +222,16 @@ def targeting_study(lm: LoadedModel, train_examples: Sequence[Example], eval_exa
         plan["atlas"] = (LoraTarget(chosen, modules, r, alpha, label="atlas"), configs, generate)
         seed_draw = random_layers(n, k, SEED_RANDOM_SEED)
         start = [seed_draw] if seed_draw != chosen else []
-        for index, layers in enumerate(random_draws(n, k, n_random, seed=random_seed, first=start, avoid=[chosen])):
+        # each training seed gets draws of its own (distinct sets, none shared across seeds): the seeds' ranks are
+        # then independent runs, combined across seeds (catalogue v3: the unit is the training run)
+        draws = random_draws(n, k, n_random * len(seeds), seed=random_seed, first=start, avoid=[chosen])
+        per_seed = len(draws) // len(seeds)
+        if per_seed < 1:
+            raise LoraError(f"targeting_study: {lm.key} has {len(draws)} random {k}-layer set(s) besides the atlas's, "
+                            f"fewer than its {len(seeds)} training seeds (fewer seeds, or a smaller k)")
+        for index, layers in enumerate(draws[:per_seed * len(seeds)]):
             name = f"random-{index}"
-            plan[name] = (LoraTarget(layers, modules, r, alpha, label=name), configs, False)
+            plan[name] = (LoraTarget(layers, modules, r, alpha, label=name), [configs[index // per_seed]], False)
             random_names.append(name)
     outcomes = {name: [run_outcome(lm, name, target, train_examples, eval_examples, c, generate=gen, cache=cache)
                        for c in cfgs] for name, (target, cfgs, gen) in plan.items()}

@@ -117,12 +117,14 @@ def decide_atlas(atlas: np.ndarray, random: np.ndarray, groups: Sequence[str], *
                  min_seeds: int = 3, min_draws: int = 10, label: str = "atlas-guided runs vs random-matched draws"
                  ) -> D.Evidence:
     """LORA-ATLAS (catalogue v3: the unit is the training run): ``atlas`` [n_seeds, n_examples] and ``random``
-    [n_seeds, n_draws, n_examples] held-out losses per example. Per family, each layer set's mean loss on that
-    family, averaged over the training seeds (the random sets are drawn once and trained under every seed, so the
-    set, not the seed, is the independent unit); :func:`engine.decisions.beats_draws`: the atlas-guided set's rank
-    among the random-matched sets (an exact permutation p-value, floor 1 / (D + 1)), on every family (Holm): for;
-    on some family the exact shifted-rank p-value of "better by delta" rejected: against. Fewer seeds / draws than
-    the rule's minimum: undecided."""
+    [n_seeds, n_draws, n_examples] held-out losses per example, seed i's draws its own (never trained under another
+    seed: :func:`engine.lora.studies.targeting_study`). Per family, each run's mean loss on that family;
+    :func:`engine.decisions.beats_draws`: the atlas-guided run's rank among its seed's random-matched runs, summed
+    over the seeds (an exact permutation p-value, floor (1 / (D + 1)) ** S), on every family (Holm): for; on some
+    family the exact shifted-rank p-value of "better by delta" rejected: against. Fewer seeds / draws than the
+    rule's minimum: undecided. The atlas-guided layer set is this model's one set, so "for" says it beats the
+    random-matched sets (calibration: engine.calibration, lora-atlas), not that atlas guidance helps on other
+    models."""
     atlas, random = np.atleast_2d(np.asarray(atlas, float)), np.asarray(random, float)
     if random.ndim != 3 or random.shape[0] != atlas.shape[0] or random.shape[2] != atlas.shape[1]:
         raise ValueError(f"decide_atlas: random must be [n_seeds, n_draws, n_examples] matching atlas "
@@ -130,10 +132,8 @@ def decide_atlas(atlas: np.ndarray, random: np.ndarray, groups: Sequence[str], *
     ours, draws = _family_means(atlas, groups), _family_means(random, groups)  # [S], [S, D] per family
     units = {"training seeds": (atlas.shape[0], min_seeds), "random-matched draws": (random.shape[1], min_draws)}
     why = _units(units)
-    # each random layer set is drawn once and trained under every seed, so a set's seeds are not independent runs:
-    # the unit is the layer set, its loss averaged over the training seeds (one rank among the D sets)
-    ev = D.beats_draws({f: (ours[f].mean(axis=0, keepdims=True), draws[f].mean(axis=0, keepdims=True))
-                        for f in ours}, delta=delta, rationale=rationale, label=label, precondition=why)
+    ev = D.beats_draws({f: (ours[f], draws[f]) for f in ours}, delta=delta, rationale=rationale, label=label,
+                       precondition=why)
     return _floored(ev, why, units)
 
 
