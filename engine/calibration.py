@@ -416,7 +416,8 @@ def rules() -> dict[str, Rule]:
              "no effect: the atlas-guided set at the random sets' mean set effect", powered=False),
         Rule("lockin-early-beats-base", ("LOCKIN",), "top-5 overlaps (binomial 5)", ("lora", "lock_per_family"),
              float(lock["delta"]), _lockin_rule(float(lock["delta"]), 3),
-             "bounded overlaps: stratified t where they vary, Hoeffding where they do not"),
+             "bounded overlaps: stratified t where they vary, Hoeffding where they do not; the full cpu plan's 5 per "
+             "family (#30: its 2-core cost) gives power 0.58, 10 per family 0.93", powered=False),
     ]
     return {r.name: r for r in out}
 
