@@ -293,7 +293,7 @@ def _differs_rule(claim: str, delta: float, pairs: int, families: int) -> Callab
     return run
 
 
-def _runs_rule(delta: float, families: int, draws: int) -> Callable:
+def _runs_rule(delta: float, families: int, draws: int, claim: str = "LORA-ATLAS") -> Callable:
     """LORA-ATLAS at its unit through the production :func:`engine.studies.lora.decide_atlas`: per family the
     atlas-guided run and ``draws`` random-matched runs under each of ``n`` training seeds, each seed's draws its own
     sets (engine.lora.studies.targeting_study). A layer set has a set effect (SD = delta over random sets), a run a
@@ -301,7 +301,8 @@ def _runs_rule(delta: float, families: int, draws: int) -> Callable:
     fixed set, the same under every seed (its set effect enters every seed's run): no effect: its set effect is the
     random sets' mean (the boundary of "no better than a typical random set"; a better-than-typical set is what the
     claim says); delta: the random sets worse by delta on average. (Spreads assumed: no committed run has kept
-    per-seed runs yet.)"""
+    per-seed runs yet.) ``claim`` "SKIP-RECOVER": the same runs through :func:`engine.studies.lora.decide_skip`
+    (the atlas skip vs each seed's random skips, one member: the mean over family means)."""
     from engine.studies import lora
 
     per = 3
@@ -313,7 +314,10 @@ def _runs_rule(delta: float, families: int, draws: int) -> Callable:
         random = (sets + (effect or 0.0) + rng.normal(0.0, delta / 2, (n, draws, 1))
                   + rng.normal(0.0, delta / 4, (n, draws, e)))
         atlas = rng.normal(0.0, delta / 2, (n, 1)) + rng.normal(0.0, delta / 4, (n, e))  # set effect 0: the mean
-        ev = lora.decide_atlas(atlas, random, groups, delta=delta, min_seeds=1, min_draws=1)
+        if claim == "SKIP-RECOVER":
+            ev = lora.decide_skip(atlas, random, groups, delta=delta, min_draws=1)
+        else:
+            ev = lora.decide_atlas(atlas, random, groups, delta=delta, min_seeds=1, min_draws=1)
         return ev.outcome.value
 
     return run
@@ -414,10 +418,16 @@ def rules() -> dict[str, Rule]:
                                                                      _full_lora_draws()),
              "the unit is the training run (n = training seeds, each with the full plan's random draws of its own); "
              "no effect: the atlas-guided set at the random sets' mean set effect", powered=False),
+        Rule("skip-runs-beat-draws", ("SKIP-RECOVER",), "normal set and run effects (SD = delta, delta / 2, assumed)",
+             ("lora", "n_train_seeds"), float(_claim_params("SKIP-RECOVER")["delta"]),
+             _runs_rule(float(_claim_params("SKIP-RECOVER")["delta"]), 3, _full_lora_draws("n_skip_random"),
+                        "SKIP-RECOVER"),
+             "the unit is the skip + recovery run (n = training seeds, each with the full plan's random skips of its "
+             "own); no effect: the atlas skip at the random skips' mean set effect", powered=False),
         Rule("lockin-early-beats-base", ("LOCKIN",), "top-5 overlaps (binomial 5)", ("lora", "lock_per_family"),
              float(lock["delta"]), _lockin_rule(float(lock["delta"]), 3),
-             "bounded overlaps: stratified t where they vary, Hoeffding where they do not; the full cpu plan's 5 per "
-             "family (#30: its 2-core cost) gives power 0.58, 10 per family 0.93", powered=False),
+             "bounded overlaps: stratified t where they vary, Hoeffding where they do not; power 0.58 at 5 per family, "
+             "0.93 at 10 (the full cpu plan's size since #30)"),
     ]
     return {r.name: r for r in out}
 
@@ -441,8 +451,8 @@ def plan_sizes(rule: Rule) -> list[int]:
     return sorted(ns)
 
 
-def _full_lora_draws() -> int:
-    return int(tomllib.loads(PLANS.read_text())["plans"][FULL_PLAN]["cpu"]["lora"]["n_random"])
+def _full_lora_draws(field: str = "n_random") -> int:
+    return int(tomllib.loads(PLANS.read_text())["plans"][FULL_PLAN]["cpu"]["lora"][field])
 
 
 def full_plan_n(rule: Rule) -> int:

@@ -556,3 +556,24 @@ def test_each_training_seed_gets_random_draws_of_its_own(tiny_llama, examples):
     with pytest.raises(lora.LoraError, match="fewer than its 4 training seeds"):
         targeting_study(tiny_llama, examples[:6], examples[6:10], importance=[0.1, 0.9, 0.2, 0.3], config=FAST,
                         k=3, n_random=1, seeds=(0, 1, 2, 3), generate=False, cache=False, protocols=("rigorous",))
+
+
+def test_each_training_seed_recovers_random_skips_of_its_own(tiny_llama, examples):
+    """#30 (catalogue v3: SKIP-RECOVER's unit is the skip + recovery run): the atlas skip is recovered under every
+    seed, each random skip under one seed only, no skip shared by two seeds; losses() gives seed i its own skips."""
+    from engine.lora.studies import skip_study
+
+    study = skip_study(tiny_llama, examples[:6], examples[6:10], importance=[0.1, 0.9, 0.2, 0.3], config=FAST, k=1,
+                       n_random=1, seeds=(0, 1), modules=("o", "down"), cache=False)
+    assert study.seeds == [0, 1] and [a.skipped_layers for a in study.atlas] == [[0], [0]]
+    assert study.atlas[0].recovered_losses != study.atlas[1].recovered_losses  # two seeds, two recovery runs
+    skips = [rs[0].skipped_layers for rs in study.randoms]
+    assert [len(rs) for rs in study.randoms] == [1, 1] and len({tuple(s) for s in skips}) == 2 and [0] not in skips
+    atlas, random, families = study.losses()
+    assert atlas.shape == (2, 4) and random.shape == (2, 1, 4) and len(families) == 4
+    assert random[1, 0].tolist() == study.randoms[1][0].recovered_losses
+    figures = study.figures()
+    assert figures["training_seeds"] == [0, 1] and figures["n_random_draws"] == 1 and figures["n_random_skips"] == 2
+    with pytest.raises(lora.LoraError, match="fewer than its 5 training seeds"):
+        skip_study(tiny_llama, examples[:6], examples[6:10], importance=[0.1, 0.9, 0.2, 0.3], config=FAST, k=1,
+                   n_random=1, seeds=(0, 1, 2, 3, 4), modules=("o",), cache=False)

@@ -325,18 +325,19 @@ def test_lockin_at_a_small_n_straddles_with_a_projection_and_needs_an_early_chec
 class FakeSkip:
     k = 3
 
-    def __init__(self, effect, *, draws=40, per_family=12, noise=0.02, example_noise=0.0):
+    def __init__(self, effect, *, draws=40, seeds=1, per_family=12, noise=0.02, example_noise=0.0):
         g = np.random.default_rng(5)
         self.groups = groups_of(per_family)
-        self.atlas = 1.0 + 0.1 * g.standard_normal(len(self.groups))
-        self.random = (self.atlas + effect + noise * g.standard_normal((draws, len(self.groups)))
+        self.seeds = list(range(seeds))
+        self.atlas = 1.0 + 0.1 * g.standard_normal((seeds, len(self.groups)))
+        self.random = (self.atlas[:, None, :] + effect + noise * g.standard_normal((seeds, draws, len(self.groups)))
                        + example_noise * g.standard_normal(len(self.groups)))
 
     def losses(self):
         return self.atlas, self.random, self.groups
 
     def damage(self):
-        return self.atlas * 0 + 0.5, self.random * 0 + 0.7
+        return self.atlas[0] * 0 + 0.5, self.random.reshape(-1, len(self.groups)) * 0 + 0.7
 
     def figures(self):
         return {"k": 3}
@@ -349,6 +350,9 @@ class FakeSkip:
     (dict(effect=0.3, draws=10), Verdict.INCONCLUSIVE),  # 1 atlas run among 10 random skips: p >= 1/11
     (dict(effect=0.3, draws=2), Verdict.INCONCLUSIVE),  # fewer random skips than the rule's minimum
     (dict(effect=0.3, per_family=2), Verdict.CONFIRMED),  # 2 per family: decided (v2: below the minimum n)
+    (dict(effect=0.3, draws=10, seeds=3), Verdict.CONFIRMED),  # 10 random skips per seed, 3 seeds: floor 1/11^3
+    (dict(effect=-0.1, draws=10, seeds=3), Verdict.FAILED),
+    (dict(effect=0.05, draws=10, seeds=3, noise=0.5), Verdict.INCONCLUSIVE),  # p = 0.215 at these runs
 ])
 def test_skip_recover_reaches_each_outcome(case, expected):
     """Catalogue v3: the unit is the skip + recovery run. The atlas skip's rank among 40 random skips (exact p,
@@ -359,12 +363,13 @@ def test_skip_recover_reaches_each_outcome(case, expected):
     assert verdict("SKIP-RECOVER", rigorous) is expected, rigorous.holds.statement
     if case.get("draws") == 2:
         assert BELOW_RUNS in rigorous.holds.undecided and "2 random skips" in rigorous.holds.undecided
-    elif case.get("draws") == 10:
+    elif case.get("draws") == 10 and case.get("seeds", 1) == 1:
         assert "cannot go below 0.0909" in rigorous.holds.undecided and "the plan needs more runs" in \
             rigorous.holds.undecided
     else:
         assert "minimum" not in rigorous.holds.undecided
     assert "random_minus_atlas_damage" in rigorous.ci  # damage before recovery, reported beside the decision
+    assert rigorous.seeds == list(range(case.get("seeds", 1)))
     assert seed_finding.untested.startswith("the seed never ran this")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from engine import decisions as D
 from engine import lora, plans
 from engine.studies import atlas as A
 from engine.studies import quant as Q
@@ -80,9 +81,16 @@ def test_no_cpu_plan_pays_for_a_count_its_rule_cannot_decide_from(plan):
     assert steer.n_random >= int(catalogue["STEER-TRANSFER"].params["min_random"])
     assert quant.n_eval >= 6 and steer.n_test >= quant.n_eval  # QUANT-KL reads the steer plan's test prompts
     atlas_rule, skip_rule = catalogue["LORA-ATLAS"].params, catalogue["SKIP-RECOVER"].params
-    decidable = plan_.n_train_seeds >= int(atlas_rule["min_seeds"]) and plan_.n_random >= int(atlas_rule["min_draws"])
+    first_holm = (1 - D.LEVEL) / 2 / len(plan_.families)  # LORA-ATLAS: one member per LoRA family, Holm
+
+    def floor(draws: int) -> float:  # the exact rank p-value's smallest value (engine.decisions.beats_draws)
+        return (1.0 / (draws + 1)) ** plan_.n_train_seeds
+
+    decidable = (plan_.n_train_seeds >= int(atlas_rule["min_seeds"]) and plan_.n_random >= int(atlas_rule["min_draws"])
+                 and floor(plan_.n_random) <= first_holm)
     assert decidable or plan_.n_random == 1, (plan, plan_.n_train_seeds, plan_.n_random)
-    assert plan_.n_skip_random >= int(skip_rule["min_draws"]) or plan_.n_skip_random == 1, plan_.n_skip_random
+    skip_decidable = plan_.n_skip_random >= int(skip_rule["min_draws"]) and floor(plan_.n_skip_random) <= (1 - D.LEVEL) / 2  # one member
+    assert skip_decidable or plan_.n_skip_random == 1, (plan, plan_.n_train_seeds, plan_.n_skip_random)
     early = plan_.train_config().checkpoint_steps()[min(plan_.checkpoints)]
     assert early > plan_.warmup_steps or plan_.lock_per_family == 1, (plan, early, plan_.warmup_steps)
     if plan == "full":

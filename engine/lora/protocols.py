@@ -27,7 +27,7 @@ Seed vs rigorous, per claim (``seed-protocols.md``; the decisions are :mod:`engi
   (seed) or held-out prompts (rigorous).
 * LOCKIN (G3) and SKIP-RECOVER (G4): the seed never ran these blocks, so only the rigorous protocol measures:
   per-prompt own atlases of the checkpoints and the base model (LOCKIN); the own-atlas skip vs ``n_skip_random``
-  random skips (SKIP-RECOVER, :class:`~engine.lora.studies.SkipStudy`).
+  random skips per training seed (SKIP-RECOVER, :class:`~engine.lora.studies.SkipStudy`).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class LoraPlan:
     atlas_per_family: int = 1  # the model's own atlas: this many prompts of each of the 12 families
     lock_per_family: int = 2  # LOCKIN's per-checkpoint atlases: held-out prompts of the LoRA families
     skip_fraction: float = 0.1  # SKIP-RECOVER skips this share of the layers (at least 1)
-    n_skip_random: int = 2  # random skips of the same count (SKIP-RECOVER's rule needs >= 10)
+    n_skip_random: int = 2  # random skips of the same count per training seed (SKIP-RECOVER's rule needs >= 10)
     generate: bool = True  # greedy generation scored by the suite (held-out) for LORA-ATLAS
     name: str = plans.DEFAULT_PLAN  # the plan of engine/data/plans.toml this was read from (set by the loader)
 
@@ -247,7 +247,8 @@ class LoraBench:
         _ = self.all_linear
         k = max(1, round(self.plan.skip_fraction * self.lm.n_layers))
         return skip_study(self.lm, self.train_examples, self.eval_examples, importance=self.importance,
-                          config=self.config, k=k, n_random=self.plan.n_skip_random, r=self.plan.r,
+                          config=self.config, k=k, n_random=self.plan.n_skip_random, seeds=self.plan.train_seeds,
+                          r=self.plan.r,
                           alpha=self.plan.alpha, random_seed=self.plan.data_seed)
 
 

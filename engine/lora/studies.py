@@ -15,7 +15,8 @@ checked by the decision).
   of each module chosen so that parameter counts match o_proj's within 5% (:func:`~.adapters.matched_ranks`),
   every training seed, held-out loss per example.
 * :func:`skip_study` (SKIP-RECOVER): skip the k least important layers of the model's own atlas vs ``n_random``
-  random skips of the same count, recover each with the same finetune, held-out loss per example.
+  random skips of the same count per training seed (each seed's its own), recover each with the same finetune,
+  held-out loss per example.
 
 Every training run goes through :func:`~engine.lora.training.train_cached`, so runs shared by claims (the
 all-linear adapter for LORA-ATLAS, LORA-LATE, LOCKIN and SKIP-RECOVER's reference) are trained once.
@@ -351,6 +352,10 @@ class SkipStudy:
     recovery finetune; held-out loss per example before and after recovery, and the full model with the same
     finetune as the reference (what the finetune alone gives).
 
+    Catalogue v3: the unit is the skip + recovery run. The atlas skip is recovered under every training seed, and
+    each seed recovers random skips of its own (none shared across seeds), so the seeds' ranks are independent runs
+    (``atlas[i]`` and ``randoms[i]`` belong to training seed ``seeds[i]``).
+
     No "recovered fraction" is reported: (skipped - recovered) / (skipped - full) exceeds 1 whenever the
     finetune also teaches the task (the cpu runs gave 4.27 and 6.79), so it does not measure recovery. Instead:
     ``damage`` (skipped - full, before recovery) and ``excess`` (recovered - the finetuned full model: the
@@ -361,70 +366,93 @@ class SkipStudy:
     k: int
     config: TrainConfig
     importance: list[float]
-    atlas: Recovery
-    randoms: list[Recovery]
+    seeds: list[int]
+    atlas: list[Recovery]
+    randoms: list[list[Recovery]]
     reference: EvalResult
     n_train: int
     n_eval: int
 
     def losses(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """(atlas recovered loss [n_examples], random recovered losses [n_draws, n_examples], families)."""
-        return (np.asarray(self.atlas.recovered_losses), np.asarray([r.recovered_losses for r in self.randoms]),
-                list(self.atlas.families))
+        """(atlas recovered loss [n_seeds, n_examples], random recovered losses [n_seeds, n_draws, n_examples],
+        families)."""
+        return (np.asarray([a.recovered_losses for a in self.atlas]),
+                np.asarray([[r.recovered_losses for r in rs] for rs in self.randoms]), list(self.atlas[0].families))
 
     def damage(self) -> tuple[np.ndarray, np.ndarray]:
-        """Skip damage before recovery, per example: (atlas [n], random [n_draws, n])."""
+        """Skip damage before recovery, per example (the same under every seed: no training yet): (atlas [n],
+        random [n_draws of every seed, n])."""
         def d(rec: Recovery) -> np.ndarray:
             return np.asarray(rec.skipped_losses) - np.asarray(rec.full_losses)
-        return d(self.atlas), np.asarray([d(r) for r in self.randoms])
+        return d(self.atlas[0]), np.asarray([d(r) for rs in self.randoms for r in rs])
 
     def figures(self) -> dict:
         cfg = self.config
         ref = self.reference.loss()
+        randoms = [r for rs in self.randoms for r in rs]
+        atlas_recovered = float(np.mean([a.recovered_loss for a in self.atlas]))
+        random_recovered = float(np.mean([r.recovered_loss for r in randoms]))
+        first = self.atlas[0]
         return {"k": self.k, "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "max_len": cfg.max_len,
-                "n_train": self.n_train, "n_eval": self.n_eval, "recovery_trainable": self.atlas.trainable,
-                "train_seconds": self.atlas.train_seconds + sum(r.train_seconds for r in self.randoms),
+                "n_train": self.n_train, "n_eval": self.n_eval, "recovery_trainable": first.trainable,
+                "train_seconds": sum(a.train_seconds for a in self.atlas) + sum(r.train_seconds for r in randoms),
                 "metric": "held-out loss after skip + recovery finetune (per example)",
-                "n_random_draws": len(self.randoms), "atlas_skipped_layers": self.atlas.skipped_layers,
-                "random_skipped_layers": [r.skipped_layers for r in self.randoms],
-                "full_loss": self.atlas.full_loss, "reference_loss": ref,
-                "atlas_skipped_loss": self.atlas.skipped_loss, "atlas_recovered_loss": self.atlas.recovered_loss,
-                "random_skipped_losses": [r.skipped_loss for r in self.randoms],
-                "random_recovered_losses": [r.recovered_loss for r in self.randoms],
-                "random_recovered_loss": float(np.mean([r.recovered_loss for r in self.randoms])),
-                "atlas_damage": self.atlas.damage, "random_damage": float(np.mean([r.damage for r in self.randoms])),
-                "atlas_excess_after_recovery": self.atlas.recovered_loss - ref,
-                "random_excess_after_recovery": float(np.mean([r.recovered_loss for r in self.randoms])) - ref,
-                "atlas_exact": self.atlas.recovered_exact, "random_exact": [r.recovered_exact for r in self.randoms]}
+                "training_seeds": list(self.seeds), "n_random_draws": len(self.randoms[0]),
+                "n_random_skips": len(randoms), "atlas_skipped_layers": first.skipped_layers,
+                "random_skipped_layers": [[r.skipped_layers for r in rs] for rs in self.randoms],
+                "full_loss": first.full_loss, "reference_loss": ref,
+                "atlas_skipped_loss": first.skipped_loss,
+                "atlas_recovered_losses": [a.recovered_loss for a in self.atlas],
+                "atlas_recovered_loss": atlas_recovered,
+                "random_skipped_losses": [[r.skipped_loss for r in rs] for rs in self.randoms],
+                "random_recovered_losses": [[r.recovered_loss for r in rs] for rs in self.randoms],
+                "random_recovered_loss": random_recovered,
+                "atlas_damage": first.damage, "random_damage": float(np.mean([r.damage for r in randoms])),
+                "atlas_excess_after_recovery": atlas_recovered - ref,
+                "random_excess_after_recovery": random_recovered - ref,
+                "atlas_exact": [a.recovered_exact for a in self.atlas],
+                "random_exact": [[r.recovered_exact for r in rs] for rs in self.randoms]}
 
 
 def skip_study(lm: LoadedModel, train_examples: Sequence[Example], eval_examples: Sequence[Example], *,
                importance: Sequence[float], config: TrainConfig, k: int | None = None, n_random: int = 3,
-               modules: Sequence[str] = ALL_LINEAR, random_seed: int = 0, r: int = 8, alpha: int = 16,
-               cache: bool = True) -> SkipStudy:
-    """Skip the k least important layers (by ``importance``) and ``n_random`` random k-layer sets (distinct, never
-    the atlas's set), recover each with the same finetune, and evaluate on the held-out examples.
+               seeds: Sequence[int] = (0,), modules: Sequence[str] = ALL_LINEAR, random_seed: int = 0, r: int = 8,
+               alpha: int = 16, cache: bool = True) -> SkipStudy:
+    """Skip the k least important layers (by ``importance``), recovered under every training seed in ``seeds``,
+    and ``n_random`` random k-layer sets per seed (``n_random * len(seeds)`` distinct sets, never the atlas's;
+    seed i's are the i-th block of ``n_random``), each recovered under its seed only; evaluate on the held-out
+    examples.
 
     ``k`` defaults to 10% of the layers (at least 1). The reference is the full model with the same recovery
-    finetune on every layer.
+    finetune on every layer (first seed; a figure, not part of the decision).
     """
     n = lm.n_layers
+    seeds = [int(s) for s in seeds]
     k = k if k is not None else max(1, round(0.1 * n))
     kwargs = dict(template=config.template, append_eos=config.append_eos, max_len=config.max_len)
+    configs = [dataclasses.replace(config, seed=s) for s in seeds]
     full = evaluate(lm, eval_examples, **kwargs)
     full_train = evaluate(lm, train_examples, **kwargs)
     reference_target = LoraTarget(tuple(range(n)), tuple(modules), r, alpha,
                                   label="all-linear" if tuple(modules) == ALL_LINEAR else "recover-reference")
-    reference = run_outcome(lm, reference_target.label, reference_target, train_examples, eval_examples, config,
+    reference = run_outcome(lm, reference_target.label, reference_target, train_examples, eval_examples, configs[0],
                             cache=cache).heldout
-    common = dict(modules=modules, config=config, r=r, alpha=alpha, full=full, full_train=full_train,
-                  reference=reference, cache=cache)
+    common = dict(modules=modules, r=r, alpha=alpha, full=full, full_train=full_train, reference=reference,
+                  cache=cache)
     least = least_important_layers(importance, k)
-    atlas = skip_recover(lm, train_examples, eval_examples, least, label="atlas", **common)
-    randoms = [skip_recover(lm, train_examples, eval_examples, layers, label=f"random-{i}", **common)
-               for i, layers in enumerate(random_draws(n, k, n_random, seed=random_seed, avoid=[least]))]
-    return SkipStudy(model=lm.key, k=k, config=config, importance=[float(v) for v in importance], atlas=atlas,
-                     randoms=randoms, reference=reference, n_train=len(train_examples), n_eval=len(eval_examples))
+    atlas = [skip_recover(lm, train_examples, eval_examples, least, label="atlas", config=c, **common)
+             for c in configs]
+    draws = random_draws(n, k, n_random * len(seeds), seed=random_seed, avoid=[least])
+    per_seed = len(draws) // len(seeds)
+    if per_seed < 1:
+        raise LoraError(f"skip_study: {lm.key} has {len(draws)} random {k}-layer skip(s) besides the atlas's, fewer "
+                        f"than its {len(seeds)} training seeds (fewer seeds, or another skip_fraction)")
+    randoms = [[skip_recover(lm, train_examples, eval_examples, layers, label=f"random-{i * per_seed + j}",
+                             config=c, **common)
+                for j, layers in enumerate(draws[i * per_seed:(i + 1) * per_seed])] for i, c in enumerate(configs)]
+    return SkipStudy(model=lm.key, k=k, config=config, importance=[float(v) for v in importance], seeds=seeds,
+                     atlas=atlas, randoms=randoms, reference=reference, n_train=len(train_examples),
+                     n_eval=len(eval_examples))
 
 
 __all__ = ["FAMILY_SHORT", "MODULE_LEAF", "ModuleSweep", "Outcome", "SkipStudy", "TargetingStudy", "families_of",
