@@ -339,7 +339,7 @@ def _for_every_rule(claim: str, delta: float, members: int, families: int) -> Ca
 
 def _skip_rule(configs: int, families: int, keep: float) -> Callable:
     """SKIP-ALL: per configuration top-5 overlaps (k of 5 tokens kept, binomial) with mean ``keep`` (no effect: the
-    claim's threshold exactly) or 0 (the claim: nothing kept); Hoeffding's interval, Holm across configurations."""
+    claim's threshold exactly) or 0 (the claim: nothing kept); t / betting interval, Holm across configurations."""
     from engine.studies.atlas import skips
 
     params = {"keep_threshold": keep, "keep_threshold_rationale": "calibration"}
@@ -364,6 +364,64 @@ def _lockin_rule(delta: float, families: int) -> Callable:
         groups = [f"f{i}" for i in range(families) for _ in range(n)]
         _, claim = lora.decide_lockin(ck, base, groups, delta=delta, control_delta=delta)
         return claim.outcome.value
+
+    return run
+
+
+def _lockin_paired_rule(delta: float, families: int, moved: float = 0.2) -> Callable:
+    """LOCKIN's claim part as the cpu runs measured it (run 200e01a: the early checkpoint's top-5 equal to the base
+    model's on every prompt): paired differences in {-1, .., 1}. No effect: 0 on most prompts, +-0.2 on a ``moved``
+    share (mean 0); delta: the least favourable two-point law, 0 or 1 with mean delta (mostly 0, like the null).
+    Equal differences take the betting interval, varying ones the stratified t."""
+    from engine.studies import lora
+
+    def run(rng, n, effect):
+        size = families * n
+        if effect is None:
+            diff = 0.2 * rng.choice([-1, 0, 1], size=size, p=[moved / 2, 1 - moved, moved / 2])
+        else:
+            diff = (rng.random(size) < effect).astype(float)  # mean effect, all mass at 0 and 1
+        base = np.full(size, 0.4)  # the claim part reads only the differences (the control: 1 - base > 0)
+        groups = [f"f{i}" for i in range(families) for _ in range(n)]
+        _, claim = lora.decide_lockin(base + diff, base, groups, delta=delta, control_delta=delta)
+        return claim.outcome.value
+
+    return run
+
+
+def _oproj_rule(delta: float, modules: int = 6, sd: float | None = None) -> Callable:
+    """LORA-OPROJ at its unit (the training run) through the production :func:`engine.studies.lora.decide_oproj`:
+    per training seed each module's run loss = its true gap to o_proj + a run-to-run effect (SD ``sd``, default
+    2 delta: run 200e01a's SmolLM2 v_proj - o_proj gaps over seeds 0-2 had SD ~0.095 = 1.9 delta). No effect: one
+    module's gap at 0, the others 4 SD above (only it can stop a false "lower than every other"); delta: every
+    gap at delta (the claim holds, barely)."""
+    from engine.studies import lora
+
+    sd = 2.0 * delta if sd is None else sd
+    names = ["o", *lora.OTHER_MODULES[:modules]]
+    groups = ["f0", "f1", "f2"]
+
+    def run(rng, n, effect):
+        gaps = [0.0] + [4.0 * sd] * (modules - 1) if effect is None else [effect] * modules
+        losses = {"o": np.zeros((n, 3))}
+        for m, gap in zip(names[1:], gaps):
+            losses[m] = (gap + rng.normal(0.0, sd, size=(n, 1))) + np.zeros((n, 3))
+        ev = lora.decide_oproj(losses, groups, {m: 1000 for m in names}, delta=delta)
+        return ev.outcome.value
+
+    return run
+
+
+def _late_rule(delta: float, families: int = 3, members: int = 9, sd: float = 0.16) -> Callable:
+    """LORA-LATE's "for every other decile" on per-prompt share differences (the last decile's share of the adapter
+    effect minus each other decile's; SD ``sd`` per prompt, run 200e01a's Gemma gaps at 30 prompts), Holm over the 9
+    other deciles, through :func:`engine.decisions.for_every` as :func:`engine.studies.lora.decide_late` calls it.
+    No effect: one decile's gap at 0, the others 4 SD above; delta: every gap at delta."""
+    def run(rng, n, effect):
+        groups = [f"f{i}" for i in range(families) for _ in range(n)]
+        gaps = [0.0] + [4.0 * sd] * (members - 1) if effect is None else [effect] * members
+        ms = {f"d{j}": (gap + rng.normal(0.0, sd, size=families * n), groups) for j, gap in enumerate(gaps)}
+        return D.for_every(ms, delta=delta).outcome.value
 
     return run
 
@@ -395,7 +453,7 @@ def rules() -> dict[str, Rule]:
              "Holm over 30 layers; delta 0.05 nats is small against the per-prompt spread", powered=False),
         Rule("skip-below-threshold-every-config", ("SKIP-ALL",), "top-5 overlaps (binomial 5)",
              ("atlas", "rigorous_per_family"), float(skip["keep_threshold"]),
-             _skip_rule(8, 12, float(skip["keep_threshold"])), "threshold claim; t where overlaps vary, Hoeffding where not; Holm over 8 configurations"),
+             _skip_rule(8, 12, float(skip["keep_threshold"])), "threshold claim; t where overlaps vary, betting where not; Holm over 8 configurations"),
         Rule("steer-gap", ("STEER-ALL",), "STEER-ALL residuals", ("steer", "n_test"), float(steer["delta"]),
              _greater_rule("STEER-ALL", float(steer["delta"]), None), powered=False),
         Rule("direction-beats-controls", ("STEER-RANDOM", "STEER-TRANSFER"), "STEER-RANDOM residuals",
@@ -426,8 +484,21 @@ def rules() -> dict[str, Rule]:
              "own); no effect: the atlas skip at the random skips' mean set effect", powered=False),
         Rule("lockin-early-beats-base", ("LOCKIN",), "top-5 overlaps (binomial 5)", ("lora", "lock_per_family"),
              float(lock["delta"]), _lockin_rule(float(lock["delta"]), 3),
-             "bounded overlaps: stratified t where they vary, Hoeffding where they do not; power 0.58 at 5 per family, "
+             "bounded overlaps: stratified t where they vary, betting where they do not; power 0.58 at 5 per family, "
              "0.93 at 10 (the full cpu plan's size since #30)"),
+        Rule("oproj-runs-every-module", ("LORA-OPROJ",), "normal run effects (SD = 2 delta, run 200e01a)",
+             ("lora", "n_train_seeds"), float(_claim_params("LORA-OPROJ")["delta"]),
+             _oproj_rule(float(_claim_params("LORA-OPROJ")["delta"])),
+             "the unit is the training run (t over seeds, Holm over 6 modules); the full plan runs it on 5 fresh "
+             "seeds (per_claim)", powered=False),
+        Rule("late-decile-every-other", ("LORA-LATE",), "normal per-prompt share gaps (SD 0.16, run 200e01a)",
+             ("lora", "n_eval"), float(_claim_params("LORA-LATE")["delta"]), _late_rule(float(_claim_params("LORA-LATE")["delta"])),
+             "Holm over the 9 other deciles; the full plan runs it at 20 held-out prompts per family (per_claim)",
+             powered=False),
+        Rule("lockin-early-beats-base:paired", ("LOCKIN",), "paired overlap differences, mostly 0 (run 200e01a)",
+             ("lora", "lock_per_family"), float(lock["delta"]), _lockin_paired_rule(float(lock["delta"]), 3),
+             "no effect: 80% of prompts unchanged, 10% each +-0.2; delta: 0 or 1 with mean delta (least favourable); "
+             "equal differences take the betting interval", powered=False),
     ]
     return {r.name: r for r in out}
 
@@ -446,6 +517,9 @@ def plan_sizes(rule: Rule) -> list[int]:
             if not isinstance(tier, Mapping) or block not in tier or key not in tier[block]:
                 continue
             ns.add(int(tier[block][key]))  # steer / quant: the total prompts (spread over families by _shape)
+            for claim, fields in tier[block].get("per_claim", {}).items():  # a claim the plan sizes apart
+                if claim in rule.claims and key in fields:
+                    ns.add(int(fields[key]))
             if key == "rigorous_per_family":  # every sequential look's n below it (each look at a stricter level)
                 ns.update(int(n) for n in tier[block].get("stages", []) if n < int(tier[block][key]))
     return sorted(ns)
@@ -456,9 +530,12 @@ def _full_lora_draws(field: str = "n_random") -> int:
 
 
 def full_plan_n(rule: Rule) -> int:
+    """The full cpu plan's n for this rule: its claims' own size where the plan sizes them apart (``per_claim``)."""
     data = tomllib.loads(PLANS.read_text())["plans"][FULL_PLAN]
     block, key = rule.sizes
-    return int(data["cpu"][block][key])
+    table = data["cpu"][block]
+    apart = [int(f[key]) for c, f in table.get("per_claim", {}).items() if c in rule.claims and key in f]
+    return max(apart) if apart else int(table[key])
 
 
 # ------------------------------------------------------------------------------------------------ simulation

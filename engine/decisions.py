@@ -28,9 +28,11 @@ Every rule of the catalogue is built from these primitives, each returning an :c
 * some family with 1 example (the seed's and the CLI's smallest samples): the exact sign-flip test of the family
   means (all 2^H sign patterns up to 16 families, Monte Carlo beyond), inverted into a CI; it needs no
   within-family variance, so a large effect in every family is still decided;
-* bounded per-example values (``bounds``: top-5 overlaps in [0, 1]) that did not vary: Hoeffding's interval for the
-  weighted mean of independent bounded variables, valid at any n and never of zero width (all-equal overlaps still
-  have a CI); bounded values that vary take the t / sign-flip path (Hoeffding's is valid but far wider).
+* bounded per-example values (``bounds``: top-5 overlaps in [0, 1]) that did not vary: the betting interval (a
+  test martingale per side: the mean over a fixed grid of constant bets of prod_i (1 + lambda w_i (x_i - m)),
+  p = 1 / that, Markov's inequality; Waudby-Smith & Ramdas, JRSS-B 2024), valid at any n for independent values
+  in [lo, hi] and never of zero width; unlike Hoeffding's it uses how far the values sit from the bounds, so 30
+  equal overlaps decide what Hoeffding's needs ~190 for. Bounded values that vary take the t / sign-flip path.
 
 A zero-width CI from a measurement that could not vary (every value equal, or no within-family variance) is a
 failed precondition (``degenerate``), never decisive. There is no minimum-n gate: each rule's calibration
@@ -175,7 +177,7 @@ _FLIPS: dict = {}
 @dataclass(frozen=True)
 class Interval:
     """The mean over family means of per-example values, its CI and one-sided p-values, by one of three methods
-    (``stratified-t``, ``sign-flip``, ``hoeffding``); ``low``/``high`` None: no CI (``why``)."""
+    (``stratified-t``, ``sign-flip``, ``betting``); ``low``/``high`` None: no CI (``why``)."""
 
     estimate: float
     low: float | None
@@ -188,7 +190,7 @@ class Interval:
     degenerate: str = ""  # non-empty: the measurement could not vary (the CI is not evidence)
     why: str = ""  # why there is no CI
     family_means: tuple[float, ...] = ()
-    half_width_scale: float | None = None  # hoeffding: the CI's half-width per unit of range
+    betting: tuple | None = None  # betting: (values, weights, lo, hi), the data its test martingales bet on
     patterns: Any = None
     level: float = LEVEL
 
@@ -210,10 +212,8 @@ class Interval:
         gap = side * (self.estimate - m)
         if self.method == "stratified-t":
             return float(sps.t.sf(gap / self.standard_error, self.df))
-        if self.method == "hoeffding":
-            if gap <= 0:
-                return 1.0
-            return float(min(1.0, math.exp(-2.0 * (gap / self.half_width_scale) ** 2)))
+        if self.method == "betting":
+            return _betting_p(*self.betting, m, side)
         y = np.asarray(self.family_means)  # sign-flip: mean(e (y - m)) = mean(e y) - m mean(e)
         flipped, signs = _flip_sums(self.patterns, self.family_means)
         stats_ = flipped - m * signs
@@ -227,7 +227,8 @@ def interval(values: Sequence[float] | np.ndarray, groups: Sequence[str], *, lev
              discrete: bool = False) -> Interval:
     """The mean over family means of ``values`` (each family weighs the same) with a CI valid at every n.
 
-    ``bounds`` (lo, hi): every value lies in [lo, hi] (top-k overlaps): Hoeffding's interval. Else all families
+    ``bounds`` (lo, hi): every value lies in [lo, hi] (top-k overlaps): the betting interval where they did not vary
+    (:func:`_betting_p`). Else all families
     with >= 2 examples: the stratified t-interval (Var = sum_h s_h^2 / n_h / H^2, Welch-Satterthwaite df); some
     family with one example, or no variation within any family: the exact sign-flip test of the family means,
     inverted into a CI. Every value the same is a degenerate measurement, except for a ``discrete`` one (argmax
@@ -256,12 +257,15 @@ def interval(values: Sequence[float] | np.ndarray, groups: Sequence[str], *, lev
                              f"{arr.max():.4g}])")
     if bounds is not None and np.ptp(arr) == 0:
         # bounded values that did not vary (every top-5 overlap 0): the t / sign-flip interval would have zero
-        # width; Hoeffding's needs no variance and is valid at any n. Values that vary take the t / sign-flip path.
-        # D = sum_i c_i x_i with c_i = 1 / (H n_h): P(|D - E D| >= t) <= 2 exp(-2 t^2 / sum_i c_i^2 (hi - lo)^2)
+        # width; the betting interval needs no variance estimate and is valid at any n. Values that vary take the
+        # t / sign-flip path. Weights w_i = N / (H n_h): the family-weighted mean is mean(w_i x_i).
+        weights = np.concatenate([np.full(len(s), len(arr) / (h * len(s))) for s in samples])
+        data = (tuple(np.concatenate(samples).tolist()), tuple(weights.tolist()), lo_b, hi_b)
+        low = _betting_bound(data, alpha2 / 2, estimate, lo_b, side=+1)
+        high = _betting_bound(data, alpha2 / 2, estimate, hi_b, side=-1)
+        # standard_error (power projections only, never a decision): Hoeffding's sub-Gaussian scale
         scale = (hi_b - lo_b) * math.sqrt(sum(1.0 / (h * h * len(s)) for s in samples))
-        half = scale * math.sqrt(math.log(2.0 / alpha2) / 2.0)
-        return Interval(low=estimate - half, high=estimate + half, standard_error=scale / 2.0, method="hoeffding",
-                        half_width_scale=scale, **common)
+        return Interval(low=low, high=high, standard_error=scale / 2.0, method="betting", betting=data, **common)
     if len(arr) >= 2 and np.ptp(arr) == 0 and (not discrete or arr[0] == 0):
         # every value the same: a measurement that could not vary (a checkpoint equal to the base model, a hook that
         # changed nothing); a discrete measurement (argmax depths) that could vary and gave one non-zero value in
@@ -291,6 +295,46 @@ def interval(values: Sequence[float] | np.ndarray, groups: Sequence[str], *, lev
     low = _invert(iv, alpha2 / 2, estimate, estimate - 4 * span, side=+1)
     high = _invert(iv, alpha2 / 2, estimate, estimate + 4 * span, side=-1)
     return replace(iv, low=low, high=high)
+
+
+BETTING_GRID = 100  # constant bets lambda_g = g / G of the largest safe bet, g = 1..G (fixed before the data)
+
+
+def _betting_p(values: np.ndarray, weights: np.ndarray, lo: float, hi: float, m: float, side: int) -> float:
+    """One-sided p-value of H0 "weighted mean <= m" (side +1) or ">= m" (side -1) for independent values in [lo, hi].
+
+    K = mean over the grid of prod_i (1 + lambda_g w_i side (x_i - m)), each bet lambda_g at most the largest that keeps
+    every factor >= 0 whatever x_i in [lo, hi] is. Under H0, E K <= 1 (independence, then the AM-GM inequality over
+    the factors' means, which average to 1 + lambda_g side (m' - m) with m' the weighted mean, sum w_i = N), so
+    p = min(1, 1 / K) is valid by Markov's inequality at every n; the grid is fixed before the data, so no bet is
+    chosen from them."""
+    room = (m - lo) if side > 0 else (hi - m)  # how far a value can go against the bet
+    if room <= 0:
+        return 1.0
+    values, weights = np.asarray(values), np.asarray(weights)
+    top = 1.0 / (float(np.max(weights)) * room)
+    lambdas = top * np.arange(1, BETTING_GRID + 1) / BETTING_GRID
+    factors = 1.0 + np.outer(lambdas, weights * side * (values - m))
+    with np.errstate(divide="ignore"):
+        logs = np.log(np.clip(factors, 0.0, None)).sum(axis=1)
+    log_k = float(np.logaddexp.reduce(logs) - math.log(BETTING_GRID))
+    return float(min(1.0, math.exp(-log_k))) if log_k > -700 else 1.0
+
+
+def _betting_bound(data: tuple, alpha: float, inside: float, edge: float, side: int) -> float:
+    """The betting CI's bound between ``inside`` (the estimate: never rejected) and ``edge`` (the range's end):
+    bisection on m of :func:`_betting_p` at ``alpha`` (side +1: the lower bound, -1: the upper)."""
+    near = edge + side * 1e-9 * (data[3] - data[2])  # just inside the range (at its end no bet is safe)
+    if _betting_p(*data, near, side) > alpha:
+        return float(edge)
+    a, b = inside, near  # p(a) > alpha (not rejected), p(b) <= alpha (rejected)
+    for _ in range(60):
+        mid = 0.5 * (a + b)
+        if _betting_p(*data, mid, side) > alpha:
+            a = mid
+        else:
+            b = mid
+    return float(a)
 
 
 def _invert(iv: Interval, alpha: float, inside: float, outside: float, side: int) -> float:
@@ -331,7 +375,7 @@ def greater(diffs: Sequence[float], groups: Sequence[str], *, delta: float, labe
     against: CI upper < ``delta`` (decided first); for: CI lower > 0; else undecided, with the projected n per
     family. ``delta = 0``: a threshold claim on ``diffs`` = x - T. ``precondition``: non-empty when a control or
     precondition of the rule did not hold: undecided for that reason whatever the CI says (stored, so
-    :func:`recompute` decides the same). ``bounds``: the range of the per-example values (Hoeffding's interval).
+    :func:`recompute` decides the same). ``bounds``: the range of the per-example values (the betting interval).
     """
     level = looked_level() if level is None else level
     if not math.isfinite(delta):
@@ -719,7 +763,7 @@ def beats_draws(members: Mapping[str, tuple[Sequence[float], Sequence[Sequence[f
                         + ", ".join(f"{n} p = {p:.3g}" for n, p in zip(names, p_for)), **common)
     floor = max(floors.values())
     reachable = floor <= alpha / len(names)
-    why = (f"not every member's rank p-value is below its Holm level ("
+    why = ("not every member's rank p-value is below its Holm level ("
            + ", ".join(f"{n} p = {p:.3g}" for n, p in zip(names, p_for)) + ")"
            + ("" if reachable else f"; with {n_seeds} training seed(s) x {n_draws} draw(s) the p-value cannot go "
                                    f"below {floor:.3g} > {alpha / len(names):.3g}: the plan needs more runs "

@@ -66,9 +66,37 @@ def test_one_example_per_family_uses_exact_sign_flips_and_still_decides_a_large_
 
 def test_bounded_values_get_a_ci_of_nonzero_width_even_when_all_equal():
     iv = D.interval(np.zeros(24), _groups(2), bounds=(0.0, 1.0))
-    assert iv.method == "hoeffding" and iv.high > 0 and not iv.degenerate
+    assert iv.method == "betting" and iv.high > 0 and not iv.degenerate
     with pytest.raises(ValueError, match="outside the stated bounds"):
         D.interval(np.full(24, 2.0), _groups(2), bounds=(0.0, 1.0))
+
+
+@pytest.mark.parametrize("per_family, decided", [(3, False), (10, True)])
+def test_equal_bounded_values_decide_by_betting_where_hoeffding_could_not(per_family, decided):
+    """30 paired overlap differences all 0 in [-1, 1] (LOCKIN's early checkpoint agreeing with the final atlas
+    exactly as the base model does): the betting interval's upper bound is 0.161 < 0.2 (Hoeffding's: 0.496, ~190
+    prompts to get below 0.2); at 3 per family 9 equal values cannot (0.43)."""
+    groups = [f for f in FAMILIES[:3] for _ in range(per_family)]
+    iv = D.interval(np.zeros(len(groups)), groups, bounds=(-1.0, 1.0))
+    assert iv.method == "betting" and iv.low == -iv.high  # symmetric: the values sit mid-range
+    assert (iv.high < 0.2) is decided
+    assert math.isclose(iv.p_below(iv.high), 0.025, rel_tol=1e-3) and iv.p_below(0.0) == 1.0
+    near_top = D.interval(np.full(len(groups), 0.8), groups, bounds=(-1.0, 1.0))  # values near the range's end
+    assert near_top.high - 0.8 < 0.8 - near_top.low  # the near end leaves little room: that side is tighter
+
+
+@pytest.mark.parametrize("p_hi", [0.5, 0.9, 0.99])
+def test_the_betting_p_value_is_valid_for_any_bounded_distribution_with_mean_at_the_boundary(p_hi):
+    """Two-point values (the least favourable: all mass at the ends) and unequal family weights, H0 "mean >= m" true
+    at its boundary: P(p <= 0.025) <= 0.025 (Markov: the mixture of constant bets has expectation <= 1)."""
+    rng = np.random.default_rng(int(p_hi * 100))
+    weights = np.concatenate([np.full(4, 13 / (2 * 4)), np.full(9, 13 / (2 * 9))])  # N / (H n_h): 2 families
+    m = p_hi * 1.0 + (1 - p_hi) * -1.0
+    hits = 0
+    for _ in range(2000):
+        x = np.where(rng.random(13) < p_hi, 1.0, -1.0)
+        hits += D._betting_p(tuple(x), tuple(weights), -1.0, 1.0, m, -1) <= 0.025
+    assert hits / 2000 <= 0.025 + 3 * (0.025 * 0.975 / 2000) ** 0.5
 
 
 # ------------------------------------------------------------------------------------------------ reachability

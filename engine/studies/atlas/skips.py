@@ -83,7 +83,7 @@ def decide_skip(protocol: str, overlaps: Mapping[str, Sequence[float]], groups: 
                 params: Mapping[str, Any], text: str) -> Finding:
     """SKIP-ALL (catalogue v3), a threshold claim per configuration on the per-example top-5 overlaps, Holm across
     configurations (:func:`engine.decisions.for_every` on ``keep_threshold - overlap`` with ``delta = 0``; the
-    overlaps are bounded in [0, 1], so the interval is Hoeffding's and all-equal overlaps still have a CI): every
+    overlaps are bounded in [0, 1], so all-equal overlaps take the betting interval and overlaps still have a CI): every
     configuration's overlap CI below ``keep_threshold`` -> CONFIRMED; some configuration's overlap CI wholly above
     it -> FAILED; else INCONCLUSIVE."""
     keep = params["keep_threshold"]
