@@ -154,10 +154,29 @@ def block_work(block: str, t: Mapping[str, Any]) -> float:
         return (t["n_eval"] * precisions * (1 + len(t["rigorous_scales"]))
                 + (t["rounds"] + t["warmup"]) * precisions * t["speed_batch"])
     if block == "lora":
-        trainings = t["n_train_seeds"] * (2 + t["n_random"] + len(t["sweep_modules"]) + t["n_skip_random"])
-        per = t["steps"] * t["batch_size"] + t["n_eval"] * len(t["families"])
-        return trainings * per * (t.get("max_len") or 256)
+        return sum(lora_claim_work(claim, t) for claim in LORA_TRAININGS)
     raise ValueError(f"unknown block {block!r}")
+
+
+# the lora block's trainings per training seed, by the claim that needs them (their sum is the block's work; a plan's
+# per_claim fields reprice that claim's part alone, :func:`lora_work`)
+LORA_TRAININGS = {"LORA-ATLAS": lambda t: 1 + t["n_random"],  # the atlas-guided set and the random-matched ones
+                  "LORA-LATE": lambda t: 1,  # the all-linear adapter (LORA-LATE, LOCKIN)
+                  "LORA-OPROJ": lambda t: len(t["sweep_modules"]),
+                  "SKIP-RECOVER": lambda t: t["n_skip_random"]}
+
+
+def lora_claim_work(claim: str, t: Mapping[str, Any]) -> float:
+    """The work of ``claim``'s part of the lora block under the sizes ``t``: trainings x (steps x batch + held-out
+    examples) x prompt length."""
+    per = t["steps"] * t["batch_size"] + t["n_eval"] * len(t["families"])
+    return t["n_train_seeds"] * LORA_TRAININGS[claim](t) * per * (t.get("max_len") or 256)
+
+
+def lora_work(t: Mapping[str, Any], per_claim: Mapping[str, Mapping[str, Any]]) -> float:
+    """The lora block's work with the claims a plan sizes apart (``per_claim``: claim id -> its fields) priced at
+    their own sizes."""
+    return sum(lora_claim_work(c, {**t, **per_claim.get(c, {})}) for c in LORA_TRAININGS)
 
 
 class TimingsWarning(UserWarning):
@@ -315,6 +334,9 @@ def estimate_blocks(plan: str, *, path: str | Path | None = None, timings: Path 
         return {}
     out = {b: seconds * (block_work(b, mine[b]) / REFERENCE_WORK[b] if b in mine else 1.0)
            for b, seconds in measured.items() if b in REFERENCE_WORK and (b in mine or b in ref)}
+    apart = plans_data.per_claim(plan, "lora", path=path)
+    if "lora" in out and "lora" in mine and apart:  # claims the plan sizes apart: priced at their own sizes
+        out["lora"] *= lora_work(mine["lora"], apart) / block_work("lora", mine["lora"])
     timed = timed_atlas_work(timings)
     if "atlas" in out and "atlas" in mine and timed:  # priced per model by the work that was timed
         per_model = measured_model_seconds("atlas", timings)

@@ -22,8 +22,11 @@ catalogue's ``cpu_models``); a block table may list its own (``[plans.<plan>.cpu
 block's claims run on these instead). :func:`cpu_models` gives them (a plan without a list: every cpu model). The
 cpu targets of a claim are chosen from its block's list (``engine.verdicts.Catalogue.cpu_targets(claim, plan)``).
 A cpu atlas table may size one model apart: ``[plans.<plan>.cpu.atlas.per_model."<model>"]`` replaces fields of that
-table for that model only (``engine.studies.atlas.sizes_for(..., model=...)``). Neither ``models`` nor
-``per_model`` is inherited (``inherits`` copies sizes; which models a plan runs is its own).
+table for that model only (``engine.studies.atlas.sizes_for(..., model=...)``). A cpu block table may size one claim
+apart: ``[plans.<plan>.cpu.<block>.per_claim."<CLAIM-ID>"]`` replaces fields for that claim's measurements only
+(``engine.lora.plan_for(..., claim=...)``: e.g. more training seeds, fresh ones, for a question the plan's last run
+left close). Neither ``models``, ``per_model`` nor ``per_claim`` is inherited (``inherits`` copies sizes; which
+models a plan runs and which claims it sizes apart are its own).
 
 A plan's cpu tier may give a budget: ``[plans.<plan>.cpu] budget_core_s = { atlas = 1500, steer = 300, ... }``, the
 core seconds each block may spend (a finite number > 0 per block the tier sizes; not inherited); :func:`budget_of`
@@ -71,6 +74,8 @@ MODELS = "models"  # [plans.<plan>.cpu] models = [...]: the cpu-tier models the 
 PER_MODEL = "per_model"  # [plans.<plan>.cpu.<block>.per_model."<model>"]: that model's own values of some fields
 BUDGET = "budget_core_s"  # [plans.<plan>.cpu] budget_core_s = {<block> = <core seconds>, ...} (engine.budget)
 PER_MODEL_BLOCKS = ("atlas",)  # the blocks whose sizes_for is given the model (engine.studies.atlas.sizes_for)
+PER_CLAIM = "per_claim"  # [plans.<plan>.cpu.<block>.per_claim."<CLAIM-ID>"]: that claim's own values of some fields
+PER_CLAIM_BLOCKS = ("lora",)  # the blocks whose sizes are read with the claim (engine.lora.plan_for)
 
 T = TypeVar("T")
 
@@ -99,6 +104,7 @@ class PlanModels:
     models: tuple[str, ...] | None = None
     blocks: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     per_model: Mapping[str, Mapping[str, Mapping[str, Any]]] = dataclasses.field(default_factory=dict)
+    per_claim: Mapping[str, Mapping[str, Mapping[str, Any]]] = dataclasses.field(default_factory=dict)
     budget: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def listed(self, block: str | None = None) -> tuple[str, ...] | None:
@@ -156,7 +162,7 @@ def parse_file(text: str, where: str = "<plans>") -> tuple[dict[str, dict[str, d
     models: dict[str, PlanModels] = {}
     for name, tiers in plans.items():
         _table(tiers, f"{where}: [plans.{name}]")
-        listed, per_block, per_model, budget = None, {}, {}, {}
+        listed, per_block, per_model, per_claim, budget = None, {}, {}, {}, {}
         for tier, blocks in tiers.items():
             if tier not in TIERS:
                 raise PlanError(f"{where}: unknown key 'plans.{name}.{tier}': a tier is one of {', '.join(TIERS)}")
@@ -175,14 +181,17 @@ def parse_file(text: str, where: str = "<plans>") -> tuple[dict[str, dict[str, d
                     per_block[block] = _models(fields.pop(MODELS), tier, f"{where}: '{key}.{MODELS}'")
                 if PER_MODEL in fields:
                     per_model[block] = _per_model(fields.pop(PER_MODEL), tier, block, f"{where}: '{key}.{PER_MODEL}'")
+                if PER_CLAIM in fields:
+                    per_claim[block] = _per_model(fields.pop(PER_CLAIM), tier, block, f"{where}: '{key}.{PER_CLAIM}'",
+                                                  what="claim")
                 for field, value in fields.items():
                     if field == INHERITS:
                         continue  # checked when resolved
                     check_value(field, value, f"{where}: '{key}.{field}'")
             if spend is not None:  # after the blocks: an unknown block table is named first
                 budget = _budget(spend, tier, blocks, f"plans.{name}.{tier}", where)
-        if listed is not None or per_block or per_model or budget:
-            models[name] = PlanModels(listed, per_block, per_model, budget)
+        if listed is not None or per_block or per_model or per_claim or budget:
+            models[name] = PlanModels(listed, per_block, per_model, per_claim, budget)
     return _resolve(plans, where), models
 
 
@@ -227,25 +236,27 @@ def _models(value: Any, tier: str, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _per_model(value: Any, tier: str, block: str, where: str) -> dict[str, dict[str, Any]]:
-    """A block's ``per_model`` table as written: model key -> a table of that block's fields (each value checked
-    as the block table's are; the keys against the block's sizes by :func:`validate`, the models against the
-    catalogue's cpu models by :func:`check_models`)."""
+def _per_model(value: Any, tier: str, block: str, where: str, what: str = "model") -> dict[str, dict[str, Any]]:
+    """A block's ``per_model`` (or ``per_claim``: ``what="claim"``) table as written: model key (claim id) -> a
+    table of that block's fields (each value checked as the block table's are; the keys against the block's sizes
+    by :func:`validate`, the models against the catalogue's cpu models by :func:`check_models`, the claims against
+    the catalogue by ``tests/test_plans.py``)."""
+    blocks = PER_MODEL_BLOCKS if what == "model" else PER_CLAIM_BLOCKS
     if tier != "cpu":
-        raise PlanError(f"{where}: only the cpu tier sizes a model apart (a gpu-tier claim runs on its own models)")
-    if block not in PER_MODEL_BLOCKS:
-        raise PlanError(f"{where}: only the {', '.join(PER_MODEL_BLOCKS)} block reads per-model sizes (its sizes_for "
-                        "is given the model)")
+        raise PlanError(f"{where}: only the cpu tier sizes a {what} apart (the gpu tier runs the seed's sizes)")
+    if block not in blocks:
+        raise PlanError(f"{where}: only the {', '.join(blocks)} block reads per-{what} sizes (its sizes are read "
+                        f"with the {what})")
     if not isinstance(value, dict) or not value:
-        raise PlanError(f"{where} = {_short(value)}: expected a table of model keys, each a table of fields")
+        raise PlanError(f"{where} = {_short(value)}: expected a table of {what} keys, each a table of fields")
     out: dict[str, dict[str, Any]] = {}
     for model, fields in value.items():
         at = f'{where[:-1]}."{model}"\'' if where.endswith("'") else f"{where}.{model}"
         if not isinstance(fields, dict) or not fields:
             raise PlanError(f"{at} = {_short(fields)}: expected a table of {block} fields and their values")
         for field, v in fields.items():
-            if field in (INHERITS, MODELS, PER_MODEL, *SET_BY_LOADER):
-                raise PlanError(f"{at[:-1]}.{field}': not a field that can be set for one model")
+            if field in (INHERITS, MODELS, PER_MODEL, PER_CLAIM, *SET_BY_LOADER):
+                raise PlanError(f"{at[:-1]}.{field}': not a field that can be set for one {what}")
             check_value(field, v, f"{at[:-1]}.{field}'")
         out[model] = dict(fields)
     return out
@@ -342,6 +353,20 @@ def left_out(plan: str, available: Sequence[str], *, path: str | Path | None = N
     return f"not in plan {plan}: {'; '.join(parts)}" if parts else ""
 
 
+def claim_fields(plan: str, block: str, claim: str | None, *, path: str | Path | None = None) -> dict[str, Any]:
+    """The fields ``plan`` sets for ``claim`` alone in its cpu ``block`` (``per_claim``; empty for most)."""
+    if not claim:
+        return {}
+    _, _, models = _read_file(path)
+    return dict(models.get(plan, PlanModels()).per_claim.get(block, {}).get(claim, {}))
+
+
+def per_claim(plan: str, block: str, *, path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """Every claim ``plan`` sizes apart in its cpu ``block``: claim id -> its fields."""
+    _, _, models = _read_file(path)
+    return {c: dict(f) for c, f in models.get(plan, PlanModels()).per_claim.get(block, {}).items()}
+
+
 def model_fields(plan: str, block: str, model: str | None, *, path: str | Path | None = None) -> dict[str, Any]:
     """The fields ``plan`` sets for ``model`` alone in its cpu ``block`` (``per_model``; empty for most)."""
     if not model:
@@ -435,6 +460,12 @@ def validate(path: str | Path | None = None) -> tuple[str, dict[str, dict[str, d
                                 "whose fields it replaces")
             for model in by_model:
                 load(block, classes[block], "cpu", {"plan": name}, path=path, model=model)
+        for block, by_claim in models.get(name, PlanModels()).per_claim.items():
+            if block not in plans[name].get("cpu", {}):
+                raise PlanError(f"{where}: 'plans.{name}.cpu.{block}.{PER_CLAIM}': no table [plans.{name}.cpu.{block}] "
+                                "whose fields it replaces")
+            for claim in by_claim:
+                load(block, classes[block], "cpu", {"plan": name}, path=path, claim=claim)
     return where, plans
 
 
@@ -472,11 +503,12 @@ def _table(value: Any, where: str) -> None:
 
 
 def load(block: str, cls: type[T], tier: str, params: Mapping[str, Any] | None = None, *,
-         path: str | Path | None = None, plan: str | None = None, model: str | None = None) -> T:
+         path: str | Path | None = None, plan: str | None = None, model: str | None = None,
+         claim: str | None = None) -> T:
     """The ``block``'s sizes on ``tier`` (a ``cls`` instance): ``plan`` (a run's plan, ``RunSettings.plan_for``),
     else the plan that ``params`` name (default ``"default"``), read from the plans file; on the cpu tier the
-    plan's fields for ``model`` alone (``per_model``, :func:`model_fields`); then ``params``' overrides
-    (:func:`override`)."""
+    plan's fields for ``model`` alone (``per_model``, :func:`model_fields`), then for ``claim`` alone
+    (``per_claim``, :func:`claim_fields`); then ``params``' overrides (:func:`override`)."""
     where, plans = read(path)
     name = plan or plan_name(params)
     if name not in plans:
@@ -496,6 +528,14 @@ def load(block: str, cls: type[T], tier: str, params: Mapping[str, Any] | None =
             if k not in fields:
                 known = [f for f in fields if f not in SET_BY_LOADER]
                 raise PlanError(f"{where}: unknown key '{key}.{PER_MODEL}.\"{model}\".{k}' (fields of "
+                                f"{cls.__name__}: {', '.join(known)})")
+        table = {**table, **own}
+    if tier == "cpu" and claim:
+        own = claim_fields(name, block, claim, path=path)
+        for k in own:
+            if k not in fields or k in SET_BY_LOADER:
+                known = [f for f in fields if f not in SET_BY_LOADER]
+                raise PlanError(f"{where}: unknown key '{key}.{PER_CLAIM}.\"{claim}\".{k}' (fields of "
                                 f"{cls.__name__}: {', '.join(known)})")
         table = {**table, **own}
     for k in table:

@@ -268,7 +268,7 @@ def test_an_inheriting_table_is_its_base_with_its_own_keys_replaced(tmp_path):
                   for block, table in blocks.items() if isinstance(table, dict) and "inherits" in table]
     assert {name for name, _, _ in inheriting} == {"smoke", "full", "full-coder"} and len(inheriting) >= 10
     for name, tier, block in inheriting:
-        own = {k: v for k, v in raw[name][tier][block].items() if k != "inherits"}
+        own = {k: v for k, v in raw[name][tier][block].items() if k not in ("inherits", plans.PER_CLAIM)}
         base = raw[name][tier][block]["inherits"]
         resolved = SIZES_FOR[block](tier, {"plan": name})
         expected = dataclasses.replace(SIZES_FOR[block](tier, {"plan": base}), name=name, **{
@@ -425,6 +425,51 @@ def test_a_model_may_be_sized_apart_in_the_atlas_block_and_a_claims_override_com
                       model=CODER).seed_per_family == 3
     assert plans.load("atlas", A.Sizes, "cpu", {"plan": "x"}, path=path, model=f"smollm2-135m+{CODER}") == small
     assert plans.model_fields("x", "atlas", CODER, path=path) == {"seed_per_family": 2, "batch_size": 2}
+
+
+def test_a_claim_may_be_sized_apart_in_the_lora_block_and_the_others_keep_the_table(tmp_path):
+    """per_claim replaces fields of the plan's cpu lora table for one claim's measurements (fresh training seeds for a
+    question the last run left close); the other claims, other plans and the gpu tier keep their tables; a claim's
+    [claim.params] still overrides last; the work model prices that claim's part at its own sizes."""
+    from engine import planner
+
+    path = _plan_x(tmp_path, tail='[plans.x.cpu.lora.per_claim."LORA-OPROJ"]\ntrain_seed = 3\nn_train_seeds = 5\n')
+    plans.validate(path)
+    oproj = plans.load("lora", lora.LoraPlan, "cpu", {"plan": "x"}, path=path, claim="LORA-OPROJ")
+    other = plans.load("lora", lora.LoraPlan, "cpu", {"plan": "x"}, path=path, claim="LORA-ATLAS")
+    assert oproj.train_seeds == (3, 4, 5, 6, 7) and other.train_seeds == (0,)
+    assert other == plans.load("lora", lora.LoraPlan, "cpu", {"plan": "x"}, path=path)
+    assert plans.load("lora", lora.LoraPlan, "cpu", {"plan": "default"}, path=path, claim="LORA-OPROJ").train_seeds \
+        == (0,)
+    assert plans.load("lora", lora.LoraPlan, "gpu", {"plan": "full"}, path=path, claim="LORA-OPROJ").train_seeds \
+        == (0, 1, 2)
+    assert plans.load("lora", lora.LoraPlan, "cpu", {"plan": "x", "n_train_seeds": 2}, path=path,
+                      claim="LORA-OPROJ").train_seeds == (3, 4)
+    assert plans.per_claim("x", "lora", path=path) == {"LORA-OPROJ": {"train_seed": 3, "n_train_seeds": 5}}
+    table = plans.read(path)[1]["x"]["cpu"]["lora"]
+    assert planner.lora_work(table, {}) == planner.block_work("lora", table)
+    extra = planner.lora_work(table, plans.per_claim("x", "lora", path=path)) - planner.block_work("lora", table)
+    assert extra == 4 * planner.lora_claim_work("LORA-OPROJ", table)  # 5 seeds instead of 1, nothing else
+
+
+@pytest.mark.parametrize("tail, named", [
+    ('[plans.x.cpu.steer.per_claim."STEER-ALL"]\nn_test = 2\n',
+     r"'plans.x.cpu.steer.per_claim': only the lora block reads per-claim sizes"),
+    ('[plans.x.cpu.lora.per_claim."LORA-OPROJ"]\nsteps = 0\n',
+     r"""'plans.x.cpu.lora.per_claim."LORA-OPROJ".steps' = 0: out of range"""),
+    ('[plans.x.cpu.lora.per_claim."LORA-OPROJ"]\nname = "y"\n', "not a field that can be set for one claim"),
+])
+def test_a_malformed_per_claim_table_is_one_line_naming_the_file_and_key(tmp_path, tail, named):
+    with pytest.raises(plans.PlanError, match=named):
+        plans.validate(_plan_x(tmp_path, tail=tail))
+
+
+def test_every_claim_a_plan_sizes_apart_is_a_catalogue_claim_of_that_block():
+    catalogue = load_catalogue()
+    for plan in plans.read()[1]:
+        for block in plans.PER_CLAIM_BLOCKS:
+            for claim in plans.per_claim(plan, block):
+                assert catalogue[claim].block == block, (plan, claim)
 
 
 def test_every_atlas_template_sizes_its_model_with_the_plans_per_model_fields(tmp_path, monkeypatch):
