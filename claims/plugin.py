@@ -132,6 +132,7 @@ _PLAN: list[str] = [plans.DEFAULT_PLAN]  # the session's plan (set by pytest_con
 REPORTED = pytest.StashKey[int]()
 EXECUTOR = pytest.StashKey[object]()  # this process's measurement executor (--executor ray)
 PREVIOUS_EXECUTOR = pytest.StashKey[object]()
+RESUMED_PARTS = pytest.StashKey[list]()  # --claims-resumes: the earlier parts of this run (their run ids and wall times)
 
 
 # ------------------------------------------------------------------------------------------------ options
@@ -177,6 +178,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ray-address", metavar="ADDR", default=None,
                     help="with --executor ray: the cluster (HOST:PORT, ray://HOST:PORT, auto; default $RAY_ADDRESS, "
                          "else a running local cluster, else a new one)")
+    group.addoption("--claims-resumes", metavar="RUN", default=None,
+                    help="this session resumes RUN, an interrupted run of the same plan under the results root: its "
+                         "measurements come from the cache, and this run's meta lists every part's wall time "
+                         "(parts, wall_s_total)")
     group.addoption("--model-dir", metavar="DIR", default=None,
                     help="directory holding local model folders of the seed's models (sets MI_ATLAS_MODEL_DIR)")
 
@@ -195,6 +200,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except (ClaimError, plans.PlanError) as exc:
         raise pytest.UsageError(str(exc)) from exc
     config.stash[CATALOGUE] = catalogue
+    config.stash[RESUMED_PARTS] = _resumed_parts(config)
     _configure_executor(config)
     _PLAN[0] = settings(config).session_plan
     _check_baseline_options(config)
@@ -206,6 +212,30 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{block}: claims of the {block} block")
     if not hasattr(config, "workerinput"):  # the xdist controller or a plain session writes the results
         config.pluginmanager.register(ClaimsSession(config), "mi-atlas-claims-session")
+
+
+def _resumed_parts(config: pytest.Config) -> list[dict]:
+    """``--claims-resumes RUN``: the parts of the interrupted run RUN (its own ``parts`` when it resumed another,
+    else itself: run id, commit, start and wall time), checked before anything runs: RUN is a run under the results
+    root, incomplete, of the session's plan; else a one-line usage error."""
+    name = config.getoption("--claims-resumes")
+    if not name:
+        return []
+    root = settings(config).results
+    path = Path(root) / results.RUNS_DIR / name / results.RUN_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))["meta"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise pytest.UsageError(f"--claims-resumes {name}: {path} is not a run's claims file ({_one_line(exc)}); "
+                                f"name a run directory under {Path(root) / results.RUNS_DIR}") from None
+    plan = settings(config).session_plan
+    if not meta.get("incomplete"):
+        raise pytest.UsageError(f"--claims-resumes {name}: that run finished (not marked incomplete): there is "
+                                "nothing to resume; run the plan anew")
+    if meta.get("plan") != plan:
+        raise pytest.UsageError(f"--claims-resumes {name}: that run is of plan {meta.get('plan')!r}, this session "
+                                f"of {plan!r}; resume it with --plan {meta.get('plan')}")
+    return list(meta.get("parts") or [{k: meta.get(k) for k in ("run", "git_commit", "started", "duration_s")}])
 
 
 def _configure_executor(config: pytest.Config) -> None:
@@ -702,6 +732,11 @@ class ClaimsSession:
             "exit_status": int(exitstatus), "torch_threads": _torch_threads(), **results.provenance(),
             **executor_meta(self.config),
         }
+        earlier = self.config.stash.get(RESUMED_PARTS, [])
+        if earlier:  # a resumed run: every part's wall time, and their sum (what the plan took end to end)
+            parts = [*earlier, {k: meta[k] for k in ("run", "git_commit", "started", "duration_s")}]
+            meta["parts"] = parts
+            meta["wall_s_total"] = round(sum(float(p.get("duration_s") or 0.0) for p in parts), 1)
         if self.gate is not None:
             meta["gate"] = self.gate.to_dict()
         changes = self.gate.changes if self.gate is not None else []

@@ -20,7 +20,7 @@ import pytest
 from test_gate import CATALOGUE, GATED, QUIET, cli
 
 from engine import decisions, models, plans, results  # noqa: F401  (models: the inner sessions' collection)
-from engine.verdicts import Recorder, Target, Verdict, load_catalogue, parse_catalogue
+from engine.verdicts import Recorder, Target, load_catalogue, parse_catalogue
 
 pytest_plugins = ["pytester"]
 
@@ -469,3 +469,28 @@ def test_a_run_file_that_cannot_be_written_leaves_the_report_marked_incomplete_a
     assert not (root / results.LATEST).exists()
     rebuilt = results.load_run(root, directory.name)  # from its registry lines: interrupted, never pinned
     assert rebuilt.meta["interrupted"] and len(rebuilt.records) == 4
+
+
+def test_a_resumed_run_lists_every_parts_wall_time_and_refuses_a_run_it_cannot_resume(toy, tmp_path):
+    """An interrupted plan is resumed with --claims-resumes RUN (its measurements from the cache): the new run's meta
+    lists each part (run, commit, start, wall time) and their sum; a finished run, another plan's or no run is a
+    one-line usage error before anything runs."""
+    root = tmp_path / "results"
+    broken = toy(root, fault="interrupt")
+    assert broken.ret == pytest.ExitCode.INTERRUPTED
+    (first,) = (root / results.RUNS_DIR).iterdir()
+    part1 = json.loads((first / results.RUN_FILE).read_text())["meta"]
+    resumed = toy(root, "--claims-resumes", first.name)
+    assert resumed.ret == pytest.ExitCode.OK
+    (second,) = [d for d in (root / results.RUNS_DIR).iterdir() if d != first]
+    meta = json.loads((second / results.RUN_FILE).read_text())["meta"]
+    assert [p["run"] for p in meta["parts"]] == [first.name, second.name]
+    assert meta["parts"][0]["duration_s"] == part1["duration_s"]
+    assert meta["wall_s_total"] == round(part1["duration_s"] + meta["duration_s"], 1)
+    for name, why in ((second.name, "that run finished"), ("no-such-run", "is not a run's claims file")):
+        refused = toy(root, "--claims-resumes", name)
+        assert refused.ret == pytest.ExitCode.USAGE_ERROR
+        refused.stderr.fnmatch_lines([f"ERROR: --claims-resumes {name}: *{why}*"])
+    other = toy(root, "--claims-resumes", first.name, "--plan", "default")
+    assert other.ret == pytest.ExitCode.USAGE_ERROR
+    other.stderr.fnmatch_lines([f"ERROR: --claims-resumes {first.name}: that run is of plan 'smoke'*"])
