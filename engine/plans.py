@@ -454,18 +454,15 @@ def validate(path: str | Path | None = None) -> tuple[str, dict[str, dict[str, d
         for tier, blocks in tiers.items():
             for block in blocks:
                 load(block, classes[block], tier, {"plan": name}, path=path)
-        for block, by_model in models.get(name, PlanModels()).per_model.items():
-            if block not in plans[name].get("cpu", {}):
-                raise PlanError(f"{where}: 'plans.{name}.cpu.{block}.{PER_MODEL}': no table [plans.{name}.cpu.{block}] "
-                                "whose fields it replaces")
-            for model in by_model:
-                load(block, classes[block], "cpu", {"plan": name}, path=path, model=model)
-        for block, by_claim in models.get(name, PlanModels()).per_claim.items():
-            if block not in plans[name].get("cpu", {}):
-                raise PlanError(f"{where}: 'plans.{name}.cpu.{block}.{PER_CLAIM}': no table [plans.{name}.cpu.{block}] "
-                                "whose fields it replaces")
-            for claim in by_claim:
-                load(block, classes[block], "cpu", {"plan": name}, path=path, claim=claim)
+        apart = models.get(name, PlanModels())
+        for key, tables in ((PER_MODEL, apart.per_model), (PER_CLAIM, apart.per_claim)):
+            for block, by_target in tables.items():
+                if block not in plans[name].get("cpu", {}):
+                    raise PlanError(f"{where}: 'plans.{name}.cpu.{block}.{key}': no table [plans.{name}.cpu.{block}] "
+                                    "whose fields it replaces")
+                for target in by_target:  # a model (per_model) or a claim id (per_claim)
+                    load(block, classes[block], "cpu", {"plan": name}, path=path,
+                         **{("model" if key == PER_MODEL else "claim"): target})
     return where, plans
 
 
