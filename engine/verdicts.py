@@ -527,6 +527,7 @@ class Measurement:
     reason: str = ""
     undecided: str = ""  # holds could not be decided: what (INCONCLUSIVE)
     parts: Mapping[str, str] = field(default_factory=dict)  # part name -> "for" | "against" | "undecided"
+    against: str = ""  # the statements of the evidence decided against (a FAILED reason without a key figure)
 
 
 @dataclass(frozen=True)
@@ -552,7 +553,7 @@ def decide(claim: Claim, model: str, m: Measurement) -> Decision:
                          f"figure {key!r} (reported: {', '.join(m.figures) or 'none'})")
     compared = Decision(Verdict.CONFIRMED, "", key, m.figures.get(key) if key else None,
                         expected if numeric else None, claim.tolerance_for(key) if numeric else None)
-    shown = f"{key} = {fmt(compared.measured)}" if key in m.figures else "the measurement"
+    shown = f"{key} = {fmt(compared.measured)}" if key in m.figures else (m.against or "the measurement")
     if m.parts:
         undecided = [name for name, outcome in m.parts.items() if outcome == "undecided"]
         held = [name for name, outcome in m.parts.items() if outcome == "for"]
@@ -593,11 +594,12 @@ def recompute(record: VerdictRecord, claim: Claim) -> Verdict | None:
     if record.verdict is Verdict.UNTESTED or not record.evidence:
         return None
     evidence = {e.get("part", ""): redo(e) for e in record.evidence}
-    holds, _, undecided, parts, _ = _read_holds(evidence if len(evidence) > 1 or "" not in evidence
-                                                else evidence[""], claim.id)
+    holds, evidence_dicts, undecided, parts, _ = _read_holds(evidence if len(evidence) > 1 or "" not in evidence
+                                                             else evidence[""], claim.id)
     revision = record.reason.removeprefix("documented revision: ") if record.revised else ""
     measurement = Measurement(protocol=record.protocol, figures=record.figures, holds=holds, key=record.key,
-                              undecided=undecided, parts=parts, revised=record.revised, reason=revision)
+                              undecided=undecided, parts=parts, revised=record.revised, reason=revision,
+                              against=_against(evidence_dicts))
     return decide(claim, record.model, measurement).verdict
 
 
@@ -695,7 +697,7 @@ class Recorder:
             protocol=protocol, figures=plain(dict(figures), "figures"), holds=holds, key=key,
             expectation=expectation, seeds=tuple(plain(list(seeds), "seeds")), suite_hash=suite_hash,
             ci=_intervals(ci or {}, self.claim.id), notes=notes, revised=revised, reason=reason,
-            undecided=undecided, parts=parts,
+            undecided=undecided, parts=parts, against=_against(evidence),
         )
         decision = decide(self.claim, self.model, measurement)
         tolerance = decision.tolerance
@@ -800,6 +802,12 @@ def _read_holds(holds, claim_id: str) -> tuple[bool, list[dict], str, dict[str, 
     if not isinstance(holds, bool):
         raise ClaimError(f"{claim_id}: holds must be True or False (or Evidence), got {holds!r}")
     return holds, [], "", {}, None
+
+
+def _against(evidence: list[dict]) -> str:
+    """The statements of the evidence decided against, one line: what a FAILED reason shows when no key figure does."""
+    return "; ".join((f"{e['part']}: " if e.get("part") else "") + str(e.get("statement", ""))
+                     for e in evidence if e.get("outcome") == "against")
 
 
 def _intervals(ci: Mapping[str, Any], claim_id: str) -> dict[str, list[float]]:

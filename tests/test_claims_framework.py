@@ -194,6 +194,19 @@ def recorder(model: str = "smollm2-135m", tier: str = "cpu") -> Recorder:
     return Recorder(Target(claim=claim, model=model, tier=tier), git_commit="abc123", test="t::x")
 
 
+def test_a_failed_reason_without_a_key_figure_says_what_was_decided_against():
+    """No key figure to show (a rule decided by its evidence alone): the reason is the evidence's own statement,
+    never a bare "the measurement" (full run 7bc301d printed "falsifier fired: the measurement")."""
+    from engine import decisions as D
+
+    groups = ["a"] * 6 + ["b"] * 6
+    against = D.greater([0.01, -0.01, 0.0, 0.02, -0.02, 0.01] * 2, groups, delta=1.0, label="early - base")
+    assert against.outcome is D.Outcome.AGAINST
+    record = recorder("gemma3-270m").record("rigorous", {"n": 12}, holds=against)
+    assert record.verdict is Verdict.FAILED
+    assert record.reason == f"falsifier fired: {against.statement}" and "early - base" in record.reason
+
+
 def test_verdict_paths_follow_the_catalogue_definitions():
     with pytest.warns(ClaimRevisedWarning, match="figure = 12 vs the seed's 10"):
         revised = recorder().record("seed", {"figure": 12}, holds=True)
