@@ -394,7 +394,7 @@ def _edit(options: AtlasOptions, layer: int, unit) -> Ablate:
                   module=unit if component == "module" else None)
 
 
-def _erase_pairs(batch: Batch) -> list[tuple[int, int]]:
+def erase_pairs(batch: Batch) -> list[tuple[int, int]]:
     """Pairs of unrelated prompts in a batch: different family where possible, always different text."""
     m = len(batch)
     pairs = []
@@ -537,14 +537,14 @@ def compute_cell(lm, examples: Sequence, cell: Cell, options: AtlasOptions | Non
     for lo in range(0, n, max(1, batch_size)):
         picked = order[lo:lo + batch_size]
         chunk = batch.select(picked)
-        pairs = _erase_pairs(chunk)
+        pairs = erase_pairs(chunk)
         run = clean_run(lm, chunk, positions=measure) if fast else None
         clean = run.logits if fast else next_token_logits(lm, chunk, positions=measure)
         clean_answer = _answer_logits(chunk, clean, measure)
         read = metrics.answer_ids(clean_answer, chunk.target_ids)
         correct[picked] = (clean_answer.argmax(-1).cpu() == chunk.target_ids.cpu()).numpy()
         if pairs:
-            js_clean += float(_pair_js(_answer_logits(chunk, clean, measure), pairs).sum())
+            js_clean += float(pair_js(_answer_logits(chunk, clean, measure), pairs).sum())
         for li, layer in enumerate(layer_list):
             for ui, unit in enumerate(unit_ids):
                 edit = _edit(options, layer, unit)
@@ -564,7 +564,7 @@ def compute_cell(lm, examples: Sequence, cell: Cell, options: AtlasOptions | Non
                 logit_effect[picked, li, ui] = metrics.logit_drop(
                     clean_answer, _answer_logits(chunk, edited, measure), read).double().cpu().numpy()
                 if pairs:
-                    js_abl[li, ui] += float(_pair_js(_answer_logits(chunk, edited, measure), pairs).sum())
+                    js_abl[li, ui] += float(pair_js(_answer_logits(chunk, edited, measure), pairs).sum())
             if progress is not None:
                 progress(1)
     if not np.isfinite(per_example).all():
@@ -825,7 +825,7 @@ def _answer_logits(batch: Batch, logits: torch.Tensor, measure: str) -> torch.Te
     return logits[rows, batch.answer_pos.to(logits.device)]
 
 
-def _pair_js(logits: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor:
+def pair_js(logits: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor:
     a = torch.tensor([p[0] for p in pairs], device=logits.device)
     b = torch.tensor([p[1] for p in pairs], device=logits.device)
     return metrics.js(logits[a], logits[b])

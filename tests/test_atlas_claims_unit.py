@@ -157,11 +157,20 @@ def test_skip_configurations_cover_singles_thirds_and_every_other_layer():
 
 def test_skipping_by_residual_zeroing_loses_more_than_removing_the_layer(llama):
     configs = A.skip_configs(llama.n_layers, singles=2)
-    zeroed, groups = A.skip_overlaps(llama, pool(1), configs, "resid")
-    skipped, _ = A.skip_overlaps(llama, pool(1), configs, "layer")
+    zeroed, groups, zeroed_ratio = A.skip_overlaps(llama, pool(1), configs, "resid")
+    skipped, _, skipped_ratio = A.skip_overlaps(llama, pool(1), configs, "layer")
     assert set(zeroed) == set(configs) and sorted(groups) == sorted(FAMILIES)
     assert all(len(v) == len(groups) and all(0.0 <= x <= 1.0 for x in v) for v in zeroed.values())
     assert sum(map(sum, skipped.values())) > sum(map(sum, zeroed.values()))
+    # the erasure guard: zeroing the residual of a bias-free model answers every prompt alike (catalogue v3:
+    # information-erasing); removing a layer's contribution does not while some layer is left (with none left the
+    # output depends only on the last token, which these prompts share: erasing too, and flagged)
+    from engine.atlas import ERASE_RATIO
+
+    assert set(zeroed_ratio) == set(configs) and all(r < ERASE_RATIO for r in zeroed_ratio.values()), zeroed_ratio
+    some_left = [name for name, layers in configs.items() if len(set(layers)) < llama.n_layers]
+    assert some_left and all(skipped_ratio[name] > ERASE_RATIO for name in some_left), sorted(skipped_ratio.items())
+    assert all(skipped_ratio[name] < ERASE_RATIO for name in configs if name not in some_left)
 
 
 # ------------------------------------------------------------------------------------------------ findings

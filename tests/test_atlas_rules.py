@@ -450,6 +450,31 @@ def test_skip_rule_reaches_each_outcome(case, expected):
         assert all(hi > lo for lo, hi in record.evidence[0]["details"]["cis"].values())
 
 
+@pytest.mark.parametrize("case, expected", [("all erasing", Verdict.INCONCLUSIVE),
+                                            ("a seeing one kept", Verdict.FAILED),
+                                            ("seeing ones lost", Verdict.INCONCLUSIVE),
+                                            ("none erasing", Verdict.CONFIRMED)])
+def test_an_information_erasing_skip_is_a_failed_precondition_never_a_confirmation(case, expected):
+    """The seed's skip zeroes the residual: every prompt gets the same output, so a top-5 overlap of 0 shows an
+    erased prompt, not needed layers (catalogue v3). Full run 7bc301d: SKIP-ALL's seed protocol CONFIRMED on both
+    models from all-zero overlaps of such configurations (the betting interval decides all-equal values)."""
+    groups = [f for f in FAMILIES for _ in range(10)]
+    overlaps = {f"skip_L{l}": [0.0] * len(groups) for l in range(4)}
+    ratio = {name: 0.0 for name in overlaps}  # every configuration erasing
+    if case == "a seeing one kept":
+        overlaps["skip_L3"], ratio["skip_L3"] = [0.6] * len(groups), 0.4
+    if case == "seeing ones lost":
+        ratio["skip_L3"] = 0.4
+    if case == "none erasing":
+        ratio = {name: 0.4 for name in overlaps}
+    finding = skips.decide_skip("seed", overlaps, groups, CATALOGUE["SKIP-ALL"].params, "t.", ratio)
+    record = verdict(finding, "SKIP-ALL", model="gemma3-270m")
+    assert record.verdict is expected, record.reason
+    if expected is Verdict.INCONCLUSIVE:
+        assert "information-erasing" in record.reason
+    assert recompute(record, CATALOGUE["SKIP-ALL"]) is expected  # the stored evidence decides the same offline
+
+
 # ------------------------------------------------------------------------------------------------ ABL-MEAN
 
 

@@ -4,8 +4,10 @@
 Measures the per-prompt top-5 overlap with the full model under every skip configuration (single layers, thirds,
 the middle 5, every other layer): the seed's skip (residual zeroing, first k per family) and the rigorous one
 (contribution removal, seed 42's sample). Rule (:func:`engine.decisions.for_every` on ``keep_threshold -
-overlap``, Hoeffding for bounded values, Holm): every configuration's CI below the threshold: CONFIRMED; some
-configuration's CI wholly above it: FAILED; else INCONCLUSIVE.
+overlap``, bounded values: the betting interval where they do not vary, Holm): every configuration's CI below the
+threshold: CONFIRMED; some configuration's CI wholly above it: FAILED; else INCONCLUSIVE. An information-erasing
+configuration (unrelated prompts' skipped outputs coincide: the seed's residual zeroing) is a failed precondition:
+INCONCLUSIVE unless the configurations that see the prompt decide FAILED.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import torch
 
 from engine import decisions as D
 from engine import metrics, tasks
+from engine.atlas import ERASE_RATIO, erase_pairs, pair_js
 from engine.cache import measured as cached_measurement
 from engine.interventions import (
     Ablate,
@@ -48,25 +49,33 @@ def skip_configs(n_layers: int, singles: int | None = None) -> dict[str, list[in
 
 @torch.no_grad()
 def skip_overlaps(lm, examples, configs: Mapping[str, Sequence[int]], component: str, k: int = 5,
-                  batch_size: int = 16) -> tuple[dict[str, list[float]], list[str]]:
-    """Per-example top-k next-token overlap with the full model (answer position) per skip configuration, and
-    the examples' families (rows in token-length order).
+                  batch_size: int = 16) -> tuple[dict[str, list[float]], list[str], dict[str, float | None]]:
+    """Per-example top-k next-token overlap with the full model (answer position) per skip configuration, the
+    examples' families (rows in token-length order), and per configuration the erasure guard's ratio (the
+    Jensen-Shannon divergence of unrelated prompts' skipped outputs over that of their clean outputs, summed over
+    the pairs of :func:`engine.atlas.erase_pairs`; None without a pair): below ``engine.atlas.ERASE_RATIO`` the
+    skipped model answers every prompt alike, so its overlaps cannot show what the skipped layers did.
 
     ``component="resid"``: the seed's skip (the residual after each skipped layer is zeroed; the layers still
     run). ``"layer"``: the layer's contribution is removed (output := input), i.e. the layer is skipped.
     """
     examples = by_length(lm, examples)
-    return tuple(cached_measurement("skip-overlaps", lm, examples,
-                                    lambda: _skip_overlaps(lm, examples, configs, component, k, batch_size),
-                                    configs={n: list(v) for n, v in configs.items()}, component=component, k=k,
-                                    batch_size=batch_size, template=TEMPLATE))
+    values, families, ratio = cached_measurement(
+        "skip-overlaps", lm, examples, lambda: _skip_overlaps(lm, examples, configs, component, k, batch_size),
+        configs={n: list(v) for n, v in configs.items()}, component=component, k=k, batch_size=batch_size,
+        template=TEMPLATE, erase_guard=ERASE_RATIO)
+    return values, families, ratio
 
 
-def _skip_overlaps(lm, examples, configs, component, k, batch_size) -> tuple[dict[str, list[float]], list[str]]:
+def _skip_overlaps(lm, examples, configs, component, k, batch_size):
     batch = encode(lm, examples, template=TEMPLATE)
     values: dict[str, list[float]] = {name: [] for name in configs}
+    js_clean, js_skipped = 0.0, {name: 0.0 for name in configs}
     for chunk in batch.chunks(batch_size):
         run = clean_run(lm, chunk)
+        pairs = erase_pairs(chunk)
+        if pairs:
+            js_clean += float(pair_js(run.logits, pairs).sum())
         for name, layers in configs.items():
             layers = sorted(layers)
             first = Ablate(component, layers[0])
@@ -76,25 +85,44 @@ def _skip_overlaps(lm, examples, configs, component, k, batch_size) -> tuple[dic
             rest = [Ablate(component, l) for l in layers[1:]]
             edited = run_from(lm, run, layers[0] + 1, hidden, *rest)
             values[name].extend(float(x) for x in metrics.topk_overlap(run.logits, edited, k).tolist())
-    return values, [ex.family for ex in examples]
+            if pairs:
+                js_skipped[name] += float(pair_js(edited, pairs).sum())
+    ratio = {name: (js / js_clean if js_clean > 0 else None) for name, js in js_skipped.items()}
+    return values, [ex.family for ex in examples], ratio
 
 
 def decide_skip(protocol: str, overlaps: Mapping[str, Sequence[float]], groups: Sequence[str],
-                params: Mapping[str, Any], text: str) -> Finding:
+                params: Mapping[str, Any], text: str, erase_ratio: Mapping[str, float | None] | None = None) -> Finding:
     """SKIP-ALL (catalogue v3), a threshold claim per configuration on the per-example top-5 overlaps, Holm across
     configurations (:func:`engine.decisions.for_every` on ``keep_threshold - overlap`` with ``delta = 0``; the
     overlaps are bounded in [0, 1], so all-equal overlaps take the betting interval and overlaps still have a CI): every
     configuration's overlap CI below ``keep_threshold`` -> CONFIRMED; some configuration's overlap CI wholly above
-    it -> FAILED; else INCONCLUSIVE."""
+    it -> FAILED; else INCONCLUSIVE.
+
+    Catalogue v3's precondition: a configuration whose ``erase_ratio`` is below ``engine.atlas.ERASE_RATIO``
+    (unrelated prompts' skipped outputs coincide: the seed's residual zeroing) is information-erasing. Its overlap
+    of ~0 shows the prompt was erased, not that the layers were needed: the record is INCONCLUSIVE, unless the
+    configurations that do see the prompt already decide against the claim (one keeps the threshold: FAILED)."""
     keep = params["keep_threshold"]
+    erasing = sorted(name for name, r in (erase_ratio or {}).items()
+                     if r is not None and np.isfinite(r) and r < ERASE_RATIO)
     members = {name: ([keep - v for v in vals], groups) for name, vals in overlaps.items()}
-    holds = D.for_every(members, delta=0.0, rationale=params["keep_threshold_rationale"],
-                        label=f"{keep:g} - top-5 overlap, every skip configuration", seed=SEEDS[0],
-                        bounds=(keep - 1.0, keep))
+    common = dict(delta=0.0, rationale=params["keep_threshold_rationale"], seed=SEEDS[0], bounds=(keep - 1.0, keep))
+    label = f"{keep:g} - top-5 overlap, every skip configuration"
+    holds = D.for_every(members, label=label, **common)
+    if erasing:
+        seeing = {name: m for name, m in members.items() if name not in erasing}
+        kept = D.for_every(seeing, label=f"{label} that sees the prompt", **common) if seeing else None
+        why = (f"information-erasing: unrelated prompts' skipped outputs coincide (Jensen-Shannon ratio < "
+               f"{ERASE_RATIO:g}) at {len(erasing)}/{len(members)} configurations ({', '.join(erasing[:6])}"
+               f"{' ...' if len(erasing) > 6 else ''}): their top-5 overlaps show an erased prompt, not needed layers")
+        holds = kept if kept is not None and kept.outcome is D.Outcome.AGAINST else \
+            D.for_every(members, label=label, precondition=why, **common)
     means = {name: float(np.mean(vals)) for name, vals in overlaps.items()}
     worst = max(means, key=means.get)
     figures = {"max_top5_overlap": means[worst], "max_config": worst, "overlaps": means,
-               "configs_keeping_1of5": [c for c, v in means.items() if v >= keep], "n_examples": len(groups)}
+               "configs_keeping_1of5": [c for c, v in means.items() if v >= keep], "n_examples": len(groups),
+               "erasing_configs": erasing, "erase_ratio": dict(erase_ratio or {})}
     notes = [(f"{text} Highest mean top-5 overlap: {means[worst]:.2f} ({worst}); configurations keeping >= "
               f"{keep:g} (1 of 5) on average: {len(figures['configs_keeping_1of5'])}/{len(means)}. "
               f"{holds.statement}.")]
@@ -105,7 +133,7 @@ def decide_skip(protocol: str, overlaps: Mapping[str, Sequence[float]], groups: 
 class SkipSpec:
     """SKIP-ALL's sweep under one protocol: the seed's first k per family with residual zeroing (``"seed"``), or
     seed ``SEEDS[0]``'s stratified sample with the layers' contributions removed (``"rigorous"``); every skip
-    configuration of :func:`skip_configs`. ``measure`` returns ``{"overlaps", "groups", "n_configs", "n"}``."""
+    configuration of :func:`skip_configs`. ``measure`` returns ``{"overlaps", "groups", "erase_ratio", "n_configs", "n"}``."""
 
     model: str
     sizes: Sizes
@@ -135,8 +163,9 @@ class SkipSpec:
         lm = load_model(self.model)
         sample = self.examples()
         configs = skip_configs(lm.n_layers, self.sizes.skip_single_layers)
-        overlaps, groups = skip_overlaps(lm, sample, configs, self.component, batch_size=self.sizes.batch_size)
-        return {"overlaps": overlaps, "groups": groups, "n_configs": len(configs), "n": len(sample)}
+        overlaps, groups, ratio = skip_overlaps(lm, sample, configs, self.component, batch_size=self.sizes.batch_size)
+        return {"overlaps": overlaps, "groups": groups, "erase_ratio": ratio, "n_configs": len(configs),
+                "n": len(sample)}
 
 
 def skip_specs(model: str, sizes: Sizes) -> dict[str, SkipSpec]:
@@ -152,7 +181,7 @@ def _skip_protocol(got: Mapping[str, Any], sizes: Sizes, params: Mapping[str, An
         notes = (f"Rigorous protocol: skipping = removing the layer's contribution (output := input), "
                  f"{sizes.rigorous_per_family}/family stratified (seed {SEEDS[0]}, {n} prompts), "
                  f"{n_configs} configurations.")
-    return decide_skip(protocol, got["overlaps"], got["groups"], params, notes)
+    return decide_skip(protocol, got["overlaps"], got["groups"], params, notes, got.get("erase_ratio"))
 
 
 def skip_contrast(seed: Finding, rigorous: Finding) -> None:
