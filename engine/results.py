@@ -240,12 +240,18 @@ def merge_registry(root: Path, source: Path) -> tuple[int, int, list[str]]:
             except json.JSONDecodeError as exc:
                 problems.append(f"{source}:{number}: not a complete JSON line ({exc.msg}) skipped")
                 continue
-            try:
-                VerdictRecord.from_dict(data)
-                json.dumps(data, allow_nan=False)
-            except (ClaimError, ValueError, TypeError, AttributeError) as exc:
-                problems.append(f"{source}:{number}: not a verdict record ({str(exc)[:80]}) skipped")
-                continue
+            if isinstance(data, dict) and "record" in data:  # a compacted line: its record is in its run file
+                why = _compacted_problem(root, data)
+                if why:
+                    problems.append(f"{source}:{number}: {why} skipped")
+                    continue
+            else:
+                try:
+                    VerdictRecord.from_dict(data)
+                    json.dumps(data, allow_nan=False)
+                except (ClaimError, ValueError, TypeError, AttributeError) as exc:
+                    problems.append(f"{source}:{number}: not a verdict record ({str(exc)[:80]}) skipped")
+                    continue
             text = json.dumps(data, sort_keys=True)
             if text in present:
                 duplicate += 1
@@ -254,6 +260,21 @@ def merge_registry(root: Path, source: Path) -> tuple[int, int, list[str]]:
             present.add(text)
             appended += 1
     return appended, duplicate, problems
+
+
+def _compacted_problem(root: Path, line: Mapping[str, Any]) -> str:
+    """Why a compacted registry line (:func:`compact_registry`) cannot be merged into ``root`` ('' when it can): it
+    must carry the index fields and point at ``runs/<its run>/claims.json``, and that run file must be under
+    ``root`` already (copy the run directory first: a line is never merged pointing at a record ``root`` lacks)."""
+    missing = [k for k in ("run", "claim_id", "model", "protocol", "verdict") if k not in line]
+    if missing:
+        return f"compacted line without {', '.join(missing)}"
+    run, pointer = line["run"], line["record"]
+    if not isinstance(run, str) or pointer != f"{RUNS_DIR}/{run}/{RUN_FILE}":
+        return f"compacted line pointing at {str(pointer)[:80]!r}, not its run's {RUNS_DIR}/{run}/{RUN_FILE}"
+    if not (Path(root) / pointer).is_file():
+        return f"compacted line of run {run}, whose {pointer} is not under {root}: copy that run directory first,"
+    return ""
 
 
 # ------------------------------------------------------------------------------------------------ runs

@@ -45,3 +45,23 @@ def test_a_run_without_its_run_file_or_a_record_it_does_not_hold_stays_whole(tmp
     (other / "runs" / RUN / "claims.json").unlink()
     assert results.compact_registry(other)[:2] == (0, len(lines))  # a killed run: rebuilt from its whole lines
     assert len(results.load_run(other, RUN).records) == len(lines)
+
+
+def test_a_compacted_registry_merges_once_its_run_files_are_there(tmp_path):
+    """Another machine's compacted lines (a committed registry is compacted) merge like whole ones: appended once,
+    and never pointing at a run file the target lacks (the line names the run to copy first)."""
+    there = _copy(tmp_path / "there")
+    results.compact_registry(there)
+    n = len(results.read_registry(there))
+    here = tmp_path / "here" / "results"
+    here.mkdir(parents=True)
+    appended, duplicate, problems = results.merge_registry(here, there)
+    assert (appended, duplicate, len(problems)) == (0, 0, n)
+    assert f"run {RUN}" in problems[0] and "copy that run directory first" in problems[0]
+    shutil.copytree(there / "runs" / RUN, here / "runs" / RUN)
+    assert results.merge_registry(here, there) == (n, 0, [])
+    assert results.merge_registry(here, there) == (0, n, [])  # repeated: nothing twice
+    assert len(results.load_run(here, RUN).records) == n
+    bent = results.read_registry(there)[0] | {"record": "runs/elsewhere/claims.json"}
+    (tmp_path / "bent.jsonl").write_text(json.dumps(bent) + "\n", encoding="utf-8")
+    assert "not its run's" in results.merge_registry(here, tmp_path / "bent.jsonl")[2][0]

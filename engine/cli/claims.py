@@ -379,9 +379,13 @@ def merge_command(source: Path = typer.Argument(..., help="another machine's reg
     with user_errors():
         check_registry_types(source)
         appended, duplicate, problems = results.merge_registry(root, source)
-    for problem in problems:
+    shown = 10  # every problem names its line; past ten, the count says how many more
+    for problem in problems[:shown]:
         typer.echo(f"warning: {problem}", err=True)
-    typer.echo(f"{appended} verdict line(s) appended to {root / results.REGISTRY_FILE}, {duplicate} already present")
+    if len(problems) > shown:
+        typer.echo(f"warning: ... and {len(problems) - shown} more line(s) skipped", err=True)
+    typer.echo(f"{appended} verdict line(s) appended to {root / results.REGISTRY_FILE}, {duplicate} already present"
+               + (f", {len(problems)} skipped" if problems else ""))
 
 
 def compact_command(results_root: Path = typer.Option(None, "--results", help=RESULTS_HELP)) -> None:
