@@ -82,6 +82,8 @@ class Progress:
 
         # None: no file, or a malformed one (one warning, from the controller or the only process)
         data = read_timings(timings_source(config), warn=self.worker is None)
+        self.timed_under = (data or {}).get("plan_sha256")  # the sizes the timings were measured under
+        self.stale = False  # set by select(): the plan's sizes differ from the timed ones
         for m in (data or {}).get("measurements", []):
             if m["computed"]:
                 self.expected.setdefault(m["what"], []).append(float(m["seconds"]))
@@ -93,8 +95,14 @@ class Progress:
         if self.expected:
             self.expected = {w: s for w, s in self.expected.items() if self.users.get(w, set()) & claims}
         count, total = sum(map(len, self.expected.values())), sum(map(sum, self.expected.values()))
+        now = _fingerprint(_plan(self.config))
+        self.stale = bool(self.expected and self.timed_under and now) and self.timed_under != now
         known = (f"{count} measurement(s) to compute, {_duration(total)} of compute when "
                  f"last timed" if self.expected else "no timings yet (the ETA starts with the next run)")
+        if self.stale:
+            known += " under other sizes of this plan: a measurement the plan added since is not in the ETA"
+        elif self.expected and not self.timed_under:
+            known += " (by a session that did not record the plan's sizes: the ETA cannot tell if they changed)"
         return f"[measure] plan {_plan(self.config)}: {len(claims)} claim test(s); {known}"
 
     def eta(self) -> str:
@@ -105,7 +113,8 @@ class Progress:
         # an xdist worker sees its own measurements end: the others are taken to progress at its pace
         workers = int(getattr(self.config, "workerinput", {}).get("workercount", 1) or 1)
         wall = max(0.0, total - workers * (total - left)) / workers
-        return f"plan {_plan(self.config)}: ETA {_duration(wall)}" + (f" ({workers} workers)" if workers > 1 else "")
+        notes = ([f"{workers} workers"] if workers > 1 else []) + (["timed under other sizes"] if self.stale else [])
+        return f"plan {_plan(self.config)}: ETA {_duration(wall)}" + (f" ({', '.join(notes)})" if notes else "")
 
     def __call__(self, event: str, entry: progress.Entry) -> None:
         if event == "end" and entry.source in ("computed", "cached"):
@@ -313,12 +322,22 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         path = _timings_path(config)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps({"plan": _plan(config), "written": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                          time.gmtime()),
+            write_atomic(path, json.dumps({"plan": _plan(config), "plan_sha256": _fingerprint(_plan(config)),
+                                           "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                            "atlas_work": _atlas_work(_plan(config)), **tab}, indent=1, sort_keys=True))
             tr.write_line(f"timings of plan {_plan(config)}: {path}")
         except OSError as exc:
             tr.write_line(f"timings not written ({path}: {exc.strerror or exc})")
+
+
+def _fingerprint(plan: str) -> str:
+    """The plan's sizes fingerprint (``engine.plans.fingerprint``); "" when the plans file cannot say."""
+    from engine.plans import PlanError, fingerprint
+
+    try:
+        return fingerprint(plan)
+    except PlanError:
+        return ""
 
 
 def _atlas_work(plan: str) -> dict:

