@@ -100,7 +100,8 @@ class Progress:
         known = (f"{count} measurement(s) to compute, {_duration(total)} of compute when "
                  f"last timed" if self.expected else "no timings yet (the ETA starts with the next run)")
         if self.stale:
-            known += " under other sizes of this plan: a measurement the plan added since is not in the ETA"
+            known += (" under other sizes of this plan: the ETA may be off either way (a measurement added since is "
+                      "not in it, one dropped still is)")
         elif self.expected and not self.timed_under:
             known += " (by a session that did not record the plan's sizes: the ETA cannot tell if they changed)"
         return f"[measure] plan {_plan(self.config)}: {len(claims)} claim test(s); {known}"

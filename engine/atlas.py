@@ -395,16 +395,17 @@ def _edit(options: AtlasOptions, layer: int, unit) -> Ablate:
 
 
 def erase_pairs(batch: Batch) -> list[tuple[int, int]]:
-    """Pairs of unrelated prompts in a batch: different family where possible, always different text."""
+    """Pairs of unrelated prompts in a batch: different family where possible (the first such partner, stepping
+    from half the batch away), else the last other prompt of different text in that order; a prompt without one
+    (a batch of one, or of one text) gets no pair."""
     m = len(batch)
+    first = max(1, m // 2)
     pairs = []
     for k in range(m):
-        for step in range(max(1, m // 2), max(1, m // 2) + m):
-            j = (k + step) % m
-            if j != k and batch.texts[j] != batch.texts[k] and (batch.families[j] != batch.families[k]
-                                                                or step == max(1, m // 2) + m - 1):
-                pairs.append((k, j))
-                break
+        others = [j for j in ((k + step) % m for step in range(first, first + m))
+                  if j != k and batch.texts[j] != batch.texts[k]]
+        if others:
+            pairs.append((k, next((j for j in others if batch.families[j] != batch.families[k]), others[-1])))
     return pairs
 
 

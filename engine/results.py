@@ -220,7 +220,9 @@ def merge_registry(root: Path, source: Path) -> tuple[int, int, list[str]]:
 
     Each source line must be a complete JSON object (a torn or malformed line is reported, never glued into the
     middle of the registry); each is appended through :func:`append_registry` (locked, whole lines), and a line
-    already present (same JSON) is not appended twice, so a merge can be repeated. Returns
+    already present is not appended twice, so a merge can be repeated: the same JSON, or the same verdict in the
+    other form (a whole line and its compacted form, :func:`compact_registry`, are one verdict). A compacted line is
+    merged only where its run file is under ``root`` and holds its record (:func:`_compacted_problem`). Returns
     ``(appended, already_present, problems)``.
     """
     source = Path(source)
@@ -228,7 +230,10 @@ def merge_registry(root: Path, source: Path) -> tuple[int, int, list[str]]:
         source = source / REGISTRY_FILE
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such registry file")
-    present = {json.dumps(line, sort_keys=True) for line in read_registry(root)}
+    present = set()
+    for line in read_registry(root):
+        present.update(_registry_keys(line))
+    held: dict[str, set[tuple] | str] = {}  # run -> its run file's verdict identities under root, or why not
     appended, duplicate, problems = 0, 0, []
     with open(source, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -241,7 +246,7 @@ def merge_registry(root: Path, source: Path) -> tuple[int, int, list[str]]:
                 problems.append(f"{source}:{number}: not a complete JSON line ({exc.msg}) skipped")
                 continue
             if isinstance(data, dict) and "record" in data:  # a compacted line: its record is in its run file
-                why = _compacted_problem(root, data)
+                why = _compacted_problem(root, data, held)
                 if why:
                     problems.append(f"{source}:{number}: {why} skipped")
                     continue
@@ -252,28 +257,58 @@ def merge_registry(root: Path, source: Path) -> tuple[int, int, list[str]]:
                 except (ClaimError, ValueError, TypeError, AttributeError) as exc:
                     problems.append(f"{source}:{number}: not a verdict record ({str(exc)[:80]}) skipped")
                     continue
-            text = json.dumps(data, sort_keys=True)
-            if text in present:
+            keys = _registry_keys(data)
+            if keys & present:
                 duplicate += 1
                 continue
             append_registry(root, data)
-            present.add(text)
+            present.update(keys)
             appended += 1
     return appended, duplicate, problems
 
 
-def _compacted_problem(root: Path, line: Mapping[str, Any]) -> str:
+_VERDICT_IDENTITY = ("run", "claim_id", "model", "protocol", "tier", "verdict", "timestamp")
+
+
+def _registry_keys(line: Mapping[str, Any]) -> set:
+    """What makes two registry lines one verdict: the same JSON, or (a line that names its run and timestamp) the
+    same run, claim, model, protocol, tier, verdict and timestamp, whole or compacted."""
+    keys: set = {json.dumps(line, sort_keys=True)}
+    if isinstance(line.get("run"), str) and line.get("timestamp"):
+        keys.add(tuple(str(line.get(k)) for k in _VERDICT_IDENTITY))
+    return keys
+
+
+def _compacted_problem(root: Path, line: Mapping[str, Any], held: dict) -> str:
     """Why a compacted registry line (:func:`compact_registry`) cannot be merged into ``root`` ('' when it can): it
-    must carry the index fields and point at ``runs/<its run>/claims.json``, and that run file must be under
-    ``root`` already (copy the run directory first: a line is never merged pointing at a record ``root`` lacks)."""
-    missing = [k for k in ("run", "claim_id", "model", "protocol", "verdict") if k not in line]
+    must carry the index fields, name a plain run (no path), point at ``runs/<that run>/claims.json``, and that run
+    file must be under ``root`` already, complete, and hold the line's verdict (copy the run directory first: a line
+    is never merged pointing at a record ``root`` lacks). ``held`` caches each run file's verdicts."""
+    missing = [k for k in ("run", "claim_id", "model", "protocol", "verdict", "timestamp") if k not in line]
     if missing:
         return f"compacted line without {', '.join(missing)}"
     run, pointer = line["run"], line["record"]
-    if not isinstance(run, str) or pointer != f"{RUNS_DIR}/{run}/{RUN_FILE}":
+    if not isinstance(run, str) or not run or any(bad in run for bad in ("/", "\\", "..", "\0")):
+        return f"compacted line naming run {str(run)[:80]!r}, not a run directory's name"
+    if pointer != f"{RUNS_DIR}/{run}/{RUN_FILE}":
         return f"compacted line pointing at {str(pointer)[:80]!r}, not its run's {RUNS_DIR}/{run}/{RUN_FILE}"
-    if not (Path(root) / pointer).is_file():
-        return f"compacted line of run {run}, whose {pointer} is not under {root}: copy that run directory first,"
+    if run not in held:
+        claims = Path(root) / pointer
+        if not claims.is_file():
+            held[run] = f"compacted line of run {run}, whose {pointer} is not under {root}: copy that run directory first,"
+        else:
+            try:
+                got = Run.from_json(claims.read_text(encoding="utf-8"), str(claims))
+            except (OSError, ValueError) as exc:
+                held[run] = f"compacted line of run {run}, whose {pointer} cannot be read ({str(exc)[:80]}),"
+            else:
+                held[run] = (f"compacted line of run {run}, whose {pointer} is incomplete (a killed run),"
+                             if got.meta.get("incomplete") else
+                             {tuple(str(r.to_dict().get(k)) for k in _VERDICT_IDENTITY) for r in got.records})
+    if isinstance(held[run], str):
+        return held[run]
+    if tuple(str(line.get(k)) for k in _VERDICT_IDENTITY) not in held[run]:
+        return f"compacted line of run {run} whose verdict its {pointer} does not hold,"
     return ""
 
 

@@ -463,3 +463,25 @@ def test_cli_atlas_writes_json_and_heatmap(tmp_path):
     bad = CliRunner().invoke(app, ["atlas", "--model", "tiny-llama", "--prompts", str(prompts), "--out", str(out),
                                    "--executor", "nowhere"])
     assert bad.exit_code == 2
+
+
+@pytest.mark.parametrize("families", [["a", "a"], ["a", "a", "a"], ["a", "a", "b", "b"], ["a"], ["a", "b", "c"]])
+def test_erase_pairs_pair_every_prompt_with_an_unrelated_one_where_the_batch_has_one(families):
+    """The erasure guard's pairs: a different family first, else another text (a short chunk of one family got
+    none before: its guard silently did not run); never the prompt itself, never its own text."""
+    from engine.atlas import erase_pairs
+
+    class Chunk:
+        texts = [f"prompt {i}" for i in range(len(families))]
+
+        def __init__(self):
+            self.families = families
+
+        def __len__(self):
+            return len(families)
+
+    pairs = erase_pairs(Chunk())
+    assert [k for k, _ in pairs] == (list(range(len(families))) if len(families) > 1 else [])
+    assert all(j != k for k, j in pairs)
+    mixed = len(set(families)) > 1
+    assert all(families[j] != families[k] for k, j in pairs) is mixed or not pairs

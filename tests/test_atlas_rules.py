@@ -440,7 +440,8 @@ def test_skip_rule_reaches_each_outcome(case, expected):
     overlaps = {f"skip_L{l}": [0.0] * len(groups) for l in range(4)}
     if case == "one kept":
         overlaps["skip_L3"] = [0.6] * len(groups)
-    finding = skips.decide_skip("rigorous", overlaps, groups, CATALOGUE["SKIP-ALL"].params, "t.")
+    seeing = {name: 0.4 for name in overlaps}  # the erasure guard ran and saw the prompts (next test: otherwise)
+    finding = skips.decide_skip("rigorous", overlaps, groups, CATALOGUE["SKIP-ALL"].params, "t.", seeing)
     record = verdict(finding, "SKIP-ALL", model="smollm2-135m")
     assert record.verdict is expected, record.reason
     params = record.evidence[0]["params"]  # catalogue v3: a bounded threshold claim (betting: all-equal overlaps
@@ -453,7 +454,9 @@ def test_skip_rule_reaches_each_outcome(case, expected):
 @pytest.mark.parametrize("case, expected", [("all erasing", Verdict.INCONCLUSIVE),
                                             ("a seeing one kept", Verdict.FAILED),
                                             ("seeing ones lost", Verdict.INCONCLUSIVE),
-                                            ("none erasing", Verdict.CONFIRMED)])
+                                            ("none erasing", Verdict.CONFIRMED),
+                                            ("guard not run", Verdict.INCONCLUSIVE),
+                                            ("an erasing one kept", Verdict.INCONCLUSIVE)])
 def test_an_information_erasing_skip_is_a_failed_precondition_never_a_confirmation(case, expected):
     """The seed's skip zeroes the residual: every prompt gets the same output, so a top-5 overlap of 0 shows an
     erased prompt, not needed layers (catalogue v3). Full run 7bc301d: SKIP-ALL's seed protocol CONFIRMED on both
@@ -467,11 +470,15 @@ def test_an_information_erasing_skip_is_a_failed_precondition_never_a_confirmati
         ratio["skip_L3"] = 0.4
     if case == "none erasing":
         ratio = {name: 0.4 for name in overlaps}
+    if case == "guard not run":  # no pair of unrelated prompts (a batch of one): unchecked, never a confirmation
+        ratio = {name: None for name in overlaps}
+    if case == "an erasing one kept":  # a constant output may share a top-5 token by chance: no FAILED from it
+        overlaps["skip_L3"] = [0.6] * len(groups)
     finding = skips.decide_skip("seed", overlaps, groups, CATALOGUE["SKIP-ALL"].params, "t.", ratio)
     record = verdict(finding, "SKIP-ALL", model="gemma3-270m")
     assert record.verdict is expected, record.reason
     if expected is Verdict.INCONCLUSIVE:
-        assert "information-erasing" in record.reason
+        assert ("guard not run" if case == "guard not run" else "information-erasing") in record.reason
     assert recompute(record, CATALOGUE["SKIP-ALL"]) is expected  # the stored evidence decides the same offline
 
 

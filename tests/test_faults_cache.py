@@ -166,3 +166,18 @@ def test_cli_atlas_checks_out_before_the_sweep(tmp_path, monkeypatch, bad):
                                       "--no-cache"])
     assert result.exit_code == 2 and "Traceback" not in result.output and sweeps == []
     assert "--out" in result.output and "choose another --out" in result.output
+
+
+def test_cli_merge_names_ten_skipped_lines_then_counts_the_rest(tmp_path):
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    source = tmp_path / "other.jsonl"
+    source.write_text("".join(json.dumps({"claim_id": f"X{i}"}) + "\n" for i in range(12)))
+    result = CliRunner().invoke(app, ["merge", str(source), "--results", str(tmp_path / "res")])
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    warned = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 11 and warned[-1] == "warning: ... and 2 more line(s) skipped"
+    assert "other.jsonl:10:" in warned[9] and "0 verdict line(s) appended" in result.output
+    assert "12 skipped" in result.output

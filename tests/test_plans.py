@@ -556,3 +556,22 @@ def test_the_plan_line_names_the_cpu_models_a_plan_leaves_out_and_the_plans_that
     path = _plan_x(tmp_path, f'models = {list(ALL_CPU)!r}'.replace("'", '"'))
     assert plans.left_out("x", ALL_CPU, path=path) == (f"not in plan x: {CODER} in steer, quant, lora runs under "
                                                        "--plan full-coder")
+
+
+def test_the_plan_fingerprint_follows_sizes_not_comments(tmp_path):
+    """What a timings file records (claims/progress.py: an ETA timed under other sizes says so)."""
+    text = (Path(plans.__file__).parent / "data" / "plans.toml").read_text(encoding="utf-8")
+    base = plans.fingerprint("full")
+    assert base and plans.fingerprint("no-such-plan") == ""
+
+    def variant(edited: str) -> str:
+        path = tmp_path / f"plans-{len(list(tmp_path.iterdir()))}.toml"
+        path.write_text(edited, encoding="utf-8")
+        return plans.fingerprint("full", path=path)
+
+    assert variant(text.replace("# Powered sizes", "# Powered sizes (a comment edited)", 1)) == base
+    assert "[plans.full.cpu.quant]\ninherits = \"default\"\nn_eval = 44" in text
+    assert variant(text.replace("[plans.full.cpu.quant]\ninherits = \"default\"\nn_eval = 44",
+                                "[plans.full.cpu.quant]\ninherits = \"default\"\nn_eval = 33", 1)) != base
+    assert variant(text.replace("budget_core_s = { atlas = 5000,", "budget_core_s = { atlas = 4000,", 1)) != base
+    assert variant(text.replace("n_train_seeds = 5", "n_train_seeds = 6", 1)) != base  # a per-claim size

@@ -62,6 +62,22 @@ def test_a_compacted_registry_merges_once_its_run_files_are_there(tmp_path):
     assert results.merge_registry(here, there) == (n, 0, [])
     assert results.merge_registry(here, there) == (0, n, [])  # repeated: nothing twice
     assert len(results.load_run(here, RUN).records) == n
-    bent = results.read_registry(there)[0] | {"record": "runs/elsewhere/claims.json"}
-    (tmp_path / "bent.jsonl").write_text(json.dumps(bent) + "\n", encoding="utf-8")
-    assert "not its run's" in results.merge_registry(here, tmp_path / "bent.jsonl")[2][0]
+    first = results.read_registry(there)[0]
+    for bent, why in [({"record": "runs/elsewhere/claims.json"}, "not its run's"),
+                      ({"run": f"../../there/results/runs/{RUN}",
+                        "record": f"runs/../../there/results/runs/{RUN}/claims.json"}, "not a run directory's name"),
+                      ({"verdict": "FAILED" if first["verdict"] != "FAILED" else "CONFIRMED"}, "does not hold")]:
+        (tmp_path / "bent.jsonl").write_text(json.dumps(first | bent) + "\n", encoding="utf-8")
+        assert why in results.merge_registry(here, tmp_path / "bent.jsonl")[2][0]
+
+
+def test_a_whole_line_and_its_compacted_form_are_one_verdict_in_a_merge(tmp_path):
+    """Merging the committed (compacted) registry back into the machine whose registry holds the same verdicts
+    whole appends nothing, and the other way round."""
+    whole = _copy(tmp_path / "whole")
+    compacted = _copy(tmp_path / "compacted")
+    results.compact_registry(compacted)
+    n = len(results.read_registry(whole))
+    assert results.merge_registry(whole, compacted) == (0, n, [])
+    assert results.merge_registry(compacted, whole / "registry.jsonl") == (0, n, [])
+    assert len(results.read_registry(whole)) == len(results.read_registry(compacted)) == n

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +64,7 @@ def skip_overlaps(lm, examples, configs: Mapping[str, Sequence[int]], component:
     values, families, ratio = cached_measurement(
         "skip-overlaps", lm, examples, lambda: _skip_overlaps(lm, examples, configs, component, k, batch_size),
         configs={n: list(v) for n, v in configs.items()}, component=component, k=k, batch_size=batch_size,
-        template=TEMPLATE, erase_guard=ERASE_RATIO)
+        template=TEMPLATE, returns="overlaps, families, erase ratio")
     return values, families, ratio
 
 
@@ -87,7 +88,8 @@ def _skip_overlaps(lm, examples, configs, component, k, batch_size):
             values[name].extend(float(x) for x in metrics.topk_overlap(run.logits, edited, k).tolist())
             if pairs:
                 js_skipped[name] += float(pair_js(edited, pairs).sum())
-    ratio = {name: (js / js_clean if js_clean > 0 else None) for name, js in js_skipped.items()}
+    ratio = {name: (js / js_clean if js_clean > 0 and math.isfinite(js / js_clean) else None)
+             for name, js in js_skipped.items()}  # None: no pair of unrelated prompts (or no clean divergence)
     return values, [ex.family for ex in examples], ratio
 
 
@@ -100,33 +102,44 @@ def decide_skip(protocol: str, overlaps: Mapping[str, Sequence[float]], groups: 
     it -> FAILED; else INCONCLUSIVE.
 
     Catalogue v3's precondition: a configuration whose ``erase_ratio`` is below ``engine.atlas.ERASE_RATIO``
-    (unrelated prompts' skipped outputs coincide: the seed's residual zeroing) is information-erasing. Its overlap
-    of ~0 shows the prompt was erased, not that the layers were needed: the record is INCONCLUSIVE, unless the
-    configurations that do see the prompt already decide against the claim (one keeps the threshold: FAILED)."""
+    (unrelated prompts' skipped outputs coincide: the seed's residual zeroing) is information-erasing, and one
+    without a ratio (no pair of unrelated prompts was measured) is unchecked. Either can show an overlap of ~0 for an
+    erased prompt rather than needed layers, so the record is INCONCLUSIVE, unless the rule over every configuration
+    already decides against the claim at a configuration that was checked and sees the prompt (it keeps the
+    threshold: FAILED)."""
     keep = params["keep_threshold"]
-    erasing = sorted(name for name, r in (erase_ratio or {}).items()
-                     if r is not None and np.isfinite(r) and r < ERASE_RATIO)
+    ratio = dict(erase_ratio or {})
+    erasing = sorted(n for n in overlaps if ratio.get(n) is not None and ratio[n] < ERASE_RATIO)
+    unchecked = sorted(n for n in overlaps if ratio.get(n) is None)
     members = {name: ([keep - v for v in vals], groups) for name, vals in overlaps.items()}
     common = dict(delta=0.0, rationale=params["keep_threshold_rationale"], seed=SEEDS[0], bounds=(keep - 1.0, keep))
     label = f"{keep:g} - top-5 overlap, every skip configuration"
     holds = D.for_every(members, label=label, **common)
-    if erasing:
-        seeing = {name: m for name, m in members.items() if name not in erasing}
-        kept = D.for_every(seeing, label=f"{label} that sees the prompt", **common) if seeing else None
-        why = (f"information-erasing: unrelated prompts' skipped outputs coincide (Jensen-Shannon ratio < "
-               f"{ERASE_RATIO:g}) at {len(erasing)}/{len(members)} configurations ({', '.join(erasing[:6])}"
-               f"{' ...' if len(erasing) > 6 else ''}): their top-5 overlaps show an erased prompt, not needed layers")
-        holds = kept if kept is not None and kept.outcome is D.Outcome.AGAINST else \
-            D.for_every(members, label=label, precondition=why, **common)
+    blind = set(erasing) | set(unchecked)
+    seen_against = holds.outcome is D.Outcome.AGAINST and any(
+        kept and name not in blind for name, kept in holds.details["holm_against"].items())
+    if blind and not seen_against:
+        why = "; ".join(part for part in (
+            _listed(erasing, len(members), f"information-erasing: unrelated prompts' skipped outputs coincide "
+                                           f"(Jensen-Shannon ratio < {ERASE_RATIO:g})"),
+            _listed(unchecked, len(members), "erasure guard not run (no pair of unrelated prompts)")) if part)
+        holds = D.for_every(members, label=label, precondition=f"{why}: their top-5 overlaps may show an erased "
+                                                                f"prompt, not needed layers", **common)
     means = {name: float(np.mean(vals)) for name, vals in overlaps.items()}
     worst = max(means, key=means.get)
     figures = {"max_top5_overlap": means[worst], "max_config": worst, "overlaps": means,
                "configs_keeping_1of5": [c for c, v in means.items() if v >= keep], "n_examples": len(groups),
-               "erasing_configs": erasing, "erase_ratio": dict(erase_ratio or {})}
+               "erasing_configs": erasing, "unchecked_configs": unchecked, "erase_ratio": ratio}
     notes = [(f"{text} Highest mean top-5 overlap: {means[worst]:.2f} ({worst}); configurations keeping >= "
               f"{keep:g} (1 of 5) on average: {len(figures['configs_keeping_1of5'])}/{len(means)}. "
               f"{holds.statement}.")]
     return Finding(protocol, figures, holds=holds, seeds=[SEEDS[0]], notes=notes)
+
+
+def _listed(names: Sequence[str], total: int, what: str) -> str:
+    if not names:
+        return ""
+    return f"{what} at {len(names)}/{total} configurations ({', '.join(names[:6])}{' ...' if len(names) > 6 else ''})"
 
 
 @dataclass(frozen=True)
