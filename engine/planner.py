@@ -173,10 +173,16 @@ def lora_claim_work(claim: str, t: Mapping[str, Any]) -> float:
     return t["n_train_seeds"] * LORA_TRAININGS[claim](t) * per * (t.get("max_len") or 256)
 
 
+# claims whose trainings are another claim's unless a plan sizes them apart (then they train their own, priced as it)
+SHARED_TRAININGS = {"LOCKIN": "LORA-LATE"}  # the all-linear adapter, with checkpoints
+
+
 def lora_work(t: Mapping[str, Any], per_claim: Mapping[str, Mapping[str, Any]]) -> float:
     """The lora block's work with the claims a plan sizes apart (``per_claim``: claim id -> its fields) priced at
     their own sizes."""
-    return sum(lora_claim_work(c, {**t, **per_claim.get(c, {})}) for c in LORA_TRAININGS)
+    shared = sum(lora_claim_work(owner, {**t, **per_claim[c]}) for c, owner in SHARED_TRAININGS.items()
+                 if c in per_claim)
+    return sum(lora_claim_work(c, {**t, **per_claim.get(c, {})}) for c in LORA_TRAININGS) + shared
 
 
 class TimingsWarning(UserWarning):

@@ -575,3 +575,23 @@ def test_the_plan_fingerprint_follows_sizes_not_comments(tmp_path):
                                 "[plans.full.cpu.quant]\ninherits = \"default\"\nn_eval = 33", 1)) != base
     assert variant(text.replace("budget_core_s = { atlas = 5000,", "budget_core_s = { atlas = 4000,", 1)) != base
     assert variant(text.replace("n_train_seeds = 5", "n_train_seeds = 6", 1)) != base  # a per-claim size
+
+
+def test_lockin_sized_apart_trains_an_all_linear_adapter_of_its_own_and_is_priced_so(tmp_path):
+    """LOCKIN shares LORA-LATE's all-linear adapter unless a plan sizes it apart (more steps): then the work model adds
+    one all-linear training at LOCKIN's sizes, and LOCKIN's early checkpoint still lies after the warm-up."""
+    from engine import planner
+
+    path = _plan_x(tmp_path, tail='[plans.x.cpu.lora.per_claim."LOCKIN"]\nsteps = 100\n')
+    plans.validate(path)
+    lock = plans.load("lora", lora.LoraPlan, "cpu", {"plan": "x"}, path=path, claim="LOCKIN")
+    assert lock.steps == 100 and plans.load("lora", lora.LoraPlan, "cpu", {"plan": "x"}, path=path).steps != 100
+    table = plans.read(path)[1]["x"]["cpu"]["lora"]
+    extra = planner.lora_work(table, plans.per_claim("x", "lora", path=path)) - planner.block_work("lora", table)
+    assert extra == planner.lora_claim_work("LORA-LATE", {**table, "steps": 100}) > 0
+
+
+def test_the_full_plan_lockin_runs_past_its_warm_up_at_its_own_steps():
+    lock = lora.plan_for("cpu", plan="full", claim="LOCKIN")
+    early = lock.train_config().checkpoint_steps()[min(lock.checkpoints)]
+    assert early > lock.warmup_steps
