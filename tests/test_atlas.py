@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import cache as cache_lib
-from engine import metrics, models, stats
+from engine import metrics, models
 from engine.atlas import (
     Atlas, AtlasError, AtlasOptions, Cell, Job, atlas, cache_key, compute_cell, merge_cells, merge_job, model_identity,
     plan_cells, prompt_overlap, replicate, run_cell, suite_hash,
