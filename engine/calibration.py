@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from engine import decisions as D
+from engine.plans import split_claim_key
 
 ROOT = Path(__file__).resolve().parents[1]
 ATLAS_POOL = ROOT / "results" / "calibration" / "atlas-layer-effects.json"
@@ -489,8 +490,8 @@ def rules() -> dict[str, Rule]:
         Rule("oproj-runs-every-module", ("LORA-OPROJ",), "normal run effects (SD = 2 delta, run 200e01a)",
              ("lora", "n_train_seeds"), float(_claim_params("LORA-OPROJ")["delta"]),
              _oproj_rule(float(_claim_params("LORA-OPROJ")["delta"])),
-             "the unit is the training run (t over seeds, Holm over 6 modules); the full plan runs it on 5 fresh "
-             "seeds (per_claim)", powered=False),
+             "the unit is the training run (t over seeds, Holm over 6 modules); the full plan runs the rule's "
+             "minimum, 2 fresh seeds (per_claim: run dedf2f3 projected 24 / 37 seeds, beyond the plan)", powered=False),
         Rule("late-decile-every-other", ("LORA-LATE",), "normal per-prompt share gaps (SD 0.16, run 200e01a)",
              ("lora", "n_eval"), float(_claim_params("LORA-LATE")["delta"]), _late_rule(float(_claim_params("LORA-LATE")["delta"])),
              "Holm over the 9 other deciles; the full plan runs it at 20 held-out prompts per family (per_claim)",
@@ -518,7 +519,7 @@ def plan_sizes(rule: Rule) -> list[int]:
                 continue
             ns.add(int(tier[block][key]))  # steer / quant: the total prompts (spread over families by _shape)
             for claim, fields in tier[block].get("per_claim", {}).items():  # a claim the plan sizes apart
-                if claim in rule.claims and key in fields:
+                if split_claim_key(claim)[0] in rule.claims and key in fields:  # on every model or on one
                     ns.add(int(fields[key]))
             if key == "rigorous_per_family":  # every sequential look's n below it (each look at a stricter level)
                 ns.update(int(n) for n in tier[block].get("stages", []) if n < int(tier[block][key]))
@@ -534,7 +535,8 @@ def full_plan_n(rule: Rule) -> int:
     data = tomllib.loads(PLANS.read_text())["plans"][FULL_PLAN]
     block, key = rule.sizes
     table = data["cpu"][block]
-    apart = [int(f[key]) for c, f in table.get("per_claim", {}).items() if c in rule.claims and key in f]
+    apart = [int(f[key]) for c, f in table.get("per_claim", {}).items()
+             if split_claim_key(c)[0] in rule.claims and key in f]
     return max(apart) if apart else int(table[key])
 
 

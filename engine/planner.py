@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,12 +177,25 @@ def lora_claim_work(claim: str, t: Mapping[str, Any]) -> float:
 SHARED_TRAININGS = {"LOCKIN": "LORA-LATE"}  # the all-linear adapter, with checkpoints
 
 
-def lora_work(t: Mapping[str, Any], per_claim: Mapping[str, Mapping[str, Any]]) -> float:
-    """The lora block's work with the claims a plan sizes apart (``per_claim``: claim id -> its fields) priced at
-    their own sizes."""
-    shared = sum(lora_claim_work(owner, {**t, **per_claim[c]}) for c, owner in SHARED_TRAININGS.items()
-                 if c in per_claim)
-    return sum(lora_claim_work(c, {**t, **per_claim.get(c, {})}) for c in LORA_TRAININGS) + shared
+def lora_work(t: Mapping[str, Any], per_claim: Mapping[str, Mapping[str, Any]],
+              models: Sequence[str] = ()) -> float:
+    """The lora block's work per model (the mean over ``models``) with the claims a plan sizes apart
+    (``per_claim``: claim id, or ``"CLAIM-ID[model]"`` for one model, -> its fields) priced at their own sizes.
+    Without ``models``: the models that a ``"CLAIM-ID[model]"`` key names (none: every model alike)."""
+    named = [plans_data.split_claim_key(k)[1] for k in per_claim]
+    models = list(models) or sorted({m for m in named if m}) or [None]
+
+    def own(claim: str, model: str | None) -> dict[str, Any]:
+        return {**t, **per_claim.get(claim, {}),
+                **(per_claim.get(plans_data.claim_key(claim, model), {}) if model else {})}
+
+    def apart(claim: str, model: str | None) -> bool:
+        return claim in per_claim or bool(model and plans_data.claim_key(claim, model) in per_claim)
+
+    def one(model: str | None) -> float:
+        shared = sum(lora_claim_work(owner, own(c, model)) for c, owner in SHARED_TRAININGS.items() if apart(c, model))
+        return sum(lora_claim_work(c, own(c, model)) for c in LORA_TRAININGS) + shared
+    return sum(one(m) for m in models) / len(models)
 
 
 class TimingsWarning(UserWarning):
@@ -342,7 +355,8 @@ def estimate_blocks(plan: str, *, path: str | Path | None = None, timings: Path 
            for b, seconds in measured.items() if b in REFERENCE_WORK and (b in mine or b in ref)}
     apart = plans_data.per_claim(plan, "lora", path=path)
     if "lora" in out and "lora" in mine and apart:  # claims the plan sizes apart: priced at their own sizes
-        out["lora"] *= lora_work(mine["lora"], apart) / block_work("lora", mine["lora"])
+        models = plans_data.plan_models(plan, "lora", path=path)
+        out["lora"] *= lora_work(mine["lora"], apart, models) / block_work("lora", mine["lora"])
     timed = timed_atlas_work(timings)
     if "atlas" in out and "atlas" in mine and timed:  # priced per model by the work that was timed
         per_model = measured_model_seconds("atlas", timings)

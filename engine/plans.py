@@ -25,7 +25,8 @@ A cpu atlas table may size one model apart: ``[plans.<plan>.cpu.atlas.per_model.
 table for that model only (``engine.studies.atlas.sizes_for(..., model=...)``). A cpu block table may size one claim
 apart: ``[plans.<plan>.cpu.<block>.per_claim."<CLAIM-ID>"]`` replaces fields for that claim's measurements only
 (``engine.lora.plan_for(..., claim=...)``: e.g. more training seeds, fresh ones, for a question the plan's last run
-left close). Neither ``models``, ``per_model`` nor ``per_claim`` is inherited (``inherits`` copies sizes; which
+left close); a key ``"<CLAIM-ID>[<model>]"`` (the record's own name) sizes that claim apart on one model only, after
+the claim's own table (e.g. fresh seeds where one model's question is still close and the other's is decided). Neither ``models``, ``per_model`` nor ``per_claim`` is inherited (``inherits`` copies sizes; which
 models a plan runs and which claims it sizes apart are its own).
 
 A plan's cpu tier may give a budget: ``[plans.<plan>.cpu] budget_core_s = { atlas = 1500, steer = 300, ... }``, the
@@ -367,12 +368,37 @@ def left_out(plan: str, available: Sequence[str], *, path: str | Path | None = N
     return f"not in plan {plan}: {'; '.join(parts)}" if parts else ""
 
 
-def claim_fields(plan: str, block: str, claim: str | None, *, path: str | Path | None = None) -> dict[str, Any]:
-    """The fields ``plan`` sets for ``claim`` alone in its cpu ``block`` (``per_claim``; empty for most)."""
+def claim_key(claim: str, model: str) -> str:
+    """The per_claim key that sizes ``claim`` apart on ``model`` alone: the record's name, ``CLAIM-ID[model]``."""
+    return f"{claim}[{model}]"
+
+
+def split_claim_key(key: str) -> tuple[str, str | None]:
+    """``"CLAIM-ID[model]"`` -> (claim id, model); ``"CLAIM-ID"`` -> (claim id, None)."""
+    if key.endswith("]") and "[" in key:
+        claim, model = key[:-1].split("[", 1)
+        return claim, model
+    return key, None
+
+
+def claim_fields(plan: str, block: str, claim: str | None, *, path: str | Path | None = None,
+                 model: str | None = None) -> dict[str, Any]:
+    """The fields ``plan`` sets for ``claim`` alone in its cpu ``block`` (``per_claim``; empty for most), then
+    those it sets for ``claim`` on ``model`` alone (key ``"CLAIM-ID[model]"``)."""
     if not claim:
         return {}
     _, _, models = _read_file(path)
-    return dict(models.get(plan, PlanModels()).per_claim.get(block, {}).get(claim, {}))
+    tables = models.get(plan, PlanModels()).per_claim.get(block, {})
+    own = dict(tables.get(claim, {}))
+    if model:
+        own.update(tables.get(claim_key(claim, model), {}))
+    return own
+
+
+def plan_models(plan: str, block: str | None = None, *, path: str | Path | None = None) -> tuple[str, ...]:
+    """The cpu models ``plan`` lists for ``block`` (its block list, else its tier list; empty: it lists none)."""
+    _, _, models = _read_file(path)
+    return tuple(models.get(plan, PlanModels()).listed(block) or ())
 
 
 def per_claim(plan: str, block: str, *, path: str | Path | None = None) -> dict[str, dict[str, Any]]:
@@ -474,9 +500,12 @@ def validate(path: str | Path | None = None) -> tuple[str, dict[str, dict[str, d
                 if block not in plans[name].get("cpu", {}):
                     raise PlanError(f"{where}: 'plans.{name}.cpu.{block}.{key}': no table [plans.{name}.cpu.{block}] "
                                     "whose fields it replaces")
-                for target in by_target:  # a model (per_model) or a claim id (per_claim)
-                    load(block, classes[block], "cpu", {"plan": name}, path=path,
-                         **{("model" if key == PER_MODEL else "claim"): target})
+                for target in by_target:  # a model (per_model) or a claim id, or "CLAIM-ID[model]" (per_claim)
+                    if key == PER_MODEL:
+                        load(block, classes[block], "cpu", {"plan": name}, path=path, model=target)
+                    else:
+                        claim, model = split_claim_key(target)
+                        load(block, classes[block], "cpu", {"plan": name}, path=path, claim=claim, model=model)
     return where, plans
 
 
@@ -542,7 +571,7 @@ def load(block: str, cls: type[T], tier: str, params: Mapping[str, Any] | None =
                                 f"{cls.__name__}: {', '.join(known)})")
         table = {**table, **own}
     if tier == "cpu" and claim:
-        own = claim_fields(name, block, claim, path=path)
+        own = claim_fields(name, block, claim, path=path, model=model)
         for k in own:
             if k not in fields or k in SET_BY_LOADER:
                 known = [f for f in fields if f not in SET_BY_LOADER]

@@ -468,8 +468,34 @@ def test_every_claim_a_plan_sizes_apart_is_a_catalogue_claim_of_that_block():
     catalogue = load_catalogue()
     for plan in plans.read()[1]:
         for block in plans.PER_CLAIM_BLOCKS:
-            for claim in plans.per_claim(plan, block):
-                assert catalogue[claim].block == block, (plan, claim)
+            for key in plans.per_claim(plan, block):
+                claim, model = plans.split_claim_key(key)
+                assert catalogue[claim].block == block, (plan, key)
+                assert model is None or model in (catalogue[claim].cpu_models or catalogue.cpu_models), (plan, key)
+
+
+def test_a_claim_may_be_sized_apart_on_one_model_after_its_own_table(tmp_path):
+    """per_claim."CLAIM-ID[model]" (the record's name) replaces fields for that claim on that model only, after the
+    claim's own table: the other model keeps the claim's table; the work model prices each model's part at its own
+    sizes (the mean over the plan's models)."""
+    from engine import planner
+
+    path = _plan_x(tmp_path, tail=('[plans.x.cpu.lora.per_claim."SKIP-RECOVER"]\ntrain_seed = 7\nn_train_seeds = 3\n'
+                                   '[plans.x.cpu.lora.per_claim."SKIP-RECOVER[gemma3-270m]"]\ntrain_seed = 12\n'
+                                   'n_train_seeds = 5\n'))
+    plans.validate(path)
+    at = {m: plans.load("lora", lora.LoraPlan, "cpu", {"plan": "x"}, path=path, claim="SKIP-RECOVER", model=m)
+          for m in ("smollm2-135m", "gemma3-270m")}
+    assert at["smollm2-135m"].train_seeds == (7, 8, 9) and at["gemma3-270m"].train_seeds == (12, 13, 14, 15, 16)
+    assert plans.load("lora", lora.LoraPlan, "cpu", {"plan": "x"}, path=path, claim="LORA-ATLAS",
+                      model="gemma3-270m").train_seeds == (0,)
+    table = plans.read(path)[1]["x"]["cpu"]["lora"]
+    apart = plans.per_claim("x", "lora", path=path)
+    one = planner.lora_claim_work("SKIP-RECOVER", table)  # one seed's skip trainings
+    both = planner.lora_work(table, apart, ["smollm2-135m", "gemma3-270m"]) - planner.block_work("lora", table)
+    assert both == pytest.approx(((3 - 1) + (5 - 1)) * one / 2)
+    with pytest.raises(plans.PlanError, match="SKIP-RECOVER"):
+        plans.validate(_plan_x(tmp_path, tail='[plans.x.cpu.lora.per_claim."SKIP-RECOVER[gemma3-270m]"]\nsteps = 0\n'))
 
 
 def test_every_atlas_template_sizes_its_model_with_the_plans_per_model_fields(tmp_path, monkeypatch):

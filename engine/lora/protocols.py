@@ -100,11 +100,12 @@ class LoraPlan:
                 "train_seeds": list(self.train_seeds), "data_seed": self.data_seed}
 
 
-def plan_for(tier: str, params: Mapping | None = None, plan: str | None = None, claim: str | None = None) -> LoraPlan:
+def plan_for(tier: str, params: Mapping | None = None, plan: str | None = None, claim: str | None = None,
+             model: str | None = None) -> LoraPlan:
     """The tier's plan (``cpu`` | ``gpu``) from ``engine/data/plans.toml``, with the plan's fields for ``claim``
-    alone (``per_claim``) and a claim's ``[claim.params]`` overrides applied (flat keys named like a field, then the
-    ``params[tier]`` sub-table)."""
-    return plans.load("lora", LoraPlan, tier, params, plan=plan, claim=claim)
+    alone (``per_claim``), then for ``claim`` on ``model`` alone (``per_claim."CLAIM-ID[model]"``), and a claim's
+    ``[claim.params]`` overrides applied (flat keys named like a field, then the ``params[tier]`` sub-table)."""
+    return plans.load("lora", LoraPlan, tier, params, plan=plan, claim=claim, model=model)
 
 
 PLANS = {tier: plan_for(tier) for tier in plans.TIERS}  # the default plan

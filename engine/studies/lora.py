@@ -445,8 +445,9 @@ DYNAMIC = "trainings and evaluations follow the layers the model's atlas picks (
 
 def bench_for(ctx, load_model) -> LoraBench:
     """The LoRA bench of the claim's model under its plan (one per model and plan for the session; a claim the plan
-    sizes apart, ``per_claim``, gets a bench of its own sizes, sharing the disk cache)."""
-    plan = plan_for(ctx.tier, ctx.params, ctx.plan, claim=ctx.claim.id)
+    sizes apart, ``per_claim``, on every model or on this one, gets a bench of its own sizes, sharing the disk
+    cache)."""
+    plan = plan_for(ctx.tier, ctx.params, ctx.plan, claim=ctx.claim.id, model=ctx.model)
     key = (ctx.model, plan)
     if key not in _BENCHES:
         _BENCHES[key] = LoraBench(load_model(ctx.model), plan, atlas=model_atlas(ctx.tier, ctx.params, ctx.plan))
