@@ -55,6 +55,8 @@ class ModelLooks:
     bought: int
     cost: tuple[float, ...] | None  # None: no pinned price for this model (every look is run)
     gain: tuple[float, ...]
+    grown: bool = False  # the last look is HUB-BREADTH's 4-family look (Sizes.breadth_per_family): only those 4
+    # families' sample grows, on seed 42; bought, like every look, only after the looks before it
 
     @property
     def spent(self) -> float:
@@ -65,11 +67,17 @@ class ModelLooks:
         if self.cost is None:
             return f"{self.model} looks {shown} (not priced: not in {PRICES.name})"
         text = f"{self.model} looks {shown} ({self.spent:.0f})"
+        if self.grown and self.bought == len(self.looks):
+            text += " (the last: HUB-BREADTH's 4 families)"
         if self.bought < len(self.looks):
             k = self.bought
-            text += (f"; not bought: {self.looks[k]}/family, {self.cost[k]:.0f} core-s for {self.gain[k]:.2f} expected "
-                     "decision(s)")
+            text += (f"; not bought: {self.looks[k]}/family{self.which(k)}, {self.cost[k]:.0f} core-s for "
+                     f"{self.gain[k]:.2f} expected decision(s)")
         return text
+
+    def which(self, k: int) -> str:
+        """" of HUB-BREADTH's 4 families" for the 4-family look, else ""."""
+        return " of HUB-BREADTH's 4 families" if self.grown and k == len(self.looks) - 1 else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +125,19 @@ def expected_decisions(model: str, before: int, after: int, table: dict | None =
             continue
         total += max(0.0, power_at(entry["rates"], after) - power_at(entry["rates"], before))
     return total
+
+
+def breadth_gain(before: int, after: int, table: dict | None = None) -> float:
+    """The power at delta HUB-BREADTH's 4-family look adds: its rule's at ``after`` examples per family of the 4
+    families (the calibration entry sized by ``atlas.breadth_per_family``) minus the rule's at the last look's
+    ``before`` (the entry sized by ``atlas.rigorous_per_family``)."""
+    from engine.decisions import calibration_table
+
+    rules = (table or calibration_table())["rules"]
+    def power(field: str, n: int) -> float:
+        return max((power_at(e["rates"], n) for e in rules.values() if "HUB-BREADTH" in e.get("claims", ())
+                    and str(e.get("sizes_from", "")).endswith(f"atlas.{field}")), default=0.0)
+    return max(0.0, power("breadth_per_family", after) - power("rigorous_per_family", before))
 
 
 def read_prices(prices: Path | None = None) -> tuple[dict[str, float], dict[str, float]]:
@@ -176,17 +197,25 @@ def atlas_budget(plan: str, *, path: str | Path | None = None, prices: Path | No
         sizes = plans_data.load("atlas", Sizes, "cpu", {"plan": plan}, path=path, model=model)
         looks = sizes.looks if sizes.stages else (sizes.rigorous_per_family,)
         fields = plans_data.values(sizes)
+        grown = sizes.breadth_per_family if (sizes.breadth_per_family or 0) > looks[-1] else None
 
-        def work(per_family: int) -> float:
-            return planner.block_work("atlas", {**fields, "rigorous_per_family": per_family})
+        def work(per_family: int, breadth: int | None = None) -> float:
+            return planner.block_work("atlas", {**fields, "rigorous_per_family": per_family,
+                                                "breadth_per_family": breadth})
 
         gain = (0.0,) + tuple(expected_decisions(model, a, b) for a, b in zip(looks, looks[1:]))
+        if grown:  # HUB-BREADTH's 4-family look: one more, after the last
+            gain += (breadth_gain(looks[-1], grown),)
         if model not in seconds:
-            out[model] = ModelLooks(model, looks, len(looks), None, gain)
+            out[model] = ModelLooks(model, looks + ((grown,) if grown else ()), len(looks) + bool(grown), None, gain,
+                                    bool(grown))
             continue
         unit = seconds[model] / timed.get(model, planner.REFERENCE_WORK["atlas"])
         cost = (unit * work(looks[0]),) + tuple(unit * (work(b) - work(a)) for a, b in zip(looks, looks[1:]))
-        out[model] = ModelLooks(model, looks, 1, cost, gain)
+        if grown:
+            cost += (unit * (work(looks[-1], grown) - work(looks[-1])),)
+            looks += (grown,)
+        out[model] = ModelLooks(model, looks, 1, cost, gain, bool(grown))
     first = sum(m.cost[0] for m in out.values() if m.cost)
     if first > budget:
         raise plans_data.PlanError(
@@ -240,7 +269,11 @@ def cap_atlas(sizes: Any, model: str) -> Any:
     bought = None if got is None else got.bought(model)
     if bought is None or bought >= len(got.models[model].looks):
         return sizes
-    last = got.models[model].looks[bought - 1]
+    looks = got.models[model]
+    sizes = dataclasses.replace(sizes, breadth_per_family=None) if looks.grown else sizes  # its look not bought
+    if bought >= len(looks.looks) - looks.grown:
+        return sizes
+    last = looks.looks[bought - 1]
     per_family = min(sizes.rigorous_per_family, last)
     stages = tuple(n for n in sizes.stages if n <= per_family) or (per_family,)
     return dataclasses.replace(sizes, stages=stages, rigorous_per_family=per_family)
@@ -256,7 +289,8 @@ def atlas_note(plan: str, model: str) -> str:
         return ""
     k = looks.bought
     return (f"the plan's atlas budget ({got.budget:g} core-s, engine.budget) bought looks {list(looks.looks[:k])} of "
-            f"{list(looks.looks)} on {model}: the look at {looks.looks[k]}/family would cost ~{looks.cost[k]:.0f} "
+            f"{list(looks.looks)} on {model}: the look at {looks.looks[k]}/family{looks.which(k)} would cost "
+            f"~{looks.cost[k]:.0f} "
             f"core-s for {looks.gain[k]:.2f} expected decision(s) (power at delta, engine/data/calibration.json)")
 
 

@@ -184,6 +184,8 @@ class Rule:
     run: Callable[[Any, int, float | None], str]
     note: str = ""
     powered: bool = True  # held to P(CONFIRMED | delta) >= 0.8 at the full plan (else: measured and reported)
+    gates: bool = True  # its min_n gates its claims' records (engine.verdicts.calibration_gate); False: it calibrates
+    # one optional look of a claim another rule gates (HUB-BREADTH's 4-family look, sized by another field)
 
 
 def _hub_rule(model: str, claimed: bool, seeds: int = 3) -> Callable:
@@ -219,6 +221,32 @@ def _hub_pair_rule(model: str, kind: str) -> Callable:
             a = _atlas(*_atlas_rows(model, n, 2 * effect, rng, per_family_effect={i: -effect for i in range(4)}), 0)
         narrow = common.restrict(a, a.families[:4])
         _, holds, undecided = hubs.decide_differ({"12-family": a, "4-family": narrow}, "argmax layer", delta)
+        return "undecided" if undecided else _outcome(holds)
+
+    return run
+
+
+def _breadth_look_rule(model: str) -> Callable:
+    """HUB-BREADTH at its 4-family look (``Sizes.breadth_per_family``): the 12-family suite at the full plan's
+    rigorous_per_family, the 4-family suite at ``n`` per family whose first rows are the 12-family suite's (one
+    nested draw of n per family, as the plan measures it); effects as :func:`_hub_pair_rule`'s."""
+    from engine.studies.atlas import common, hubs
+
+    delta = float(_claim_params("HUB-Q05")["hub_delta"])
+    twelve = int(tomllib.loads(PLANS.read_text())["plans"][FULL_PLAN]["cpu"]["atlas"]["rigorous_per_family"])
+
+    def run(rng, n, effect):
+        per = max(n, twelve)
+        if effect is None:
+            values, groups = _atlas_rows(model, per, delta, rng)
+        else:
+            values, groups = _atlas_rows(model, per, 2 * effect, rng, per_family_effect={i: -effect for i in range(4)})
+        a = _atlas(values, groups, 0)
+        first = [i for i in range(len(groups)) if i % per < twelve]
+        narrow = common.restrict(common.restrict_rows(a, [i for i in range(len(groups)) if i % per < n]),
+                                 a.families[:4])
+        _, holds, undecided = hubs.decide_differ({"12-family": common.restrict_rows(a, first), "4-family": narrow},
+                                                 "argmax layer", delta)
         return "undecided" if undecided else _outcome(holds)
 
     return run
@@ -449,6 +477,11 @@ def rules() -> dict[str, Rule]:
              hub_delta, _hub_pair_rule("gemma3-270m", "differ"),
              "no effect: the same layer leads by delta in every family (the claim false); delta: the 4 narrow families "
              "lead at another layer by delta (a contrast the 4-family restriction barely resolves)", powered=False),
+        Rule("hub-differs-by-breadth-4-family-look", ("HUB-BREADTH",), "kl:gemma3-270m",
+             ("atlas", "breadth_per_family"), hub_delta, _breadth_look_rule("gemma3-270m"),
+             "the 4-family suite's own look past the 12-family suite's rows (n: its examples per family; the "
+             "12-family suite at the full plan's rigorous_per_family); effects as hub-differs-by-breadth's",
+             powered=False, gates=False),
         Rule("answer-beats-bos-every-layer", ("POS-ANSWER",), "POS-ANSWER residuals", ("atlas", "rigorous_per_family"),
              float(pos["delta"]), _for_every_rule("POS-ANSWER", float(pos["delta"]), 30, 12),
              "Holm over 30 layers; delta 0.05 nats is small against the per-prompt spread", powered=False),
@@ -515,11 +548,16 @@ def plan_sizes(rule: Rule) -> list[int]:
     ns = set()
     for plan in data.values():
         for tier in plan.values():
-            if not isinstance(tier, Mapping) or block not in tier or key not in tier[block]:
+            if not isinstance(tier, Mapping) or block not in tier or (
+                    key not in tier[block] and not any(key in f for f in tier[block].get("per_model", {}).values())):
                 continue
-            ns.add(int(tier[block][key]))  # steer / quant: the total prompts (spread over families by _shape)
+            if key in tier[block]:
+                ns.add(int(tier[block][key]))  # steer / quant: the total prompts (spread over families by _shape)
             for claim, fields in tier[block].get("per_claim", {}).items():  # a claim the plan sizes apart
                 if split_claim_key(claim)[0] in rule.claims and key in fields:  # on every model or on one
+                    ns.add(int(fields[key]))
+            for fields in tier[block].get("per_model", {}).values():  # a model the plan sizes apart
+                if key in fields:
                     ns.add(int(fields[key]))
             if key == "rigorous_per_family":  # every sequential look's n below it (each look at a stricter level)
                 ns.update(int(n) for n in tier[block].get("stages", []) if n < int(tier[block][key]))
@@ -531,13 +569,17 @@ def _full_lora_draws(field: str = "n_random") -> int:
 
 
 def full_plan_n(rule: Rule) -> int:
-    """The full cpu plan's n for this rule: its claims' own size where the plan sizes them apart (``per_claim``)."""
+    """The full cpu plan's n for this rule: its claims' own size where the plan sizes them apart (``per_claim``),
+    else the largest of the table's and its models' own (``per_model``)."""
     data = tomllib.loads(PLANS.read_text())["plans"][FULL_PLAN]
     block, key = rule.sizes
     table = data["cpu"][block]
     apart = [int(f[key]) for c, f in table.get("per_claim", {}).items()
              if split_claim_key(c)[0] in rule.claims and key in f]
-    return max(apart) if apart else int(table[key])
+    if apart:
+        return max(apart)
+    own = [int(table[key])] if key in table else []
+    return max(own + [int(f[key]) for f in table.get("per_model", {}).values() if key in f])
 
 
 # ------------------------------------------------------------------------------------------------ simulation
@@ -575,7 +617,8 @@ def rates(reps: int = 400, names: list[str] | None = None) -> dict[str, Any]:
         above = [p for p in per if all(holds(r) for r in table if r["per_family"] >= p)]
         out[name] = {"claims": list(rule.claims), "data": rule.data, "delta": rule.delta, "note": rule.note,
                      "sizes_from": f"plans.*.*.{rule.sizes[0]}.{rule.sizes[1]}", "full_plan_n": full_plan_n(rule),
-                     "rates": table, "min_n": min(above) if above else None, "powered": rule.powered}
+                     "rates": table, "min_n": min(above) if above else None, "powered": rule.powered,
+                     **({} if rule.gates else {"gates": False})}
     return out
 
 

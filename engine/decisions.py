@@ -818,9 +818,11 @@ def calibration_table() -> dict[str, Any]:
 def calibrated_min_n(claim: str) -> tuple[int | None, str]:
     """(the smallest per-family n at which every calibrated rule of ``claim`` held its error bounds, the rules) from
     the committed table; (None, "") when the claim has no calibrated rule; a rule that held them at no plan's n
-    gives a very large n (the claim cannot be decided by it at any planned size)."""
+    gives a very large n (the claim cannot be decided by it at any planned size). A rule marked ``"gates": false``
+    (one optional look's, sized by another field) does not count."""
     table = calibration_table()
-    names = table.get("claims", {}).get(claim, [])
+    names = [name for name in table.get("claims", {}).get(claim, [])
+             if table["rules"][name].get("gates", True)]
     if not names:
         return None, ""
     ns = [table["rules"][name].get("min_n") for name in names]

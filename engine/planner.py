@@ -145,6 +145,11 @@ def block_work(block: str, t: Mapping[str, Any]) -> float:
     if block == "atlas":
         families = len(t.get("families") or ()) or 12
         per = t["seed_per_family"] + 3 * t["rigorous_per_family"] + t["nl_per_family"]
+        grown = max(0, (t.get("breadth_per_family") or 0) - t["rigorous_per_family"])  # HUB-BREADTH's 4 families
+        if grown:
+            from engine.tasks import BREADTH_FAMILIES
+
+            return (families * per + len(BREADTH_FAMILIES) * grown) / t.get("layer_stride", 1)
         return families * per / t.get("layer_stride", 1)
     if block == "steer":
         scales = len(t["scales"])

@@ -430,7 +430,7 @@ MAX_COUNT = 1_000_000  # above this a count is a typo (the cost estimate, engine
 RANGES: dict[str, tuple[float, float]] = {
     # atlas
     "seed_per_family": (1, MAX_COUNT), "rigorous_per_family": (1, MAX_COUNT), "nl_per_family": (1, MAX_COUNT),
-    "stages": (1, MAX_COUNT),
+    "stages": (1, MAX_COUNT), "breadth_per_family": (1, MAX_COUNT),
     "noop_examples": (1, MAX_COUNT), "skip_single_layers": (1, MAX_COUNT), "n_resamples": (100, MAX_COUNT),
     "batch_size": (1, 4096), "layer_stride": (1, 1000), "reported_per_family": (1, MAX_COUNT),
     # steer

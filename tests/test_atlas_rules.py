@@ -227,6 +227,31 @@ def test_hub_breadth_rule_reaches_each_outcome(case, expected):
         assert "exact tie" in record.reason
 
 
+@pytest.mark.parametrize("case, lead, noise, seed, expected", [
+    ("differ", 0.15, 0.8, 2, Verdict.CONFIRMED), ("same", 0.2, 0.6, 1, Verdict.FAILED),
+    ("tied", 0.0, 0.6, 1, Verdict.INCONCLUSIVE)])
+def test_hub_breadth_4_family_look_decides_what_the_12_family_rows_could_not(case, lead, noise, seed, expected):
+    """The 4-family suite's own look (``Sizes.breadth_per_family``): the 12-family sample's rows of those families
+    (20/family) and 90/family more of them. The 4 families' own lead is small (``lead`` nats at L4 over L2, or L2 over
+    L4): undecided at 20/family at the 4-look level; the look decides it (CONFIRMED: another layer than the
+    12-family L2; FAILED: the same), and no lead stays INCONCLUSIVE."""
+    hub = [0.2, 0.2, 2.0, 0.2, 0.2, 0.2]  # the 12-family argmax L2, clear
+    top = {"differ": (1.0, 1.0 + lead), "same": (1.0 + lead, 1.0), "tied": (1.0, 1.0)}[case]
+    narrow = {f: [0.2, 0.2, top[0], 0.2, top[1], 0.2] for f in tasks.BREADTH_FAMILIES}
+    full = atlas_of(*effects(hub, per_family=20, shift=narrow, noise=noise, seed=seed))
+    values, groups = effects(hub, per_family=90, shift=narrow, noise=noise, seed=seed + 10,
+                             families=tasks.BREADTH_FAMILIES)
+    beyond = atlas_of(values, groups, ids=[f"beyond-{i}" for i in range(len(groups))])
+    with D.looks(4):
+        before = verdict(hubs._breadth_finding("rigorous", full, tasks.BREADTH_FAMILIES, "test."), "HUB-BREADTH")
+        finding = hubs._breadth_finding("rigorous", full, tasks.BREADTH_FAMILIES, "test.", beyond=beyond)
+        after = verdict(finding, "HUB-BREADTH")
+    assert before.verdict is Verdict.INCONCLUSIVE and "4-family" in before.reason, before.reason
+    assert after.verdict is expected, after.reason
+    assert finding.figures["n_examples_4fam"] == 4 * 110 and finding.figures["n_examples_12fam"] == 12 * 20
+    assert "90/family" not in finding.notes[0] and "110/family" in finding.notes[0]
+
+
 def test_negation_flips_for_and_against_and_keeps_undecided():
     ev = A.argmax_evidence(atlas_of(*effects(HUB)), claimed=2)
     assert ev.outcome is D.Outcome.FOR and A.negate(ev, "x").outcome is D.Outcome.AGAINST

@@ -54,6 +54,9 @@ def test_the_full_plan_reaches_every_rules_calibrated_n(tier):
             continue
         block, key = rule.sizes
         n = getattr(SIZES_FOR[block](tier, {"plan": "full"}), key)
+        if n is None:  # a field only some models' tables set (HUB-BREADTH's 4-family look: Gemma's, per_model), a
+            assert not rule.gates  # look whose rule gates no record (tests/test_breadth_look.py checks its n)
+            continue
         per_family = max(1, n // 11) if block in ("steer", "quant") else n  # steer/quant: over 11 families
         assert entry["min_n"] is not None and per_family >= entry["min_n"], (name, tier, per_family, entry["min_n"])
     atlas = A.sizes_for(tier, {"plan": "full"})
@@ -599,7 +602,7 @@ def test_the_plan_fingerprint_follows_sizes_not_comments(tmp_path):
     assert "[plans.full.cpu.quant]\ninherits = \"default\"\nn_eval = 44" in text
     assert variant(text.replace("[plans.full.cpu.quant]\ninherits = \"default\"\nn_eval = 44",
                                 "[plans.full.cpu.quant]\ninherits = \"default\"\nn_eval = 33", 1)) != base
-    assert variant(text.replace("budget_core_s = { atlas = 5000,", "budget_core_s = { atlas = 4000,", 1)) != base
+    assert variant(text.replace("budget_core_s = { atlas = 5900,", "budget_core_s = { atlas = 4000,", 1)) != base
     assert variant(text.replace("n_train_seeds = 5", "n_train_seeds = 6", 1)) != base  # a per-claim size
 
 

@@ -15,9 +15,12 @@ against the seed's figure (INCONCLUSIVE, with the row's reason).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from engine.planner import Dynamic
 from engine.studies.atlas import hubs
 from engine.studies.atlas.common import sizes_for
-from engine.templates import Param, Template, TemplateError, register
+from engine.templates import ClaimContext, Param, Template, TemplateError, register
 
 STAND_IN_FIELDS = {  # field -> (types, required, what it means)
     "of": ((str,), True, "the registry key of the seed model it stands in for (its stand_in_for)"),
@@ -82,7 +85,34 @@ class ArgmaxDiffers(Template):
         row = ctx.arg("stand_in", self).get(ctx.model)
         return None if row is None else hubs.StandIn(ctx.model, **row)
 
+    def _breadth(self, ctx) -> tuple[ClaimContext, int | None]:
+        """(the context the 12-family suite is measured at, the 4-family suite's examples per family at this look
+        when it is the 4-family suite's own look past the 12-family suite's last, else None)."""
+        if ctx.stage is None or ctx.arg("between", self) != "suites" or self._stand_in(ctx) is not None:
+            return ctx, None
+        last = super().stages(replace(ctx, stage=None))[-1]
+        return (ctx.at(last), ctx.stage) if ctx.stage > last else (ctx, None)
+
+    def stages(self, ctx):
+        """The plan's looks; for the suites, one more where the plan grows the 4-family suite past them
+        (``breadth_per_family``; the error is spent over every look, this one included)."""
+        looks = super().stages(ctx)
+        if not looks or ctx.arg("between", self) != "suites" or self._stand_in(ctx) is not None:
+            return looks
+        grown = sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model).breadth_per_family
+        return looks + (grown,) if grown and grown > looks[-1] else looks
+
+    def declared(self, ctx):
+        """The specs' needs at the plan's last look and, where the plan grows the 4-family suite, that look's."""
+        got = super().declared(ctx)
+        looks = self.stages(ctx)
+        if len(looks) > len(super().stages(ctx)):
+            grown = self.specs(ctx.at(looks[-1]))[hubs.BEYOND].need
+            return Dynamic(got.needs + (grown,), got.why)
+        return got
+
     def specs(self, ctx):
+        ctx, grown = self._breadth(ctx)
         sizes = sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model)
         if self._stand_in(ctx) is not None:
             return hubs.stand_in_specs(ctx.model, sizes)
@@ -90,9 +120,13 @@ class ArgmaxDiffers(Template):
             return {}
         if ctx.arg("between", self) == "models":
             return hubs.coder_specs(ctx.models, sizes)
-        return hubs.one_seed_specs(ctx.model, sizes)
+        specs = hubs.one_seed_specs(ctx.model, sizes)
+        if grown:
+            specs[hubs.BEYOND] = hubs.breadth_beyond_spec(ctx.model, sizes, grown)
+        return specs
 
     def decide(self, ctx, m):
+        ctx, _ = self._breadth(ctx)
         sizes = sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model)
         stand_in = self._stand_in(ctx)
         if stand_in is not None:

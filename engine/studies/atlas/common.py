@@ -53,6 +53,9 @@ class Sizes:
     # SEEDS[0]'s sample (None: the whole sample); robustness compares with the zero atlas on the same prompts
     stages: tuple[int, ...] | None = None  # sequential looks: the rigorous sample's examples per family at each
     # look (nested samples; None: one look at rigorous_per_family); a claim stops at its first decided look
+    breadth_per_family: int | None = None  # HUB-BREADTH's 4-family suite (tasks.BREADTH_FAMILIES) at one more
+    # look after the last: its seed-42 sample grown to this many per family on those 4 families only (the first
+    # rows are the 12-family sample's own; nested, so needs stages); None: the restriction of the 12-family sample
     name: str = plans.DEFAULT_PLAN  # the plan these sizes come from (engine/data/plans.toml)
     hub_delta: float | None = None  # the hub rules' smallest meaningful lead of the top layer (nats): a rule
     hub_delta_rationale: str | None = None  # threshold set by the claim's [claim.params], never by a plan
@@ -62,6 +65,9 @@ class Sizes:
         if stages is not None and (not stages or list(stages) != sorted(set(stages))):
             raise plans.PlanError(f"plan {self.name!r}: stages {list(stages)}: expected strictly increasing examples "
                                   "per family")
+        if self.breadth_per_family is not None and stages is None:
+            raise plans.PlanError(f"plan {self.name!r}: breadth_per_family = {self.breadth_per_family}: needs stages "
+                                  "(the 4-family suite grows past the 12-family sample's rows: nested samples)")
 
     @property
     def looks(self) -> tuple[int, ...]:
@@ -161,10 +167,15 @@ class AtlasSpec:
     method: str = "zero"
     component: str = "layer"
     positions: Any = "all"  # a position class, or a tuple of offsets
+    beyond: int = 0  # a staged stratified sample's first ``beyond`` examples per family are left out (another spec
+    # measured them): the rows a suite adds past a larger suite's sample (HUB-BREADTH's 4-family look)
 
     def __post_init__(self):
         if self.sample not in ("first", "stratified", "reported"):
             raise ValueError(f"AtlasSpec: unknown sample {self.sample!r}")
+        if self.beyond and not (self.nested and 0 < self.beyond < (self.k or 0)):
+            raise ValueError(f"AtlasSpec: beyond = {self.beyond} needs a staged stratified sample of more than that "
+                             f"many per family (k = {self.k})")
         if isinstance(self.positions, list):
             object.__setattr__(self, "positions", tuple(self.positions))
 
@@ -183,7 +194,11 @@ class AtlasSpec:
         if self.sample == "first":
             return first_examples(self.k, families, self.suite, None if self.suite == "nl" else SPLIT)
         if self.sample == "stratified":
-            return stratified_sample(self.seed, self.k, families, self.suite, nested=self.nested)
+            sample = stratified_sample(self.seed, self.k, families, self.suite, nested=self.nested)
+            if not self.beyond:
+                return sample
+            skipped = {ex.id for ex in stratified_sample(self.seed, self.beyond, families, self.suite, nested=True)}
+            return [ex for ex in sample if ex.id not in skipped]
         sample = stratified_sample(SEEDS[0], self.sizes.rigorous_per_family, self.sizes.families,
                                    nested=self.sizes.stages is not None)
         if self.sizes.reported_per_family is None:
@@ -198,7 +213,7 @@ class AtlasSpec:
 
     @property
     def need(self) -> Need:
-        n = self.k * len(self.families or self.sizes.families or tasks.FAMILIES)
+        n = (self.k - self.beyond) * len(self.families or self.sizes.families or tasks.FAMILIES)
         positions = str(list(self.positions)) if isinstance(self.positions, tuple) else self.positions
         if self.sample == "first":
             sample = f"seed first-k {self.suite}"
@@ -206,6 +221,8 @@ class AtlasSpec:
             sample = f"synthetic seed {SEEDS[0]} first {self.sizes.reported_per_family}/family"
         else:
             sample = f"{self.suite} seed {self.seed if self.sample == 'stratified' else SEEDS[0]}"
+        if self.beyond:
+            sample += f" {', '.join(self.families or ())} beyond {self.beyond}/family"
         return Need(self.model, "atlas", sample, n, f"{self.method}/{self.component}", positions)
 
     @property
@@ -218,8 +235,10 @@ class AtlasSpec:
         examples = self.examples()
         if not self.nested:
             return [examples]
-        bounds = [n for n in self.sizes.looks if n < self.k] + [self.k]
-        parts, taken, previous = [], set(), 0
+        bounds = [n for n in self.sizes.looks if self.beyond < n < self.k] + [self.k]
+        parts, previous = [], self.beyond
+        taken = {ex.id for ex in stratified_sample(self.seed, self.beyond, self.families or self.sizes.families,
+                                                   self.suite, nested=True)} if self.beyond else set()
         for n in bounds:
             part = [ex for ex in stratified_sample(self.seed, n, self.families or self.sizes.families, self.suite,
                                                    nested=True) if ex.id not in taken]
@@ -252,7 +271,7 @@ def seed_spec(model: str, sizes: Sizes, *, suite="synthetic", families=None, per
 
 def rigorous_spec(model: str, sizes: Sizes, seed: int = SEEDS[0], *, suite="synthetic", families=None,
                   method: str = "zero", positions: Any = "all", per_family: int | None = None,
-                  component: str = "layer") -> AtlasSpec:
+                  component: str = "layer", beyond: int = 0) -> AtlasSpec:
     """Layer-contribution ablation (output := input) on that seed's stratified sample; KL at the answer.
 
     Every claim that reads a model's seed-``seed`` atlas (HUB-Q05/Q15/Q3/SMOL, HUB-SEEDS, HUB-BREADTH, OWN-ATLAS,
@@ -260,7 +279,7 @@ def rigorous_spec(model: str, sizes: Sizes, seed: int = SEEDS[0], *, suite="synt
     ``component="resid"``: residual zeroing on the same stratified sample (POS-ANSWER's position sets)."""
     return AtlasSpec(model, sizes, "stratified", seed=seed, suite=suite, per_family=per_family,
                      families=tuple(families) if families else None, method=method, component=component,
-                     positions=positions)
+                     positions=positions, beyond=beyond)
 
 
 def reported_spec(model: str, sizes: Sizes, method: str = "zero", component: str = "layer",

@@ -18,7 +18,7 @@ import numpy as np
 
 from engine import decisions as D
 from engine import stats, tasks
-from engine.atlas import Atlas, prompt_overlap
+from engine.atlas import Atlas, concat, prompt_overlap
 from engine.studies.atlas.common import (
     ROBUSTNESS_METHODS,
     SEEDS,
@@ -301,8 +301,8 @@ def decide_differ(atlases: Mapping[str, Atlas], label: str, delta: float = 0.0,
 
 
 def _breadth_finding(protocol: str, full: Atlas, narrow_families: Sequence[str], text: str, delta: float = 0.0,
-                     rationale: str = "") -> Finding:
-    narrow = restrict(full, narrow_families)
+                     rationale: str = "", beyond: Atlas | None = None) -> Finding:
+    narrow = restrict(full, narrow_families) if beyond is None else concat([restrict(full, narrow_families), beyond])
     per_suite, holds, undecided = decide_differ({"12-family": full, "4-family": narrow}, "argmax layer", delta,
                                                 rationale)
     l12, l4 = argmax_of(per_suite["12-family"]), argmax_of(per_suite["4-family"])
@@ -310,7 +310,9 @@ def _breadth_finding(protocol: str, full: Atlas, narrow_families: Sequence[str],
                "argmax_4fam": per_suite["4-family"].estimate, "hubs_identical": l12 is not None and l12 == l4,
                "per_suite": argmax_figures(per_suite), "families_4": list(narrow_families),
                "n_examples_12fam": full.n_examples, "n_examples_4fam": narrow.n_examples, "template": full.template}
-    notes = [(f"{text} The 4-family atlas is the same sweep restricted to those families' prompts. "
+    grown = ("" if beyond is None else f" and {beyond.n_examples} more of those families' prompts of the same "
+             f"nested sample ({narrow.n_examples // len(narrow_families)}/family; the 4-family suite's own look)")
+    notes = [(f"{text} The 4-family atlas is the same sweep restricted to those families' prompts{grown}. "
              f"{_text(holds)}.")]
     return Finding(protocol, figures, holds=holds, seeds=[full.seed], notes=notes, suite_hash=full.suite_hash,
                    undecided=undecided)
@@ -322,10 +324,12 @@ def seed_protocol_breadth(a: Atlas, sizes: Sizes) -> Finding:
                             sizes.hub_delta or 0.0, sizes.hub_delta_rationale or "")
 
 
-def rigorous_breadth(full: Atlas, sizes: Sizes, robust: Mapping[str, Any], seed: int = SEEDS[0]) -> Finding:
+def rigorous_breadth(full: Atlas, sizes: Sizes, robust: Mapping[str, Any], seed: int = SEEDS[0],
+                     beyond: Atlas | None = None) -> Finding:
+    """``beyond``: the 4-family suite's rows past the 12-family sample's (:func:`breadth_beyond_spec`)."""
     finding = _breadth_finding("rigorous", full, tasks.BREADTH_FAMILIES, f"Rigorous protocol: layer-contribution "
                                f"ablation, {sizes.rigorous_per_family}/family (seed {seed}).", sizes.hub_delta or 0.0,
-                               sizes.hub_delta_rationale or "")
+                               sizes.hub_delta_rationale or "", beyond)
     finding.figures["robustness"] = dict(robust)
     return finding
 
@@ -577,12 +581,23 @@ def one_seed_specs(model: str, sizes: Sizes) -> dict[str, AtlasSpec]:
             **robustness_specs(model, sizes)}
 
 
+BEYOND = f"seed {SEEDS[0]} 4-family beyond"  # the spec name of HUB-BREADTH's 4-family look past the 12-family rows
+
+
+def breadth_beyond_spec(model: str, sizes: Sizes, per_family: int) -> AtlasSpec:
+    """HUB-BREADTH's 4-family look (``Sizes.breadth_per_family``): seed ``SEEDS[0]``'s nested sample grown to
+    ``per_family`` on the 4 families only, without the rows the 12-family sample (``sizes``) already has."""
+    return rigorous_spec(model, sizes, families=tasks.BREADTH_FAMILIES, per_family=per_family,
+                         beyond=sizes.rigorous_per_family)
+
+
 def breadth_findings(m: Mapping[str, Any], sizes: Sizes) -> tuple[Finding, Finding]:
     """HUB-BREADTH: the 4-family and the 12-family argmax layers both exist and differ (CONFIRMED); the same layer
-    (FAILED); no argmax decided in a suite (INCONCLUSIVE)."""
+    (FAILED); no argmax decided in a suite (INCONCLUSIVE). With ``m[BEYOND]`` (the 4-family look) the 4-family suite
+    is the 12-family sample's rows of those families and those rows."""
     atlases, robust = _rigorous(m, [SEEDS[0]])
     seed, rigorous = seed_protocol_breadth(m["seed"], sizes), rigorous_breadth(atlases[f"seed {SEEDS[0]}"], sizes,
-                                                                                robust)
+                                                                                robust, beyond=m.get(BEYOND))
     contrast(seed, rigorous, "residual zeroing ties every layer in both suites; contribution removal separates them")
     return seed, rigorous
 
