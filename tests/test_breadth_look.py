@@ -105,3 +105,39 @@ def test_the_looks_calibration_is_listed_and_does_not_gate_the_claims_records():
     assert D.calibrated_min_n("HUB-BREADTH") == (table["rules"]["hub-differs-by-breadth"]["min_n"],
                                                   "hub-differs-by-breadth")
     assert budget.breadth_gain(20, 110) > 0
+
+
+def test_the_look_runs_through_the_template_on_a_tiny_model(tmp_path, monkeypatch):
+    """The production template's sequential run (a tiny random Llama standing in for Gemma: a procedure check, no
+    verdict): looks at 1 and 2 per family on 6 families, then the 4-family look at 4/family, which measures only
+    the 4 families' 2 new prompts each; its record says so. Random weights at 1-2 prompts per family leave the
+    argmax undecided, so every look runs."""
+    from engine import models
+
+    path = tmp_path / "plans.toml"
+    path.write_text(PACKAGED.read_text(encoding="utf-8") + "\n".join([
+        "[plans.t.cpu]", 'models = ["smollm2-135m", "gemma3-270m"]', "[plans.t.cpu.atlas]", "seed_per_family = 1",
+        "rigorous_per_family = 2", "stages = [1, 2]", "breadth_per_family = 4", "nl_per_family = 1",
+        "noop_examples = 2", "skip_single_layers = 2", "n_resamples = 200", "batch_size = 4",
+        'families = ["json_schema", "factual_recall", "copying", "code_syntax", "arithmetic", "instruction_following"]',
+        "layer_stride = 1", "reported_per_family = 1", ""]), encoding="utf-8")
+    monkeypatch.setenv(plans.PLANS_ENV, str(path))
+    monkeypatch.setenv("MI_ATLAS_RESULTS_CACHE", str(tmp_path / "cache"))
+    lm = models.tiny("llama", n_layers=3, seed=0)
+    ctx = _ctx("HUB-BREADTH", GEMMA, "t")
+    template = templates.template_of(CATALOGUE["HUB-BREADTH"])
+    assert template.stages(ctx) == (1, 2, 4)
+    measured = []
+    original = hubs.AtlasSpec.compute
+
+    def compute(spec, model):
+        measured.append((spec.families, spec.k, spec.beyond, [len(p) for p in spec.increments()]))
+        return original(spec, model)
+    monkeypatch.setattr(hubs.AtlasSpec, "compute", compute)
+    _, rigorous = templates.run(ctx, lambda key: lm)
+    looks = rigorous.figures["looks"]
+    assert looks["stages_per_family"] == [1, 2, 4] and looks["n_looks"] == 3
+    assert [n for n, _ in looks["history"]] == [1, 2, 4], looks["history"]
+    assert rigorous.figures["n_examples_12fam"] == 6 * 2 and rigorous.figures["n_examples_4fam"] == 4 * 4
+    assert (tuple(tasks.BREADTH_FAMILIES), 4, 2, [4 * 2]) in measured  # only the 4 families' new prompts
+    assert looks["level_per_look"] == pytest.approx(1 - 0.05 / 3)
