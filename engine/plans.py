@@ -572,10 +572,12 @@ def load(block: str, cls: type[T], tier: str, params: Mapping[str, Any] | None =
         table = {**table, **own}
     if tier == "cpu" and claim:
         own = claim_fields(name, block, claim, path=path, model=model)
+        shared = claim_fields(name, block, claim, path=path)  # the claim's own table (on every model)
         for k in own:
             if k not in fields or k in SET_BY_LOADER:
                 known = [f for f in fields if f not in SET_BY_LOADER]
-                raise PlanError(f"{where}: unknown key '{key}.{PER_CLAIM}.\"{claim}\".{k}' (fields of "
+                named = claim if k in shared else claim_key(claim, model)  # the table the key is written in
+                raise PlanError(f"{where}: unknown key '{key}.{PER_CLAIM}.\"{named}\".{k}' (fields of "
                                 f"{cls.__name__}: {', '.join(known)})")
         table = {**table, **own}
     for k in table:

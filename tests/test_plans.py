@@ -499,6 +499,12 @@ def test_a_claim_may_be_sized_apart_on_one_model_after_its_own_table(tmp_path):
     assert both == pytest.approx(((3 - 1) + (5 - 1)) * one / 2)
     with pytest.raises(plans.PlanError, match="SKIP-RECOVER"):
         plans.validate(_plan_x(tmp_path, tail='[plans.x.cpu.lora.per_claim."SKIP-RECOVER[gemma3-270m]"]\nsteps = 0\n'))
+    # an unknown field is named in the table it is written in: the per-model one, or the claim's own
+    with pytest.raises(plans.PlanError, match=r'per_claim\."SKIP-RECOVER\[gemma3-270m\]"\.no_such_field'):
+        plans.validate(_plan_x(tmp_path, tail='[plans.x.cpu.lora.per_claim."SKIP-RECOVER[gemma3-270m]"]\n'
+                                              'no_such_field = 1\n'))
+    with pytest.raises(plans.PlanError, match=r'per_claim\."SKIP-RECOVER"\.no_such_field'):
+        plans.validate(_plan_x(tmp_path, tail='[plans.x.cpu.lora.per_claim."SKIP-RECOVER"]\nno_such_field = 1\n'))
 
 
 def test_every_atlas_template_sizes_its_model_with_the_plans_per_model_fields(tmp_path, monkeypatch):
