@@ -127,16 +127,18 @@ def expected_decisions(model: str, before: int, after: int, table: dict | None =
     return total
 
 
-def breadth_gain(before: int, after: int, table: dict | None = None) -> float:
-    """The power at delta HUB-BREADTH's 4-family look adds: its rule's at ``after`` examples per family of the 4
-    families (the calibration entry sized by ``atlas.breadth_per_family``) minus the rule's at the last look's
-    ``before`` (the entry sized by ``atlas.rigorous_per_family``)."""
+def breadth_gain(model: str, before: int, after: int, table: dict | None = None) -> float:
+    """The power at delta HUB-BREADTH's 4-family look adds on ``model``: its rule's at ``after`` examples per family
+    of the 4 families (the calibration entry sized by ``atlas.breadth_per_family``) minus the rule's at the last
+    look's ``before`` (the entry sized by ``atlas.rigorous_per_family``); a rule named ``<rule>:<model>`` counts for
+    that model only."""
     from engine.decisions import calibration_table
 
     rules = (table or calibration_table())["rules"]
     def power(field: str, n: int) -> float:
-        return max((power_at(e["rates"], n) for e in rules.values() if "HUB-BREADTH" in e.get("claims", ())
-                    and str(e.get("sizes_from", "")).endswith(f"atlas.{field}")), default=0.0)
+        return max((power_at(e["rates"], n) for name, e in rules.items() if "HUB-BREADTH" in e.get("claims", ())
+                    and str(e.get("sizes_from", "")).endswith(f"atlas.{field}")
+                    and name.partition(":")[2] in ("", model)), default=0.0)
     return max(0.0, power("breadth_per_family", after) - power("rigorous_per_family", before))
 
 
@@ -205,7 +207,7 @@ def atlas_budget(plan: str, *, path: str | Path | None = None, prices: Path | No
 
         gain = (0.0,) + tuple(expected_decisions(model, a, b) for a, b in zip(looks, looks[1:]))
         if grown:  # HUB-BREADTH's 4-family look: one more, after the last
-            gain += (breadth_gain(looks[-1], grown),)
+            gain += (breadth_gain(model, looks[-1], grown),)
         if model not in seconds:
             out[model] = ModelLooks(model, looks + ((grown,) if grown else ()), len(looks) + bool(grown), None, gain,
                                     bool(grown))
@@ -279,13 +281,15 @@ def cap_atlas(sizes: Any, model: str) -> Any:
     return dataclasses.replace(sizes, stages=stages, rigorous_per_family=per_family)
 
 
-def atlas_note(plan: str, model: str) -> str:
-    """What a staged record says when the budget cut its model's looks ("" when it did not)."""
+def atlas_note(plan: str, model: str, grown: bool = False) -> str:
+    """What a staged record says when the budget cut its model's looks ("" when it did not). ``grown``: the record's
+    claim takes HUB-BREADTH's 4-family look (``ModelLooks.grown``); any other claim's looks end before it, so that
+    look left unbought cuts nothing of theirs."""
     got = for_plan(plan)
     if got is None or model not in got.models:
         return ""
     looks = got.models[model]
-    if looks.cost is None or looks.bought >= len(looks.looks):
+    if looks.cost is None or looks.bought >= len(looks.looks) - (looks.grown and not grown):
         return ""
     k = looks.bought
     return (f"the plan's atlas budget ({got.budget:g} core-s, engine.budget) bought looks {list(looks.looks[:k])} of "

@@ -229,11 +229,14 @@ def _hub_pair_rule(model: str, kind: str) -> Callable:
 def _breadth_look_rule(model: str) -> Callable:
     """HUB-BREADTH at its 4-family look (``Sizes.breadth_per_family``): the 12-family suite at the full plan's
     rigorous_per_family, the 4-family suite at ``n`` per family whose first rows are the 12-family suite's (one
-    nested draw of n per family, as the plan measures it); effects as :func:`_hub_pair_rule`'s."""
+    nested draw of n per family, as the plan measures it); effects as :func:`_hub_pair_rule`'s. Decided at the
+    level the look uses (the error spent over the full plan's looks and this one), not the nominal one."""
     from engine.studies.atlas import common, hubs
 
     delta = float(_claim_params("HUB-Q05")["hub_delta"])
-    twelve = int(tomllib.loads(PLANS.read_text())["plans"][FULL_PLAN]["cpu"]["atlas"]["rigorous_per_family"])
+    atlas = tomllib.loads(PLANS.read_text())["plans"][FULL_PLAN]["cpu"]["atlas"]
+    twelve = int(atlas["rigorous_per_family"])
+    n_looks = len([s for s in atlas.get("stages", []) if s < twelve]) + 2  # the plan's looks and this one
 
     def run(rng, n, effect):
         per = max(n, twelve)
@@ -245,8 +248,9 @@ def _breadth_look_rule(model: str) -> Callable:
         first = [i for i in range(len(groups)) if i % per < twelve]
         narrow = common.restrict(common.restrict_rows(a, [i for i in range(len(groups)) if i % per < n]),
                                  a.families[:4])
-        _, holds, undecided = hubs.decide_differ({"12-family": common.restrict_rows(a, first), "4-family": narrow},
-                                                 "argmax layer", delta)
+        with D.looks(n_looks):
+            _, holds, undecided = hubs.decide_differ({"12-family": common.restrict_rows(a, first),
+                                                      "4-family": narrow}, "argmax layer", delta)
         return "undecided" if undecided else _outcome(holds)
 
     return run
@@ -480,7 +484,8 @@ def rules() -> dict[str, Rule]:
         Rule("hub-differs-by-breadth-4-family-look", ("HUB-BREADTH",), "kl:gemma3-270m",
              ("atlas", "breadth_per_family"), hub_delta, _breadth_look_rule("gemma3-270m"),
              "the 4-family suite's own look past the 12-family suite's rows (n: its examples per family; the "
-             "12-family suite at the full plan's rigorous_per_family); effects as hub-differs-by-breadth's",
+             "12-family suite at the full plan's rigorous_per_family); effects as hub-differs-by-breadth's; decided "
+             "at the look's own level (the error spent over the plan's 3 looks and this one)",
              powered=False, gates=False),
         Rule("answer-beats-bos-every-layer", ("POS-ANSWER",), "POS-ANSWER residuals", ("atlas", "rigorous_per_family"),
              float(pos["delta"]), _for_every_rule("POS-ANSWER", float(pos["delta"]), 30, 12),

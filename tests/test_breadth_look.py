@@ -58,9 +58,17 @@ def test_the_claim_takes_one_more_look_where_the_plan_grows_it_and_nowhere_else(
     assert any(need.n == 360 and "beyond" in need.sample for need in declared)
     assert template.stages(_ctx("HUB-BREADTH", SMOL)) == (5, 10)  # no look of its own: the plan grows Gemma's
     assert template.stages(_ctx("HUB-BREADTH", GEMMA, "default")) == (2,)
-    own = templates.template_of(CATALOGUE["OWN-ATLAS"])  # the same seed-42 atlas, no 4-family look
-    group = templates.ClaimContext(CATALOGUE["OWN-ATLAS"], (SMOL, GEMMA), "cpu", RunSettings(plan="full"))
-    assert hubs.BEYOND not in own.specs(group)
+    for other in ("HUB-Q05", "HUB-SEEDS", "POS-ANSWER"):  # the same seed-42 atlas, no 4-family look
+        assert templates.template_of(CATALOGUE[other]).stages(_ctx(other, GEMMA)) == (5, 10, 20), other
+
+
+def _budget(tmp_path, monkeypatch, atlas: int) -> None:
+    text = PACKAGED.read_text(encoding="utf-8")
+    line = re.compile(r"^budget_core_s = \{ atlas = 5900,", re.MULTILINE)
+    assert len(line.findall(text)) == 1
+    path = tmp_path / f"plans-{atlas}.toml"
+    path.write_text(line.sub(f"budget_core_s = {{ atlas = {atlas},", text), encoding="utf-8")
+    monkeypatch.setenv(plans.PLANS_ENV, str(path))
 
 
 def test_the_budget_buys_the_look_after_the_models_last_and_a_smaller_budget_leaves_it_out(tmp_path, monkeypatch):
@@ -69,16 +77,26 @@ def test_the_budget_buys_the_look_after_the_models_last_and_a_smaller_budget_lea
     assert gemma.looks == (5, 10, 20, 110) and gemma.grown and gemma.bought == 4 and got.spent <= got.budget
     assert gemma.cost[-1] > 0 and gemma.gain[-1] > 0  # priced, and worth something under the calibration table
     assert "(the last: HUB-BREADTH's 4 families)" in gemma.describe()
-    text = PACKAGED.read_text(encoding="utf-8")
-    line = re.compile(r"^budget_core_s = \{ atlas = 5900,", re.M)
-    assert len(line.findall(text)) == 1
-    path = tmp_path / "plans.toml"
-    path.write_text(line.sub("budget_core_s = { atlas = 5000,", text), encoding="utf-8")
-    monkeypatch.setenv(plans.PLANS_ENV, str(path))
+    assert budget.atlas_note("full", GEMMA, grown=True) == budget.atlas_note("full", GEMMA) == ""
+    _budget(tmp_path, monkeypatch, 5000)
     cut = budget.for_plan("full").models[GEMMA]
     assert cut.bought == 3 and "not bought: 110/family of HUB-BREADTH's 4 families" in cut.describe()
     assert sizes_for("cpu", None, "full", GEMMA).breadth_per_family is None
     assert templates.template_of(CATALOGUE["HUB-BREADTH"]).stages(_ctx("HUB-BREADTH", GEMMA)) == (5, 10, 20)
+    # only HUB-BREADTH's record says its look was cut: every other claim's looks all ran
+    assert "110/family of HUB-BREADTH's 4 families" in budget.atlas_note("full", GEMMA, grown=True)
+    assert budget.atlas_note("full", GEMMA) == ""
+
+
+def test_a_budget_that_cuts_the_models_own_looks_leaves_the_4_family_look_out_too(tmp_path, monkeypatch):
+    _budget(tmp_path, monkeypatch, 3600)  # both models' first two looks (3572 core-s), not Gemma's third
+    cut = budget.for_plan("full").models[GEMMA]
+    assert cut.bought == 2 and cut.looks == (5, 10, 20, 110)
+    sizes = sizes_for("cpu", None, "full", GEMMA)
+    assert sizes.looks == (5, 10) and sizes.breadth_per_family is None
+    assert templates.template_of(CATALOGUE["HUB-BREADTH"]).stages(_ctx("HUB-BREADTH", GEMMA)) == (5, 10)
+    note = "the look at 20/family would cost"
+    assert note in budget.atlas_note("full", GEMMA) and note in budget.atlas_note("full", GEMMA, grown=True)
 
 
 def test_the_work_model_prices_the_look_as_the_4_families_rows_it_adds():
@@ -101,10 +119,11 @@ def test_the_looks_calibration_is_listed_and_does_not_gate_the_claims_records():
     table = D.calibration_table()
     entry = table["rules"]["hub-differs-by-breadth-4-family-look"]
     assert [r["per_family"] for r in entry["rates"]] == [110] and entry["gates"] is False
+    assert entry["min_n"] is not None and entry["min_n"] <= sizes_for("cpu", None, "full", GEMMA).breadth_per_family
     assert entry["sizes_from"].endswith("atlas.breadth_per_family")
     assert D.calibrated_min_n("HUB-BREADTH") == (table["rules"]["hub-differs-by-breadth"]["min_n"],
                                                   "hub-differs-by-breadth")
-    assert budget.breadth_gain(20, 110) > 0
+    assert budget.breadth_gain(GEMMA, 20, 110) > 0
 
 
 def test_the_look_runs_through_the_template_on_a_tiny_model(tmp_path, monkeypatch):
@@ -140,4 +159,5 @@ def test_the_look_runs_through_the_template_on_a_tiny_model(tmp_path, monkeypatc
     assert [n for n, _ in looks["history"]] == [1, 2, 4], looks["history"]
     assert rigorous.figures["n_examples_12fam"] == 6 * 2 and rigorous.figures["n_examples_4fam"] == 4 * 4
     assert (tuple(tasks.BREADTH_FAMILIES), 4, 2, [4 * 2]) in measured  # only the 4 families' new prompts
+    assert all(k <= 2 for _, k, beyond, _ in measured if not beyond)  # nothing else grows past the last look
     assert looks["level_per_look"] == pytest.approx(1 - 0.05 / 3)

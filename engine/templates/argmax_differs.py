@@ -88,16 +88,19 @@ class ArgmaxDiffers(Template):
     def _breadth(self, ctx) -> tuple[ClaimContext, int | None]:
         """(the context the 12-family suite is measured at, the 4-family suite's examples per family at this look
         when it is the 4-family suite's own look past the 12-family suite's last, else None)."""
-        if ctx.stage is None or ctx.arg("between", self) != "suites" or self._stand_in(ctx) is not None:
+        if ctx.stage is None or not self.grows(ctx):
             return ctx, None
         last = super().stages(replace(ctx, stage=None))[-1]
         return (ctx.at(last), ctx.stage) if ctx.stage > last else (ctx, None)
+
+    def grows(self, ctx):
+        return ctx.arg("between", self) == "suites" and self._stand_in(ctx) is None
 
     def stages(self, ctx):
         """The plan's looks; for the suites, one more where the plan grows the 4-family suite past them
         (``breadth_per_family``; the error is spent over every look, this one included)."""
         looks = super().stages(ctx)
-        if not looks or ctx.arg("between", self) != "suites" or self._stand_in(ctx) is not None:
+        if not looks or not self.grows(ctx):
             return looks
         grown = sizes_for(ctx.tier, ctx.params, ctx.plan, ctx.model).breadth_per_family
         return looks + (grown,) if grown and grown > looks[-1] else looks

@@ -144,6 +144,11 @@ class Template:
         """What the planner shows for this claim: its specs' needs."""
         return Dynamic(tuple(spec.need for spec in self.specs(ctx).values()), "")
 
+    def grows(self, ctx: ClaimContext) -> bool:
+        """Whether this row takes HUB-BREADTH's 4-family look where a plan sizes one (``Sizes.breadth_per_family``):
+        only then does a budget that leaves that look unbought cut this row's looks."""
+        return False
+
     def stages(self, ctx: ClaimContext) -> tuple[int, ...]:
         """The sequential looks of this row under its plan (the atlas block's ``stages``: examples per family of
         the rigorous sample at each look); () for a template whose sample does not grow."""
@@ -163,7 +168,7 @@ class Template:
         if len(stages) <= 1:  # one look (a budget may leave one): every model sized at it, as a group must be
             at = ctx.at(stages[0]) if stages else ctx
             seed, rigorous = self.decide(at, measure(self.specs(at), load_model))
-            return seed, _budget_noted(ctx, self.staged or self.reads_rigorous_sample, rigorous)
+            return seed, _budget_noted(ctx, self.staged or self.reads_rigorous_sample, rigorous, self.grows(ctx))
 
         def look(n: int):
             at = ctx.at(n)
@@ -182,17 +187,17 @@ class Template:
             f"Sequential looks at {list(stages)} examples/family (nested samples), each at the {level:.4g} level "
             f"(Bonferroni over {len(stages)} looks): stopped at look {index + 1} "
             f"({'decided' if D.decided(_stop_outcome(rigorous)) else 'the last look, undecided'}).")
-        return seed, _budget_noted(ctx, True, rigorous)
+        return seed, _budget_noted(ctx, True, rigorous, self.grows(ctx))
 
 
-def _budget_noted(ctx: ClaimContext, staged: bool, rigorous: Finding) -> Finding:
+def _budget_noted(ctx: ClaimContext, staged: bool, rigorous: Finding, grown: bool = False) -> Finding:
     """A record of a staged template (or one reading the rigorous sample) whose looks the plan's budget cut says so, with what the next look would cost and buy
     (``engine.budget.atlas_note``); its projection, where the rule makes one, is in its own text."""
     if staged and ctx.tier != "gpu":
         from engine import budget
 
         for m in ctx.models:
-            note = budget.atlas_note(ctx.plan, m)
+            note = budget.atlas_note(ctx.plan, m, grown)
             if note:
                 rigorous.notes.append(f"Looks cut by the budget: {note}.")
                 rigorous.figures.setdefault("budget", {})[m] = note

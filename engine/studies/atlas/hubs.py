@@ -302,7 +302,11 @@ def decide_differ(atlases: Mapping[str, Atlas], label: str, delta: float = 0.0,
 
 def _breadth_finding(protocol: str, full: Atlas, narrow_families: Sequence[str], text: str, delta: float = 0.0,
                      rationale: str = "", beyond: Atlas | None = None) -> Finding:
-    narrow = restrict(full, narrow_families) if beyond is None else concat([restrict(full, narrow_families), beyond])
+    narrow = restrict(full, narrow_families)
+    if beyond is not None:
+        require(not set(narrow.example_ids) & set(beyond.example_ids),
+                "the 4-family look's prompts must be new (none of the 12-family sample's)")
+        narrow = concat([narrow, beyond])
     per_suite, holds, undecided = decide_differ({"12-family": full, "4-family": narrow}, "argmax layer", delta,
                                                 rationale)
     l12, l4 = argmax_of(per_suite["12-family"]), argmax_of(per_suite["4-family"])
