@@ -8,6 +8,8 @@ makes every earlier cached result unreachable; nothing is ever served from code 
 from __future__ import annotations
 
 import hashlib
+import platform
+import sys
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +31,26 @@ def code_fingerprint() -> str:
         name = path.relative_to(ENGINE_ROOT).as_posix().encode()
         digest.update(len(name).to_bytes(4, "big") + name + len(data).to_bytes(8, "big") + data)
     return digest.hexdigest()[:16]
+
+
+def cpu_identity() -> dict[str, str | None]:
+    """``{"cpu": model name, "cpu_capability": the SIMD level torch dispatches to}``: what a float figure's last
+    bits depend on across machines (reduction order, vector width: an AVX2 host and an AVX-512 host differ), so a
+    run's provenance and every pinned baseline run says which CPU it came from. torch only when already imported."""
+    name = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), None)
+    except OSError:
+        pass
+    capability = None
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            capability = str(torch.backends.cpu.get_cpu_capability())
+        except (AttributeError, RuntimeError):
+            capability = None
+    return {"cpu": name or platform.processor() or None, "cpu_capability": capability}
 
 
 def engine_identity() -> dict[str, str]:

@@ -47,7 +47,7 @@ from filelock import FileLock
 
 from engine import plans
 from engine.files import write_atomic  # claims.json, report.md, baselines: mode 0o644, fsynced
-from engine.provenance import engine_identity, package_versions
+from engine.provenance import cpu_identity, engine_identity, package_versions
 from engine.verdicts import Catalogue, ClaimError, Tolerance, Verdict, VerdictRecord, fmt, is_number, is_number_list
 
 RUNS_DIR = "runs"
@@ -85,7 +85,7 @@ def provenance() -> dict[str, Any]:
     """What makes a run reproducible besides the records: versions, machine, python."""
     versions = package_versions(PACKAGES)  # a package that is not installed: None
     return {**engine_identity(), "python": sys.version.split()[0], "platform": platform.platform(),
-            "machine": socket.gethostname(), "cpu_count": os.cpu_count(), "packages": versions}
+            "machine": socket.gethostname(), "cpu_count": os.cpu_count(), **cpu_identity(), "packages": versions}
 
 
 def utc_now() -> datetime:
@@ -881,11 +881,92 @@ def pin_plan_baselines(baselines: Path, plan: str, runs: list[Run], reason: str,
     """
     if not reason or not reason.strip():
         raise BaselineError("a re-pin needs a reason (--reason \"...\"): it is stored in the baseline file")
-    if not runs:
-        raise BaselineError("no run to pin from")
+    keyed = _records_of(runs, plan)
     commits = {str(r.meta.get("git_commit", "?")) for r in runs}
     if len(commits) > 1:
         raise BaselineError(f"runs of different commits ({', '.join(sorted(commits))}): pin runs of one commit")
+    by_model: dict[str, dict[str, dict]] = {}
+    for key in sorted(keyed[0]):
+        records = [k[key] for k in keyed]
+        splits = [split_figures(r) for r in records]
+        names = list(dict.fromkeys(n for gated, _, _ in splits for n in gated))
+        figures = {}
+        for name in names:
+            values = [gated.get(name) for gated, _, _ in splits]
+            figures[name] = pinned_figure(values, splits[0][2].get(name))
+        by_model.setdefault(key[1], {})[f"{key[0]}/{key[2]}"] = {
+            "verdict": records[0].verdict.value, "test": records[0].test, "figures": figures,
+            "reported": splits[0][1]}
+    header = {"commit": commits.pop(), "reason": reason.strip(), "pinned_by": pinned_by,
+              "runs": [_pinned_run(r) for r in runs]}
+    return _write_plan_baselines(baselines, plan, by_model, header)
+
+
+def widen_plan_baselines(baselines: Path, plan: str, runs: list[Run], reason: str, *,
+                         pinned_by: str = "mi-atlas baselines pin --widen") -> list[Path]:
+    """Add runs of another machine to ``plan``'s pinned baselines: every gated figure's pinned values and the new
+    runs' values together give its spread, hence its tolerance (:func:`pinned_figure`, as in a pin of several runs).
+
+    For a float figure whose last bits depend on the CPU (reduction order and vector width: an AVX2 and an AVX-512
+    host differ, and LoRA training amplifies that to the third digit), the spread that matters is across
+    machines, which no run of one machine shows. The new runs must measure exactly the pinned records, report the
+    same figures and reach the pinned verdict on every record: a verdict that differs on another machine is a
+    change to look at, never a spread to absorb (refused, one line). The pinned runs' provenance is kept and the
+    new runs' added; the commit becomes the new runs' (one commit), the earlier pin's commit and reason are quoted
+    in the reason. Raises :class:`BaselineError` on bad input.
+    """
+    if not reason or not reason.strip():
+        raise BaselineError("a widening needs a reason (--reason \"...\"): it is stored in the baseline file")
+    keyed = _records_of(runs, plan)
+    commits = {str(r.meta.get("git_commit", "?")) for r in runs}
+    if len(commits) > 1:
+        raise BaselineError(f"runs of different commits ({', '.join(sorted(commits))}): widen with runs of one commit")
+    headers, pinned = {}, {}
+    for path in baseline_files(baselines, plan):
+        header, entries = read_baseline_file(path, plan)
+        headers[header["model"]] = header
+        pinned.update(entries)
+    if not pinned:
+        raise BaselineError(f"no baselines pinned for plan {plan!r} under {plan_dir(baselines, plan)}: pin first")
+    if set(pinned) != set(keyed[0]):
+        odd = min(set(pinned) ^ set(keyed[0]))
+        raise BaselineError(f"the runs and the pinned baselines hold different records (e.g. {odd[0]} {odd[1]} "
+                            f"[{odd[2]}]): widen with runs of the pinned selection, or re-pin")
+    by_model: dict[str, dict[str, dict]] = {}
+    for key in sorted(pinned):
+        entry, records = pinned[key], [k[key] for k in keyed]
+        where = f"{key[0]} {key[1]} [{key[2]}]"
+        for run, record in zip(runs, records):
+            if record.verdict.value != entry["verdict"]:
+                raise BaselineError(f"{where}: {record.verdict.value} on run {run.name}, pinned {entry['verdict']}: "
+                                    "a verdict that differs is a change to look at, not a spread; re-pin deliberately")
+        splits = [split_figures(r) for r in records]
+        for run, (gated, _, _) in zip(runs, splits):
+            if set(gated) != set(entry["figures"]):
+                odd = min(set(gated) ^ set(entry["figures"]))
+                raise BaselineError(f"{where}: run {run.name} reports other gated figures than the pin (e.g. {odd}): "
+                                    "re-pin instead")
+        figures = {name: pinned_figure([*figure["runs"], *(gated[name] for gated, _, _ in splits)],
+                                       figure.get("delta"))
+                   for name, figure in entry["figures"].items()}
+        by_model.setdefault(key[1], {})[f"{key[0]}/{key[2]}"] = {
+            "verdict": entry["verdict"], "test": entry.get("test"), "figures": figures,
+            "reported": entry.get("reported", {})}
+    written = []
+    for model, entries in sorted(by_model.items()):
+        old = headers[model]
+        header = {"commit": commits.copy().pop(), "pinned_by": pinned_by,
+                  "reason": f"{reason.strip()} (widened the pin at {old['commit']}: {old['reason']})",
+                  "runs": [*old["runs"], *(_pinned_run(r) for r in runs)]}
+        written += _write_plan_baselines(baselines, plan, {model: entries}, header, replace=False)
+    return written
+
+
+def _records_of(runs: list[Run], plan: str) -> list[dict[tuple[str, str, str], VerdictRecord]]:
+    """Each run's records keyed (claim, model, protocol), after checking the runs can be pinned: runs of ``plan``,
+    complete, not interrupted, one record per key, the same keys in every run."""
+    if not runs:
+        raise BaselineError("no run to pin from")
     keyed: list[dict[tuple[str, str, str], VerdictRecord]] = []
     for run in runs:
         if run_plan(run) != plan:
@@ -908,31 +989,32 @@ def pin_plan_baselines(baselines: Path, plan: str, runs: list[Run], reason: str,
             raise BaselineError(f"runs {runs[0].name} and {run.name} measured different records "
                                 f"(e.g. {odd[0]} {odd[1]} [{odd[2]}]): pin runs of the same selection")
         keyed.append(own)
-    by_model: dict[str, dict[str, dict]] = {}
-    for key in sorted(keyed[0]):
-        records = [k[key] for k in keyed]
-        splits = [split_figures(r) for r in records]
-        names = list(dict.fromkeys(n for gated, _, _ in splits for n in gated))
-        figures = {}
-        for name in names:
-            values = [gated.get(name) for gated, _, _ in splits]
-            figures[name] = pinned_figure(values, splits[0][2].get(name))
-        by_model.setdefault(key[1], {})[f"{key[0]}/{key[2]}"] = {
-            "verdict": records[0].verdict.value, "test": records[0].test, "figures": figures,
-            "reported": splits[0][1]}
+    return keyed
+
+
+def _pinned_run(run: Run) -> dict[str, Any]:
+    """A pinned run's provenance in a baseline file: which commit, machine and CPU computed its values."""
+    return {"run": run.name, "commit": run.meta.get("git_commit"), "machine": run.meta.get("machine"),
+            "cpu_count": run.meta.get("cpu_count"), "platform": run.meta.get("platform"),
+            "cpu": run.meta.get("cpu"), "cpu_capability": run.meta.get("cpu_capability"),
+            "torch_threads": run.meta.get("torch_threads")}
+
+
+def _write_plan_baselines(baselines: Path, plan: str, by_model: Mapping[str, Mapping[str, dict]], header: dict, *,
+                          replace: bool = True) -> list[Path]:
+    """One file per model; ``replace``: the plan's directory holds exactly these models afterwards (a model no
+    longer measured loses its file, so the gate's expected record count is what the runs measured)."""
     directory = plan_dir(baselines, plan)
     directory.mkdir(parents=True, exist_ok=True)
-    provenance_of = [{"run": r.name, "commit": r.meta.get("git_commit"), "machine": r.meta.get("machine"),
-                      "cpu_count": r.meta.get("cpu_count"), "platform": r.meta.get("platform"),
-                      "torch_threads": r.meta.get("torch_threads")} for r in runs]
-    header = {"format": BASELINE_FORMAT, "plan": plan, "commit": commits.pop(), "reason": reason.strip(),
-              "pinned_at": utc_now().isoformat(timespec="seconds"), "pinned_by": pinned_by, "runs": provenance_of,
+    header = {"format": BASELINE_FORMAT, "plan": plan, **header,
+              "pinned_at": utc_now().isoformat(timespec="seconds"),
               "spread_rule": f"tolerance = {SPREAD_FACTOR:g} x (max - min) across the runs, around the midpoint; "
                              "0 = reproduces bit-for-bit"}
     written = []
     with FileLock(str(directory) + ".lock"):
-        for stale in set(baseline_files(baselines, plan)) - {directory / f"{m}.json" for m in by_model}:
-            stale.unlink()
+        if replace:
+            for stale in set(baseline_files(baselines, plan)) - {directory / f"{m}.json" for m in by_model}:
+                stale.unlink()
         for model, entries in sorted(by_model.items()):
             path = directory / f"{model}.json"
             entries = json.loads(json.dumps(entries, allow_nan=False))  # as it is read back: tuples -> lists

@@ -126,3 +126,12 @@ def test_an_undefined_correlation_is_nan_and_recorded_as_each_caller_says(a, b):
 def test_spearman_refuses_different_shapes():
     with pytest.raises(ValueError, match="shapes differ"):
         stats.spearman([1, 2, 3], [1, 2])
+
+
+def test_a_runs_provenance_names_its_cpu_and_the_simd_level_torch_dispatches_to():
+    """Float figures differ in their last bits between an AVX2 and an AVX-512 host: every run says which it was."""
+    import torch
+
+    found = results.provenance()
+    assert found["cpu_capability"] == str(torch.backends.cpu.get_cpu_capability())
+    assert isinstance(found["cpu"], str) and found["cpu"]

@@ -214,6 +214,48 @@ def test_a_re_pin_replaces_the_plan_directory(tmp_path):
     assert results.baseline_files(tmp_path, "default") == []
 
 
+def test_widening_adds_another_machines_runs_to_the_pinned_values(tmp_path):
+    """A figure reproduced bit-for-bit on one CPU moves in its third digit on another (LoRA training amplifies an
+    AVX2 / AVX-512 reduction-order difference): --widen adds that machine's run, the spread across the two
+    machines becomes the tolerance, both machines then pass, a real move still fails, a differing verdict is
+    refused, and the earlier pin's runs, commit and reason stay on record."""
+    results.pin_plan_baselines(tmp_path, "smoke", [run_of(evidence_record(), name="intel")], "first pin")
+    other_cpu = evidence_record(noise=2e-3)  # same verdict, figures moved beyond the 1e-4 floor
+    pinned = results.load_plan_baselines(tmp_path, "smoke")
+    assert not results.gate(pinned, [other_cpu], plan="smoke").passed  # the CI failure this fixes
+    amd = run_of(other_cpu, name="amd", commit="def456")
+    amd.meta.update(cpu="AMD EPYC", cpu_capability="AVX2")
+    written = results.widen_plan_baselines(tmp_path, "smoke", [amd], "AVX2 host: measured cross-CPU spread")
+    data = json.loads(written[0].read_text())
+    assert [r["run"] for r in data["runs"]] == ["intel", "amd"] and data["runs"][1]["cpu_capability"] == "AVX2"
+    assert data["commit"] == "def456" and "widened the pin at abc123: first pin" in data["reason"]
+    estimate = data["entries"]["G-EV/seed"]["figures"]["evidence[A - B].estimate"]
+    assert len(estimate["runs"]) == 2 and estimate["tolerance"] > 0
+    widened = results.load_plan_baselines(tmp_path, "smoke")
+    assert results.gate(widened, [other_cpu], plan="smoke").passed
+    assert results.gate(widened, [evidence_record()], plan="smoke").passed
+    assert not results.gate(widened, [evidence_record(offset=0.8)], plan="smoke").passed
+    flipped = run_of(evidence_record(offset=-0.5), name="flip", commit="def456")
+    with pytest.raises(results.BaselineError, match="FAILED on run flip, pinned CONFIRMED"):
+        results.widen_plan_baselines(tmp_path, "smoke", [flipped], "why")
+    with pytest.raises(results.BaselineError, match="hold different records"):
+        results.widen_plan_baselines(tmp_path, "smoke", [run_of(evidence_record(protocol="rigorous"))], "why")
+    with pytest.raises(results.BaselineError, match="no baselines pinned"):
+        results.widen_plan_baselines(tmp_path / "none", "smoke", [amd], "why")
+    with pytest.raises(results.BaselineError, match="needs a reason"):
+        results.widen_plan_baselines(tmp_path, "smoke", [amd], " ")
+    # the command line: `mi-atlas baselines pin --widen`, and a refusal is one line, exit 2
+    root = tmp_path / "results"
+    results.write_run(root / "runs" / "amd", amd)
+    out = cli("baselines", "pin", "--widen", "--plan", "smoke", "--reason", "AVX2 host again", "--results",
+              str(root), "--baselines", str(tmp_path), "amd")
+    assert out.exit_code == 0 and "pinned" in out.output, out.output
+    assert json.loads(written[0].read_text())["runs"][-1]["run"] == "amd"
+    refused = cli("baselines", "pin", "--widen", "--plan", "smoke", "--reason", "x", "--results", str(root),
+                  "--baselines", str(tmp_path / "none"), "amd")
+    assert refused.exit_code == 2 and "no baselines pinned" in refused.output
+
+
 # ------------------------------------------------------------------------------------------------ pytest + CLI
 
 

@@ -3,6 +3,9 @@ or more runs, and gate a finished run against them.
 
 ``pin --plan smoke --reason "..." RUN [RUN ...]``: several runs of one commit (other machines, thread counts)
 give each gated figure its spread, hence its tolerance (``engine.results.pin_plan_baselines``).
+``pin --widen --plan smoke --reason "..." RUN``: add runs of another machine (another CPU) to the pinned values:
+each figure's spread across machines becomes its tolerance; a verdict that differs is refused
+(``engine.results.widen_plan_baselines``).
 ``check --plan smoke RUN``: the same gate ``pytest --claims-baseline-gate`` applies, on a run already written
 (every record the run's catalogue and the plan declare must be pinned and measured).
 An incomplete or interrupted run is never pinned.
@@ -47,13 +50,16 @@ def _load(root: Path, which: str) -> results.Run:
 
 
 def pin(runs: list[str], *, plan: str | None, reason: str | None, results_root: Path | None = None,
-        baselines: Path | None = None) -> list[Path]:
-    """Re-pin ``plan``'s baselines from ``runs``; raises BaselineError (one line) on bad input."""
+        baselines: Path | None = None, widen: bool = False) -> list[Path]:
+    """Re-pin ``plan``'s baselines from ``runs`` (``widen``: add them to the pinned values); raises BaselineError
+    (one line) on bad input."""
     root, where = _dirs(results_root, baselines)
     plan = _plan(plan)
     if not (reason or "").strip():
         raise results.BaselineError('a re-pin needs a reason: --reason "..." (stored in the baseline file)')
     loaded = [_load(root, run) for run in runs]
+    if widen:
+        return results.widen_plan_baselines(where, plan, loaded, reason)
     return results.pin_plan_baselines(where, plan, loaded, reason)
 
 
@@ -94,10 +100,14 @@ def pin_command(runs: Annotated[list[str], typer.Argument(help="run directories 
                 reason: Annotated[str | None, typer.Option("--reason", help="why the baselines move (required; "
                                                            "stored in the baseline file with the commit)")] = None,
                 results_root: Annotated[Path | None, typer.Option("--results", help=RESULTS_HELP)] = None,
-                baselines: Annotated[Path | None, typer.Option("--baselines", help=BASELINES_HELP)] = None) -> None:
+                baselines: Annotated[Path | None, typer.Option("--baselines", help=BASELINES_HELP)] = None,
+                widen: Annotated[bool, typer.Option("--widen", help="add the runs (another machine's) to the pinned "
+                                                    "values instead of replacing them: the spread across machines "
+                                                    "gives each figure's tolerance; a verdict that differs is "
+                                                    "refused")] = False) -> None:
     """Re-pin a plan's baselines from one or more runs (several: their spread gives each figure's tolerance)."""
     try:
-        written = pin(runs, plan=plan, reason=reason, results_root=results_root, baselines=baselines)
+        written = pin(runs, plan=plan, reason=reason, results_root=results_root, baselines=baselines, widen=widen)
     except (results.BaselineError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
