@@ -640,9 +640,16 @@ def pinned_figure(values: list[Any], delta: float | None = None) -> dict[str, An
         entry.update(value=values[0], allowed=[v for i, v in enumerate(values) if v not in values[:i]],
                      tolerance=None, flag="varies across the pinned runs (not a number): any observed value passes")
     tolerance = entry["tolerance"]
-    if delta is not None and tolerance and tolerance >= delta:
+    if delta is not None and tolerance and delta > 0 and tolerance >= delta:
         entry["flag"] = (f"spread swamps the claim's delta: tolerance {fmt(tolerance)} >= delta {fmt(delta)} "
                          "(this figure cannot show a move of the decision's size)")
+    elif delta is not None and tolerance and delta <= 0:
+        # a threshold part (delta 0: the threshold is already subtracted; < 0: an estimated threshold's margin):
+        # the decision is which side of 0 the figure lies, so the spread swamps it once it reaches 0
+        margin = min(abs(v) for v in (entry["value"] if is_number_list(entry["value"]) else [entry["value"]]))
+        if tolerance >= margin:
+            entry["flag"] = (f"spread reaches the threshold: tolerance {fmt(tolerance)} >= the figure's distance "
+                             f"{fmt(margin)} from it (this figure cannot show on which side it lies)")
     if delta is not None:
         entry["delta"] = delta
     return entry

@@ -130,6 +130,10 @@ def test_spread_across_runs_gives_the_tolerance_and_a_figure_swamping_delta_is_f
     assert "flag" not in spread
     swamped = results.pinned_figure([0.1, 0.2], delta=0.05)
     assert "spread swamps the claim's delta" in swamped["flag"]
+    # a threshold part (delta 0): a spread far from the threshold is no flag, one reaching it is
+    assert "flag" not in results.pinned_figure([-0.66, -0.66 + 3e-8], delta=0.0)
+    assert "spread reaches the threshold" in results.pinned_figure([-0.01, 0.01], delta=0.0)["flag"]
+    assert "flag" not in results.pinned_figure([[-0.5, -0.2], [-0.5, -0.2001]], delta=-0.1)
     listed = results.pinned_figure([[1.0, 2.0], [1.0, 2.5]])
     assert listed["value"] == [1.0, 2.25] and listed["tolerance"] == 0.5
     words = results.pinned_figure(["CONFIRMED", "FAILED", "CONFIRMED"])
