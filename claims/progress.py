@@ -26,11 +26,13 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine import progress
 from engine.files import write_atomic
+from engine.provenance import cpu_identity
 
 LEDGER = pytest.StashKey[list]()
 EXPECTED = pytest.StashKey[dict]()
@@ -83,6 +85,7 @@ class Progress:
         # None: no file, or a malformed one (one warning, from the controller or the only process)
         data = read_timings(timings_source(config), warn=self.worker is None)
         self.timed_under = (data or {}).get("plan_sha256")  # the sizes the timings were measured under
+        self.timed_on = _other_cpu((data or {}).get("cpu"))  # "": the same CPU, or the timings do not say
         self.stale = False  # set by select(): the plan's sizes differ from the timed ones
         for m in (data or {}).get("measurements", []):
             if m["computed"]:
@@ -104,6 +107,9 @@ class Progress:
                       "not in it, one dropped still is)")
         elif self.expected and not self.timed_under:
             known += " (by a session that did not record the plan's sizes: the ETA cannot tell if they changed)"
+        if self.expected and self.timed_on:
+            known += (f"; timed on another CPU ({self.timed_on}): a half-precision measurement (the quant studies' "
+                      "bf16 / NF4 forwards) can take several times as long on a CPU without native bf16")
         return f"[measure] plan {_plan(self.config)}: {len(claims)} claim test(s); {known}"
 
     def eta(self) -> str:
@@ -114,7 +120,8 @@ class Progress:
         # an xdist worker sees its own measurements end: the others are taken to progress at its pace
         workers = int(getattr(self.config, "workerinput", {}).get("workercount", 1) or 1)
         wall = max(0.0, total - workers * (total - left)) / workers
-        notes = ([f"{workers} workers"] if workers > 1 else []) + (["timed under other sizes"] if self.stale else [])
+        notes = ([f"{workers} workers"] if workers > 1 else []) + (["timed under other sizes"] if self.stale else []) \
+            + (["timed on another CPU"] if self.timed_on else [])
         return f"plan {_plan(self.config)}: ETA {_duration(wall)}" + (f" ({', '.join(notes)})" if notes else "")
 
     def __call__(self, event: str, entry: progress.Entry) -> None:
@@ -325,10 +332,24 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, json.dumps({"plan": _plan(config), "plan_sha256": _fingerprint(_plan(config)),
                                            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                           "cpu": cpu_identity(),
                                            "atlas_work": _atlas_work(_plan(config)), **tab}, indent=1, sort_keys=True))
             tr.write_line(f"timings of plan {_plan(config)}: {path}")
         except OSError as exc:
             tr.write_line(f"timings not written ({path}: {exc.strerror or exc})")
+
+
+def _other_cpu(timed: Any) -> str:
+    """"<timings' CPU> vs this host's" when the CPU a timings file was measured on is recorded and is not this
+    host's (model name or the SIMD level torch dispatches to differ); "" otherwise. A run on an AMD EPYC / AVX2 host
+    took 2.7x+ the quant studies' time measured on the host of run df4ff7d, and about the same for the rest."""
+    if not isinstance(timed, dict):
+        return ""
+    here = cpu_identity()
+    if all(timed.get(k) == here.get(k) for k in ("cpu", "simd")):
+        return ""
+    return (f"{timed.get('cpu') or '?'} [{timed.get('simd') or '?'}]; this host "
+            f"{here.get('cpu') or '?'} [{here.get('simd') or '?'}]")
 
 
 def _fingerprint(plan: str) -> str:

@@ -33,14 +33,25 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+              "amx_bf16", "amx_int8")  # the /proc/cpuinfo flags torch's CPU kernels dispatch on
+
+
 def cpu_identity() -> dict[str, str | None]:
-    """``{"cpu": model name, "cpu_capability": the SIMD level torch dispatches to}``: what a float figure's last
-    bits depend on across machines (reduction order, vector width: an AVX2 host and an AVX-512 host differ), so a
-    run's provenance and every pinned baseline run says which CPU it came from. torch only when already imported."""
-    name = None
+    """``{"cpu": model name, "simd": the SIMD flags of :data:`SIMD_FLAGS` it has, "cpu_capability": the level torch
+    dispatches to}``: what a float figure's last bits and a half-precision forward's speed depend on across machines
+    (reduction order and vector width; bf16 without AVX-512 BF16 / AMX is emulated), so a run's provenance, every
+    pinned baseline run and every timings file say which CPU they came from. ``cpu_capability`` only when torch is
+    already imported (None otherwise: a process that never loads torch does not pay for it)."""
+    name, flags = None, set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), None)
+            for line in info:
+                if line.startswith("model name") and name is None:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
     capability = None
@@ -50,7 +61,8 @@ def cpu_identity() -> dict[str, str | None]:
             capability = str(torch.backends.cpu.get_cpu_capability())
         except (AttributeError, RuntimeError):
             capability = None
-    return {"cpu": name or platform.processor() or None, "cpu_capability": capability}
+    return {"cpu": name or platform.processor() or None,
+            "simd": " ".join(f for f in SIMD_FLAGS if f in flags) or None, "cpu_capability": capability}
 
 
 def engine_identity() -> dict[str, str]:

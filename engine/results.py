@@ -1003,7 +1003,8 @@ def _pinned_run(run: Run) -> dict[str, Any]:
     """A pinned run's provenance in a baseline file: which commit, machine and CPU computed its values."""
     return {"run": run.name, "commit": run.meta.get("git_commit"), "machine": run.meta.get("machine"),
             "cpu_count": run.meta.get("cpu_count"), "platform": run.meta.get("platform"),
-            "cpu": run.meta.get("cpu"), "cpu_capability": run.meta.get("cpu_capability"),
+            "cpu": run.meta.get("cpu"), "simd": run.meta.get("simd"),
+            "cpu_capability": run.meta.get("cpu_capability"),
             "torch_threads": run.meta.get("torch_threads")}
 
 

@@ -135,3 +135,15 @@ def test_a_runs_provenance_names_its_cpu_and_the_simd_level_torch_dispatches_to(
     found = results.provenance()
     assert found["cpu_capability"] == str(torch.backends.cpu.get_cpu_capability())
     assert isinstance(found["cpu"], str) and found["cpu"]
+
+
+def test_an_eta_timed_on_another_cpu_says_so():
+    """claims/progress.py: a timings file records its CPU; the ETA notes a timings file measured on another CPU
+    (the quant studies took 2.7x+ as long on an AVX2 host as on the one that timed the full plan)."""
+    from claims.progress import _other_cpu
+
+    here = provenance.cpu_identity()
+    assert _other_cpu(None) == "" and _other_cpu({**here}) == ""
+    other = _other_cpu({"cpu": "Intel(R) Xeon(R) Platinum 8480+", "simd": "avx2 fma avx512f avx512_bf16 amx_bf16"})
+    assert other.startswith("Intel(R) Xeon(R) Platinum 8480+ [avx2 fma avx512f avx512_bf16 amx_bf16]; this host")
+    assert here["simd"] is None or set(here["simd"].split()) <= set(provenance.SIMD_FLAGS)
