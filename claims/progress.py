@@ -341,9 +341,9 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
 
 def _other_cpu(timed: Any) -> str:
     """"<timings' CPU> vs this host's" when the CPU a timings file was measured on is recorded and is not this
-    host's (model name or the SIMD level torch dispatches to differ); "" otherwise. A run on an AMD EPYC / AVX2 host
+    host's (model name or SIMD flags from /proc/cpuinfo differ); "" otherwise. A run on an AMD EPYC / AVX2 host
     took 2.7x+ the quant studies' time measured on the host of run df4ff7d, and about the same for the rest."""
-    if not isinstance(timed, dict):
+    if not isinstance(timed, dict) or not (timed.get("cpu") or timed.get("simd")):
         return ""
     here = cpu_identity()
     if all(timed.get(k) == here.get(k) for k in ("cpu", "simd")):

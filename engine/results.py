@@ -644,12 +644,15 @@ def pinned_figure(values: list[Any], delta: float | None = None) -> dict[str, An
         entry["flag"] = (f"spread swamps the claim's delta: tolerance {fmt(tolerance)} >= delta {fmt(delta)} "
                          "(this figure cannot show a move of the decision's size)")
     elif delta is not None and tolerance and delta <= 0:
-        # a threshold part (delta 0: the threshold is already subtracted; < 0: an estimated threshold's margin):
-        # the decision is which side of 0 the figure lies, so the spread swamps it once it reaches 0
-        margin = min(abs(v) for v in (entry["value"] if is_number_list(entry["value"]) else [entry["value"]]))
+        # a threshold part (delta 0: the threshold is already subtracted; < 0: an estimated threshold's margin, the
+        # boundaries 0 and delta): no move of a decision's size to swamp (the gate's _swamped leaves it; the part's
+        # outcome and the verdict are gated), but a spread that reaches a boundary is worth a look: reported
+        members = entry["value"] if is_number_list(entry["value"]) else [entry["value"]]
+        margin = min(min(abs(v), abs(v - delta)) for v in members)
         if tolerance >= margin:
-            entry["flag"] = (f"spread reaches the threshold: tolerance {fmt(tolerance)} >= the figure's distance "
-                             f"{fmt(margin)} from it (this figure cannot show on which side it lies)")
+            entry["flag"] = (f"spread reaches the threshold: tolerance {fmt(tolerance)} >= {fmt(margin)}, the "
+                             "distance of (a member of) the figure from a decision boundary (reported; its "
+                             "outcome is gated)")
     if delta is not None:
         entry["delta"] = delta
     return entry
@@ -918,9 +921,13 @@ def widen_plan_baselines(baselines: Path, plan: str, runs: list[Run], reason: st
     host differ, and LoRA training amplifies that to the third digit), the spread that matters is across
     machines, which no run of one machine shows. The new runs must measure exactly the pinned records, report the
     same figures and reach the pinned verdict on every record: a verdict that differs on another machine is a
-    change to look at, never a spread to absorb (refused, one line). The pinned runs' provenance is kept and the
-    new runs' added; the commit becomes the new runs' (one commit), the earlier pin's commit and reason are quoted
-    in the reason. Raises :class:`BaselineError` on bad input.
+    change to look at, never a spread to absorb, and so is a decision part whose outcome (or any other non-numeric
+    figure) takes a value no pinned run had (both refused, one line). Widening is for another machine: a new run on
+    a CPU (model name and SIMD flags) a pinned run recorded is refused (pin several runs instead), and so is one
+    whose engine code differs from a pinned run's recorded ``engine_code`` (runs pinned before it was recorded
+    cannot be checked: the reason must say why the code is the same). The pinned runs' provenance is kept and the
+    new runs' added; the commit reads "<pinned>+<new>" when they differ, the earlier pin's commit and reason are
+    quoted in the reason. Raises :class:`BaselineError` on bad input.
     """
     if not reason or not reason.strip():
         raise BaselineError("a widening needs a reason (--reason \"...\"): it is stored in the baseline file")
@@ -939,6 +946,16 @@ def widen_plan_baselines(baselines: Path, plan: str, runs: list[Run], reason: st
         odd = min(set(pinned) ^ set(keyed[0]))
         raise BaselineError(f"the runs and the pinned baselines hold different records (e.g. {odd[0]} {odd[1]} "
                             f"[{odd[2]}]): widen with runs of the pinned selection, or re-pin")
+    for model, header in headers.items():
+        for old in header["runs"]:
+            for run in runs:
+                new = _pinned_run(run)
+                if old.get("cpu") and old.get("simd") and (old["cpu"], old["simd"]) == (new["cpu"], new["simd"]):
+                    raise BaselineError(f"run {run.name} ran on the CPU of pinned run {old['run']} ({new['cpu']}, "
+                                        f"{new['simd']}): widening adds another machine; pin several runs instead")
+                if old.get("engine_code") and new["engine_code"] and old["engine_code"] != new["engine_code"]:
+                    raise BaselineError(f"run {run.name}: engine code {new['engine_code']}, pinned run {old['run']}'s "
+                                        f"{old['engine_code']}: widen with runs of the pinned code, or re-pin")
     by_model: dict[str, dict[str, dict]] = {}
     for key in sorted(pinned):
         entry, records = pinned[key], [k[key] for k in keyed]
@@ -953,6 +970,11 @@ def widen_plan_baselines(baselines: Path, plan: str, runs: list[Run], reason: st
                 odd = min(set(gated) ^ set(entry["figures"]))
                 raise BaselineError(f"{where}: run {run.name} reports other gated figures than the pin (e.g. {odd}): "
                                     "re-pin instead")
+            for name, figure in entry["figures"].items():
+                if not _numeric([*figure["runs"], gated[name]]) and gated[name] not in figure["runs"]:
+                    raise BaselineError(f"{where}: {name} is {fmt(gated[name], 20)} on run {run.name}, pinned "
+                                        f"{', '.join(fmt(v, 20) for v in figure['runs'])}: a decision part that "
+                                        "differs is a change to look at, not a spread; re-pin deliberately")
         figures = {name: pinned_figure([*figure["runs"], *(gated[name] for gated, _, _ in splits)],
                                        figure.get("delta"))
                    for name, figure in entry["figures"].items()}
@@ -961,9 +983,10 @@ def widen_plan_baselines(baselines: Path, plan: str, runs: list[Run], reason: st
             "reported": entry.get("reported", {})}
     written = []
     for model, entries in sorted(by_model.items()):
-        old = headers[model]
-        header = {"commit": commits.copy().pop(), "pinned_by": pinned_by,
-                  "reason": f"{reason.strip()} (widened the pin at {old['commit']}: {old['reason']})",
+        old, commit = headers[model], next(iter(commits))
+        known = old["commit"].split("+")
+        header = {"commit": "+".join(known if commit in known else [*known, commit]), "pinned_by": pinned_by,
+                  "reason": f"{reason.strip()} (widened the pin at {old['commit']}: {old['reason'][:300]})",
                   "runs": [*old["runs"], *(_pinned_run(r) for r in runs)]}
         written += _write_plan_baselines(baselines, plan, {model: entries}, header, replace=False)
     return written
@@ -1004,7 +1027,7 @@ def _pinned_run(run: Run) -> dict[str, Any]:
     return {"run": run.name, "commit": run.meta.get("git_commit"), "machine": run.meta.get("machine"),
             "cpu_count": run.meta.get("cpu_count"), "platform": run.meta.get("platform"),
             "cpu": run.meta.get("cpu"), "simd": run.meta.get("simd"),
-            "cpu_capability": run.meta.get("cpu_capability"),
+            "cpu_capability": run.meta.get("cpu_capability"), "engine_code": run.meta.get("engine_code"),
             "torch_threads": run.meta.get("torch_threads")}
 
 

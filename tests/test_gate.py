@@ -133,7 +133,8 @@ def test_spread_across_runs_gives_the_tolerance_and_a_figure_swamping_delta_is_f
     # a threshold part (delta 0): a spread far from the threshold is no flag, one reaching it is
     assert "flag" not in results.pinned_figure([-0.66, -0.66 + 3e-8], delta=0.0)
     assert "spread reaches the threshold" in results.pinned_figure([-0.01, 0.01], delta=0.0)["flag"]
-    assert "flag" not in results.pinned_figure([[-0.5, -0.2], [-0.5, -0.2001]], delta=-0.1)
+    assert "flag" not in results.pinned_figure([[-0.5, -0.3], [-0.5, -0.3001]], delta=-0.1)
+    assert "spread reaches" in results.pinned_figure([-0.1001, -0.0999], delta=-0.1)["flag"]  # at the boundary
     listed = results.pinned_figure([[1.0, 2.0], [1.0, 2.5]])
     assert listed["value"] == [1.0, 2.25] and listed["tolerance"] == 0.5
     words = results.pinned_figure(["CONFIRMED", "FAILED", "CONFIRMED"])
@@ -232,7 +233,7 @@ def test_widening_adds_another_machines_runs_to_the_pinned_values(tmp_path):
     written = results.widen_plan_baselines(tmp_path, "smoke", [amd], "AVX2 host: measured cross-CPU spread")
     data = json.loads(written[0].read_text())
     assert [r["run"] for r in data["runs"]] == ["intel", "amd"] and data["runs"][1]["cpu_capability"] == "AVX2"
-    assert data["commit"] == "def456" and "widened the pin at abc123: first pin" in data["reason"]
+    assert data["commit"] == "abc123+def456" and "widened the pin at abc123: first pin" in data["reason"]
     estimate = data["entries"]["G-EV/seed"]["figures"]["evidence[A - B].estimate"]
     assert len(estimate["runs"]) == 2 and estimate["tolerance"] > 0
     widened = results.load_plan_baselines(tmp_path, "smoke")
@@ -248,12 +249,31 @@ def test_widening_adds_another_machines_runs_to_the_pinned_values(tmp_path):
         results.widen_plan_baselines(tmp_path / "none", "smoke", [amd], "why")
     with pytest.raises(results.BaselineError, match="needs a reason"):
         results.widen_plan_baselines(tmp_path, "smoke", [amd], " ")
+    with pytest.raises(results.BaselineError, match="runs of different commits"):
+        results.widen_plan_baselines(tmp_path, "smoke", [amd, run_of(other_cpu, name="amd2", commit="fff000")], "x")
+    # a decision part whose outcome differs, verdict unchanged: a change, never a spread
+    record = evidence_record(noise=2e-3)
+    record.evidence[0]["outcome"] = "undecided"
+    with pytest.raises(results.BaselineError, match=r"evidence\[A - B\]\.outcome is undecided on run odd"):
+        results.widen_plan_baselines(tmp_path, "smoke", [run_of(record, name="odd", commit="def456")], "x")
+    # widening is for another machine, of the pinned code (when the pinned runs recorded it)
+    again = run_of(evidence_record(noise=3e-3), name="amd-again", commit="def456")
+    again.meta.update(cpu="AMD EPYC", simd="avx2 fma", engine_code="c0de")
+    other = run_of(evidence_record(noise=1e-3), name="xeon", commit="def456")
+    other.meta.update(cpu="Intel Xeon", simd="avx2 fma avx512f", engine_code="c0de")
+    results.widen_plan_baselines(tmp_path, "smoke", [other], "an AVX-512 host")
+    again.meta["engine_code"] = "beef"
+    with pytest.raises(results.BaselineError, match="engine code beef, pinned run xeon's c0de"):
+        results.widen_plan_baselines(tmp_path, "smoke", [again], "x")
+    with pytest.raises(results.BaselineError, match="ran on the CPU of pinned run xeon"):
+        results.widen_plan_baselines(tmp_path, "smoke", [other], "x")
+    assert json.loads(written[0].read_text())["commit"] == "abc123+def456"
     # the command line: `mi-atlas baselines pin --widen`, and a refusal is one line, exit 2
     root = tmp_path / "results"
     results.write_run(root / "runs" / "amd", amd)
     out = cli("baselines", "pin", "--widen", "--plan", "smoke", "--reason", "AVX2 host again", "--results",
               str(root), "--baselines", str(tmp_path), "amd")
-    assert out.exit_code == 0 and "pinned" in out.output, out.output
+    assert out.exit_code == 0 and "pinned" in out.output and "now have a spread" in out.output, out.output
     assert json.loads(written[0].read_text())["runs"][-1]["run"] == "amd"
     refused = cli("baselines", "pin", "--widen", "--plan", "smoke", "--reason", "x", "--results", str(root),
                   "--baselines", str(tmp_path / "none"), "amd")

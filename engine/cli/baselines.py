@@ -113,10 +113,34 @@ def pin_command(runs: Annotated[list[str], typer.Argument(help="run directories 
         raise typer.Exit(2) from exc
     for path in written:
         typer.echo(f"pinned {path}")
+    if widen:
+        for line in widened_lines(results.load_plan_baselines(written[0].parent.parent, plan)):
+            typer.echo(line)
     flagged = results.gate(results.load_plan_baselines(written[0].parent.parent, plan), [], plan=plan).flags
     for flag in flagged:
         typer.echo(f"flag: {flag}")
     typer.echo(f"{len(written)} baseline file(s) of plan {plan} from {len(runs)} run(s); {len(flagged)} flagged")
+
+
+def widened_lines(pinned: dict, top: int = 8) -> list[str]:
+    """What a widening did, for the reviewer: how many figures now have a spread, and the widest of them
+    against their decision's delta (the largest share of a delta a CPU moves a figure by)."""
+    spread = [(key, name, figure) for key, entry in pinned.items() for name, figure in entry["figures"].items()
+              if figure.get("tolerance")]
+
+    def share(item) -> float:
+        delta = item[2].get("delta")
+        return item[2]["tolerance"] / delta if isinstance(delta, (int, float)) and delta > 0 else 0.0
+
+    lines = [f"{len(spread)} gated figure(s) of {sum(len(e['figures']) for e in pinned.values())} now have a "
+             "spread across the pinned runs (tolerance > 0)"]
+    for key, name, figure in sorted(spread, key=share, reverse=True)[:top]:
+        delta = figure.get("delta")
+        lines.append(f"  {key[0]} {key[1]} [{key[2]}] {name}: {verdicts.fmt(figure['runs'][0])} .. "
+                     f"{verdicts.fmt(figure['runs'][-1])}, tolerance {verdicts.fmt(figure['tolerance'])}"
+                     + (f" = {share((key, name, figure)):.1%} of delta {verdicts.fmt(delta)}" if share(
+                         (key, name, figure)) else ""))
+    return lines
 
 
 @baselines_app.command("check")
