@@ -630,3 +630,11 @@ def test_the_full_plan_lockin_runs_past_its_warm_up_at_its_own_steps():
     lock = lora.plan_for("cpu", plan="full", claim="LOCKIN")
     early = lock.train_config().checkpoint_steps()[min(lock.checkpoints)]
     assert early > lock.warmup_steps
+
+
+def test_the_full_cpu_plan_computes_every_precision_a_quant_kl_rule_reads_and_not_reported_only_fp16():
+    """Spend compute where a question is: the rigorous rule reads NF4-bf16 vs bf16 (noise floor vs fp32), the seed
+    protocol NF4-fp16 vs the fp32 reference; fp16 decides nothing on cpu and is among the dearest to run there."""
+    full = Q.quant_sizes_for("cpu", {"plan": "full"})
+    assert {"fp32", "bf16", "nf4-bf16", "nf4-fp16"} <= set(full.precisions) and "fp16" not in full.precisions
+    assert "fp16" in Q.quant_sizes_for("gpu", {"plan": "full"}).precisions  # the gpu tier keeps every precision
