@@ -891,10 +891,7 @@ def pin_plan_baselines(baselines: Path, plan: str, runs: list[Run], reason: str,
     """
     if not reason or not reason.strip():
         raise BaselineError("a re-pin needs a reason (--reason \"...\"): it is stored in the baseline file")
-    keyed = _records_of(runs, plan)
-    commits = {str(r.meta.get("git_commit", "?")) for r in runs}
-    if len(commits) > 1:
-        raise BaselineError(f"runs of different commits ({', '.join(sorted(commits))}): pin runs of one commit")
+    keyed, commit = _records_of(runs, plan, "pin")
     by_model: dict[str, dict[str, dict]] = {}
     for key in sorted(keyed[0]):
         records = [k[key] for k in keyed]
@@ -907,7 +904,7 @@ def pin_plan_baselines(baselines: Path, plan: str, runs: list[Run], reason: str,
         by_model.setdefault(key[1], {})[f"{key[0]}/{key[2]}"] = {
             "verdict": records[0].verdict.value, "test": records[0].test, "figures": figures,
             "reported": splits[0][1]}
-    header = {"commit": commits.pop(), "reason": reason.strip(), "pinned_by": pinned_by,
+    header = {"commit": commit, "reason": reason.strip(), "pinned_by": pinned_by,
               "runs": [_pinned_run(r) for r in runs]}
     return _write_plan_baselines(baselines, plan, by_model, header)
 
@@ -931,10 +928,7 @@ def widen_plan_baselines(baselines: Path, plan: str, runs: list[Run], reason: st
     """
     if not reason or not reason.strip():
         raise BaselineError("a widening needs a reason (--reason \"...\"): it is stored in the baseline file")
-    keyed = _records_of(runs, plan)
-    commits = {str(r.meta.get("git_commit", "?")) for r in runs}
-    if len(commits) > 1:
-        raise BaselineError(f"runs of different commits ({', '.join(sorted(commits))}): widen with runs of one commit")
+    keyed, commit = _records_of(runs, plan, "widen with")
     headers, pinned = {}, {}
     for path in baseline_files(baselines, plan):
         header, entries = read_baseline_file(path, plan)
@@ -983,7 +977,7 @@ def widen_plan_baselines(baselines: Path, plan: str, runs: list[Run], reason: st
             "reported": entry.get("reported", {})}
     written = []
     for model, entries in sorted(by_model.items()):
-        old, commit = headers[model], next(iter(commits))
+        old = headers[model]
         known = old["commit"].split("+")
         header = {"commit": "+".join(known if commit in known else [*known, commit]), "pinned_by": pinned_by,
                   "reason": f"{reason.strip()} (widened the pin at {old['commit']}: {old['reason'][:300]})",
@@ -992,11 +986,16 @@ def widen_plan_baselines(baselines: Path, plan: str, runs: list[Run], reason: st
     return written
 
 
-def _records_of(runs: list[Run], plan: str) -> list[dict[tuple[str, str, str], VerdictRecord]]:
-    """Each run's records keyed (claim, model, protocol), after checking the runs can be pinned: runs of ``plan``,
-    complete, not interrupted, one record per key, the same keys in every run."""
+def _records_of(runs: list[Run], plan: str, verb: str = "pin"
+                ) -> tuple[list[dict[tuple[str, str, str], VerdictRecord]], str]:
+    """Each run's records keyed (claim, model, protocol), and the runs' one commit, after checking the runs can be
+    pinned: runs of one commit and of ``plan``, complete, not interrupted, one record per key, the same keys in every
+    run. ``verb`` names what the caller does with them in the one-commit message."""
     if not runs:
         raise BaselineError("no run to pin from")
+    commits = {str(r.meta.get("git_commit", "?")) for r in runs}
+    if len(commits) > 1:
+        raise BaselineError(f"runs of different commits ({', '.join(sorted(commits))}): {verb} runs of one commit")
     keyed: list[dict[tuple[str, str, str], VerdictRecord]] = []
     for run in runs:
         if run_plan(run) != plan:
@@ -1019,7 +1018,7 @@ def _records_of(runs: list[Run], plan: str) -> list[dict[tuple[str, str, str], V
             raise BaselineError(f"runs {runs[0].name} and {run.name} measured different records "
                                 f"(e.g. {odd[0]} {odd[1]} [{odd[2]}]): pin runs of the same selection")
         keyed.append(own)
-    return keyed
+    return keyed, commits.pop()
 
 
 def _pinned_run(run: Run) -> dict[str, Any]:
