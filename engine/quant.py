@@ -36,12 +36,14 @@ import platform
 import statistics
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine import interventions as iv
 from engine import memory, models
@@ -120,6 +122,76 @@ def backend_versions() -> dict[str, str]:
     return package_versions(("torch", "transformers", "bitsandbytes"), missing="absent")
 
 
+# --------------------------------------------------------------------------------------------- half-precision GEMMs
+#
+# A bf16 / fp16 matrix product means: half-precision operands, products summed in fp32, the result rounded to the
+# half dtype (torch's CPU kernels accumulate in fp32 too, ``at::opmath_type``; so do GPU tensor cores). A CPU
+# without native bf16 / fp16 GEMM instructions (no AVX-512 BF16 / FP16, e.g. an AVX2 host) runs torch's generic
+# kernel: 6.4x the fp32 GEMM's time on Gemma-3-270M's bf16 forward on an AMD EPYC with AVX2 (16.1 s vs 2.5 s of
+# aten::mm, 11 prompts, one thread, 2026-12-07), 96-97% of a bf16 or NF4 forward. "upcast" runs the same products
+# as fp32 GEMMs on the half-precision operands (exact: a product of two bf16 / fp16 values fits fp32's mantissa)
+# and rounds the result to the half dtype: the same arithmetic, another summation order (so last-bit differences,
+# as between any two GEMM kernels). Everything else (norms, attention, activations) stays in the half dtype.
+
+HALF_MATMULS = ("native", "upcast")
+_HALF = (torch.bfloat16, torch.float16)
+_GEMMS = frozenset({torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+                    torch.ops.aten.baddbmm.default, torch.ops.aten.mv.default, torch.ops.aten.addmv.default})
+
+
+class UpcastHalfGemms(TorchDispatchMode):
+    """Runs every half-precision CPU matrix product (mm, addmm, bmm, baddbmm, mv, addmv) as an fp32 one on the
+    same operands, the result rounded to the operands' dtype; every other op, and any product on another device
+    or dtype, runs as dispatched. bitsandbytes' NF4 product (``gemm_4bit``) is upcast the same way
+    (:func:`_nf4_linear_upcast`). ``calls`` counts the products it upcast."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "bitsandbytes" and func.__name__.startswith("gemm_4bit"):
+            self.calls += 1
+            return _nf4_linear_upcast(*args, **kwargs)
+        if func in _GEMMS:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            dtype = tensors[-1].dtype if tensors else None
+            if dtype in _HALF and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors):
+                self.calls += 1
+                up = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
+                return func(*up, **kwargs).to(dtype)
+        return func(*args, **kwargs)
+
+
+def _nf4_linear_upcast(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None,
+                       absmax_offset=None):
+    """bitsandbytes' NF4 product as its CPU kernel computes it (``bitsandbytes::gemm_4bit``'s default kernel,
+    ``bitsandbytes/backends/default/ops.py``: the weight dequantised to the input's dtype, then a linear), with
+    that linear run as an fp32 GEMM on the half-precision operands and rounded to their dtype. One op to the
+    dispatcher, so :class:`UpcastHalfGemms` cannot reach the linear inside it; tests/test_quant.py checks this
+    against bitsandbytes' own op on a real NF4 layer."""
+    if absmax_8bit is not None:  # nested (double) quantisation: per-block scales from their 8-bit codes
+        absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(absmax_8bit, absmax, absmax_code, 256,
+                                                                      torch.float32) + absmax_offset
+    weight = torch.ops.bitsandbytes.dequantize_4bit.default(B, absmax, blocksize, quant_type, shapeB, A.dtype)
+    out = torch.nn.functional.linear(A.float(), weight.float(), None if bias is None else bias.float())
+    return out.to(A.dtype)
+
+
+@contextmanager
+def half_matmuls(how: str = "native") -> Iterator[UpcastHalfGemms | None]:
+    """``"native"``: torch's own kernels; ``"upcast"``: :class:`UpcastHalfGemms` for the block (a plan's
+    ``half_matmul``, ``[plans.<plan>.<tier>.quant]``)."""
+    if how not in HALF_MATMULS:
+        raise QuantError(f"half_matmul must be one of {', '.join(HALF_MATMULS)}, got {how!r}")
+    if how == "native":
+        yield None
+        return
+    with UpcastHalfGemms() as mode:
+        yield mode
+
+
 # --------------------------------------------------------------------------------------------- QUANT-KL
 
 
@@ -167,6 +239,7 @@ class QuantKLReport:
     device: str = "cpu"
     rigorous_scales: tuple[float, ...] = ()
     rigorous_units: str = "relative"
+    half_matmul: str = "native"  # how the half-precision forwards ran their matrix products (:func:`half_matmuls`)
 
     def ratio(self, num: str, den: str, protocol: str = "rigorous") -> float:
         a, b = self.rows.get(num), self.rows.get(den)
@@ -222,7 +295,8 @@ class QuantKLReport:
                 "attribution": self.attribution(),
                 "vector_to_resid": self.vector_norm / self.resid_norm if self.resid_norm else None,
                 "vector_norm": self.vector_norm, "resid_norm": self.resid_norm, "contrast": self.contrast,
-                "n_examples": self.n_examples, "device": self.device, "precisions": rows, "ratios": ratios,
+                "n_examples": self.n_examples, "device": self.device, "half_matmul": self.half_matmul,
+                "precisions": rows, "ratios": ratios,
                 "seed_reference_layer": self.seed_reference_layer,
                 "seed_reference_kl": self.seed_reference.mean_kl if self.seed_reference else None,
                 "seed_reference_kl_per_example": list(self.seed_reference.kls) if self.seed_reference else None,
@@ -235,7 +309,8 @@ def quant_kl(key: str, *, contrast: st.Contrast, eval_examples: Sequence, layer:
              protocols: Sequence[str] = ("seed", "rigorous"), seed_reference_layer: int | None = None,
              device=None, loader: Callable[[str, str], models.LoadedModel] | None = None, template: str = "auto",
              on_loaded: Callable[[models.LoadedModel, str], None] | None = None,
-             rigorous_scales: Sequence[float] = (), rigorous_units: str = "relative") -> QuantKLReport:
+             rigorous_scales: Sequence[float] = (), rigorous_units: str = "relative",
+             half_matmul: str = "native") -> QuantKLReport:
     """QUANT-KL on ``key``: the same steering at every precision, one model in memory at a time.
 
     The rigorous direction is the difference of means of ``contrast`` at ``layer`` on the fp32 model; ``scale``
@@ -244,7 +319,9 @@ def quant_kl(key: str, *, contrast: st.Contrast, eval_examples: Sequence, layer:
     the seed's L23 of 24) is where :func:`engine.steering.seed_reference_steer` runs on fp32.
     ``on_loaded(lm, precision)`` runs on each loaded precision after its KL (e.g. a speed measurement on the
     same load); its exceptions propagate. ``rigorous_scales`` (in ``rigorous_units``): the rigorous KL is also
-    measured at each of these signed scales (same direction, layer, positions and prompts).
+    measured at each of these signed scales (same direction, layer, positions and prompts). ``half_matmul``: how
+    the KL forwards of a half-precision load run their matrix products (:func:`half_matmuls`; never the timing of
+    ``on_loaded``, which measures the kernels as they are).
     """
     load = loader or (lambda k, name: load_precision(k, name, device=device))
     bad = [p for p in precisions if p not in PRECISIONS]
@@ -252,6 +329,8 @@ def quant_kl(key: str, *, contrast: st.Contrast, eval_examples: Sequence, layer:
         raise QuantError(f"unknown precision(s) {bad}; choose from {', '.join(PRECISIONS)}")
     if not eval_examples:
         raise QuantError("quant_kl: no evaluation examples")
+    if half_matmul not in HALF_MATMULS:
+        raise QuantError(f"quant_kl: half_matmul must be one of {', '.join(HALF_MATMULS)}, got {half_matmul!r}")
     base = load(key, "fp32")
     st.check_layer(base, layer)
     directions = st.diff_of_means(base, contrast, [layer], template=template)
@@ -285,7 +364,7 @@ def quant_kl(key: str, *, contrast: st.Contrast, eval_examples: Sequence, layer:
         row.footprint_mb = memory.footprint_bytes(lm) / 2**20
         started = time.perf_counter()
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), half_matmuls(half_matmul):
                 warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
                 b = batch.to(lm.device)
                 if "rigorous" in protocols:
@@ -319,7 +398,8 @@ def quant_kl(key: str, *, contrast: st.Contrast, eval_examples: Sequence, layer:
                          float(directions.resid_norm[0]), contrast.name, len(eval_examples), rows, reference,
                          ref_layer if reference else None,
                          device=str(device or models.default_device()),
-                         rigorous_scales=tuple(float(s) for s in rigorous_scales), rigorous_units=rigorous_units)
+                         rigorous_scales=tuple(float(s) for s in rigorous_scales), rigorous_units=rigorous_units,
+                         half_matmul=half_matmul)
 
 
 # --------------------------------------------------------------------------------------------- QUANT-SPEED

@@ -638,3 +638,13 @@ def test_the_full_cpu_plan_computes_every_precision_a_quant_kl_rule_reads_and_no
     full = Q.quant_sizes_for("cpu", {"plan": "full"})
     assert {"fp32", "bf16", "nf4-bf16", "nf4-fp16"} <= set(full.precisions) and "fp16" not in full.precisions
     assert "fp16" in Q.quant_sizes_for("gpu", {"plan": "full"}).precisions  # the gpu tier keeps every precision
+
+
+def test_only_the_full_cpu_plan_upcasts_half_precision_gemms_and_a_bad_value_names_the_plan(tmp_path, monkeypatch):
+    assert Q.quant_sizes_for("cpu", {"plan": "full"}).half_matmul == "upcast"
+    assert "half-precision matrix products as fp32 GEMMs" in Q.quant_sizes_for("cpu", {"plan": "full"}).describe()
+    for tier, plan in (("cpu", "default"), ("cpu", "smoke"), ("gpu", "default"), ("gpu", "full")):
+        sizes = Q.quant_sizes_for(tier, {"plan": plan})
+        assert sizes.half_matmul == "native" and "fp32 GEMMs" not in sizes.describe()
+    with pytest.raises(plans.PlanError, match="plan 'full': quant half_matmul = 'fast'"):
+        Q.QuantSizes(half_matmul="fast", name="full")

@@ -7,6 +7,7 @@ the real NF4/int8 runs are the QUANT-KL / QUANT-SPEED claim rows' (claims/test_c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -126,3 +127,83 @@ def test_rigorous_kl_is_kept_per_example_at_every_rigorous_scale():
     json.dumps(d)
     assert d["rigorous_scales"] == [-0.5, -1.0] and len(d["precisions"]["bf16"]["noise_kl_per_example"]) == len(EVAL)
     assert len(d["seed_reference_kl_per_example"]) == len(EVAL)
+
+
+# ------------------------------------------------------------------------------------ half-precision GEMMs ("upcast")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_upcast_runs_each_half_product_as_an_fp32_gemm_rounded_to_the_half_dtype(dtype):
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(7, 64, generator=g).to(dtype), torch.randn(64, 5, generator=g).to(dtype)
+    bias, x3 = torch.randn(5, generator=g).to(dtype), torch.randn(3, 7, 64, generator=g).to(dtype)
+    native = (a @ b, torch.nn.functional.linear(a, b.T, bias), x3 @ b, torch.mv(a, b[:, 0]))
+    with quant.half_matmuls("upcast") as mode:
+        up = (a @ b, torch.nn.functional.linear(a, b.T, bias), x3 @ b, torch.mv(a, b[:, 0]))
+        fp32 = a.float() @ b.float()  # fp32 products run as dispatched
+    assert mode.calls == 4
+    want = ((a.float() @ b.float()).to(dtype), (a.float() @ b.float() + bias.float()).to(dtype),
+            (x3.float() @ b.float()).to(dtype), (a.float() @ b[:, 0].float()).to(dtype))
+    for got, exact, kernel in zip(up, want, native):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, exact, rtol=0, atol=0)  # the same arithmetic, summed in fp32
+        torch.testing.assert_close(got, kernel)  # torch's own kernel: equal up to the last half-precision bits
+    torch.testing.assert_close(fp32, a.float() @ b.float(), rtol=0, atol=0)
+
+
+def test_upcast_keeps_fp16_overflow_and_leaves_the_native_path_alone():
+    big = torch.full((2, 4), 200.0, dtype=torch.float16)
+    with quant.half_matmuls("upcast"):
+        out = big @ big.T  # 4 x 40,000 = 160,000 > fp16's 65,504: inf, as the native kernel gives
+    assert torch.isinf(out).all() and torch.isinf(big @ big.T).all()
+    with quant.half_matmuls("native") as mode:
+        assert mode is None
+    with pytest.raises(quant.QuantError, match="half_matmul"):
+        with quant.half_matmuls("fp8"):
+            pass
+
+
+def test_quant_kl_upcast_records_itself_and_agrees_with_the_native_kernels(monkeypatch):
+    kwargs = dict(contrast=CONTRAST, eval_examples=EVAL, layer=1, scale=-4.0, precisions=("fp32", "bf16"),
+                  protocols=("rigorous",))
+    native = quant.quant_kl(KEY, **kwargs)
+    modes = []
+    real = quant.half_matmuls
+
+    @contextlib.contextmanager
+    def spy(how):
+        with real(how) as mode:
+            yield mode
+        modes.append(mode)
+
+    monkeypatch.setattr(quant, "half_matmuls", spy)
+    up = quant.quant_kl(KEY, half_matmul="upcast", **kwargs)
+    monkeypatch.undo()
+    assert native.to_dict()["half_matmul"] == "native" and up.to_dict()["half_matmul"] == "upcast"
+    # each precision's KL forwards (fp32 first: nothing to upcast), never the fp32 direction or reference
+    assert [m.calls > 0 for m in modes] == [False, True]
+    assert up.rows["fp32"].kl == native.rows["fp32"].kl  # fp32 runs as dispatched, bit for bit
+    np.testing.assert_allclose(up.rows["bf16"].kl, native.rows["bf16"].kl, rtol=0.05)
+    with pytest.raises(quant.QuantError, match="half_matmul"):
+        quant.quant_kl(KEY, half_matmul="fast", **kwargs)
+
+
+def test_upcast_nf4_is_bitsandbytes_cpu_kernel_with_its_linear_upcast():
+    """The NF4 product (one bitsandbytes op to the dispatcher) on a real NF4 layer of SmolLM2-135M: under "upcast"
+    it equals the dequantised bf16 weight times the input as an fp32 GEMM rounded to bf16, bit for bit, and
+    bitsandbytes' own kernel up to the last bf16 bits."""
+    bnb = pytest.importorskip("bitsandbytes")
+    lm = quant.load_precision("smollm2-135m", "nf4-bf16")
+    layer = next(m for m in lm.model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    x = torch.randn(3, 5, layer.in_features, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    with torch.no_grad():
+        native = layer(x)
+        with quant.half_matmuls("upcast") as mode:
+            up = layer(x)
+        weight = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(torch.bfloat16)
+    assert mode.calls == 1 and up.dtype == torch.bfloat16
+    exact = torch.nn.functional.linear(x.float(), weight.float(),
+                                       None if layer.bias is None else layer.bias.float()).to(torch.bfloat16)
+    torch.testing.assert_close(up, exact, rtol=0, atol=0)
+    torch.testing.assert_close(up, native, rtol=0.02, atol=0.02)
+    models.free(lm)

@@ -50,12 +50,20 @@ class QuantSizes:
     speed_batch: int = 4
     rounds: int = 3
     warmup: int = 1
+    half_matmul: str = "native"  # the KL forwards' half-precision matrix products (engine.quant.half_matmuls)
     name: str = plans.DEFAULT_PLAN  # the plan these sizes come from (engine/data/plans.toml; set by the loader)
 
+    def __post_init__(self):
+        if self.half_matmul not in quant_engine.HALF_MATMULS:
+            raise plans.PlanError(f"plan {self.name!r}: quant half_matmul = {self.half_matmul!r}: expected one of "
+                                  f"{', '.join(quant_engine.HALF_MATMULS)}")
+
     def describe(self) -> str:
+        upcast = ("; half-precision matrix products as fp32 GEMMs on the half-precision operands, rounded to the "
+                  "half dtype (the KL forwards only)" if self.half_matmul == "upcast" else "")
         return (f"{self.n_eval} prompts, seed s={self.scale} ({self.units}), rigorous s in "
                 f"{list(self.rigorous_scales)} ({self.rigorous_units}) at L{self.seed_layer}/{self.seed_n_layers} "
-                f"relative depth, precisions {list(self.precisions)}; speed: batch {self.speed_batch}, "
+                f"relative depth, precisions {list(self.precisions)}{upcast}; speed: batch {self.speed_batch}, "
                 f"{self.warmup} warm-up + {self.rounds} rounds, logits at the last position, vs {self.reference}")
 
 
@@ -98,7 +106,7 @@ def quant_study(key: str, sizes: QuantSizes, steer_sizes: SteerSizes, device=Non
     report = measure_quant_kl(key, contrast=data.contrast, eval_examples=evals, layer=layer, scale=sizes.scale,
                       units=sizes.units, precisions=sizes.precisions, device=device, loader=loader,
                       template=steer_sizes.template, on_loaded=time_it, rigorous_scales=sizes.rigorous_scales,
-                      rigorous_units=sizes.rigorous_units)
+                      rigorous_units=sizes.rigorous_units, half_matmul=sizes.half_matmul)
     for name, row in report.rows.items():  # a precision that failed to load has no speed row either
         speed_rows.setdefault(name, SpeedRow(name, ok=False, error=row.error))
     batch = state.get("batch")
