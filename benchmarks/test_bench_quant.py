@@ -110,3 +110,58 @@ def test_slowdown_report(model):
     print(f"\n{model} on {device}: " + ", ".join(
         f"{p} x{r.ratio:.3g} [{r.low:.3g}, {r.high:.3g}]" if r.low is not None else f"{p} x{r.ratio:.3g} (no CI)"
         for p, r in ratios.get(REFERENCE, {}).items()) + f" vs {REFERENCE} -> {bench_json}")
+
+
+# ---------------------------------------------------------------------- half-precision GEMMs: native vs upcast
+# The full cpu plan's quant studies run their half-precision forwards "upcast" (engine.quant.half_matmuls): the ratio
+# of the two, side by side on the same load and batch, per model and half-precision load. The batch is a quant
+# study's first 11 prompts (one per family; logits at the last position only): with the 4 short prompts above the upcast's
+# per-call cost of converting each weight to fp32 (Gemma's tied 262k x 640 LM head alone: 168M values) outweighs
+# the GEMMs it speeds up (2026-12-07, AVX2 host, the other core busy: Gemma bf16 x0.81, SmolLM2 x3.3)
+HALF_BATCH = 11
+
+_half: dict[tuple[str, str], dict[str, float]] = {}
+
+
+@pytest.mark.parametrize("how", quant.HALF_MATMULS)
+@pytest.mark.parametrize("precision", ["bf16", "nf4-bf16"])
+@pytest.mark.parametrize("model", MODELS)
+def test_half_matmul_latency(benchmark, model, precision, how):
+    present, why = models.availability(model)
+    if not present:
+        pytest.skip(why)
+    try:
+        lm = quant.load_precision(model, precision)
+    except (RuntimeError, ImportError, models.ModelError) as exc:
+        pytest.skip(f"{precision} cannot load here: {exc}")
+    try:
+        prompts = steer_studies.steer_data(steer_studies.sizes_for("cpu", plan="full")).test[:HALF_BATCH]
+        batch = iv.encode(lm, prompts, template="none")
+        inputs = batch.model_inputs()
+        inputs["logits_to_keep"] = 1
+        assert len(batch) == HALF_BATCH
+        benchmark.group = f"half-matmul-{model}-{precision}"
+        benchmark.extra_info.update(model=model, precision=precision, half_matmul=how, device=str(lm.device))
+
+        def forward():
+            with torch.no_grad(), quant.half_matmuls(how):
+                return lm.model(**inputs)
+
+        out = benchmark.pedantic(forward, rounds=min(ROUNDS, 5), warmup_rounds=1, iterations=1)
+        assert torch.isfinite(out.logits.float()).any()
+        _half.setdefault((model, precision), {})[how] = float(np.median(benchmark.stats.stats.data))
+    finally:
+        models.free(lm)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "nf4-bf16"])
+@pytest.mark.parametrize("model", MODELS)
+def test_half_matmul_ratio(model, precision):
+    """native / upcast median latency, measured side by side above (information: the speed-up the full cpu plan's
+    quant studies get on this CPU; ~1 where the CPU has native half-precision GEMMs)."""
+    medians = _half.get((model, precision), {})
+    if set(medians) != set(quant.HALF_MATMULS):
+        pytest.skip(f"{model} {precision}: not benchmarked both ways in this session")
+    ratio = medians["native"] / medians["upcast"]
+    assert ratio > 0
+    print(f"\n{model} {precision}: native {medians['native']:.3f} s / upcast {medians['upcast']:.3f} s = x{ratio:.2f}")
