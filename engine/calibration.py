@@ -528,8 +528,9 @@ def rules() -> dict[str, Rule]:
         Rule("oproj-runs-every-module", ("LORA-OPROJ",), "normal run effects (SD = 2 delta, run 200e01a)",
              ("lora", "n_train_seeds"), float(_claim_params("LORA-OPROJ")["delta"]),
              _oproj_rule(float(_claim_params("LORA-OPROJ")["delta"])),
-             "the unit is the training run (t over seeds, Holm over 6 modules); the full plan runs the rule's "
-             "minimum, 2 fresh seeds (per_claim: run dedf2f3 projected 24 / 37 seeds, beyond the plan)", powered=False),
+             "the unit is the training run (t over seeds, Holm over 6 modules); power 0 at 1-3 seeds, so the full "
+             "plan runs the default's 1 seed (per_claim: run dedf2f3 projected 24 / 37 seeds, beyond the plan)",
+             powered=False),
         Rule("late-decile-every-other", ("LORA-LATE",), "normal per-prompt share gaps (SD 0.16, run 200e01a)",
              ("lora", "n_eval"), float(_claim_params("LORA-LATE")["delta"]), _late_rule(float(_claim_params("LORA-LATE")["delta"])),
              "Holm over the 9 other deciles; the full plan runs it at 20 held-out prompts per family (per_claim)",

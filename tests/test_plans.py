@@ -632,15 +632,26 @@ def test_the_full_plan_lockin_runs_past_its_warm_up_at_its_own_steps():
     assert early > lock.warmup_steps
 
 
-def test_the_full_cpu_plan_computes_every_precision_a_quant_kl_rule_reads_and_not_reported_only_fp16():
+def test_the_full_cpu_plan_computes_every_precision_a_quant_kl_rule_reads_and_no_reported_only_one():
     """Spend compute where a question is: the rigorous rule reads NF4-bf16 vs bf16 (noise floor vs fp32), the seed
-    protocol NF4-fp16 vs the fp32 reference; fp16 decides nothing on cpu and is among the dearest to run there."""
+    protocol NF4-fp16 vs the fp32 reference; fp16 and int8 decide nothing on cpu (QUANT-SPEED is UNTESTED there) and
+    are among the dearest to run there."""
     full = Q.quant_sizes_for("cpu", {"plan": "full"})
-    assert {"fp32", "bf16", "nf4-bf16", "nf4-fp16"} <= set(full.precisions) and "fp16" not in full.precisions
-    assert "fp16" in Q.quant_sizes_for("gpu", {"plan": "full"}).precisions  # the gpu tier keeps every precision
+    assert set(full.precisions) == {"fp32", "bf16", "nf4-bf16", "nf4-fp16"}
+    assert {"fp16", "int8"} <= set(Q.quant_sizes_for("gpu", {"plan": "full"}).precisions)  # the gpu tier: every one
 
 
-def test_only_the_full_cpu_plan_upcasts_half_precision_gemms_and_a_bad_value_names_the_plan(tmp_path, monkeypatch):
+def test_quant_speed_on_cpu_reports_what_it_has_without_int8(tmp_path):
+    """The full cpu plan's study has no int8 row: QUANT-SPEED (UNTESTED on cpu) still reports the ratios it has."""
+    rows = {n: {"ok": True, "error": "", "times_s": [t], "cold_s": t, "tokens": 8, "footprint_mb": 1.0}
+            for n, t in (("fp32", 1.0), ("bf16", 2.0), ("nf4-bf16", 2.2), ("nf4-fp16", 1.8))}
+    study = {"speed": {"model": "smollm2-135m", "device": "cpu", "batch_size": 4, "seq_len": 8, "rounds": 1,
+                       "warmup": 1, "reference": "bf16", "rows": rows}, "sizes": "test"}
+    seed, rigorous = Q.quant_speed_findings(study, tmp_path)
+    assert "int8" not in rigorous.untested and "nf4-bf16 +10%" in rigorous.untested and "fp32 -50%" in seed.untested
+
+
+def test_only_the_full_cpu_plan_upcasts_half_precision_gemms_and_a_bad_value_names_the_plan():
     assert Q.quant_sizes_for("cpu", {"plan": "full"}).half_matmul == "upcast"
     assert "half-precision matrix products as fp32 GEMMs" in Q.quant_sizes_for("cpu", {"plan": "full"}).describe()
     for tier, plan in (("cpu", "default"), ("cpu", "smoke"), ("gpu", "default"), ("gpu", "full")):
