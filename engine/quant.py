@@ -159,9 +159,28 @@ class UpcastHalfGemms(TorchDispatchMode):
             dtype = tensors[-1].dtype if tensors else None
             if dtype in _HALF and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors):
                 self.calls += 1
-                up = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
-                return func(*up, **kwargs).to(dtype)
+                if func is torch.ops.aten.bmm.default and args[1].stride(0) == 0 and not kwargs:
+                    # one matrix broadcast over the batch (a linear on a non-contiguous 3-D input, e.g. an LM head
+                    # after logits_to_keep): one GEMM, never the broadcast weight copied per batch row
+                    a, b = args
+                    out = torch.mm(a.reshape(-1, a.shape[-1]).float(), b[0].float()).to(dtype)
+                    return out.reshape(a.shape[0], a.shape[1], b.shape[-1])
+                return func(*[_upcast(a) for a in args], **kwargs).to(dtype)
         return func(*args, **kwargs)
+
+
+def _upcast(t):
+    """``t`` as fp32 (a half-precision tensor; anything else as it is), a broadcast (stride-0) dimension kept
+    broadcast rather than copied."""
+    if not isinstance(t, torch.Tensor) or t.dtype not in _HALF:
+        return t
+    broadcast = [d for d, (size, stride) in enumerate(zip(t.shape, t.stride())) if stride == 0 and size > 1]
+    if not broadcast:
+        return t.float()
+    base = t
+    for d in broadcast:
+        base = base.narrow(d, 0, 1)
+    return base.float().expand(t.shape)
 
 
 def _nf4_linear_upcast(A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None,

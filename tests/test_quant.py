@@ -151,6 +151,27 @@ def test_upcast_runs_each_half_product_as_an_fp32_gemm_rounded_to_the_half_dtype
     torch.testing.assert_close(fp32, a.float() @ b.float(), rtol=0, atol=0)
 
 
+def test_upcast_bmm_of_a_broadcast_matrix_is_one_gemm_with_the_same_result():
+    """A linear on a non-contiguous 3-D input (an LM head after logits_to_keep) reaches the dispatcher as a bmm with
+    the weight broadcast over the batch: upcast, the same rounded fp32 product, computed without copying the weight
+    per batch row."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 7, 16, generator=g).to(torch.bfloat16)[:, -1:, :]  # [3, 1, 16], not contiguous
+    w = torch.randn(40, 16, generator=g).to(torch.bfloat16)
+    bias = torch.randn(40, generator=g).to(torch.bfloat16)
+    with quant.half_matmuls("upcast") as mode:
+        up = torch.nn.functional.linear(x, w)
+        up_bias = torch.nn.functional.linear(x, w, bias)
+        broadcast = torch.bmm(x, w.T.unsqueeze(0).expand(3, 16, 40))
+    assert mode.calls >= 3
+    exact = (x.float() @ w.float().T).to(torch.bfloat16)
+    torch.testing.assert_close(up, exact, rtol=0, atol=0)
+    torch.testing.assert_close(broadcast, exact, rtol=0, atol=0)
+    torch.testing.assert_close(up_bias, torch.nn.functional.linear(x, w, bias))  # torch's kernel, to the last bits
+    expanded = w.T.unsqueeze(0).expand(3, 16, 40)
+    assert quant._upcast(expanded).stride(0) == 0 and quant._upcast(expanded).dtype == torch.float32
+
+
 def test_upcast_keeps_fp16_overflow_and_leaves_the_native_path_alone():
     big = torch.full((2, 4), 200.0, dtype=torch.float16)
     with quant.half_matmuls("upcast"):
