@@ -209,13 +209,22 @@ def test_quant_kl_upcast_records_itself_and_agrees_with_the_native_kernels(monke
         quant.quant_kl(KEY, half_matmul="fast", **kwargs)
 
 
+def _nf4_layer(bnb, lm, fused_cpu_kernel: bool):
+    """A real NF4 layer of ``lm``. On a CPU with AVX512-bf16, bitsandbytes repacks an NF4 weight at its first
+    inference forward for its fused bf16 kernel (``bitsandbytes::gemv_4bit``, any number of rows), instead of
+    ``gemm_4bit``; ``fused_cpu_kernel=False`` keeps the ``gemm_4bit`` path on every CPU."""
+    layer = next(m for m in lm.model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    layer.support_avx512bf16_for_cpu = fused_cpu_kernel and bnb.functional.has_avx512bf16()
+    return layer
+
+
 def test_upcast_nf4_is_bitsandbytes_cpu_kernel_with_its_linear_upcast():
     """The NF4 product (one bitsandbytes op to the dispatcher) on a real NF4 layer of SmolLM2-135M: under "upcast"
     it equals the dequantised bf16 weight times the input as an fp32 GEMM rounded to bf16, bit for bit, and
     bitsandbytes' own kernel up to the last bf16 bits."""
     bnb = pytest.importorskip("bitsandbytes")
     lm = quant.load_precision("smollm2-135m", "nf4-bf16")
-    layer = next(m for m in lm.model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    layer = _nf4_layer(bnb, lm, fused_cpu_kernel=False)
     x = torch.randn(3, 5, layer.in_features, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     with torch.no_grad():
         native = layer(x)
@@ -227,4 +236,23 @@ def test_upcast_nf4_is_bitsandbytes_cpu_kernel_with_its_linear_upcast():
                                        None if layer.bias is None else layer.bias.float()).to(torch.bfloat16)
     torch.testing.assert_close(up, exact, rtol=0, atol=0)
     torch.testing.assert_close(up, native, rtol=0.02, atol=0.02)
+    models.free(lm)
+
+
+def test_upcast_leaves_bitsandbytes_fused_avx512_bf16_kernel_as_dispatched():
+    """Where bitsandbytes runs NF4 through its fused AVX512-bf16 CPU kernel (native bf16 arithmetic, not the slow
+    emulated GEMM the upcast replaces), "upcast" leaves that product alone: bit for bit the kernel's output."""
+    bnb = pytest.importorskip("bitsandbytes")
+    if not bnb.functional.has_avx512bf16():
+        pytest.skip("this CPU has no AVX512-bf16: bitsandbytes' fused NF4 kernel does not run here")
+    lm = quant.load_precision("smollm2-135m", "nf4-bf16")
+    layer = _nf4_layer(bnb, lm, fused_cpu_kernel=True)
+    x = torch.randn(3, 5, layer.in_features, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    with torch.no_grad():
+        native = layer(x)
+        assert getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+        with quant.half_matmuls("upcast") as mode:
+            up = layer(x)
+    assert mode.calls == 0
+    torch.testing.assert_close(up, native, rtol=0, atol=0)
     models.free(lm)
