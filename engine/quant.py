@@ -143,7 +143,9 @@ class UpcastHalfGemms(TorchDispatchMode):
     """Runs every half-precision CPU matrix product (mm, addmm, bmm, baddbmm, mv, addmv) as an fp32 one on the
     same operands, the result rounded to the operands' dtype; every other op, and any product on another device
     or dtype, runs as dispatched. bitsandbytes' NF4 product (``gemm_4bit``) is upcast the same way
-    (:func:`_nf4_linear_upcast`). ``calls`` counts the products it upcast."""
+    (:func:`_nf4_linear_upcast`); on a CPU with AVX512-bf16, bitsandbytes runs NF4 through its fused bf16 kernel
+    (``gemv_4bit``, native bf16 arithmetic) instead, which runs as dispatched. ``calls`` counts the products it
+    upcast."""
 
     def __init__(self):
         super().__init__()
